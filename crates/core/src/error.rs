@@ -1,0 +1,75 @@
+//! The one error type of the engine: every fallible call names the operation.
+
+use tch::TchError;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// libtorch rejected an operation; `detail` is the first line of its message.
+    #[error("{op}: {detail}{}", shapes_suffix(.shapes))]
+    Torch {
+        op: String,
+        detail: String,
+        shapes: Vec<Vec<i64>>,
+    },
+    /// A precondition we check ourselves (shapes, ranges, names).
+    #[error("{op}: {message}")]
+    Invalid { op: String, message: String },
+    /// The tensor's memory was released by `dispose()` or a `tidy` scope.
+    #[error("{op}: the tensor was disposed (by dispose() or at the end of a tidy scope)")]
+    Disposed { op: String },
+    #[error("{op}: {source}")]
+    Io { op: String, source: std::io::Error },
+}
+
+fn shapes_suffix(shapes: &[Vec<i64>]) -> String {
+    match shapes.len() {
+        0 => String::new(),
+        1 => format!(" (shape {:?})", shapes[0]),
+        _ => {
+            let list: Vec<String> = shapes.iter().map(|s| format!("{s:?}")).collect();
+            format!(" (shapes {})", list.join(" and "))
+        }
+    }
+}
+
+impl Error {
+    pub fn invalid(op: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::Invalid {
+            op: op.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Wraps a libtorch error, keeping only the first line of its message (the rest is a C++ backtrace).
+    pub fn torch(op: impl Into<String>, shapes: Vec<Vec<i64>>, err: TchError) -> Error {
+        let text = match err {
+            TchError::Torch(msg) => msg,
+            other => other.to_string(),
+        };
+        let detail = text.lines().next().unwrap_or("").trim().to_string();
+        Error::Torch {
+            op: op.into(),
+            detail,
+            shapes,
+        }
+    }
+
+    pub fn io(op: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            op: op.into(),
+            source,
+        }
+    }
+
+    /// The operation named by this error.
+    pub fn op(&self) -> &str {
+        match self {
+            Error::Torch { op, .. }
+            | Error::Invalid { op, .. }
+            | Error::Disposed { op }
+            | Error::Io { op, .. } => op,
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Accelerate.ts engine: tensors, autograd, memory scopes and (later) modules,
+//! optimizers, data loading, checkpoints and collectives on libtorch via `tch`.
+//! Nothing here knows about JavaScript.
+
+pub mod device;
+pub mod dtype;
+pub mod error;
+pub mod memory;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use tch;

@@ -1,0 +1,115 @@
+//! Conversions shared by every binding: core errors to JS errors, panics to
+//! errors, new tensors to JS objects (with native memory reported to V8).
+
+use accelerate_core::memory::{self, Handle};
+use accelerate_core::tensor::ops::Operand;
+use accelerate_core::{device, dtype, Error};
+use napi::bindgen_prelude::Either;
+use napi::Env;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::tensor::Tensor;
+
+/// Native allocations are reported to V8 in steps of at least this many bytes.
+const REPORT_STEP: i64 = 1 << 20;
+
+/// `logical_not` → `logicalNot`: errors name operations as JS code calls them.
+fn js_name(op: &str) -> String {
+    let mut out = String::with_capacity(op.len());
+    let mut upper = false;
+    for c in op.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.extend(c.to_uppercase());
+                upper = false
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub fn to_js(err: Error) -> napi::Error {
+    let message = err.to_string();
+    let op = err.op();
+    let message = match message.strip_prefix(op) {
+        Some(rest) => format!("{}{rest}", js_name(op)),
+        None => message,
+    };
+    napi::Error::from_reason(message)
+}
+
+/// Runs a binding body so that neither an error nor a Rust panic can abort Node.
+pub fn guarded<T>(op: &str, body: impl FnOnce() -> accelerate_core::Result<T>) -> napi::Result<T> {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(result) => result.map_err(to_js),
+        Err(_) => Err(napi::Error::from_reason(format!(
+            "{}: internal error (a Rust panic was caught)",
+            js_name(op)
+        ))),
+    }
+}
+
+pub fn report_memory(env: &Env) {
+    let delta = memory::take_unreported_bytes(REPORT_STEP);
+    if delta != 0 {
+        let _ = env.adjust_external_memory(delta);
+    }
+}
+
+pub fn wrap(env: &Env, tensor: tch::Tensor) -> Tensor {
+    let handle = Handle::new(tensor);
+    report_memory(env);
+    Tensor { handle }
+}
+
+pub fn wrap_all(env: &Env, tensors: Vec<tch::Tensor>) -> Vec<Tensor> {
+    tensors.into_iter().map(|t| wrap(env, t)).collect()
+}
+
+/// Calls `f` with the operand `x` borrowed for operation `op`.
+pub fn with_operand<T>(
+    op: &str,
+    x: &Either<&Tensor, f64>,
+    f: impl FnOnce(Operand) -> accelerate_core::Result<T>,
+) -> accelerate_core::Result<T> {
+    match x {
+        Either::A(t) => f(Operand::Tensor(&*t.handle.get(op)?)),
+        Either::B(v) => f(Operand::Scalar(*v)),
+    }
+}
+
+/// Borrows every tensor of `list` for `op` and calls `f` with plain references.
+pub fn with_all<T>(
+    op: &str,
+    list: &[&Tensor],
+    f: impl FnOnce(&[&tch::Tensor]) -> accelerate_core::Result<T>,
+) -> accelerate_core::Result<T> {
+    let borrowed = list
+        .iter()
+        .map(|t| t.handle.get(op))
+        .collect::<accelerate_core::Result<Vec<_>>>()?;
+    let refs: Vec<&tch::Tensor> = borrowed.iter().map(|r| &**r).collect();
+    f(&refs)
+}
+
+pub fn parse_dtype(
+    op: &str,
+    name: Option<&str>,
+    default: tch::Kind,
+) -> accelerate_core::Result<tch::Kind> {
+    name.map_or(Ok(default), |n| dtype::parse(op, n))
+}
+
+pub fn parse_device(op: &str, name: Option<&str>) -> accelerate_core::Result<tch::Device> {
+    name.map_or(Ok(tch::Device::Cpu), |n| device::parse(op, n))
+}
+
+/// One dim, a list of dims, or none (all).
+pub fn dims(d: Option<Either<i64, Vec<i64>>>) -> Option<Vec<i64>> {
+    d.map(|d| match d {
+        Either::A(one) => vec![one],
+        Either::B(many) => many,
+    })
+}

@@ -1,0 +1,10 @@
+//! Node bindings for accelerate-core: each function converts values, calls the
+//! core, and turns its errors into JS `Error`s. No logic lives here.
+
+mod convert;
+mod creation;
+mod runtime;
+mod tensor;
+mod tensor_ops;
+
+pub use tensor::Tensor;

@@ -1,0 +1,57 @@
+//! Process-wide switches and facts: seeding, grad mode, memory scopes, CUDA.
+
+use accelerate_core::{device, memory, tensor};
+use napi::Result;
+use napi_derive::napi;
+
+use crate::tensor::Tensor;
+
+#[napi]
+pub fn manual_seed(seed: i64) {
+    tensor::manual_seed(seed);
+}
+
+/// Turns gradient recording on or off; returns the previous setting.
+#[napi]
+pub fn set_grad_enabled(enabled: bool) -> bool {
+    tensor::set_grad_enabled(enabled)
+}
+
+#[napi]
+pub fn is_grad_enabled() -> bool {
+    tensor::is_grad_enabled()
+}
+
+/// Opens a memory scope: tensors created until `endScope` belong to it.
+#[napi]
+pub fn begin_scope() {
+    memory::begin_scope();
+}
+
+/// Closes the innermost scope, disposing its tensors except `keep`; returns how many were disposed.
+#[napi]
+pub fn end_scope(keep: Vec<&Tensor>) -> Result<u32> {
+    let keep: Vec<memory::Handle> = keep.iter().map(|t| t.handle.clone()).collect();
+    Ok(memory::end_scope(&keep) as u32)
+}
+
+#[napi]
+pub fn scope_depth() -> u32 {
+    memory::scope_depth() as u32
+}
+
+/// Tensors alive now (created and neither disposed nor garbage-collected).
+#[napi]
+pub fn live_tensors() -> i64 {
+    memory::live_tensors()
+}
+
+#[napi]
+pub fn cuda_is_available() -> bool {
+    device::cuda_is_available()
+}
+
+#[napi]
+pub fn cuda_device_count() -> u32 {
+    device::cuda_device_count() as u32
+}
