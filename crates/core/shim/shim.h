@@ -1,0 +1,26 @@
+// Shared by the C++ shim files: the C ABI conventions between libtorch and Rust.
+// Every entry point returns 0 on success or -1 after storing the exception's
+// message, which acc_last_error() returns; no C++ exception reaches Rust.
+#pragma once
+#include <ATen/ATen.h>
+#include <string>
+
+namespace acc {
+void set_last_error(const std::string& message);
+}
+
+#define ACC_PROTECT(body)                                  \
+  try {                                                    \
+    body;                                                  \
+    return 0;                                              \
+  } catch (const c10::Error& e) {                          \
+    acc::set_last_error(e.what_without_backtrace());       \
+  } catch (const std::exception& e) {                      \
+    acc::set_last_error(e.what());                         \
+  } catch (...) {                                          \
+    acc::set_last_error("unknown C++ exception");          \
+  }                                                        \
+  return -1;
+
+// tch hands tensors over as pointers to heap-allocated at::Tensor.
+typedef at::Tensor* acc_tensor;

@@ -1,0 +1,80 @@
+//! Safe wrappers over the C++ shim in `shim/` (libtorch APIs that tch does not bind).
+
+use crate::{Error, Result};
+use std::ffi::CStr;
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn acc_last_error() -> *const std::os::raw::c_char;
+    fn acc_cpu_rng_state(out: *mut *mut C_tensor) -> i32;
+    fn acc_set_cpu_rng_state(state: *const C_tensor) -> i32;
+    fn acc_cuda_rng_state(index: i64, out: *mut *mut C_tensor) -> i32;
+    fn acc_set_cuda_rng_state(index: i64, state: *const C_tensor) -> i32;
+}
+
+/// Turns a shim status code into a Result, reading the shim's last error message.
+pub(crate) fn check(op: &str, status: i32) -> Result<()> {
+    if status == 0 {
+        return Ok(());
+    }
+    // SAFETY: the shim returns a pointer to its thread-local, NUL-terminated message.
+    let message = unsafe { CStr::from_ptr(acc_last_error()) }.to_string_lossy();
+    let detail = message.lines().next().unwrap_or("").to_string();
+    Err(Error::invalid(op, detail))
+}
+
+/// Takes ownership of a tensor the shim allocated.
+pub(crate) fn owned(op: &str, status: i32, ptr: *mut C_tensor) -> Result<Tensor> {
+    check(op, status)?;
+    if ptr.is_null() {
+        return Err(Error::invalid(op, "the C++ shim returned no tensor"));
+    }
+    // SAFETY: on success the shim stored a fresh heap at::Tensor, which tch now owns.
+    Ok(unsafe { Tensor::from_ptr(ptr) })
+}
+
+/// The default CPU generator's state (a uint8 tensor).
+pub fn cpu_rng_state() -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    // SAFETY: `out` is a valid out-pointer.
+    let status = unsafe { acc_cpu_rng_state(&mut out) };
+    owned("cpuRngState", status, out)
+}
+
+pub fn set_cpu_rng_state(state: &Tensor) -> Result<()> {
+    // SAFETY: `state` is a live tensor for the duration of the call.
+    check("setCpuRngState", unsafe {
+        acc_set_cpu_rng_state(state.as_ptr())
+    })
+}
+
+pub fn cuda_rng_state(index: usize) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    // SAFETY: `out` is a valid out-pointer.
+    let status = unsafe { acc_cuda_rng_state(index as i64, &mut out) };
+    owned("cudaRngState", status, out)
+}
+
+pub fn set_cuda_rng_state(index: usize, state: &Tensor) -> Result<()> {
+    // SAFETY: `state` is a live tensor for the duration of the call.
+    check("setCudaRngState", unsafe {
+        acc_set_cuda_rng_state(index as i64, state.as_ptr())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_rng_state_round_trips() -> Result<()> {
+        tch::manual_seed(7);
+        let state = cpu_rng_state()?;
+        let first = Tensor::randn([4], (tch::Kind::Float, tch::Device::Cpu));
+        set_cpu_rng_state(&state)?;
+        let again = Tensor::randn([4], (tch::Kind::Float, tch::Device::Cpu));
+        assert!(first.equal(&again));
+        Ok(())
+    }
+}
