@@ -103,9 +103,16 @@ export declare function beginScope(): void
 
 export declare function cat(tensors: Array<Tensor>, dim?: number | undefined | null): Tensor
 
+export declare function commitStagingDir(staging: string, dir: string): void
+
+/** The default CPU generator state (a uint8 tensor), for exact resumes. */
+export declare function cpuRngState(): Tensor
+
 export declare function cudaDeviceCount(): number
 
 export declare function cudaIsAvailable(): boolean
+
+export declare function cudaRngState(index: number): Tensor
 
 /** Closes the innermost scope, disposing its tensors except `keep`; returns how many were disposed. */
 export declare function endScope(keep: Array<Tensor>): number
@@ -120,7 +127,16 @@ export declare function isGradEnabled(): boolean
 /** Tensors alive now (created and neither disposed nor garbage-collected). */
 export declare function liveTensors(): number
 
+export declare function loadModel(dir: string): NamedTensors
+
+export declare function loadSafetensors(path: string): NamedTensors
+
 export declare function manualSeed(seed: number): void
+
+export interface NamedTensors {
+  names: Array<string>
+  tensors: Array<Tensor>
+}
 
 export declare function ones(shape: Array<number>, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
@@ -133,14 +149,30 @@ export declare function randint(low: number, high: number, shape: Array<number>,
 /** Standard normal samples. */
 export declare function randn(shape: Array<number>, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
+/** Saves model weights into `dir`, sharded above `maxShardBytes`; returns the files written. */
+export declare function saveModel(dir: string, names: Array<string>, tensors: Array<Tensor>, maxShardBytes: number): Array<string>
+
+/** Writes named tensors to a safetensors file, atomically. */
+export declare function saveSafetensors(path: string, names: Array<string>, tensors: Array<Tensor>, metadata?: Record<string, string> | undefined | null): void
+
 export declare function scopeDepth(): number
+
+export declare function setCpuRngState(state: Tensor): void
+
+export declare function setCudaRngState(index: number, state: Tensor): void
 
 /** Turns gradient recording on or off; returns the previous setting. */
 export declare function setGradEnabled(enabled: boolean): boolean
 
 export declare function stack(tensors: Array<Tensor>, dim?: number | undefined | null): Tensor
 
+/** An empty directory beside `dir` to fill, then `commitStagingDir(staging, dir)`. */
+export declare function stagingDir(dir: string): string
+
 /** Elements of `a` where `condition` is true, else of `b`. */
 export declare function where(condition: Tensor, a: Tensor, b: Tensor | number): Tensor
+
+/** Writes a file through a temporary name renamed into place. */
+export declare function writeFileAtomic(path: string, data: string | Buffer): void
 
 export declare function zeros(shape: Array<number>, dtype?: string | undefined | null, device?: string | undefined | null): Tensor

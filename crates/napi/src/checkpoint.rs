@@ -1,0 +1,152 @@
+//! Checkpoint files for JS: safetensors, sharded model weights, atomic writes, RNG state.
+
+use accelerate_core::{checkpoint, shim};
+use napi::bindgen_prelude::{Buffer, Either};
+use napi::{Env, Result};
+use napi_derive::napi;
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::convert::{guarded, wrap, wrap_all};
+use crate::tensor::Tensor;
+
+#[napi(object, object_from_js = false)]
+pub struct NamedTensors {
+    pub names: Vec<String>,
+    pub tensors: Vec<Tensor>,
+}
+
+fn named(
+    op: &str,
+    names: Vec<String>,
+    tensors: &[&Tensor],
+) -> accelerate_core::Result<Vec<(String, tch::Tensor)>> {
+    if names.len() != tensors.len() {
+        return Err(accelerate_core::Error::invalid(
+            op,
+            format!("{} names for {} tensors", names.len(), tensors.len()),
+        ));
+    }
+    names
+        .into_iter()
+        .zip(tensors)
+        .map(|(n, t)| Ok((n, t.handle.get(op)?.shallow_clone())))
+        .collect()
+}
+
+fn unzip(env: &Env, list: Vec<(String, tch::Tensor)>) -> NamedTensors {
+    let (names, tensors): (Vec<String>, Vec<tch::Tensor>) = list.into_iter().unzip();
+    NamedTensors {
+        names,
+        tensors: wrap_all(env, tensors),
+    }
+}
+
+/// Writes named tensors to a safetensors file, atomically.
+#[napi]
+pub fn save_safetensors(
+    path: String,
+    names: Vec<String>,
+    tensors: Vec<&Tensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    guarded("saveSafetensors", || {
+        let list = named("saveSafetensors", names, &tensors)?;
+        checkpoint::save_safetensors(
+            "saveSafetensors",
+            Path::new(&path),
+            &list,
+            &metadata.unwrap_or_default(),
+        )
+    })
+}
+
+#[napi]
+pub fn load_safetensors(env: Env, path: String) -> Result<NamedTensors> {
+    guarded("loadSafetensors", || {
+        Ok(unzip(
+            &env,
+            checkpoint::load_safetensors("loadSafetensors", Path::new(&path))?,
+        ))
+    })
+}
+
+/// Saves model weights into `dir`, sharded above `maxShardBytes`; returns the files written.
+#[napi]
+pub fn save_model(
+    dir: String,
+    names: Vec<String>,
+    tensors: Vec<&Tensor>,
+    max_shard_bytes: f64,
+) -> Result<Vec<String>> {
+    guarded("saveModel", || {
+        checkpoint::save_model(
+            Path::new(&dir),
+            &named("saveModel", names, &tensors)?,
+            max_shard_bytes as u64,
+        )
+    })
+}
+
+#[napi]
+pub fn load_model(env: Env, dir: String) -> Result<NamedTensors> {
+    guarded("loadModel", || {
+        Ok(unzip(&env, checkpoint::load_model(Path::new(&dir))?))
+    })
+}
+
+/// Writes a file through a temporary name renamed into place.
+#[napi]
+pub fn write_file_atomic(path: String, data: Either<String, Buffer>) -> Result<()> {
+    guarded("writeFileAtomic", || {
+        let bytes: &[u8] = match &data {
+            Either::A(text) => text.as_bytes(),
+            Either::B(buffer) => buffer,
+        };
+        checkpoint::write_atomically("writeFileAtomic", Path::new(&path), bytes)
+    })
+}
+
+/// An empty directory beside `dir` to fill, then `commitStagingDir(staging, dir)`.
+#[napi]
+pub fn staging_dir(dir: String) -> Result<String> {
+    guarded("saveState", || {
+        Ok(checkpoint::staging_dir("saveState", Path::new(&dir))?
+            .to_string_lossy()
+            .into_owned())
+    })
+}
+
+#[napi]
+pub fn commit_staging_dir(staging: String, dir: String) -> Result<()> {
+    guarded("saveState", || {
+        checkpoint::commit_staging("saveState", Path::new(&staging), Path::new(&dir))
+    })
+}
+
+/// The default CPU generator state (a uint8 tensor), for exact resumes.
+#[napi]
+pub fn cpu_rng_state(env: Env) -> Result<Tensor> {
+    guarded("cpuRngState", || Ok(wrap(&env, shim::cpu_rng_state()?)))
+}
+
+#[napi]
+pub fn set_cpu_rng_state(state: &Tensor) -> Result<()> {
+    guarded("setCpuRngState", || {
+        shim::set_cpu_rng_state(&*state.handle.get("setCpuRngState")?)
+    })
+}
+
+#[napi]
+pub fn cuda_rng_state(env: Env, index: u32) -> Result<Tensor> {
+    guarded("cudaRngState", || {
+        Ok(wrap(&env, shim::cuda_rng_state(index as usize)?))
+    })
+}
+
+#[napi]
+pub fn set_cuda_rng_state(index: u32, state: &Tensor) -> Result<()> {
+    guarded("setCudaRngState", || {
+        shim::set_cuda_rng_state(index as usize, &*state.handle.get("setCudaRngState")?)
+    })
+}
