@@ -86,7 +86,7 @@ function ensureNativeAddon(env) {
 function main() {
   const args = process.argv.slice(2);
   ensureNodeDependencies();
-  const env = { ...ensureLibtorch(), CARGO_TARGET_DIR: process.env.CARGO_TARGET_DIR ?? cargoTarget };
+  const env = { ...ensureLibtorch(), CARGO_TARGET_DIR: process.env.CARGO_TARGET_DIR || cargoTarget };
   ensureGlooHeaders();
   ensureNativeAddon(env);
   if (args[0] === "--cargo") run("cargo", args.slice(1), { env });
