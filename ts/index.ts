@@ -4,3 +4,5 @@ export {
 } from "./tensor.js";
 export type { DType, DTypeLike, Device, TypedArray, NestedArray, TensorData, TensorOptions } from "./tensor.js";
 export { libtorch } from "./native.js";
+export { Accelerator } from "./accelerator.js";
+export type { AcceleratorOptions, MixedPrecision } from "./accelerator.js";

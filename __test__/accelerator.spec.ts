@@ -1,0 +1,92 @@
+// The Accelerator on one process: process facts, splitting work, collectives'
+// single-process results, checkpoints of registered objects and RNG, and errors.
+import test from "ava";
+import { mkdtempSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Accelerator, randn, tensor, type Tensor } from "../ts/index.js";
+import { shareOf } from "../ts/state.js";
+
+test("one process: rank facts and device", (t) => {
+  const acc = new Accelerator({ cpu: true });
+  t.is(acc.numProcesses, 1);
+  t.is(acc.processIndex, 0);
+  t.is(acc.localProcessIndex, 0);
+  t.true(acc.isMainProcess && acc.isLocalMainProcess && acc.isLastProcess);
+  t.is(acc.device, "cpu");
+  t.is(acc.gradientAccumulationSteps, 1);
+  t.true(acc.syncGradients);
+});
+
+test("splitBetweenProcesses gives contiguous shares, the first ranks one more", (t) => {
+  t.deepEqual(shareOf(3, 2, 0), { start: 0, end: 2 });
+  t.deepEqual(shareOf(3, 2, 1), { start: 2, end: 3 });
+  t.deepEqual(shareOf(10, 4, 3), { start: 8, end: 10 });
+  const acc = new Accelerator({ cpu: true });
+  t.deepEqual(acc.splitBetweenProcesses(["A", "B", "C"]), ["A", "B", "C"]);
+});
+
+test("collectives on one process return this process's values", (t) => {
+  const acc = new Accelerator({ cpu: true });
+  const x = tensor([1, 2, 3], { dtype: "float32" });
+  t.deepEqual(acc.gather(x).toArray(), [1, 2, 3]);
+  t.deepEqual(acc.gatherForMetrics(x).toArray(), [1, 2, 3]);
+  t.deepEqual(acc.reduce(x, "sum").toArray(), [1, 2, 3]);
+  t.deepEqual(acc.reduce(x, "mean").toArray(), [1, 2, 3]);
+  t.deepEqual(acc.padAcrossProcesses(x).toArray(), [1, 2, 3]);
+  t.throws(() => acc.reduce(x, "min" as "sum"), { message: /^reduce: reduction must be/ });
+  t.is(acc.onMainProcess(() => 5)(), 5);
+});
+
+class Counter {
+  count = 0;
+  weights: Tensor = tensor([0, 0], { dtype: "float32" });
+  stateDict() {
+    return { count: this.count, weights: this.weights };
+  }
+  loadStateDict(state: { count: number; weights: Tensor }) {
+    this.count = state.count;
+    this.weights = state.weights;
+  }
+}
+
+test("saveState/loadState restore registered objects, the step and the RNG", (t) => {
+  const dir = join(mkdtempSync(join(tmpdir(), "acc-state-")), "ckpt");
+  const acc = new Accelerator({ cpu: true, seed: 3 });
+  const counter = new Counter();
+  acc.registerForCheckpointing(counter);
+  counter.count = 7;
+  counter.weights = tensor([1.5, 2.5], { dtype: "float32" });
+  acc.step = 11;
+  acc.saveState(dir);
+  const expected = randn([4]).toArray();
+  counter.count = 0;
+  acc.step = 0;
+  randn([100]);
+  acc.loadState(dir);
+  t.is(counter.count, 7);
+  t.deepEqual(counter.weights.toArray(), [1.5, 2.5]);
+  t.is(acc.step, 11);
+  t.deepEqual(randn([4]).toArray(), expected, "the CPU generator continues where it was saved");
+});
+
+test("automatic checkpoint naming numbers checkpoints and keeps totalLimit", (t) => {
+  const projectDir = mkdtempSync(join(tmpdir(), "acc-proj-"));
+  const acc = new Accelerator({ cpu: true, projectDir, automaticCheckpointNaming: true, totalLimit: 2 });
+  const paths = [acc.saveState(), acc.saveState(), acc.saveState()];
+  t.deepEqual(paths.map((p) => p.split("/").pop()), ["checkpoint_0", "checkpoint_1", "checkpoint_2"]);
+  t.false(existsSync(paths[0]));
+  t.true(existsSync(paths[2]));
+  const again = new Accelerator({ cpu: true, projectDir, automaticCheckpointNaming: true });
+  again.loadState();
+  t.is(again.saveIteration, 3, "loading the latest checkpoint continues its numbering");
+});
+
+test("bad options and inputs throw Errors naming the cause", (t) => {
+  t.throws(() => new Accelerator({ gradientAccumulationSteps: 0 }), { message: /^Accelerator: gradientAccumulationSteps must be a positive integer/ });
+  t.throws(() => new Accelerator({ mixedPrecision: "fp8" as "no" }), { message: /^Accelerator: mixedPrecision must be/ });
+  const acc = new Accelerator({ cpu: true });
+  t.throws(() => acc.registerForCheckpointing({}, new Counter(), 3), { message: "registerForCheckpointing: objects at positions 0, 2 lack stateDict() and loadStateDict()" });
+  t.throws(() => acc.loadState(join(tmpdir(), "no-such-checkpoint")), { message: /^loadState: .*no-such-checkpoint does not exist/ });
+  t.throws(() => acc.saveState(), { message: /^saveState: give a directory/ });
+});

@@ -1,0 +1,356 @@
+// The Accelerator facade: one object a training loop talks to. It holds the
+// process state, gradient-accumulation state and the prepared objects, and
+// delegates numerics to the core (collectives, checkpoints, clipping).
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { loadSafetensors, loadStateFiles, saveSafetensors, saveStateFiles, saveWeights, writeDirAtomically, type StateValue } from "./checkpoint.js";
+import { native } from "./native.js";
+import { readProcessState, shareOf, type ProcessState } from "./state.js";
+import { manualSeed, noGrad, type Tensor } from "./tensor.js";
+
+export type MixedPrecision = "no" | "fp16" | "bf16";
+
+export interface AcceleratorOptions {
+  mixedPrecision?: MixedPrecision;
+  gradientAccumulationSteps?: number;
+  /** Use the CPU even when a GPU is present. */
+  cpu?: boolean;
+  /** Seeds every RNG at construction (same as `setSeed`). */
+  seed?: number;
+  /** Where `saveState()` without a directory writes, with `automaticCheckpointNaming`. */
+  projectDir?: string;
+  automaticCheckpointNaming?: boolean;
+  /** With automatic naming, keep at most this many checkpoints (oldest deleted). */
+  totalLimit?: number;
+}
+
+/** What `prepare` recognises, by shape (any object with these methods works). */
+export interface Stateful {
+  stateDict(): StateValue | Record<string, unknown>;
+  loadStateDict(state: never): void;
+}
+interface ModelLike extends Stateful {
+  forward(...args: never[]): unknown;
+  parameters(): Tensor[];
+  to(device: string): unknown;
+}
+interface OptimizerLike extends Stateful {
+  step(): void;
+  zeroGrad(setToNone?: boolean): void;
+}
+interface SchedulerLike extends Stateful {
+  step(): void;
+  getLastLr(): number[];
+}
+interface LoaderLike extends Stateful, Iterable<unknown> {
+  length: number;
+  endOfDataloader?: boolean;
+  remainder?: number;
+}
+
+const has = (obj: unknown, ...methods: string[]): boolean =>
+  obj !== null && typeof obj === "object" && methods.every((m) => typeof (obj as Record<string, unknown>)[m] === "function");
+const isScheduler = (o: unknown): o is SchedulerLike => has(o, "step", "getLastLr", "stateDict");
+const isOptimizer = (o: unknown): o is OptimizerLike => !isScheduler(o) && has(o, "step", "zeroGrad", "stateDict");
+const isModel = (o: unknown): o is ModelLike => has(o, "forward", "parameters", "to", "stateDict");
+const isLoader = (o: unknown): o is LoaderLike =>
+  o !== null && typeof o === "object" && typeof (o as Record<symbol, unknown>)[Symbol.iterator] === "function" && has(o, "stateDict");
+
+export class Accelerator {
+  readonly state: ProcessState;
+  readonly mixedPrecision: MixedPrecision;
+  readonly gradientAccumulationSteps: number;
+  /** False on micro-steps that only accumulate gradients (see `accumulate`). */
+  syncGradients = true;
+  /** Micro-steps counted by `accumulate`, saved and restored with the state. */
+  step = 0;
+  /** Checkpoints written by automatic naming. */
+  saveIteration = 0;
+  private readonly options: AcceleratorOptions;
+  private readonly models: ModelLike[] = [];
+  private readonly optimizers: OptimizerLike[] = [];
+  private readonly schedulers: SchedulerLike[] = [];
+  private readonly loaders: LoaderLike[] = [];
+  private readonly customObjects: Stateful[] = [];
+  private activeLoader: LoaderLike | undefined;
+
+  constructor(options: AcceleratorOptions = {}) {
+    const steps = options.gradientAccumulationSteps ?? Number(process.env.ACCELERATE_GRADIENT_ACCUMULATION_STEPS ?? 1);
+    if (!Number.isInteger(steps) || steps < 1) throw new Error(`Accelerator: gradientAccumulationSteps must be a positive integer, got ${steps}`);
+    const precision = options.mixedPrecision ?? (process.env.ACCELERATE_MIXED_PRECISION as MixedPrecision | undefined) ?? "no";
+    if (!["no", "fp16", "bf16"].includes(precision)) throw new Error(`Accelerator: mixedPrecision must be "no", "fp16" or "bf16", got "${precision}"`);
+    if (precision !== "no") throw new Error(`Accelerator: mixedPrecision "${precision}" is not available yet (only "no")`);
+    this.options = options;
+    this.state = readProcessState(options);
+    if (this.state.numProcesses > 1) {
+      throw new Error(`Accelerator: WORLD_SIZE=${this.state.numProcesses}, but multi-process runs need the c10d collectives, which this build does not have yet`);
+    }
+    this.mixedPrecision = precision;
+    this.gradientAccumulationSteps = steps;
+    if (options.seed !== undefined) this.setSeed(options.seed);
+  }
+
+  get device(): string {
+    return this.state.device;
+  }
+  get numProcesses(): number {
+    return this.state.numProcesses;
+  }
+  get processIndex(): number {
+    return this.state.processIndex;
+  }
+  get localProcessIndex(): number {
+    return this.state.localProcessIndex;
+  }
+  get isMainProcess(): boolean {
+    return this.state.processIndex === 0;
+  }
+  get isLocalMainProcess(): boolean {
+    return this.state.localProcessIndex === 0;
+  }
+  get isLastProcess(): boolean {
+    return this.state.processIndex === this.state.numProcesses - 1;
+  }
+
+  /**
+   * Makes models, optimizers, schedulers and data loaders ready for this run and
+   * returns them in order (the same objects, adapted in place); anything else is returned unchanged.
+   */
+  prepare<T extends unknown[]>(...objects: T): T {
+    for (const obj of objects) {
+      if (isModel(obj)) this.prepareModel(obj);
+      else if (isOptimizer(obj)) this.prepareOptimizer(obj);
+      else if (isLoader(obj)) this.prepareLoader(obj);
+    }
+    for (const obj of objects) if (isScheduler(obj)) this.prepareScheduler(obj);
+    return objects;
+  }
+
+  private prepareModel(model: ModelLike): void {
+    if (this.models.includes(model)) return;
+    model.to(this.device);
+    this.models.push(model);
+  }
+
+  /** step() and zeroGrad() do nothing on micro-steps that only accumulate gradients. */
+  private prepareOptimizer(optimizer: OptimizerLike): void {
+    if (this.optimizers.includes(optimizer)) return;
+    const step = optimizer.step.bind(optimizer);
+    const zeroGrad = optimizer.zeroGrad.bind(optimizer);
+    optimizer.step = () => {
+      if (this.syncGradients) step();
+    };
+    optimizer.zeroGrad = (setToNone?: boolean) => {
+      if (this.syncGradients) zeroGrad(setToNone);
+    };
+    this.optimizers.push(optimizer);
+  }
+
+  /** The schedule advances only with real optimizer steps, once per process (HF semantics). */
+  private prepareScheduler(scheduler: SchedulerLike): void {
+    if (this.schedulers.includes(scheduler)) return;
+    const step = scheduler.step.bind(scheduler);
+    scheduler.step = () => {
+      if (!this.syncGradients) return;
+      for (let i = 0; i < this.numProcesses; i++) step();
+    };
+    this.schedulers.push(scheduler);
+  }
+
+  /** Iterating a prepared loader makes it the active one, which `accumulate` and `gatherForMetrics` consult. */
+  private prepareLoader(loader: LoaderLike): void {
+    if (this.loaders.includes(loader)) return;
+    const iterate = loader[Symbol.iterator].bind(loader);
+    const self = this;
+    loader[Symbol.iterator] = function* () {
+      const outer = self.activeLoader;
+      self.activeLoader = loader;
+      try {
+        yield* { [Symbol.iterator]: iterate };
+      } finally {
+        self.activeLoader = outer;
+      }
+    };
+    this.loaders.push(loader);
+  }
+
+  /** Backpropagates `loss`, scaled for gradient accumulation. Use instead of `loss.backward()`. */
+  backward(loss: Tensor): void {
+    if (this.gradientAccumulationSteps === 1) {
+      loss.backward();
+      return;
+    }
+    const scaled = loss.div(this.gradientAccumulationSteps);
+    try {
+      scaled.backward();
+    } finally {
+      scaled.dispose();
+    }
+  }
+
+  /** Runs one micro-step: gradients sync (and optimizers step) every `gradientAccumulationSteps` calls and at the end of the loader. */
+  accumulate<R>(_model: unknown, fn: () => R): R {
+    if (this.activeLoader?.endOfDataloader) {
+      this.step = 0;
+      this.syncGradients = true;
+    } else {
+      this.step += 1;
+      this.syncGradients = this.step % this.gradientAccumulationSteps === 0;
+    }
+    return fn();
+  }
+
+  /** Concatenates `tensor` from every process along dim 0 (one process: itself). */
+  gather(tensor: Tensor): Tensor {
+    return tensor;
+  }
+
+  /** `gather`, without the samples that even batching repeated at the end of the active loader. */
+  gatherForMetrics(tensor: Tensor): Tensor {
+    const gathered = this.gather(tensor);
+    const remainder = this.activeLoader?.endOfDataloader ? (this.activeLoader.remainder ?? 0) : 0;
+    if (remainder > 0 && gathered.shape[0] > remainder) return gathered.slice(0, 0, remainder);
+    return gathered;
+  }
+
+  /** Reduces `tensor` across processes ("sum", "mean" or "max"); a new tensor on every process. */
+  reduce(tensor: Tensor, reduction: "sum" | "mean" | "max" = "sum"): Tensor {
+    if (!["sum", "mean", "max"].includes(reduction)) throw new Error(`reduce: reduction must be "sum", "mean" or "max", got "${reduction}"`);
+    return noGrad(() => tensor.mul(1));
+  }
+
+  /** Pads `dim` of `tensor` to the largest size across processes with `padIndex`. */
+  padAcrossProcesses(tensor: Tensor, _options: { dim?: number; padIndex?: number; padFirst?: boolean } = {}): Tensor {
+    return tensor;
+  }
+
+  waitForEveryone(): void {}
+
+  /** Prints once per machine (on the local main process). */
+  print(...args: unknown[]): void {
+    if (this.isLocalMainProcess) console.log(...args);
+  }
+
+  /** Runs `fn` on the main process first, then on the others. */
+  async mainProcessFirst<R>(fn: () => R | Promise<R>): Promise<R> {
+    if (!this.isMainProcess) this.waitForEveryone();
+    const result = await fn();
+    if (this.isMainProcess) this.waitForEveryone();
+    return result;
+  }
+
+  /** `fn` wrapped to run only on the main process (elsewhere it returns undefined). */
+  onMainProcess<A extends unknown[], R>(fn: (...args: A) => R): (...args: A) => R | undefined {
+    return (...args: A) => (this.isMainProcess ? fn(...args) : undefined);
+  }
+
+  /** This process's contiguous share of `inputs`; with `applyPadding` every share has the same length. */
+  splitBetweenProcesses<T>(inputs: T[], options: { applyPadding?: boolean } = {}): T[] {
+    const { start, end } = shareOf(inputs.length, this.numProcesses, this.processIndex);
+    const share = inputs.slice(start, end);
+    if (options.applyPadding && inputs.length > 0) {
+      const longest = Math.ceil(inputs.length / this.numProcesses);
+      while (share.length < longest) share.push(share.length > 0 ? share[share.length - 1] : inputs[inputs.length - 1]);
+    }
+    return share;
+  }
+
+  unwrapModel<M>(model: M): M {
+    return model;
+  }
+
+  /** Seeds libtorch's generators (CPU and CUDA). */
+  setSeed(seed: number): void {
+    manualSeed(seed);
+  }
+
+  /** Saves a model's weights as `model.safetensors`, or shards with an index above `maxShardSize`. */
+  saveModel(model: { stateDict(): Record<string, Tensor> }, dir: string, options: { maxShardSize?: number | string } = {}): string[] {
+    if (!this.isMainProcess) return [];
+    return saveWeights(model.stateDict(), dir, options.maxShardSize ?? "10GB");
+  }
+
+  /** Adds objects with stateDict()/loadStateDict() to what saveState/loadState carry. */
+  registerForCheckpointing(...objects: unknown[]): void {
+    const bad = objects.flatMap((o, i) => (has(o, "stateDict", "loadStateDict") ? [] : [i]));
+    if (bad.length > 0) throw new Error(`registerForCheckpointing: objects at positions ${bad.join(", ")} lack stateDict() and loadStateDict()`);
+    this.customObjects.push(...(objects as Stateful[]));
+  }
+
+  private checkpointDir(dir: string | undefined, op: string): string {
+    if (dir !== undefined) return dir;
+    if (this.options.automaticCheckpointNaming && this.options.projectDir) {
+      return join(this.options.projectDir, "checkpoints", `checkpoint_${this.saveIteration}`);
+    }
+    throw new Error(`${op}: give a directory, or construct the Accelerator with projectDir and automaticCheckpointNaming`);
+  }
+
+  private latestCheckpoint(op: string): string {
+    const root = join(this.options.projectDir ?? "", "checkpoints");
+    const found = existsSync(root)
+      ? readdirSync(root).map((n) => /^checkpoint_(\d+)$/.exec(n)).filter((m): m is RegExpExecArray => m !== null)
+      : [];
+    if (found.length === 0) throw new Error(`${op}: no checkpoint_N directory in ${root}`);
+    found.sort((a, b) => Number(a[1]) - Number(b[1]));
+    return join(root, found[found.length - 1][0]);
+  }
+
+  /**
+   * Saves models, optimizers, schedulers, data loader positions, registered objects
+   * and RNG states into `dir`, atomically (a crash leaves the previous checkpoint intact).
+   */
+  saveState(dir?: string): string {
+    const target = this.checkpointDir(dir, "saveState");
+    const suffix = (i: number) => (i === 0 ? "" : `_${i}`);
+    writeDirAtomically(target, (staging) => {
+      this.models.forEach((m, i) => saveSafetensors(join(staging, `model${suffix(i)}.safetensors`), m.stateDict() as Record<string, Tensor>));
+      this.optimizers.forEach((o, i) => saveStateFiles(join(staging, `optimizer${suffix(i)}`), o.stateDict() as StateValue));
+      this.schedulers.forEach((s, i) => saveStateFiles(join(staging, `scheduler${suffix(i)}`), s.stateDict() as StateValue));
+      this.loaders.forEach((l, i) => saveStateFiles(join(staging, `dl_state_dict${suffix(i)}`), l.stateDict() as StateValue));
+      this.customObjects.forEach((c, i) => saveStateFiles(join(staging, `custom_checkpoint_${i}`), c.stateDict() as StateValue));
+      const rng: Record<string, Tensor> = { cpu: native.cpuRngState() };
+      if (this.device.startsWith("cuda")) rng.cuda = native.cudaRngState(Number(this.device.split(":")[1] ?? 0));
+      saveSafetensors(join(staging, `random_states_${this.processIndex}.safetensors`), rng);
+      native.writeFileAtomic(
+        join(staging, "accelerator_state.json"),
+        `${JSON.stringify({ step: this.step, saveIteration: this.saveIteration + 1, customObjects: this.customObjects.length })}\n`,
+      );
+    });
+    this.saveIteration += 1;
+    this.pruneCheckpoints();
+    return target;
+  }
+
+  private pruneCheckpoints(): void {
+    const limit = this.options.totalLimit;
+    if (!this.options.automaticCheckpointNaming || !this.options.projectDir || limit === undefined) return;
+    const root = join(this.options.projectDir, "checkpoints");
+    const all = readdirSync(root).filter((n) => /^checkpoint_\d+$/.test(n)).sort((a, b) => Number(a.slice(11)) - Number(b.slice(11)));
+    for (const old of all.slice(0, Math.max(0, all.length - limit))) rmSync(join(root, old), { recursive: true, force: true });
+  }
+
+  /** Restores everything `saveState` saved (latest automatic checkpoint when `dir` is omitted). */
+  loadState(dir?: string): void {
+    const source = dir ?? this.latestCheckpoint("loadState");
+    if (!existsSync(source)) throw new Error(`loadState: ${source} does not exist`);
+    const suffix = (i: number) => (i === 0 ? "" : `_${i}`);
+    const meta = JSON.parse(readFileSync(join(source, "accelerator_state.json"), "utf8")) as { step: number; saveIteration: number; customObjects: number };
+    if (meta.customObjects !== this.customObjects.length) {
+      throw new Error(`loadState: the checkpoint holds ${meta.customObjects} registered objects, but ${this.customObjects.length} are registered now`);
+    }
+    const loadInto = (obj: Stateful, base: string) => obj.loadStateDict(loadStateFiles(base) as never);
+    this.models.forEach((m, i) => m.loadStateDict(loadSafetensors(join(source, `model${suffix(i)}.safetensors`)) as never));
+    this.optimizers.forEach((o, i) => loadInto(o, join(source, `optimizer${suffix(i)}`)));
+    this.schedulers.forEach((s, i) => loadInto(s, join(source, `scheduler${suffix(i)}`)));
+    this.loaders.forEach((l, i) => loadInto(l, join(source, `dl_state_dict${suffix(i)}`)));
+    this.customObjects.forEach((c, i) => loadInto(c, join(source, `custom_checkpoint_${i}`)));
+    const rngFile = join(source, `random_states_${this.processIndex}.safetensors`);
+    if (existsSync(rngFile)) {
+      const rng = loadSafetensors(rngFile);
+      native.setCpuRngState(rng.cpu);
+      if (rng.cuda && this.device.startsWith("cuda")) native.setCudaRngState(Number(this.device.split(":")[1] ?? 0), rng.cuda);
+    }
+    this.step = meta.step;
+    this.saveIteration = meta.saveIteration;
+  }
+}

@@ -1,0 +1,38 @@
+// Who this process is in a run: rank, world size and device, read from the
+// environment that `accelerate launch` (or torchrun) sets.
+import { native } from "./native.js";
+
+export interface ProcessState {
+  numProcesses: number;
+  processIndex: number;
+  localProcessIndex: number;
+  localNumProcesses: number;
+  device: string;
+}
+
+function intFromEnv(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 0) throw new Error(`Accelerator: environment variable ${name}="${raw}" is not a non-negative integer`);
+  return value;
+}
+
+export function readProcessState(options: { cpu?: boolean }): ProcessState {
+  const numProcesses = intFromEnv("WORLD_SIZE", 1);
+  const processIndex = intFromEnv("RANK", 0);
+  const localProcessIndex = intFromEnv("LOCAL_RANK", 0);
+  const localNumProcesses = intFromEnv("LOCAL_WORLD_SIZE", numProcesses);
+  if (processIndex >= numProcesses) throw new Error(`Accelerator: RANK=${processIndex} is not below WORLD_SIZE=${numProcesses}`);
+  const cpu = options.cpu ?? process.env.ACCELERATE_USE_CPU === "true";
+  const device = !cpu && native.cudaIsAvailable() ? `cuda:${localProcessIndex % native.cudaDeviceCount()}` : "cpu";
+  return { numProcesses, processIndex, localProcessIndex, localNumProcesses, device };
+}
+
+/** This rank's contiguous share of `length` items; the first `length % n` ranks get one more. */
+export function shareOf(length: number, numProcesses: number, processIndex: number): { start: number; end: number } {
+  const base = Math.floor(length / numProcesses);
+  const extra = length % numProcesses;
+  const start = processIndex * base + Math.min(processIndex, extra);
+  return { start, end: start + base + (processIndex < extra ? 1 : 0) };
+}
