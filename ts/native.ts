@@ -27,4 +27,4 @@ export const libtorch: LibtorchLocation = findLibtorch();
 preloadLibtorch(libtorch);
 
 export const native: typeof Binding = require(addonPath());
-export type NativeTensor = Binding.Tensor;
+

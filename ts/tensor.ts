@@ -1,7 +1,9 @@
 // Tensors for TypeScript: the native Tensor class, creation from JS data,
 // conversion back to JS values, and deterministic disposal (`dispose`, `using`, `tidy`).
 import { inspect } from "node:util";
-import { native, type NativeTensor } from "./native.js";
+import type * as Binding from "../index.js";
+import type { TensorHandle } from "../index.js";
+import { native } from "./native.js";
 
 export type DType = "float32" | "float64" | "float16" | "bfloat16" | "int64" | "int32" | "bool" | "uint8";
 /** Short aliases accepted wherever a dtype is: f32, f64, f16, bf16, i64, i32. */
@@ -17,19 +19,124 @@ export interface TensorOptions {
   device?: Device;
 }
 
-export const Tensor = native.Tensor;
-export type Tensor = NativeTensor;
+type Native = typeof Binding;
+type Suffix<K, P extends string> = K extends `${P}${infer R}` ? Uncapitalize<R> : never;
+type Rest<F> = F extends (tensor: Tensor, ...rest: infer A) => unknown ? A : never;
+type Returned<F> = F extends (...args: never[]) => infer R ? R : never;
+type Lift<R> = R extends TensorHandle ? Tensor : R;
+/** The methods and getters installed from the native table (see crates/napi/src/tensor_ops.rs). */
+type NativeMethods = { [K in keyof Native as Suffix<K, "tensorOp">]: (...args: Rest<Native[K]>) => Tensor } & {
+  [K in keyof Native as Suffix<K, "tensorList">]: (...args: Rest<Native[K]>) => Tensor[];
+} & { [K in keyof Native as Suffix<K, "tensorCall">]: (...args: Rest<Native[K]>) => Returned<Native[K]> } & {
+  readonly [K in keyof Native as Suffix<K, "tensorGet">]: Lift<Returned<Native[K]>>;
+};
 
-declare module "../index.js" {
-  interface Tensor {
-    /** Nested JS arrays of numbers (booleans for bool tensors). */
-    toArray(): NestedArray<number> | NestedArray<boolean>;
-    /** A typed array of the elements in row-major order (float16/bfloat16 widen to Float32Array). */
-    toTypedArray(): TypedArray;
-    /** Same as `dispose()`, for `using t = ...`. */
-    [Symbol.dispose](): void;
+/**
+ * An n-dimensional array on a device, with autograd. Operations (`add`, `matmul`,
+ * `sum`, `reshape`, ...) come from the native operation table; errors name the
+ * operation and shapes. Free it with `dispose()`, `using`, or `tidy`.
+ */
+export class Tensor {
+  /** @internal The native handle; operations pass it to the addon. */
+  readonly _native: TensorHandle;
+
+  constructor(handle: TensorHandle) {
+    this._native = handle;
+  }
+
+  get requiresGrad(): boolean {
+    return native.tensorRequiresGrad(this);
+  }
+
+  set requiresGrad(value: boolean) {
+    native.tensorSetRequiresGrad(this, value);
+  }
+
+  /** Same as `dispose()`, for `using t = ...`. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** A typed array of the elements in row-major order (float16/bfloat16 widen to Float32Array). */
+  toTypedArray(): TypedArray {
+    const dtype = this.dtype;
+    if (dtype === "float16" || dtype === "bfloat16") {
+      const wide = this.to("float32");
+      try {
+        return typedView(wide.toBytes(), "float32");
+      } finally {
+        wide.dispose();
+      }
+    }
+    return typedView(this.toBytes(), dtype);
+  }
+
+  /** Nested JS arrays of numbers (booleans for bool tensors). */
+  toArray(): NestedArray<number> | NestedArray<boolean> {
+    const flat = this.toTypedArray();
+    const values: ArrayLike<number | boolean> =
+      flat instanceof BigInt64Array
+        ? Array.from(flat, Number)
+        : this.dtype === "bool"
+          ? Array.from(flat as Uint8Array, (v) => v !== 0)
+          : (flat as ArrayLike<number>);
+    return nest(values, this.shape) as NestedArray<number> | NestedArray<boolean>;
+  }
+
+  toString(): string {
+    if (this.isDisposed) return "Tensor(disposed)";
+    const head = `shape=[${this.shape.join(", ")}], dtype=${this.dtype}, device=${this.device}`;
+    return this.numel <= 64 ? `Tensor(${JSON.stringify(this.toArray())}, ${head})` : `Tensor(${head})`;
+  }
+
+  [inspect.custom](): string {
+    return this.toString();
   }
 }
+
+export interface Tensor extends NativeMethods {}
+
+/** A tensor argument as the addon takes it fastest: its handle. */
+const raw = (value: unknown): unknown => (value instanceof Tensor ? value._native : value);
+const wrapHandle = (handle: TensorHandle | null): Tensor | null => (handle === null ? null : new Tensor(handle));
+
+/** Installs every native `tensorOp*`, `tensorList*`, `tensorCall*` and `tensorGet*` function on the prototype. */
+function installNativeMethods(): void {
+  const prototype = Tensor.prototype as unknown as Record<string, unknown>;
+  const lower = (s: string) => s.charAt(0).toLowerCase() + s.slice(1);
+  for (const [key, value] of Object.entries(native)) {
+    if (typeof value !== "function") continue;
+    const fn = value as (...args: unknown[]) => unknown;
+    const [, kind, rest] = /^tensor(Op|List|Call|Get)(.+)$/.exec(key) ?? [];
+    if (!kind) continue;
+    const name = lower(rest);
+    if (kind === "Op") {
+      prototype[name] = function (this: Tensor, a?: unknown, b?: unknown, c?: unknown, d?: unknown) {
+        return new Tensor(fn(this._native, raw(a), raw(b), raw(c), raw(d)) as TensorHandle);
+      };
+    } else if (kind === "List") {
+      prototype[name] = function (this: Tensor, a?: unknown, b?: unknown, c?: unknown) {
+        return (fn(this._native, raw(a), raw(b), raw(c)) as TensorHandle[]).map((h) => new Tensor(h));
+      };
+    } else if (kind === "Call") {
+      prototype[name] = function (this: Tensor, a?: unknown, b?: unknown, c?: unknown) {
+        return fn(this._native, raw(a), raw(b), raw(c));
+      };
+    } else {
+      const lifts = key === "tensorGetGrad";
+      Object.defineProperty(prototype, name, {
+        get(this: Tensor) {
+          const result = fn(this._native);
+          return lifts ? wrapHandle(result as TensorHandle | null) : result;
+        },
+        configurable: true,
+      });
+    }
+  }
+}
+
+installNativeMethods();
+native.registerTensorClass(Tensor);
 
 function typedView(bytes: Buffer, dtype: string): TypedArray {
   const { buffer, byteOffset, byteLength } = bytes;
@@ -47,19 +154,6 @@ function typedView(bytes: Buffer, dtype: string): TypedArray {
   }
 }
 
-function toTypedArray(this: Tensor): TypedArray {
-  const dtype = this.dtype;
-  if (dtype === "float16" || dtype === "bfloat16") {
-    const wide = this.to("float32");
-    try {
-      return typedView(wide.toBytes(), "float32");
-    } finally {
-      wide.dispose();
-    }
-  }
-  return typedView(this.toBytes(), dtype);
-}
-
 function nest<T>(flat: ArrayLike<T>, shape: number[], offset = 0, dim = 0): NestedArray<T> {
   if (dim === shape.length) return flat[offset];
   const stride = shape.slice(dim + 1).reduce((a, b) => a * b, 1);
@@ -67,33 +161,6 @@ function nest<T>(flat: ArrayLike<T>, shape: number[], offset = 0, dim = 0): Nest
   for (let i = 0; i < shape[dim]; i++) out.push(nest(flat, shape, offset + i * stride, dim + 1));
   return out;
 }
-
-function toArray(this: Tensor): NestedArray<number> | NestedArray<boolean> {
-  const flat = this.toTypedArray();
-  const values: ArrayLike<number | boolean> =
-    flat instanceof BigInt64Array
-      ? Array.from(flat, Number)
-      : this.dtype === "bool"
-        ? Array.from(flat as Uint8Array, (v) => v !== 0)
-        : (flat as ArrayLike<number>);
-  return nest(values, this.shape) as NestedArray<number> | NestedArray<boolean>;
-}
-
-function describe(this: Tensor): string {
-  if (this.isDisposed) return "Tensor(disposed)";
-  const head = `shape=[${this.shape.join(", ")}], dtype=${this.dtype}, device=${this.device}`;
-  return this.numel <= 64 ? `Tensor(${JSON.stringify(this.toArray())}, ${head})` : `Tensor(${head})`;
-}
-
-Object.assign(Tensor.prototype, {
-  toArray,
-  toTypedArray,
-  [Symbol.dispose](this: Tensor) {
-    this.dispose();
-  },
-  [inspect.custom]: describe,
-  toString: describe,
-});
 
 const TYPED_DTYPE: [new (...args: never[]) => TypedArray, DType][] = [
   [Float32Array, "float32"],

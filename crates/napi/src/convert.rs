@@ -5,10 +5,10 @@ use accelerate_core::memory::{self, Handle};
 use accelerate_core::tensor::ops::Operand;
 use accelerate_core::{device, dtype, Error};
 use napi::bindgen_prelude::Either;
-use napi::Env;
+use napi::{sys, Env};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorHandle, TensorOrNumber};
 
 /// Native allocations are reported to V8 in steps of at least this many bytes.
 const REPORT_STEP: i64 = 1 << 20;
@@ -52,9 +52,15 @@ pub fn guarded<T>(op: &str, body: impl FnOnce() -> accelerate_core::Result<T>) -
 }
 
 pub fn report_memory(env: &Env) {
+    report_memory_raw(env.raw());
+}
+
+pub fn report_memory_raw(env: sys::napi_env) {
     let delta = memory::take_unreported_bytes(REPORT_STEP);
     if delta != 0 {
-        let _ = env.adjust_external_memory(delta);
+        let mut adjusted = 0;
+        // SAFETY: `env` is the live env of the calling callback or finalizer.
+        unsafe { sys::napi_adjust_external_memory(env, delta, &mut adjusted) };
     }
 }
 
@@ -68,15 +74,24 @@ pub fn wrap_all(env: &Env, tensors: Vec<tch::Tensor>) -> Vec<Tensor> {
     tensors.into_iter().map(|t| wrap(env, t)).collect()
 }
 
+/// A new tensor as a bare handle, for the hot operations that TS wraps itself.
+pub fn handle(env: &Env, tensor: tch::Tensor) -> TensorHandle {
+    TensorHandle(wrap(env, tensor))
+}
+
+pub fn handles(env: &Env, tensors: Vec<tch::Tensor>) -> Vec<TensorHandle> {
+    tensors.into_iter().map(|t| handle(env, t)).collect()
+}
+
 /// Calls `f` with the operand `x` borrowed for operation `op`.
 pub fn with_operand<T>(
     op: &str,
-    x: &Either<&Tensor, f64>,
+    x: &TensorOrNumber,
     f: impl FnOnce(Operand) -> accelerate_core::Result<T>,
 ) -> accelerate_core::Result<T> {
     match x {
-        Either::A(t) => f(Operand::Tensor(&*t.handle.get(op)?)),
-        Either::B(v) => f(Operand::Scalar(*v)),
+        TensorOrNumber::Tensor(t) => f(Operand::Tensor(&*t.handle.get(op)?)),
+        TensorOrNumber::Number(v) => f(Operand::Scalar(*v)),
     }
 }
 

@@ -6,6 +6,7 @@ mod convert;
 mod creation;
 mod runtime;
 mod tensor;
+mod tensor_api;
 mod tensor_ops;
 
-pub use tensor::Tensor;
+pub use tensor::{Tensor, TensorHandle};

@@ -1,218 +1,214 @@
-//! The JS `Tensor` class: properties, conversion to host memory, autograd and
-//! disposal. The regular operations are generated in `tensor_ops.rs`.
+//! How tensors cross into JS. Each native tensor lives in a napi external (a
+//! `TensorHandle`); `ts/tensor.ts` wraps each handle in its `Tensor` class.
+//! Hot operations return bare handles that TS wraps (cheap); other bindings
+//! return `Tensor`, built here by calling the registered TS class. Arguments
+//! accept either form. This bypasses napi-rs classes, whose per-call borrow
+//! tracking and per-instance bookkeeping cost about 1.5 µs per operation.
 
 use accelerate_core::memory::Handle;
-use accelerate_core::tensor::{self as core_tensor, ops};
-use accelerate_core::{device, dtype, Error};
-use napi::bindgen_prelude::{Buffer, Either, ObjectFinalize};
-use napi::{Env, Result};
-use napi_derive::napi;
-
-use crate::convert::{
-    guarded, parse_device, parse_dtype, report_memory, with_operand, wrap, wrap_all,
+use napi::bindgen_prelude::{
+    FromNapiRef, FromNapiValue, ToNapiValue, TypeName, Unknown, ValidateNapiValue, ValueType,
 };
+use napi::{check_status, sys, Env, Error, JsValue, Result, Status};
+use napi_derive::napi;
+use std::cell::Cell;
+use std::ffi::c_void;
 
-#[napi(custom_finalize)]
+use crate::convert::report_memory_raw;
+
 pub struct Tensor {
     pub(crate) handle: Handle,
 }
 
-impl ObjectFinalize for Tensor {
-    fn finalize(self, env: Env) -> Result<()> {
-        drop(self.handle);
-        report_memory(&env);
-        Ok(())
+/// A tensor returned to JS as a bare handle, for TS to wrap.
+pub struct TensorHandle(pub(crate) Tensor);
+
+/// Marks externals made here, so a foreign external is rejected rather than misread.
+const TENSOR_TAG: sys::napi_type_tag = sys::napi_type_tag {
+    lower: 0x6163_6365_6c65_7261,
+    upper: 0x7465_2d74_656e_736f,
+};
+
+thread_local! {
+    static TENSOR_CLASS: Cell<sys::napi_ref> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Called once by ts/tensor.ts: the class whose constructor takes a handle.
+#[napi]
+pub fn register_tensor_class(env: Env, tensor_class: Unknown) -> Result<()> {
+    let mut reference = std::ptr::null_mut();
+    // SAFETY: `class` is a live value of this env; the reference keeps it alive for the process.
+    check_status!(unsafe {
+        sys::napi_create_reference(env.raw(), tensor_class.raw(), 1, &mut reference)
+    })?;
+    TENSOR_CLASS.with(|c| c.set(reference));
+    Ok(())
+}
+
+unsafe extern "C" fn finalize_tensor(env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
+    // SAFETY: `data` is the Box<Tensor> leaked in `create_external`, finalized exactly once.
+    drop(unsafe { Box::from_raw(data.cast::<Tensor>()) });
+    report_memory_raw(env);
+}
+
+unsafe fn create_external(env: sys::napi_env, tensor: Tensor) -> Result<sys::napi_value> {
+    let data = Box::into_raw(Box::new(tensor));
+    let mut value = std::ptr::null_mut();
+    // SAFETY: `data` stays valid until `finalize_tensor` frees it.
+    let status = unsafe {
+        sys::napi_create_external(
+            env,
+            data.cast(),
+            Some(finalize_tensor),
+            std::ptr::null_mut(),
+            &mut value,
+        )
+    };
+    if status != sys::Status::napi_ok {
+        drop(unsafe { Box::from_raw(data) });
+        return Err(Error::new(
+            Status::GenericFailure,
+            "could not create a tensor handle",
+        ));
+    }
+    check_status!(unsafe { sys::napi_type_tag_object(env, value, &TENSOR_TAG) })?;
+    Ok(value)
+}
+
+fn type_of(env: sys::napi_env, value: sys::napi_value) -> Result<ValueType> {
+    let mut kind = 0;
+    check_status!(unsafe { sys::napi_typeof(env, value, &mut kind) })?;
+    Ok(ValueType::from(kind))
+}
+
+/// The tensor behind a handle or a TS `Tensor` (whose `_native` property holds the handle).
+unsafe fn tensor_ref(env: sys::napi_env, value: sys::napi_value) -> Result<&'static Tensor> {
+    let mut value = value;
+    let mut kind = type_of(env, value)?;
+    if kind == ValueType::Object {
+        let mut inner = std::ptr::null_mut();
+        check_status!(unsafe {
+            sys::napi_get_named_property(env, value, c"_native".as_ptr(), &mut inner)
+        })?;
+        value = inner;
+        kind = type_of(env, value)?;
+    }
+    let mut tagged = false;
+    if kind == ValueType::External {
+        check_status!(unsafe {
+            sys::napi_check_object_type_tag(env, value, &TENSOR_TAG, &mut tagged)
+        })?;
+    }
+    if !tagged {
+        return Err(Error::new(
+            Status::InvalidArg,
+            format!("expected a Tensor, got {kind}"),
+        ));
+    }
+    let mut data = std::ptr::null_mut();
+    check_status!(unsafe { sys::napi_get_value_external(env, value, &mut data) })?;
+    // SAFETY: tagged externals hold a Box<Tensor> that lives until the external is collected,
+    // which cannot happen while JS passes it as an argument.
+    Ok(unsafe { &*data.cast::<Tensor>() })
+}
+
+impl ToNapiValue for TensorHandle {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
+        unsafe { create_external(env, val.0) }
     }
 }
 
-#[napi]
-impl Tensor {
-    #[napi(getter)]
-    pub fn shape(&self) -> Result<Vec<i64>> {
-        guarded("shape", || Ok(self.handle.get("shape")?.size()))
+impl TypeName for TensorHandle {
+    fn type_name() -> &'static str {
+        "TensorHandle"
     }
-
-    #[napi(getter)]
-    pub fn dtype(&self) -> Result<&'static str> {
-        guarded("dtype", || {
-            Ok(dtype::name(self.handle.get("dtype")?.kind()))
-        })
-    }
-
-    #[napi(getter)]
-    pub fn device(&self) -> Result<String> {
-        guarded("device", || {
-            Ok(device::name(self.handle.get("device")?.device()))
-        })
-    }
-
-    #[napi(getter)]
-    pub fn ndim(&self) -> Result<i64> {
-        guarded("ndim", || Ok(self.handle.get("ndim")?.dim() as i64))
-    }
-
-    #[napi(getter)]
-    pub fn numel(&self) -> Result<i64> {
-        guarded("numel", || Ok(self.handle.get("numel")?.numel() as i64))
-    }
-
-    #[napi(getter)]
-    pub fn is_disposed(&self) -> bool {
-        self.handle.is_disposed()
-    }
-
-    /// Frees the tensor's memory now. Later calls on it throw. Idempotent.
-    #[napi]
-    pub fn dispose(&self, env: Env) {
-        self.handle.dispose();
-        report_memory(&env);
-    }
-
-    /// The value of a one-element tensor as a number (booleans as 0 or 1).
-    #[napi]
-    pub fn item(&self) -> Result<f64> {
-        guarded("item", || core_tensor::item(&*self.handle.get("item")?))
-    }
-
-    /// The elements in row-major order as raw bytes of this tensor's dtype (copied to the host).
-    #[napi]
-    pub fn to_bytes(&self) -> Result<Buffer> {
-        guarded("toBytes", || {
-            Ok(core_tensor::to_bytes("toBytes", &*self.handle.get("toBytes")?)?.into())
-        })
-    }
-
-    /// A copy converted to `dtype` and/or moved to `device` (the same tensor when nothing changes).
-    #[napi]
-    pub fn to(&self, env: Env, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
-        guarded("to", || {
-            let t = self.handle.get("to")?;
-            let kind = parse_dtype("to", dtype.as_deref(), t.kind())?;
-            let device = device
-                .as_deref()
-                .map_or(Ok(t.device()), |d| device::parse("to", d))?;
-            Ok(wrap(
-                &env,
-                core_tensor::convert("to", t.shallow_clone(), kind, device)?,
-            ))
-        })
-    }
-
-    #[napi(getter)]
-    pub fn requires_grad(&self) -> Result<bool> {
-        guarded("requiresGrad", || {
-            Ok(self.handle.get("requiresGrad")?.requires_grad())
-        })
-    }
-
-    #[napi(setter)]
-    pub fn set_requires_grad(&self, value: bool) -> Result<()> {
-        guarded("requiresGrad", || {
-            let t = self.handle.get("requiresGrad")?;
-            ops::unary("requiresGrad", &t, |t| t.f_set_requires_grad(value)).map(drop)
-        })
-    }
-
-    /// The accumulated gradient, or null before any backward pass reached this tensor.
-    #[napi(getter)]
-    pub fn grad(&self, env: Env) -> Result<Option<Tensor>> {
-        guarded("grad", || {
-            let g = ops::unary("grad", &*self.handle.get("grad")?, |t| t.f_grad())?;
-            Ok(g.defined().then(|| wrap(&env, g)))
-        })
-    }
-
-    /// Back-propagates from this tensor; a non-scalar needs `gradient` of its shape.
-    #[napi]
-    pub fn backward(&self, gradient: Option<&Tensor>) -> Result<()> {
-        guarded("backward", || {
-            let t = self.handle.get("backward")?;
-            match gradient {
-                None if t.numel() != 1 => Err(Error::invalid(
-                    "backward",
-                    format!(
-                        "needs a gradient for a non-scalar tensor of shape {:?}",
-                        t.size()
-                    ),
-                )),
-                None => ops::unary("backward", &t, |t| {
-                    t.f_backward().map(|_| tch::Tensor::new())
-                })
-                .map(drop),
-                Some(g) => {
-                    let g = g.handle.get("backward")?;
-                    ops::binary("backward", &t, ops::Operand::Tensor(&g), |t, g| {
-                        t.f_mul(g)?
-                            .f_sum(None::<tch::Kind>)?
-                            .f_backward()
-                            .map(|_| tch::Tensor::new())
-                    })
-                    .map(drop)
-                }
-            }
-        })
-    }
-
-    /// `t[i]`: an integer selects along dim 0; a tensor of indices or a boolean mask gathers.
-    #[napi]
-    pub fn index(&self, env: Env, i: Either<&Tensor, f64>) -> Result<Tensor> {
-        guarded("index", || {
-            let t = self.handle.get("index")?;
-            Ok(wrap(
-                &env,
-                with_operand("index", &i, |i| ops::index(&t, i))?,
-            ))
-        })
-    }
-
-    /// Pieces of `size` (or of each size in a list) along `dim`.
-    #[napi]
-    pub fn split(
-        &self,
-        env: Env,
-        size: Either<i64, Vec<i64>>,
-        dim: Option<i64>,
-    ) -> Result<Vec<Tensor>> {
-        guarded("split", || {
-            let sizes = match size {
-                Either::A(one) => vec![one],
-                Either::B(many) => many,
-            };
-            Ok(wrap_all(
-                &env,
-                ops::split(&*self.handle.get("split")?, &sizes, dim.unwrap_or(0))?,
-            ))
-        })
-    }
-
-    #[napi]
-    pub fn chunk(&self, env: Env, chunks: i64, dim: Option<i64>) -> Result<Vec<Tensor>> {
-        guarded("chunk", || {
-            Ok(wrap_all(
-                &env,
-                ops::chunk(&*self.handle.get("chunk")?, chunks, dim.unwrap_or(0))?,
-            ))
-        })
+    fn value_type() -> ValueType {
+        ValueType::External
     }
 }
 
-/// Creates a tensor from raw elements of `sourceDtype`, converted to `dtype` on `device`.
-#[napi]
-pub fn from_bytes(
-    env: Env,
-    bytes: &[u8],
-    shape: Vec<i64>,
-    source_dtype: String,
-    dtype: Option<String>,
-    device: Option<String>,
-) -> Result<Tensor> {
-    guarded("tensor", || {
-        let source = accelerate_core::dtype::parse("tensor", &source_dtype)?;
-        let target = parse_dtype("tensor", dtype.as_deref(), source)?;
-        let device = parse_device("tensor", device.as_deref())?;
-        Ok(wrap(
-            &env,
-            core_tensor::from_bytes("tensor", bytes, &shape, source, target, device)?,
-        ))
-    })
+impl ToNapiValue for Tensor {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
+        let handle = unsafe { create_external(env, val)? };
+        let class_ref = TENSOR_CLASS.with(Cell::get);
+        if class_ref.is_null() {
+            return Err(Error::from_reason(
+                "the Tensor class was not registered (import accelerate-ts, not the .node file)",
+            ));
+        }
+        let mut class = std::ptr::null_mut();
+        check_status!(unsafe { sys::napi_get_reference_value(env, class_ref, &mut class) })?;
+        let mut instance = std::ptr::null_mut();
+        let args = [handle];
+        check_status!(unsafe {
+            sys::napi_new_instance(env, class, 1, args.as_ptr(), &mut instance)
+        })?;
+        Ok(instance)
+    }
+}
+
+impl TypeName for Tensor {
+    fn type_name() -> &'static str {
+        "Tensor"
+    }
+    fn value_type() -> ValueType {
+        ValueType::Object
+    }
+}
+
+impl TypeName for &Tensor {
+    fn type_name() -> &'static str {
+        "Tensor"
+    }
+    fn value_type() -> ValueType {
+        ValueType::Object
+    }
+}
+
+impl FromNapiRef for Tensor {
+    unsafe fn from_napi_ref(
+        env: sys::napi_env,
+        napi_val: sys::napi_value,
+    ) -> Result<&'static Self> {
+        unsafe { tensor_ref(env, napi_val) }
+    }
+}
+
+impl ValidateNapiValue for &Tensor {
+    unsafe fn validate(env: sys::napi_env, napi_val: sys::napi_value) -> Result<sys::napi_value> {
+        unsafe { tensor_ref(env, napi_val) }.map(|_| std::ptr::null_mut())
+    }
+}
+
+/// An operand: a tensor (or handle) or a plain number, told apart with one type check.
+pub enum TensorOrNumber {
+    Tensor(&'static Tensor),
+    Number(f64),
+}
+
+impl FromNapiValue for TensorOrNumber {
+    unsafe fn from_napi_value(env: sys::napi_env, napi_val: sys::napi_value) -> Result<Self> {
+        if type_of(env, napi_val)? == ValueType::Number {
+            return Ok(TensorOrNumber::Number(unsafe {
+                f64::from_napi_value(env, napi_val)?
+            }));
+        }
+        unsafe { tensor_ref(env, napi_val) }
+            .map(TensorOrNumber::Tensor)
+            .map_err(|_| {
+                Error::new(
+                    Status::InvalidArg,
+                    "expected a Tensor or a number".to_string(),
+                )
+            })
+    }
+}
+
+impl TypeName for TensorOrNumber {
+    fn type_name() -> &'static str {
+        "TensorOrNumber"
+    }
+    fn value_type() -> ValueType {
+        ValueType::Unknown
+    }
 }

@@ -1,13 +1,15 @@
 //! The regular tensor operations, generated from one table. Each row names the
-//! JS method and the libtorch call; shapes and dtypes in errors come from the core.
+//! operation and its libtorch call; each becomes a native `tensorOp<Name>`
+//! function that ts/tensor.ts installs as a `Tensor` method. Shapes and dtypes
+//! in error messages come from the core.
 
 use accelerate_core::tensor::ops::{self, Reduction};
 use napi::bindgen_prelude::Either;
 use napi::{Env, Result};
 use napi_derive::napi;
 
-use crate::convert::{dims, guarded, with_all, with_operand, wrap};
-use crate::tensor::Tensor;
+use crate::convert::{dims, guarded, handle, with_all, with_operand, wrap};
+use crate::tensor::{Tensor, TensorHandle, TensorOrNumber};
 
 macro_rules! tensor_ops {
     (
@@ -15,49 +17,46 @@ macro_rules! tensor_ops {
         binary { $($b:ident => $bf:ident),* $(,)? }
         reduce { $($r:ident => $rk:ident),* $(,)? }
         with_args { $($m:ident ( $($arg:ident : $ty:ty),* ) => |$t:ident| $body:expr),* $(,)? }
-    ) => {
-        #[napi]
-        impl Tensor {
-            $(
-                #[napi]
-                pub fn $u(&self, env: Env) -> Result<Tensor> {
-                    guarded(stringify!($u), || {
-                        let t = self.handle.get(stringify!($u))?;
-                        Ok(wrap(&env, ops::unary(stringify!($u), &t, |t| t.$uf())?))
-                    })
-                }
-            )*
-            $(
-                #[napi]
-                pub fn $b(&self, env: Env, other: Either<&Tensor, f64>) -> Result<Tensor> {
-                    guarded(stringify!($b), || {
-                        let a = self.handle.get(stringify!($b))?;
-                        let out = with_operand(stringify!($b), &other, |b| ops::binary(stringify!($b), &a, b, |a, b| a.$bf(b)))?;
-                        Ok(wrap(&env, out))
-                    })
-                }
-            )*
-            $(
-                #[napi]
-                pub fn $r(&self, env: Env, dim: Option<Either<i64, Vec<i64>>>, keepdim: Option<bool>) -> Result<Tensor> {
-                    guarded(stringify!($r), || {
-                        let t = self.handle.get(stringify!($r))?;
-                        let dims = dims(dim);
-                        Ok(wrap(&env, ops::reduce(stringify!($r), &t, dims.as_deref(), keepdim.unwrap_or(false), Reduction::$rk)?))
-                    })
-                }
-            )*
-            $(
-                #[napi]
-                pub fn $m(&self, env: Env, $($arg: $ty),*) -> Result<Tensor> {
-                    guarded(stringify!($m), || {
-                        let $t = self.handle.get(stringify!($m))?;
-                        Ok(wrap(&env, ops::unary(stringify!($m), &$t, |$t| $body)?))
-                    })
-                }
-            )*
-        }
-    };
+    ) => { paste::paste! {
+        $(
+            #[napi]
+            pub fn [<tensor_op_ $u>](env: Env, tensor: &Tensor) -> Result<TensorHandle> {
+                guarded(stringify!($u), || {
+                    let t = tensor.handle.get(stringify!($u))?;
+                    Ok(handle(&env, ops::unary(stringify!($u), &t, |t| t.$uf())?))
+                })
+            }
+        )*
+        $(
+            #[napi]
+            pub fn [<tensor_op_ $b>](env: Env, tensor: &Tensor, other: TensorOrNumber) -> Result<TensorHandle> {
+                guarded(stringify!($b), || {
+                    let a = tensor.handle.get(stringify!($b))?;
+                    let out = with_operand(stringify!($b), &other, |b| ops::binary(stringify!($b), &a, b, |a, b| a.$bf(b)))?;
+                    Ok(handle(&env, out))
+                })
+            }
+        )*
+        $(
+            #[napi]
+            pub fn [<tensor_op_ $r>](env: Env, tensor: &Tensor, dim: Option<Either<i64, Vec<i64>>>, keepdim: Option<bool>) -> Result<TensorHandle> {
+                guarded(stringify!($r), || {
+                    let t = tensor.handle.get(stringify!($r))?;
+                    let dims = dims(dim);
+                    Ok(handle(&env, ops::reduce(stringify!($r), &t, dims.as_deref(), keepdim.unwrap_or(false), Reduction::$rk)?))
+                })
+            }
+        )*
+        $(
+            #[napi]
+            pub fn [<tensor_op_ $m>](env: Env, tensor: &Tensor, $($arg: $ty),*) -> Result<TensorHandle> {
+                guarded(stringify!($m), || {
+                    let $t = tensor.handle.get(stringify!($m))?;
+                    Ok(handle(&env, ops::unary(stringify!($m), &$t, |$t| $body)?))
+                })
+            }
+        )*
+    } };
 }
 
 tensor_ops! {
@@ -97,65 +96,73 @@ tensor_ops! {
     }
 }
 
-/// Hand-written rows: operations taking other tensors in positions the table does not cover.
+/// Matrix product with numpy semantics (1-D, 2-D and broadcast batches).
 #[napi]
-impl Tensor {
-    #[napi]
-    pub fn matmul(&self, env: Env, other: &Tensor) -> Result<Tensor> {
-        guarded("matmul", || {
-            Ok(wrap(
-                &env,
-                ops::matmul(&*self.handle.get("matmul")?, &*other.handle.get("matmul")?)?,
-            ))
-        })
-    }
+pub fn tensor_op_matmul(env: Env, tensor: &Tensor, other: &Tensor) -> Result<TensorHandle> {
+    guarded("matmul", || {
+        Ok(handle(
+            &env,
+            ops::matmul(
+                &*tensor.handle.get("matmul")?,
+                &*other.handle.get("matmul")?,
+            )?,
+        ))
+    })
+}
 
-    /// Values of this tensor taken along `dim` at the positions in `index`.
-    #[napi]
-    pub fn gather(&self, env: Env, dim: i64, index: &Tensor) -> Result<Tensor> {
-        guarded("gather", || {
-            let (t, i) = (self.handle.get("gather")?, index.handle.get("gather")?);
-            Ok(wrap(
-                &env,
-                ops::binary("gather", &t, ops::Operand::Tensor(&i), |t, i| {
-                    t.f_gather(dim, i, false)
-                })?,
-            ))
-        })
-    }
+/// Operations taking a second tensor besides their own options.
+fn with_tensor(
+    env: &Env,
+    op: &str,
+    tensor: &Tensor,
+    other: &Tensor,
+    f: impl FnOnce(&tch::Tensor, &tch::Tensor) -> std::result::Result<tch::Tensor, tch::TchError>,
+) -> Result<TensorHandle> {
+    guarded(op, || {
+        let (t, o) = (tensor.handle.get(op)?, other.handle.get(op)?);
+        Ok(handle(
+            env,
+            ops::binary(op, &t, ops::Operand::Tensor(&o), f)?,
+        ))
+    })
+}
 
-    #[napi]
-    pub fn index_select(&self, env: Env, dim: i64, index: &Tensor) -> Result<Tensor> {
-        guarded("indexSelect", || {
-            let (t, i) = (
-                self.handle.get("indexSelect")?,
-                index.handle.get("indexSelect")?,
-            );
-            Ok(wrap(
-                &env,
-                ops::binary("index_select", &t, ops::Operand::Tensor(&i), |t, i| {
-                    t.f_index_select(dim, i)
-                })?,
-            ))
-        })
-    }
+/// Values of this tensor taken along `dim` at the positions in `index`.
+#[napi]
+pub fn tensor_op_gather(
+    env: Env,
+    tensor: &Tensor,
+    dim: i64,
+    index: &Tensor,
+) -> Result<TensorHandle> {
+    with_tensor(&env, "gather", tensor, index, |t, i| {
+        t.f_gather(dim, i, false)
+    })
+}
 
-    /// A copy with `value` where `mask` is true.
-    #[napi]
-    pub fn masked_fill(&self, env: Env, mask: &Tensor, value: f64) -> Result<Tensor> {
-        guarded("maskedFill", || {
-            let (t, m) = (
-                self.handle.get("maskedFill")?,
-                mask.handle.get("maskedFill")?,
-            );
-            Ok(wrap(
-                &env,
-                ops::binary("masked_fill", &t, ops::Operand::Tensor(&m), |t, m| {
-                    t.f_masked_fill(m, ops::scalar(value))
-                })?,
-            ))
-        })
-    }
+#[napi]
+pub fn tensor_op_index_select(
+    env: Env,
+    tensor: &Tensor,
+    dim: i64,
+    index: &Tensor,
+) -> Result<TensorHandle> {
+    with_tensor(&env, "index_select", tensor, index, |t, i| {
+        t.f_index_select(dim, i)
+    })
+}
+
+/// A copy with `value` where `mask` is true.
+#[napi]
+pub fn tensor_op_masked_fill(
+    env: Env,
+    tensor: &Tensor,
+    mask: &Tensor,
+    value: f64,
+) -> Result<TensorHandle> {
+    with_tensor(&env, "masked_fill", tensor, mask, |t, m| {
+        t.f_masked_fill(m, ops::scalar(value))
+    })
 }
 
 #[napi]
@@ -180,7 +187,7 @@ pub fn stack(env: Env, tensors: Vec<&Tensor>, dim: Option<i64>) -> Result<Tensor
 
 /// Elements of `a` where `condition` is true, else of `b`.
 #[napi(js_name = "where")]
-pub fn where_(env: Env, condition: &Tensor, a: &Tensor, b: Either<&Tensor, f64>) -> Result<Tensor> {
+pub fn where_(env: Env, condition: &Tensor, a: &Tensor, b: TensorOrNumber) -> Result<Tensor> {
     guarded("where", || {
         let (c, a) = (condition.handle.get("where")?, a.handle.get("where")?);
         Ok(wrap(

@@ -1,0 +1,209 @@
+//! The hand-written part of the tensor API: properties, conversion to host
+//! memory, autograd and disposal. Prefixes tell ts/tensor.ts how to install each
+//! function: tensorGet* (getter), tensorCall* (method), tensorOp* (method
+//! returning a tensor), tensorList* (method returning tensors).
+
+use accelerate_core::tensor::{self as core_tensor, ops};
+use accelerate_core::{device, dtype, Error};
+use napi::bindgen_prelude::{Buffer, Either};
+use napi::{Env, Result};
+use napi_derive::napi;
+
+use crate::convert::{
+    guarded, handle, handles, parse_device, parse_dtype, report_memory, with_operand, wrap,
+};
+use crate::tensor::{Tensor, TensorHandle, TensorOrNumber};
+
+#[napi]
+pub fn tensor_get_shape(tensor: &Tensor) -> Result<Vec<i64>> {
+    guarded("shape", || Ok(tensor.handle.get("shape")?.size()))
+}
+
+#[napi]
+pub fn tensor_get_dtype(tensor: &Tensor) -> Result<&'static str> {
+    guarded("dtype", || {
+        Ok(dtype::name(tensor.handle.get("dtype")?.kind()))
+    })
+}
+
+#[napi]
+pub fn tensor_get_device(tensor: &Tensor) -> Result<String> {
+    guarded("device", || {
+        Ok(device::name(tensor.handle.get("device")?.device()))
+    })
+}
+
+#[napi]
+pub fn tensor_get_ndim(tensor: &Tensor) -> Result<i64> {
+    guarded("ndim", || Ok(tensor.handle.get("ndim")?.dim() as i64))
+}
+
+#[napi]
+pub fn tensor_get_numel(tensor: &Tensor) -> Result<i64> {
+    guarded("numel", || Ok(tensor.handle.get("numel")?.numel() as i64))
+}
+
+#[napi]
+pub fn tensor_get_is_disposed(tensor: &Tensor) -> bool {
+    tensor.handle.is_disposed()
+}
+
+/// The accumulated gradient, or null before any backward pass reached this tensor.
+#[napi]
+pub fn tensor_get_grad(env: Env, tensor: &Tensor) -> Result<Option<TensorHandle>> {
+    guarded("grad", || {
+        let g = ops::unary("grad", &*tensor.handle.get("grad")?, |t| t.f_grad())?;
+        Ok(g.defined().then(|| handle(&env, g)))
+    })
+}
+
+#[napi]
+pub fn tensor_requires_grad(tensor: &Tensor) -> Result<bool> {
+    guarded("requiresGrad", || {
+        Ok(tensor.handle.get("requiresGrad")?.requires_grad())
+    })
+}
+
+#[napi]
+pub fn tensor_set_requires_grad(tensor: &Tensor, value: bool) -> Result<()> {
+    guarded("requiresGrad", || {
+        let t = tensor.handle.get("requiresGrad")?;
+        ops::unary("requiresGrad", &t, |t| t.f_set_requires_grad(value)).map(drop)
+    })
+}
+
+/// Frees the tensor's memory now. Later calls on it throw. Idempotent.
+#[napi]
+pub fn tensor_call_dispose(env: Env, tensor: &Tensor) {
+    tensor.handle.dispose();
+    report_memory(&env);
+}
+
+/// The value of a one-element tensor as a number (booleans as 0 or 1).
+#[napi]
+pub fn tensor_call_item(tensor: &Tensor) -> Result<f64> {
+    guarded("item", || core_tensor::item(&*tensor.handle.get("item")?))
+}
+
+/// The elements in row-major order as raw bytes of this tensor's dtype (copied to the host).
+#[napi]
+pub fn tensor_call_to_bytes(tensor: &Tensor) -> Result<Buffer> {
+    guarded("toBytes", || {
+        Ok(core_tensor::to_bytes("toBytes", &*tensor.handle.get("toBytes")?)?.into())
+    })
+}
+
+/// Back-propagates from this tensor; a non-scalar needs `gradient` of its shape.
+#[napi]
+pub fn tensor_call_backward(tensor: &Tensor, gradient: Option<&Tensor>) -> Result<()> {
+    guarded("backward", || {
+        let t = tensor.handle.get("backward")?;
+        let run = |t: &tch::Tensor| t.f_backward().map(|_| tch::Tensor::new());
+        match gradient {
+            None if t.numel() != 1 => Err(Error::invalid(
+                "backward",
+                format!(
+                    "needs a gradient for a non-scalar tensor of shape {:?}",
+                    t.size()
+                ),
+            )),
+            None => ops::unary("backward", &t, run).map(drop),
+            Some(g) => {
+                let g = g.handle.get("backward")?;
+                ops::binary("backward", &t, ops::Operand::Tensor(&g), |t, g| {
+                    run(&t.f_mul(g)?.f_sum(None::<tch::Kind>)?)
+                })
+                .map(drop)
+            }
+        }
+    })
+}
+
+/// A copy converted to `dtype` and/or moved to `device` (the same values when nothing changes).
+#[napi]
+pub fn tensor_op_to(
+    env: Env,
+    tensor: &Tensor,
+    dtype: Option<String>,
+    device: Option<String>,
+) -> Result<TensorHandle> {
+    guarded("to", || {
+        let t = tensor.handle.get("to")?;
+        let kind = parse_dtype("to", dtype.as_deref(), t.kind())?;
+        let device = device
+            .as_deref()
+            .map_or(Ok(t.device()), |d| device::parse("to", d))?;
+        Ok(handle(
+            &env,
+            core_tensor::convert("to", t.shallow_clone(), kind, device)?,
+        ))
+    })
+}
+
+/// `t[i]`: an integer selects along dim 0; a tensor of indices or a boolean mask gathers.
+#[napi]
+pub fn tensor_op_index(env: Env, tensor: &Tensor, i: TensorOrNumber) -> Result<TensorHandle> {
+    guarded("index", || {
+        let t = tensor.handle.get("index")?;
+        Ok(handle(
+            &env,
+            with_operand("index", &i, |i| ops::index(&t, i))?,
+        ))
+    })
+}
+
+/// Pieces of `size` (or of each size in a list) along `dim`.
+#[napi]
+pub fn tensor_list_split(
+    env: Env,
+    tensor: &Tensor,
+    size: Either<i64, Vec<i64>>,
+    dim: Option<i64>,
+) -> Result<Vec<TensorHandle>> {
+    guarded("split", || {
+        let sizes = match size {
+            Either::A(one) => vec![one],
+            Either::B(many) => many,
+        };
+        Ok(handles(
+            &env,
+            ops::split(&*tensor.handle.get("split")?, &sizes, dim.unwrap_or(0))?,
+        ))
+    })
+}
+
+#[napi]
+pub fn tensor_list_chunk(
+    env: Env,
+    tensor: &Tensor,
+    chunks: i64,
+    dim: Option<i64>,
+) -> Result<Vec<TensorHandle>> {
+    guarded("chunk", || {
+        Ok(handles(
+            &env,
+            ops::chunk(&*tensor.handle.get("chunk")?, chunks, dim.unwrap_or(0))?,
+        ))
+    })
+}
+
+/// Creates a tensor from raw elements of `sourceDtype`, converted to `dtype` on `device`.
+#[napi]
+pub fn from_bytes(
+    env: Env,
+    bytes: &[u8],
+    shape: Vec<i64>,
+    source_dtype: String,
+    dtype: Option<String>,
+    device: Option<String>,
+) -> Result<Tensor> {
+    guarded("tensor", || {
+        let source = accelerate_core::dtype::parse("tensor", &source_dtype)?;
+        let target = parse_dtype("tensor", dtype.as_deref(), source)?;
+        let device = parse_device("tensor", device.as_deref())?;
+        Ok(wrap(
+            &env,
+            core_tensor::from_bytes("tensor", bytes, &shape, source, target, device)?,
+        ))
+    })
+}
