@@ -9,6 +9,43 @@ export interface TensorHandle {
 /** A tensor (or its handle) or a plain number. */
 export type TensorOrNumber = Tensor | TensorHandle | number;
 
+export declare class NativeDataLoader {
+  constructor(datasetLength: number, options: NativeLoaderOptions)
+  /** Batches this process gets per epoch. */
+  get length(): number
+  get remainder(): number
+  get totalBatchSize(): number
+  get endOfDataloader(): boolean
+  setEpoch(epoch: number): void
+  state(): NativeLoaderState
+  loadState(state: NativeLoaderState): void
+  /** Starts a pass that yields the dataset indices of each batch. */
+  iterIndices(skip: number): NativeIndexIterator
+  /** Starts a pass whose batches a background thread gathers from `dataset`. */
+  iterTensors(dataset: NativeTensorDataset, skip: number): NativeTensorIterator
+}
+
+export declare class NativeIndexIterator {
+  /** The next batch's dataset indices, or null at the end of the epoch. */
+  nextBatch(): Array<number> | null
+  close(): void
+}
+
+export declare class NativeTensorDataset {
+  /** Holds (shares, does not copy) `tensors`, named by `names` in the same order. */
+  constructor(names: Array<string>, tensors: Array<Tensor>)
+  get length(): number
+  /** Row `index` of every tensor, in the order of the names. */
+  get(index: number): Array<Tensor>
+}
+
+export declare class NativeTensorIterator {
+  /** The next batch, one tensor per dataset name, or null at the end of the epoch. */
+  nextBatch(): Array<Tensor> | null
+  /** Stops and joins the prefetch thread. Idempotent. */
+  close(): void
+}
+
 /** `[start, end)` by `step`; int64 when all three are integers, else float32. */
 export declare function arange(start: number, end: number, step?: number | undefined | null, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
@@ -50,6 +87,23 @@ export declare function manualSeed(seed: number): void
 export interface NamedTensors {
   names: Array<string>
   tensors: Array<Tensor>
+}
+
+export interface NativeLoaderOptions {
+  batchSize: number
+  shuffle: boolean
+  dropLast: boolean
+  seed: number
+  numProcesses: number
+  processIndex: number
+  splitBatches: boolean
+  evenBatches: boolean
+  device?: string
+}
+
+export interface NativeLoaderState {
+  epoch: number
+  batchesSeen: number
 }
 
 export declare function ones(shape: Array<number>, dtype?: string | undefined | null, device?: string | undefined | null): Tensor

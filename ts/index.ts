@@ -6,3 +6,4 @@ export type { DType, DTypeLike, Device, TypedArray, NestedArray, TensorData, Ten
 export { libtorch } from "./native.js";
 export { Accelerator } from "./accelerator.js";
 export type { AcceleratorOptions, MixedPrecision } from "./accelerator.js";
+export * as data from "./data/index.js";

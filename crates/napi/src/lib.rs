@@ -4,6 +4,7 @@
 mod checkpoint;
 mod convert;
 mod creation;
+mod data;
 mod runtime;
 mod tensor;
 mod tensor_api;
