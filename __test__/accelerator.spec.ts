@@ -4,7 +4,7 @@ import test from "ava";
 import { mkdtempSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Accelerator, randn, tensor, type Tensor } from "../ts/index.js";
+import { Accelerator, arange, data, randn, tensor, type Tensor } from "../ts/index.js";
 import { shareOf } from "../ts/state.js";
 
 test("one process: rank facts and device", (t) => {
@@ -89,4 +89,18 @@ test("bad options and inputs throw Errors naming the cause", (t) => {
   t.throws(() => acc.registerForCheckpointing({}, new Counter(), 3), { message: "registerForCheckpointing: objects at positions 0, 2 lack stateDict() and loadStateDict()" });
   t.throws(() => acc.loadState(join(tmpdir(), "no-such-checkpoint")), { message: /^loadState: .*no-such-checkpoint does not exist/ });
   t.throws(() => acc.saveState(), { message: /^saveState: give a directory/ });
+});
+
+test("prepared loaders: accumulate syncs every N steps and at the end; gatherForMetrics counts every sample once", (t) => {
+  const acc = new Accelerator({ cpu: true, gradientAccumulationSteps: 4 });
+  const dataset = new data.TensorDataset({ x: arange(37) });
+  const [loader] = acc.prepare(new data.DataLoader(dataset, { batchSize: 4 }));
+  const syncs: boolean[] = [];
+  const seen: number[] = [];
+  for (const batch of loader) {
+    acc.accumulate(null, () => syncs.push(acc.syncGradients));
+    seen.push(...(acc.gatherForMetrics(batch.x).toArray() as number[]));
+  }
+  t.deepEqual(syncs, [false, false, false, true, false, false, false, true, false, true]);
+  t.deepEqual(seen, Array.from({ length: 37 }, (_, i) => i));
 });

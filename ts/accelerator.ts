@@ -46,6 +46,8 @@ interface LoaderLike extends Stateful, Iterable<unknown> {
   length: number;
   endOfDataloader?: boolean;
   remainder?: number;
+  /** A copy delivering batches to `device`, sharded for this process (see data.DataLoader). */
+  withOptions?(overrides: { device?: string; shard?: { numProcesses: number; processIndex: number } }): LoaderLike;
 }
 
 const has = (obj: unknown, ...methods: string[]): boolean =>
@@ -114,16 +116,18 @@ export class Accelerator {
 
   /**
    * Makes models, optimizers, schedulers and data loaders ready for this run and
-   * returns them in order (the same objects, adapted in place); anything else is returned unchanged.
+   * returns them in order: models, optimizers and schedulers adapted in place, data
+   * loaders as copies that deliver this process's shard on `device`. Anything else is returned unchanged.
    */
   prepare<T extends unknown[]>(...objects: T): T {
-    for (const obj of objects) {
+    const prepared = objects.map((obj) => {
       if (isModel(obj)) this.prepareModel(obj);
       else if (isOptimizer(obj)) this.prepareOptimizer(obj);
-      else if (isLoader(obj)) this.prepareLoader(obj);
-    }
-    for (const obj of objects) if (isScheduler(obj)) this.prepareScheduler(obj);
-    return objects;
+      else if (isLoader(obj)) return this.prepareLoader(obj);
+      return obj;
+    });
+    for (const obj of prepared) if (isScheduler(obj)) this.prepareScheduler(obj);
+    return prepared as T;
   }
 
   private prepareModel(model: ModelLike): void {
@@ -158,8 +162,10 @@ export class Accelerator {
   }
 
   /** Iterating a prepared loader makes it the active one, which `accumulate` and `gatherForMetrics` consult. */
-  private prepareLoader(loader: LoaderLike): void {
-    if (this.loaders.includes(loader)) return;
+  private prepareLoader(original: LoaderLike): LoaderLike {
+    if (this.loaders.includes(original)) return original;
+    const shard = { numProcesses: this.numProcesses, processIndex: this.processIndex };
+    const loader = original.withOptions?.({ device: this.device, shard }) ?? original;
     const iterate = loader[Symbol.iterator].bind(loader);
     const self = this;
     loader[Symbol.iterator] = function* () {
@@ -172,6 +178,7 @@ export class Accelerator {
       }
     };
     this.loaders.push(loader);
+    return loader;
   }
 
   /** Backpropagates `loss`, scaled for gradient accumulation. Use instead of `loss.backward()`. */
