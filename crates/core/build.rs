@@ -20,6 +20,7 @@ fn main() {
     for source in &sources {
         println!("cargo:rerun-if-changed={}", source.display());
     }
+    println!("cargo:rerun-if-changed=shim");
     println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
     cc::Build::new()
         .cpp(true)
@@ -30,6 +31,8 @@ fn main() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
+        // c10d's Gloo backend: declarations from Debian's libgloo-dev, code inside libtorch_cpu.
+        .define("USE_C10D_GLOO", None)
         .files(
             sources
                 .iter()

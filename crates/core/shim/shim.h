@@ -9,9 +9,9 @@ namespace acc {
 void set_last_error(const std::string& message);
 }
 
-#define ACC_PROTECT(body)                                  \
+#define ACC_PROTECT(...)                                   \
   try {                                                    \
-    body;                                                  \
+    __VA_ARGS__;                                                  \
     return 0;                                              \
   } catch (const c10::Error& e) {                          \
     acc::set_last_error(e.what_without_backtrace());       \

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod dtype;
 pub mod error;
 pub mod memory;
