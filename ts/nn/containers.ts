@@ -4,7 +4,7 @@ import type { NativeLayer } from "../../index.js";
 import { native } from "../native.js";
 import { Tensor } from "../tensor.js";
 import { Module } from "./module.js";
-import { defineNativeLayer, nativeLayerOf, uniformlyTraining } from "./native_module.js";
+import { defineNativeLayer, nativeLayerOf } from "./native_module.js";
 
 abstract class IndexedModules<T extends Module> extends Module implements Iterable<T> {
   constructor(modules: T[]) {
@@ -40,17 +40,20 @@ export class Sequential extends IndexedModules<Module> {
 
   constructor(...modules: Module[]) {
     super(modules);
-    defineNativeLayer(this, () => this.#nativeChain());
+    defineNativeLayer(this, () => this.#nativeChain(this.training));
   }
 
   /**
-   * The native chain over the current children, rebuilt if they were replaced;
-   * undefined if one is not native (or there are none: then forward returns its input).
+   * The native chain over the current children if each runs natively in `mode`
+   * (rebuilt when children were replaced); undefined otherwise, or when there are
+   * no children (forward then returns its input). Only native modules' own modes
+   * matter: the inner layers of a native module ignore theirs.
    */
-  #nativeChain(): NativeLayer | undefined {
+  #nativeChain(mode: boolean): NativeLayer | undefined {
     const layers: NativeLayer[] = [];
     for (const child of this.children()) {
-      const layer = nativeLayerOf(child);
+      if (child.training !== mode) return undefined;
+      const layer = child instanceof Sequential ? child.#nativeChain(mode) : nativeLayerOf(child);
       if (layer === undefined) return undefined;
       layers.push(layer);
     }
@@ -62,15 +65,14 @@ export class Sequential extends IndexedModules<Module> {
     return this.#chain;
   }
 
-  /** Whether `forward` runs as one native call now (every child native, all in the same mode). */
+  /** Whether `forward` runs as one native call now (every child native, all in this module's mode). */
   get runsNatively(): boolean {
-    return this.#nativeChain() !== undefined && uniformlyTraining(this, this.training);
+    return this.#nativeChain(this.training) !== undefined;
   }
 
   forward(x: Tensor): Tensor {
-    const chain = this.#nativeChain();
-    if (chain !== undefined && uniformlyTraining(this, this.training)) return chain.forward(x, this.training);
-    return this.forwardInJs(x);
+    const chain = this.#nativeChain(this.training);
+    return chain === undefined ? this.forwardInJs(x) : chain.forward(x, this.training);
   }
 
   /** The same computation as a JS loop over the children's `forward` (what runs when a child is a TS module). */

@@ -20,11 +20,6 @@ export function defineNativeLayer(target: object, get: () => NativeLayer | undef
   Object.defineProperty(target, NATIVE_LAYER, { get, enumerable: false, configurable: true });
 }
 
-/** True when `module` and all its descendants are in training mode `mode`. */
-export function uniformlyTraining(module: Module, mode: boolean): boolean {
-  return module.training === mode && module.children().every((child) => uniformlyTraining(child, mode));
-}
-
 export abstract class NativeModule extends Module {
   readonly #layer: NativeLayer;
 

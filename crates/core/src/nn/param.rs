@@ -148,6 +148,21 @@ mod tests {
     }
 
     #[test]
+    fn move_keeps_identity_and_moves_the_gradient() -> Result<()> {
+        if !tch::Cuda::is_available() {
+            return Ok(()); // needs a second device
+        }
+        let p = Param::new("test", Tensor::ones([2], (Kind::Float, Device::Cpu)))?;
+        let held = p.share();
+        p.get().sum(Kind::Float).backward();
+        move_in_place(&[&p.get()], Device::Cuda(0))?;
+        assert_eq!(held.device(), Device::Cuda(0));
+        assert_eq!(held.grad().device(), Device::Cuda(0));
+        assert!(held.is_leaf() && held.requires_grad());
+        Ok(())
+    }
+
+    #[test]
     fn replace_rejects_another_shape() -> Result<()> {
         let p = Param::new("test", Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)))?;
         let err = p
