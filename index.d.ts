@@ -31,6 +31,33 @@ export declare class NativeIndexIterator {
   close(): void
 }
 
+export declare class NativeLayer {
+  static linear(inFeatures: number, outFeatures: number, bias: boolean, dtype?: string | undefined | null, device?: string | undefined | null): NativeLayer
+  static conv2d(inChannels: number, outChannels: number, kernelSize: Array<number>, stride: Array<number>, padding: Array<number> | string, dilation: Array<number>, groups: number, bias: boolean, dtype?: string | undefined | null, device?: string | undefined | null): NativeLayer
+  static maxPool2d(kernelSize: Array<number>, stride: Array<number>, padding: Array<number>, dilation: Array<number>, ceilMode: boolean): NativeLayer
+  static embedding(numEmbeddings: number, embeddingDim: number, dtype?: string | undefined | null, device?: string | undefined | null): NativeLayer
+  static layerNorm(normalizedShape: Array<number>, eps: number, elementwiseAffine: boolean, bias: boolean, dtype?: string | undefined | null, device?: string | undefined | null): NativeLayer
+  static dropout(p: number): NativeLayer
+  static relu(): NativeLayer
+  static gelu(approximate: string): NativeLayer
+  static flatten(startDim: number, endDim: number): NativeLayer
+  /** Runs `layers` in order in one native call; they stay shared with their own wrappers. */
+  static sequential(layers: Array<NativeLayer>): NativeLayer
+  static causalSelfAttention(dim: number, heads: number, dropout: number, qkv: NativeLayer, proj: NativeLayer): NativeLayer
+  /** The PyTorch class name of this layer. */
+  get kind(): string
+  forward(x: Tensor, train: boolean): Tensor
+  /** Names of this layer's own parameters, absent ones (a bias turned off) included. */
+  parameterNames(): Array<string>
+  /**
+   * This layer's own parameters, in `parameterNames()` order (null where absent),
+   * as handles sharing the layer's tensors.
+   */
+  parameters(): Array<Tensor | undefined | null>
+  /** Makes own parameter `name` share `value` (same shape), e.g. to tie weights. */
+  setParameter(name: string, value: Tensor): void
+}
+
 export declare class NativeTensorDataset {
   /** Holds (shares, does not copy) `tensors`, named by `names` in the same order. */
   constructor(names: Array<string>, tensors: Array<Tensor>)
@@ -105,6 +132,50 @@ export interface NativeLoaderState {
   epoch: number
   batchesSeen: number
 }
+
+/** Drops each tensor's gradient (`grad` becomes null). */
+export declare function nnClearGrads(tensors: Array<Tensor>): void
+
+export declare function nnCrossEntropy(logits: Tensor, target: Tensor, reduction?: string | undefined | null, labelSmoothing?: number | undefined | null, ignoreIndex?: number | undefined | null): Tensor
+
+export declare function nnDropout(x: Tensor, p: number, training: boolean): Tensor
+
+export declare function nnGelu(x: Tensor, approximate?: string | undefined | null): Tensor
+
+export declare function nnInitConstant(t: Tensor, value: number): void
+
+/** PyTorch's `calculate_gain(nonlinearity, param)`. */
+export declare function nnInitGain(nonlinearity: string, param?: number | undefined | null): number
+
+export declare function nnInitKaimingNormal(t: Tensor, a: number, mode: string, nonlinearity: string): void
+
+export declare function nnInitKaimingUniform(t: Tensor, a: number, mode: string, nonlinearity: string): void
+
+export declare function nnInitNormal(t: Tensor, mean: number, std: number): void
+
+export declare function nnInitUniform(t: Tensor, low: number, high: number): void
+
+export declare function nnInitXavierNormal(t: Tensor, gain: number): void
+
+export declare function nnInitXavierUniform(t: Tensor, gain: number): void
+
+export declare function nnLinear(x: Tensor, weight: Tensor, bias?: Tensor | undefined | null): Tensor
+
+/** Copies `sources[i]` into `targets[i]` (named `keys[i]`) after checking every shape. */
+export declare function nnLoadInPlace(keys: Array<string>, targets: Array<Tensor>, sources: Array<Tensor>): void
+
+export declare function nnLogSoftmax(x: Tensor, dim: number): Tensor
+
+/** Moves each tensor (and its gradient) to `device`, in place. */
+export declare function nnMoveInPlace(tensors: Array<Tensor>, device: string): void
+
+export declare function nnMseLoss(input: Tensor, target: Tensor, reduction?: string | undefined | null): Tensor
+
+export declare function nnRelu(x: Tensor): Tensor
+
+export declare function nnScaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, attnMask?: Tensor | undefined | null, dropoutP?: number | undefined | null, isCausal?: boolean | undefined | null, scale?: number | undefined | null): Tensor
+
+export declare function nnSoftmax(x: Tensor, dim: number): Tensor
 
 export declare function ones(shape: Array<number>, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 

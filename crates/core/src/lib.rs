@@ -9,6 +9,7 @@ pub mod dist;
 pub mod dtype;
 pub mod error;
 pub mod memory;
+pub mod nn;
 pub mod shim;
 pub mod tensor;
 

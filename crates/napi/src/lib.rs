@@ -5,6 +5,7 @@ mod checkpoint;
 mod convert;
 mod creation;
 mod data;
+mod nn;
 mod runtime;
 mod tensor;
 mod tensor_api;

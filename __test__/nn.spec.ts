@@ -1,0 +1,430 @@
+// nn: layers and losses against values recorded from PyTorch 2.11 (outputs and
+// gradients), Module bookkeeping (names, state dicts, modes, devices), Sequential's
+// native path, initialisation and the errors users see.
+//
+// Reference values come from ~/.cache/accelerate-ts/torch-2.11.0/bin/python, with
+//   import torch, torch.nn as nn, torch.nn.functional as F
+//   def wave(n, k, s=1.0): return (torch.arange(n, dtype=torch.float32) * k).sin() * s
+//   def r(t): return [round(v, 6) for v in t.detach().flatten().tolist()]
+import test, { type ExecutionContext } from "ava";
+import { Tensor, arange, manualSeed, nn, noGrad, ones, randn, tensor, tidy, zeros } from "../ts/index.js";
+
+const F = nn.functional;
+
+/** The same inputs as the Python helper `wave`: sin(arange(n) * k) * s in float32. */
+function wave(n: number, k: number, s = 1): Tensor {
+  return arange(0, n, 1, { dtype: "float32" }).mul(k).sin().mul(s);
+}
+
+function assertClose(t: ExecutionContext, actual: Tensor | null, expected: number[], label: string, tol = 1e-5): void {
+  t.truthy(actual, `${label}: missing`);
+  const values = Array.from(actual!.toTypedArray() as Float32Array);
+  t.is(values.length, expected.length, `${label}: length`);
+  const worst = Math.max(0, ...values.map((v, i) => Math.abs(v - expected[i]) - tol * Math.abs(expected[i])));
+  t.true(worst <= tol, `${label}: ${JSON.stringify(values)} vs ${JSON.stringify(expected)}`);
+}
+
+test("Linear matches PyTorch: output and gradients for input, weight and bias", (t) => {
+  // lin = nn.Linear(4, 3); lin.load_state_dict({"weight": <below>, "bias": <below>})
+  // x = torch.tensor(<below>, requires_grad=True); y = lin(x); (y * g).sum().backward()
+  const lin = new nn.Linear(4, 3);
+  lin.loadStateDict({
+    weight: tensor([[0.1, -0.2, 0.3, 0.4], [0.5, 0.6, -0.7, 0.8], [-0.9, 1.0, 0.2, -0.3]]),
+    bias: tensor([0.1, -0.2, 0.3]),
+  });
+  const x = tensor([[1.0, 2.0, -1.0, 0.5], [0.3, -0.7, 2.0, 1.0]]);
+  x.requiresGrad = true;
+  const y = lin.forward(x);
+  y.mul(tensor([[1.0, -1.0, 0.5], [2.0, 0.1, -0.3]])).sum().backward();
+  assertClose(t, y, [-0.3, 2.6, 1.05, 1.27, -1.07, -0.57], "y");
+  assertClose(t, x.grad, [-0.85, -0.3, 1.1, -0.55, 0.52, -0.64, 0.47, 0.97], "dx");
+  assertClose(t, lin.weight.grad, [1.6, 0.6, 3.0, 2.5, -0.97, -2.07, 1.2, -0.4, 0.41, 1.21, -1.1, -0.05], "dW");
+  assertClose(t, lin.bias!.grad, [3.0, -0.9, 0.2], "db");
+});
+
+test("Conv2d (stride 2, padding 1) matches PyTorch: output and gradients", (t) => {
+  // conv = nn.Conv2d(2, 2, 2, stride=2, padding=1)
+  // weight = wave(16, 0.6, 0.5).reshape(2, 2, 2, 2), bias = wave(2, 1.1, 0.3)
+  // x = wave(18, 0.35).reshape(1, 2, 3, 3) (requires grad); (conv(x) * wave(8, 0.8).reshape(1, 2, 2, 2)).sum().backward()
+  const conv = new nn.Conv2d(2, 2, 2, { stride: 2, padding: 1 });
+  conv.loadStateDict({ weight: wave(16, 0.6, 0.5).reshape([2, 2, 2, 2]), bias: wave(2, 1.1, 0.3) });
+  const x = wave(18, 0.35).reshape([1, 2, 3, 3]);
+  x.requiresGrad = true;
+  const y = conv.forward(x);
+  t.deepEqual(y.shape, [1, 2, 2, 2]);
+  y.mul(wave(8, 0.8).reshape([1, 2, 2, 2])).sum().backward();
+  assertClose(t, y, [0.003664, 0.834631, 0.978024, 0.617715, 0.26563, 0.03585, -0.545476, -1.859843], "y");
+  assertClose(t, x.grad, [
+    -0.009093, 0.440033, 0.23141, 0.667101, 0.314423, 0.434608, 0.331543, 0.402972, 0.230566,
+    -0.012029, -0.482104, -0.468561, -0.426827, -0.022383, -0.267513, -0.640871, -0.419193, -0.424437,
+  ], "dx");
+  assertClose(t, conv.weight.grad, [
+    0.665635, 1.531699, 0.676766, 1.551247, -0.666577, -1.534814, -0.678034, -1.546212,
+    -0.622082, -1.485254, -0.662106, -1.558911, 0.622962, 1.488422, 0.663971, 1.554984,
+  ], "dW");
+  assertClose(t, conv.bias!.grad, [2.392393, -2.442608], "db");
+});
+
+test("LayerNorm matches PyTorch: output and gradients for input, weight and bias", (t) => {
+  // ln = nn.LayerNorm(4); ln.load_state_dict({"weight": torch.tensor([1.0, 0.5, -1.5, 2.0]), "bias": torch.tensor([0.1, 0.0, -0.2, 0.3])})
+  // x = torch.tensor([[1.0, 2.0, -1.0, 0.5], [0.3, -0.7, 2.0, 4.0]], requires_grad=True); (ln(x) * g).sum().backward()
+  const ln = new nn.LayerNorm(4);
+  t.deepEqual(ln.weight!.toArray(), [1, 1, 1, 1]);
+  t.deepEqual(ln.bias!.toArray(), [0, 0, 0, 0]);
+  ln.loadStateDict({ weight: tensor([1.0, 0.5, -1.5, 2.0]), bias: tensor([0.1, 0.0, -0.2, 0.3]) });
+  const x = tensor([[1.0, 2.0, -1.0, 0.5], [0.3, -0.7, 2.0, 4.0]]);
+  x.requiresGrad = true;
+  const y = ln.forward(x);
+  y.mul(tensor([[1.0, -1.0, 0.5, 0.2], [2.0, 0.1, -0.3, 1.0]])).sum().backward();
+  assertClose(t, y, [0.446409, 0.635083, 2.051656, 0.069061, -0.516364, -0.588347, -0.704298, 3.213721], "y");
+  assertClose(t, x.grad, [0.825839, -0.728534, -0.453259, 0.355954, 0.643412, -0.31003, -0.461745, 0.128363], "dx");
+  assertClose(t, ln.weight!.grad, [-0.886319, -1.387835, -0.851412, 1.433766], "dW");
+  assertClose(t, ln.bias!.grad, [3.0, -0.9, 0.2, 1.2], "db");
+});
+
+test("crossEntropy matches PyTorch: reductions, label smoothing, ignoreIndex, probabilities, gradient", (t) => {
+  // logits = (wave(12, 0.77) * 2).reshape(3, 4); t = torch.tensor([0, 3, 1])
+  const logits = wave(12, 0.77).mul(2).reshape([3, 4]);
+  logits.requiresGrad = true;
+  const target = tensor([0, 3, 1]);
+  // F.cross_entropy(logits, t).item()
+  assertClose(t, F.crossEntropy(logits, target), [2.177947759628296], "mean");
+  // F.cross_entropy(logits, t, reduction="sum").item()
+  assertClose(t, F.crossEntropy(logits, target, { reduction: "sum" }), [6.533843040466309], "sum");
+  // r(F.cross_entropy(logits, t, reduction="none"))
+  assertClose(t, F.crossEntropy(logits, target, { reduction: "none" }), [2.820798, 2.117886, 1.595159], "none");
+  // F.cross_entropy(logits, t, ignore_index=3).item()
+  assertClose(t, F.crossEntropy(logits, target, { ignoreIndex: 3 }), [2.2079784870147705], "ignoreIndex");
+  // F.cross_entropy(logits, torch.softmax(wave(12, 0.3).reshape(3, 4), 1)).item()
+  assertClose(t, F.crossEntropy(logits, F.softmax(wave(12, 0.3).reshape([3, 4]), 1)), [1.6940017938613892], "probs");
+  // F.cross_entropy(logits, t, label_smoothing=0.1).item(), then .backward(); r(logits.grad)
+  const smoothed = F.crossEntropy(logits, target, { labelSmoothing: 0.1 });
+  assertClose(t, smoothed, [2.1269373893737793], "labelSmoothing");
+  smoothed.backward();
+  assertClose(t, logits.grad, [
+    -0.288481, 0.071554, 0.138221, 0.078706, 0.20707, 0.043506, 0.017662, -0.268238, 0.007513, -0.240708, 0.137874, 0.095321,
+  ], "dlogits");
+  t.is(F.crossEntropy(logits, tensor([0, 3, 1], { dtype: "int32" })).item(), F.crossEntropy(logits, target).item());
+});
+
+test("crossEntropy and other functions name themselves and the shapes in errors", (t) => {
+  t.throws(() => F.crossEntropy(zeros([4, 10]), tensor([1, 2, 3, 4, 5])), {
+    message: "crossEntropy: target of shape [5] does not fit logits of shape [4, 10] (class indices need shape [4])",
+  });
+  t.throws(() => F.crossEntropy(zeros([2, 3]), tensor([0, 1]), { labelSmoothing: 2 }), { message: /labelSmoothing must be in \[0, 1\]/ });
+  t.throws(() => F.crossEntropy(zeros([2, 3]), tensor([0, 1]), { reduction: "avg" as "mean" }), { message: /crossEntropy: unknown reduction "avg"/ });
+  t.throws(() => F.mseLoss(zeros([2, 3]), zeros([3])), { message: "mseLoss: input of shape [2, 3] and target of shape [3] differ; reshape one to match" });
+  t.throws(() => F.linear(zeros([2, 3]), zeros([5, 4])), { message: /^linear: input of shape \[2, 3\] does not fit weight of shape \[5, 4\]/ });
+  t.throws(() => new nn.Linear(4, 2).forward(zeros([5, 3])), { message: /^Linear: input of shape \[5, 3\] does not fit weight of shape \[2, 4\]/ });
+  t.throws(() => new nn.Embedding(5, 2).forward(zeros([3])), { message: "Embedding: indices must be int64 or int32, got float32 (shape [3])" });
+  t.throws(() => new nn.LayerNorm(4).forward(zeros([2, 5])), { message: "LayerNorm: input of shape [2, 5] does not end with the normalized shape [4]" });
+  t.throws(() => F.softmax(zeros([2, 3]), 5), { message: /^softmax: .*\(shape \[2, 3\]\)$/ });
+});
+
+test("mseLoss, softmax, gelu, relu, maxPool and embedding match PyTorch", (t) => {
+  // F.mse_loss(wave(6, 0.3), wave(6, 0.5)).item()
+  assertClose(t, F.mseLoss(wave(6, 0.3), wave(6, 0.5)), [0.052676599472761154], "mse");
+  assertClose(t, F.mseLoss(wave(6, 0.3), wave(6, 0.5), { reduction: "sum" }), [0.052676599472761154 * 6], "mse sum");
+  const p = F.softmax(wave(6, 0.4).reshape([2, 3]), 1);
+  assertClose(t, p.sum(1), [1, 1], "softmax rows");
+  assertClose(t, F.logSoftmax(wave(6, 0.4).reshape([2, 3]), 1).exp(), Array.from(p.toTypedArray() as Float32Array), "logSoftmax");
+  // r(F.gelu(wave(5, 0.9, 2))), r(F.gelu(wave(5, 0.9, 2), approximate="tanh"))
+  assertClose(t, F.gelu(wave(5, 0.9, 2)), [0.0, 1.474851, 1.897589, 0.686935, -0.166447], "gelu");
+  assertClose(t, new nn.GELU({ approximate: "tanh" }).forward(wave(5, 0.9, 2)), [0.0, 1.474654, 1.897642, 0.686833, -0.166559], "gelu tanh");
+  t.deepEqual(F.relu(tensor([-1, 0.5])).toArray(), [0, 0.5]);
+  t.deepEqual(new nn.ReLU().forward(tensor([-1, 0.5])).toArray(), [0, 0.5]);
+  // r(F.max_pool2d(wave(16, 0.7).reshape(1, 1, 4, 4), 2))
+  assertClose(t, new nn.MaxPool2d(2).forward(wave(16, 0.7).reshape([1, 1, 4, 4])), [0.644218, 0.98545, 0.854599, 0.988168], "maxPool");
+  t.deepEqual(new nn.Flatten().forward(zeros([2, 3, 4])).shape, [2, 12]);
+  t.deepEqual(new nn.Flatten(0, 1).forward(zeros([2, 3, 4])).shape, [6, 4]);
+  const emb = new nn.Embedding(5, 2);
+  emb.loadStateDict({ weight: arange(0, 10, 1, { dtype: "float32" }).reshape([5, 2]) });
+  t.deepEqual(emb.forward(tensor([[4, 0], [1, 1]])).toArray(), [[[8, 9], [0, 1]], [[2, 3], [2, 3]]]);
+});
+
+test("CausalSelfAttention matches nanoGPT-style attention in PyTorch; scaledDotProductAttention too", (t) => {
+  // D, H, T = 4, 2, 3; qkv = nn.Linear(D, 3 * D); proj = nn.Linear(D, D)
+  // qkv.weight = wave(48, 0.37, 0.5).reshape(12, 4); qkv.bias = wave(12, 0.21, 0.1)
+  // proj.weight = wave(16, 0.53, 0.5).reshape(4, 4); proj.bias = wave(4, 0.61, 0.1)
+  // x = wave(T * D, 0.29).reshape(1, T, D)
+  // q, k, v = qkv(x).split(D, dim=2); q, k, v = (z.view(1, T, H, D // H).transpose(1, 2) for z in (q, k, v))
+  // y = F.scaled_dot_product_attention(q, k, v, is_causal=True); out = proj(y.transpose(1, 2).reshape(1, T, D))
+  const attn = new nn.CausalSelfAttention(4, 2);
+  t.deepEqual(attn.namedParameters().map(([n, p]) => [n, p.shape]), [
+    ["qkv.weight", [12, 4]], ["qkv.bias", [12]], ["proj.weight", [4, 4]], ["proj.bias", [4]],
+  ]);
+  attn.loadStateDict({
+    "qkv.weight": wave(48, 0.37, 0.5).reshape([12, 4]),
+    "qkv.bias": wave(12, 0.21, 0.1),
+    "proj.weight": wave(16, 0.53, 0.5).reshape([4, 4]),
+    "proj.bias": wave(4, 0.61, 0.1),
+  });
+  const x = wave(12, 0.29).reshape([1, 3, 4]);
+  // r(out)
+  assertClose(t, attn.forward(x), [
+    -0.068885, 0.52695, -0.327541, 0.066998, -0.01164, 0.714049, -0.58012, 0.143596, 0.038364, 0.558351, -0.467573, 0.181793,
+  ], "attention");
+  const [q, k, v] = attn.qkv.forward(x).split(4, 2).map((z) => z.view([1, 3, 2, 2]).transpose(1, 2));
+  // r(y)
+  assertClose(t, F.scaledDotProductAttention(q, k, v, { isCausal: true }), [
+    0.196298, 0.862959, -0.105734, 1.552839, -0.102158, 1.235872, 0.128701, -0.686424, 0.546168, -1.284981, 0.488861, -0.974686,
+  ], "sdpa");
+  const causalMask = tensor([[true, false, false], [true, true, false], [true, true, true]]);
+  assertClose(t, F.scaledDotProductAttention(q, k, v, { attnMask: causalMask }),
+    Array.from(F.scaledDotProductAttention(q, k, v, { isCausal: true }).toTypedArray() as Float32Array), "mask = causal");
+  t.throws(() => F.scaledDotProductAttention(q, k, v, { attnMask: causalMask, isCausal: true }), {
+    message: "scaledDotProductAttention: pass either attnMask or isCausal, not both",
+  });
+  t.throws(() => attn.forward(zeros([1, 3, 5])), { message: "CausalSelfAttention: input must be [batch, time, 4], got shape [1, 3, 5]" });
+});
+
+class Scale extends nn.Module {
+  factor: Tensor;
+  constructor(value: number) {
+    super();
+    this.factor = tensor([value], { dtype: "float32" });
+    this.factor.requiresGrad = true;
+  }
+  forward(x: Tensor): Tensor {
+    return x.mul(this.factor);
+  }
+}
+
+test("Sequential runs in one native call and gives what the JS loop gives, gradients included", (t) => {
+  manualSeed(3);
+  const seq = new nn.Sequential(new nn.Linear(6, 8), new nn.GELU(), new nn.Sequential(new nn.Linear(8, 8), new nn.ReLU()), new nn.Linear(8, 3));
+  t.true(seq.runsNatively);
+  const x = randn([5, 6]);
+  const native = seq.forward(x);
+  const loop = seq.forwardInJs(x);
+  t.deepEqual(native.toArray(), loop.toArray());
+  native.sum().backward();
+  const nativeGrads = seq.parameters().map((p) => p.grad!.toArray());
+  seq.zeroGrad();
+  loop.sum().backward();
+  t.deepEqual(seq.parameters().map((p) => p.grad!.toArray()), nativeGrads);
+  // Only the native chain reports which layer failed.
+  t.throws(() => seq.forward(zeros([5, 7])), { message: /^Sequential: layer 0 \(Linear\): Linear: input of shape \[5, 7\]/ });
+
+  const mixed = new nn.Sequential(new nn.Linear(6, 3), new Scale(2));
+  t.false(mixed.runsNatively);
+  t.throws(() => mixed.forward(zeros([5, 7])), { message: /^Linear: input of shape \[5, 7\]/ });
+  const first = mixed.at(0) as nn.Linear;
+  t.deepEqual(mixed.forward(x).toArray(), first.forward(x).mul(2).toArray());
+  t.is(mixed.length, 2);
+  t.is([...mixed].length, 2);
+  t.is(new nn.Sequential().forward(x), x);
+});
+
+test("Sequential notices a replaced child and per-child modes", (t) => {
+  const seq = new nn.Sequential(new nn.Linear(2, 2), new nn.Dropout(0.5));
+  seq.registerModule("1", new nn.ReLU());
+  t.true(seq.runsNatively);
+  t.true(seq.forward(randn([20, 2])).min().item() >= 0, "the new ReLU runs");
+  seq.registerModule("1", new Scale(0));
+  t.false(seq.runsNatively);
+  t.deepEqual(seq.forward(tensor([[1.5, 2.5]])).toArray(), [[0, 0]]);
+  const drop = new nn.Sequential(new nn.Dropout(0.5));
+  drop.at(0)!.eval();
+  t.false(drop.runsNatively, "child in eval mode under a training parent runs the JS loop");
+  t.deepEqual(drop.forward(ones([50])).toArray(), new Array(50).fill(1));
+});
+
+test("parameter and module names follow PyTorch", (t) => {
+  class Block extends nn.Module {
+    ln = new nn.LayerNorm(4);
+    attn = new nn.CausalSelfAttention(4, 2);
+    mlp = new nn.Sequential(new nn.Linear(4, 16, { bias: false }), new nn.GELU(), new nn.Linear(16, 4));
+    gate: Tensor;
+    constructor() {
+      super();
+      this.gate = zeros([1]);
+      this.gate.requiresGrad = true;
+      this.registerBuffer("mask", ones([3, 3]));
+      this.registerParameter("frozen", zeros([2]));
+    }
+    forward(x: Tensor): Tensor {
+      return x;
+    }
+  }
+  const block = new Block();
+  t.deepEqual(block.namedParameters().map(([n]) => n), [
+    "gate", "frozen", "ln.weight", "ln.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+    "mlp.0.weight", "mlp.2.weight", "mlp.2.bias",
+  ]);
+  t.deepEqual(block.namedBuffers().map(([n]) => n), ["mask"]);
+  t.deepEqual(Object.keys(block.stateDict()), [
+    "gate", "frozen", "mask", "ln.weight", "ln.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+    "mlp.0.weight", "mlp.2.weight", "mlp.2.bias",
+  ]);
+  t.deepEqual(block.namedModules().map(([n]) => n), ["", "ln", "attn", "attn.qkv", "attn.proj", "mlp", "mlp.0", "mlp.1", "mlp.2"]);
+  t.deepEqual(block.namedChildren().map(([n]) => n), ["ln", "attn", "mlp"]);
+  t.is((block.mlp.at(0) as nn.Linear).bias, null);
+  t.throws(() => block.registerParameter("a.b", zeros([1])), { message: /registerParameter: name must be a non-empty string without "\."/ });
+  const list = new nn.ModuleList([new nn.Linear(2, 2)]).push(new nn.Linear(2, 1));
+  t.deepEqual(list.namedParameters().map(([n]) => n), ["0.weight", "0.bias", "1.weight", "1.bias"]);
+});
+
+test("tied weights are one tensor: shared by both layers, listed once, saved under both names", (t) => {
+  class TiedLm extends nn.Module {
+    tok = new nn.Embedding(6, 4);
+    head = new nn.Linear(4, 6, { bias: false });
+    constructor() {
+      super();
+      this.head.weight = this.tok.weight;
+    }
+    forward(idx: Tensor): Tensor {
+      return this.head.forward(this.tok.forward(idx));
+    }
+  }
+  const lm = new TiedLm();
+  t.deepEqual(lm.namedParameters().map(([n]) => n), ["tok.weight"]);
+  t.deepEqual(Object.keys(lm.stateDict()), ["tok.weight", "head.weight"]);
+  nn.init.constant_(lm.tok.weight, 0.5);
+  t.deepEqual(lm.forward(tensor([1])).toArray(), [new Array(6).fill(1)]);
+  t.throws(() => {
+    lm.head.weight = zeros([3, 4]);
+  }, { message: "setParameter: Linear.weight has shape [6, 4], got a tensor of shape [3, 4]" });
+});
+
+test("stateDict shares storage, is detached, and loadStateDict round-trips into another model", (t) => {
+  const make = () => new nn.Sequential(new nn.Linear(3, 4), new nn.ReLU(), new nn.Linear(4, 2));
+  const a = make();
+  const b = make();
+  const x = randn([2, 3]);
+  t.notDeepEqual(a.forward(x).toArray(), b.forward(x).toArray());
+  const sd = a.stateDict();
+  t.deepEqual(Object.keys(sd), ["0.weight", "0.bias", "2.weight", "2.bias"]);
+  t.false(sd["0.weight"].requiresGrad);
+  const result = b.loadStateDict(sd);
+  t.deepEqual(result, { missingKeys: [], unexpectedKeys: [] });
+  t.deepEqual(b.forward(x).toArray(), a.forward(x).toArray());
+  nn.init.constant_((a.at(0) as nn.Linear).bias!, 7);
+  t.deepEqual(sd["0.bias"].toArray(), [7, 7, 7, 7], "stateDict views share the parameters' storage");
+  t.notDeepEqual((b.at(0) as nn.Linear).bias!.toArray(), [7, 7, 7, 7], "loading copied the values");
+  t.true((b.at(0) as nn.Linear).weight.requiresGrad, "loaded parameters stay trainable leaves");
+  const viaMap = make();
+  viaMap.loadStateDict(new Map(Object.entries(sd)));
+  t.deepEqual(viaMap.forward(x).toArray(), a.forward(x).toArray());
+});
+
+test("loadStateDict errors name the key (missing, unexpected, wrong shape) and change nothing", (t) => {
+  class Net extends nn.Module {
+    fc1 = new nn.Linear(4, 4);
+    fc2 = new nn.Linear(4, 2);
+    forward(x: Tensor): Tensor {
+      return this.fc2.forward(this.fc1.forward(x));
+    }
+  }
+  const net = new Net();
+  const before = net.stateDict();
+  const snapshot = Object.fromEntries(Object.entries(before).map(([k, v]) => [k, v.toArray()]));
+  const full = () => Object.fromEntries(Object.entries(new Net().stateDict()));
+
+  const missing = full();
+  delete missing["fc2.bias"];
+  t.throws(() => net.loadStateDict(missing), { message: /^loadStateDict: missing key "fc2\.bias"/ });
+  t.throws(() => net.loadStateDict({ ...full(), "fc3.weight": zeros([1]) }), { message: /^loadStateDict: unexpected key "fc3\.weight"/ });
+  t.throws(() => net.loadStateDict({ ...full(), "fc1.weight": zeros([3, 4]) }), {
+    message: 'loadStateDict: "fc1.weight" has shape [3, 4] in the checkpoint but [4, 4] in the model',
+  });
+  t.throws(() => net.loadStateDict({ ...full(), "fc1.weight": zeros([3, 4]) }, { strict: false }), { message: /"fc1\.weight" has shape \[3, 4\]/ });
+  t.deepEqual(Object.fromEntries(Object.entries(net.stateDict()).map(([k, v]) => [k, v.toArray()])), snapshot);
+
+  const partial = net.loadStateDict({ "fc1.bias": zeros([4]), extra: zeros([1]) }, { strict: false });
+  t.deepEqual(partial, { missingKeys: ["fc1.weight", "fc2.weight", "fc2.bias"], unexpectedKeys: ["extra"] });
+  t.deepEqual(net.fc1.bias!.toArray(), [0, 0, 0, 0]);
+});
+
+test("train() and eval() switch Dropout on every descendant", (t) => {
+  manualSeed(0);
+  const model = new nn.Sequential(new nn.Linear(8, 8), new nn.Sequential(new nn.Dropout(0.5)));
+  const dropout = (model.at(1) as nn.Sequential).at(0) as nn.Dropout;
+  t.true(model.training && dropout.training);
+  const x = ones([400]);
+  const trained = dropout.forward(x).toArray() as number[];
+  t.true(trained.every((v) => v === 0 || v === 2), "kept elements are scaled by 1/(1-p)");
+  const zeroed = trained.filter((v) => v === 0).length;
+  t.true(zeroed > 120 && zeroed < 280, `${zeroed} of 400 zeroed`);
+  t.is(model.eval(), model);
+  t.false(dropout.training);
+  t.deepEqual(dropout.forward(x).toArray(), new Array(400).fill(1));
+  model.train();
+  t.true(dropout.training);
+  t.deepEqual(F.dropout(x, 0.5, false).toArray(), new Array(400).fill(1));
+  t.true((F.dropout(x, 0.5).toArray() as number[]).some((v) => v === 0));
+  t.throws(() => new nn.Dropout(1.5), { message: "Dropout: dropout probability must be in [0, 1], got 1.5" });
+});
+
+test("to() moves in place: a parameter obtained before still sees later updates", (t) => {
+  const model = new nn.Sequential(new nn.Linear(3, 2));
+  const [weight] = model.parameters();
+  t.is(model.to("cpu"), model);
+  t.is(model.parameters()[0], weight);
+  model.loadStateDict({ "0.weight": ones([2, 3]), "0.bias": zeros([2]) });
+  t.deepEqual(weight.toArray(), [[1, 1, 1], [1, 1, 1]]);
+  t.is(weight.device, "cpu");
+  t.throws(() => model.to("tpu"), { message: /^to: unknown device "tpu"/ });
+});
+
+test("zeroGrad drops gradients like PyTorch's zero_grad()", (t) => {
+  const lin = new nn.Linear(3, 2);
+  lin.forward(ones([1, 3])).sum().backward();
+  t.deepEqual(lin.bias!.grad!.toArray(), [1, 1]);
+  lin.zeroGrad();
+  t.is(lin.weight.grad, null);
+  t.is(lin.bias!.grad, null);
+});
+
+test("default initialisation matches PyTorch bit for bit under the same seed", (t) => {
+  // torch.manual_seed(0); l = nn.Linear(3, 2); l.weight.tolist(), l.bias.tolist()
+  manualSeed(0);
+  const lin = new nn.Linear(3, 2);
+  t.deepEqual(lin.weight.toArray(), [
+    [-0.004322517663240433, 0.3097158372402191, -0.4751853346824646],
+    [-0.4248946011066437, -0.2223689705133438, 0.15482072532176971],
+  ]);
+  t.deepEqual(lin.bias!.toArray(), [-0.011439144611358643, 0.45777493715286255]);
+  // torch.manual_seed(0); c = nn.Conv2d(1, 1, 2); r(c.weight), r(c.bias)
+  manualSeed(0);
+  const conv = new nn.Conv2d(1, 1, 2);
+  assertClose(t, conv.weight, [-0.003743, 0.268222, -0.411523, -0.36797], "conv weight", 1e-6);
+  assertClose(t, conv.bias, [-0.192577], "conv bias", 1e-6);
+  // torch.manual_seed(0); r(nn.Embedding(3, 2).weight)
+  manualSeed(0);
+  assertClose(t, new nn.Embedding(3, 2).weight, [1.540996, -0.293429, -2.178789, 0.568431, -1.084522, -1.398595], "embedding", 1e-6);
+  // torch.manual_seed(0); w = torch.empty(2, 3); nn.init.kaiming_uniform_(w); r(w)
+  manualSeed(0);
+  const w = nn.init.kaimingUniform_(zeros([2, 3]));
+  assertClose(t, w, [-0.010588, 0.758646, -1.163962, -1.040775, -0.54469, 0.379232], "kaiming", 1e-6);
+});
+
+test("nn.init fills in place without recording gradients and returns the tensor", (t) => {
+  const w = zeros([64, 32]);
+  w.requiresGrad = true;
+  t.is(nn.init.xavierUniform_(w, { gain: 2 }), w);
+  const bound = 2 * Math.sqrt(6 / (64 + 32));
+  t.true(w.abs().max().item() <= bound && w.abs().max().item() > 0.9 * bound);
+  t.is(w.grad, null);
+  t.true(w.requiresGrad);
+  nn.init.kaimingNormal_(w, { mode: "fanOut", nonlinearity: "relu" });
+  const std = w.std().item();
+  t.true(Math.abs(std - Math.sqrt(2 / 64)) < 0.02, `std ${std}`);
+  t.deepEqual(nn.init.ones_(zeros([2])).toArray(), [1, 1]);
+  t.deepEqual(nn.init.zeros_(ones([2])).toArray(), [0, 0]);
+  t.deepEqual(nn.init.constant_(zeros([2]), -3).toArray(), [-3, -3]);
+  const u = nn.init.uniform_(zeros([1000]), { a: 2, b: 3 });
+  t.true(u.min().item() >= 2 && u.max().item() < 3);
+  const n = nn.init.normal_(zeros([4000]), { mean: 5, std: 0.1 });
+  t.true(Math.abs(n.mean().item() - 5) < 0.01);
+  t.is(nn.init.calculateGain("tanh"), 5 / 3);
+  t.throws(() => nn.init.xavierNormal_(zeros([3])), { message: /^xavierNormal: fan in and fan out need a tensor with at least 2 dimensions/ });
+});
+
+test("modules built inside tidy() survive it when returned", (t) => {
+  const model = tidy(() => new nn.Sequential(new nn.Linear(2, 2)));
+  t.false(model.parameters().some((p) => p.isDisposed));
+  const y = noGrad(() => model.forward(ones([1, 2])));
+  t.false(y.requiresGrad);
+  t.deepEqual(y.shape, [1, 2]);
+});

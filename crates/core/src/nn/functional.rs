@@ -1,0 +1,374 @@
+//! Stateless neural-network operations (PyTorch's `torch.nn.functional`): losses,
+//! activations, attention, and the numerics behind each layer. Errors name the
+//! operation as users call it and the shapes involved.
+
+use tch::{Kind, Reduction, Tensor};
+
+use crate::tensor::shapes;
+use crate::{dtype, Error, Result};
+
+/// Parses a loss reduction: `mean`, `sum` or `none`.
+pub fn reduction(op: &str, name: &str) -> Result<Reduction> {
+    match name {
+        "mean" => Ok(Reduction::Mean),
+        "sum" => Ok(Reduction::Sum),
+        "none" => Ok(Reduction::None),
+        _ => Err(Error::invalid(
+            op,
+            format!("unknown reduction \"{name}\" (expected \"mean\", \"sum\" or \"none\")"),
+        )),
+    }
+}
+
+/// `x @ w.T + b`, as `torch.nn.functional.linear`.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    linear_as("linear", x, weight, bias)
+}
+
+pub(crate) fn linear_as(
+    op: &str,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (xs, ws) = (x.size(), weight.size());
+    if ws.len() != 2 || xs.last() != Some(&ws[1]) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "input of shape {xs:?} does not fit weight of shape {ws:?} (the input's last dimension must be {})",
+                ws.get(1).copied().unwrap_or(0)
+            ),
+        ));
+    }
+    x.f_linear(weight, bias)
+        .map_err(|e| Error::torch(op, shapes(&[x, weight]), e))
+}
+
+/// Cross entropy between unnormalised `logits` (classes on dim 1, or dim 0 for one
+/// sample) and `target`: class indices, or class probabilities of the logits' shape.
+pub fn cross_entropy(
+    logits: &Tensor,
+    target: &Tensor,
+    reduction: Reduction,
+    label_smoothing: f64,
+    ignore_index: i64,
+) -> Result<Tensor> {
+    const OP: &str = "crossEntropy";
+    let (ls, ts) = (logits.size(), target.size());
+    if ls.is_empty() {
+        return Err(Error::invalid(
+            OP,
+            "logits need at least one dimension (the classes), got a 0-d tensor",
+        ));
+    }
+    if !(0.0..=1.0).contains(&label_smoothing) {
+        return Err(Error::invalid(
+            OP,
+            format!("labelSmoothing must be in [0, 1], got {label_smoothing}"),
+        ));
+    }
+    if dtype::is_floating(target.kind()) {
+        if ts != ls {
+            return Err(Error::invalid(
+                OP,
+                format!("target probabilities of shape {ts:?} must have the logits' shape {ls:?}"),
+            ));
+        }
+    } else if matches!(
+        target.kind(),
+        Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Uint8 | Kind::Int8
+    ) {
+        let mut expected = ls.clone();
+        expected.remove(if ls.len() == 1 { 0 } else { 1 });
+        if ts != expected {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "target of shape {ts:?} does not fit logits of shape {ls:?} (class indices need shape {expected:?})"
+                ),
+            ));
+        }
+    } else {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "target must hold class indices (an integer dtype) or probabilities (a float dtype), got {}",
+                dtype::name(target.kind())
+            ),
+        ));
+    }
+    // libtorch's cross_entropy wants int64 class indices.
+    let converted;
+    let target = if dtype::is_floating(target.kind()) || target.kind() == Kind::Int64 {
+        target
+    } else {
+        converted = target
+            .f_to_kind(Kind::Int64)
+            .map_err(|e| Error::torch(OP, vec![ts.clone()], e))?;
+        &converted
+    };
+    logits
+        .f_cross_entropy_loss(
+            target,
+            None::<Tensor>,
+            reduction,
+            ignore_index,
+            label_smoothing,
+        )
+        .map_err(|e| Error::torch(OP, vec![ls, ts], e))
+}
+
+/// Mean squared error; `input` and `target` must have the same shape (no silent broadcasting).
+pub fn mse_loss(input: &Tensor, target: &Tensor, reduction: Reduction) -> Result<Tensor> {
+    const OP: &str = "mseLoss";
+    let (is, ts) = (input.size(), target.size());
+    if is != ts {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "input of shape {is:?} and target of shape {ts:?} differ; reshape one to match"
+            ),
+        ));
+    }
+    input
+        .f_mse_loss(target, reduction)
+        .map_err(|e| Error::torch(OP, vec![is, ts], e))
+}
+
+pub fn softmax(x: &Tensor, dim: i64) -> Result<Tensor> {
+    x.f_softmax(dim, None::<Kind>)
+        .map_err(|e| Error::torch("softmax", shapes(&[x]), e))
+}
+
+pub fn log_softmax(x: &Tensor, dim: i64) -> Result<Tensor> {
+    x.f_log_softmax(dim, None::<Kind>)
+        .map_err(|e| Error::torch("logSoftmax", shapes(&[x]), e))
+}
+
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    x.f_relu()
+        .map_err(|e| Error::torch("relu", shapes(&[x]), e))
+}
+
+/// Checks a GELU approximation name: `none` (exact, erf) or `tanh`.
+pub fn gelu_approximation(op: &str, approximate: &str) -> Result<()> {
+    match approximate {
+        "none" | "tanh" => Ok(()),
+        _ => Err(Error::invalid(
+            op,
+            format!("unknown approximate \"{approximate}\" (expected \"none\" or \"tanh\")"),
+        )),
+    }
+}
+
+pub fn gelu(x: &Tensor, approximate: &str) -> Result<Tensor> {
+    gelu_approximation("gelu", approximate)?;
+    x.f_gelu(approximate)
+        .map_err(|e| Error::torch("gelu", shapes(&[x]), e))
+}
+
+pub(crate) fn check_probability(op: &str, p: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            op,
+            format!("dropout probability must be in [0, 1], got {p}"),
+        ))
+    }
+}
+
+/// Zeroes elements with probability `p` and scales the rest by `1/(1-p)` when
+/// `training`; otherwise returns `x` itself.
+pub fn dropout(x: &Tensor, p: f64, training: bool) -> Result<Tensor> {
+    dropout_as("dropout", x, p, training)
+}
+
+pub(crate) fn dropout_as(op: &str, x: &Tensor, p: f64, training: bool) -> Result<Tensor> {
+    if !training || p == 0.0 {
+        return Ok(x.shallow_clone());
+    }
+    check_probability(op, p)?;
+    x.f_dropout(p, true)
+        .map_err(|e| Error::torch(op, shapes(&[x]), e))
+}
+
+/// libtorch's fused scaled dot-product attention (flash / memory-efficient kernels where available).
+/// `q`, `k`, `v` are `[..., seq, head_dim]`; `mask` is boolean (true = attend) or additive.
+pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    dropout_p: f64,
+    is_causal: bool,
+    scale: Option<f64>,
+) -> Result<Tensor> {
+    const OP: &str = "scaledDotProductAttention";
+    if mask.is_some() && is_causal {
+        return Err(Error::invalid(
+            OP,
+            "pass either attnMask or isCausal, not both",
+        ));
+    }
+    check_probability(OP, dropout_p)?;
+    Tensor::f_scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal, scale, false)
+        .map_err(|e| {
+            let mut all = vec![q, k, v];
+            all.extend(mask);
+            Error::torch(OP, shapes(&all), e)
+        })
+}
+
+/// Convolution padding: explicit per-side amounts, or PyTorch's `same` / `valid`.
+#[derive(Clone, Debug)]
+pub enum Padding {
+    Explicit(Vec<i64>),
+    Same,
+    Valid,
+}
+
+impl Padding {
+    pub fn parse(op: &str, name: &str) -> Result<Padding> {
+        match name {
+            "same" => Ok(Padding::Same),
+            "valid" => Ok(Padding::Valid),
+            _ => Err(Error::invalid(
+                op,
+                format!(
+                    "unknown padding \"{name}\" (expected a number, a pair, \"same\" or \"valid\")"
+                ),
+            )),
+        }
+    }
+}
+
+/// 2-D convolution of `[N, C, H, W]` (or `[C, H, W]`) input.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d(
+    op: &str,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: &[i64],
+    padding: &Padding,
+    dilation: &[i64],
+    groups: i64,
+) -> Result<Tensor> {
+    let result = match padding {
+        Padding::Explicit(p) => x.f_conv2d(weight, bias, stride, p.as_slice(), dilation, groups),
+        Padding::Same => x.f_conv2d_padding(weight, bias, stride, "same", dilation, groups),
+        Padding::Valid => x.f_conv2d_padding(weight, bias, stride, "valid", dilation, groups),
+    };
+    result.map_err(|e| Error::torch(op, shapes(&[x, weight]), e))
+}
+
+pub fn max_pool2d(
+    op: &str,
+    x: &Tensor,
+    kernel: &[i64],
+    stride: &[i64],
+    padding: &[i64],
+    dilation: &[i64],
+    ceil_mode: bool,
+) -> Result<Tensor> {
+    x.f_max_pool2d(kernel, stride, padding, dilation, ceil_mode)
+        .map_err(|e| Error::torch(op, shapes(&[x]), e))
+}
+
+/// Rows of `weight` selected by integer `indices` (any shape; the result adds a last dim).
+pub fn embedding(op: &str, weight: &Tensor, indices: &Tensor) -> Result<Tensor> {
+    if !matches!(indices.kind(), Kind::Int64 | Kind::Int) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "indices must be int64 or int32, got {} (shape {:?})",
+                dtype::name(indices.kind()),
+                indices.size()
+            ),
+        ));
+    }
+    Tensor::f_embedding(weight, indices, -1, false, false)
+        .map_err(|e| Error::torch(op, shapes(&[indices, weight]), e))
+}
+
+/// Normalises over the trailing dims given by `shape`, then applies the optional affine.
+pub fn layer_norm(
+    op: &str,
+    x: &Tensor,
+    shape: &[i64],
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let xs = x.size();
+    if xs.len() < shape.len() || xs[xs.len() - shape.len()..] != *shape {
+        return Err(Error::invalid(
+            op,
+            format!("input of shape {xs:?} does not end with the normalized shape {shape:?}"),
+        ));
+    }
+    x.f_layer_norm(shape, weight, bias, eps, true)
+        .map_err(|e| Error::torch(op, vec![xs], e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn close(a: &Tensor, b: &[f32]) -> bool {
+        let b = Tensor::from_slice(b).reshape(a.size());
+        a.allclose(&b, 1e-5, 1e-6, false)
+    }
+
+    #[test]
+    fn cross_entropy_matches_pytorch() -> Result<()> {
+        // torch.nn.functional.cross_entropy(torch.tensor([[1.,2.,3.],[1.,0.,-1.]]), torch.tensor([2,0]),
+        //     label_smoothing=0.1) -> 0.5076059103012085; without smoothing -> 0.40760594606399536
+        let logits = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 1.0, 0.0, -1.0]).reshape([2, 3]);
+        let target = Tensor::from_slice(&[2i64, 0]);
+        let plain = cross_entropy(&logits, &target, Reduction::Mean, 0.0, -100)?;
+        assert!(close(&plain, &[0.407_605_95]));
+        let smooth = cross_entropy(&logits, &target, Reduction::Mean, 0.1, -100)?;
+        assert!(close(&smooth, &[0.507_605_9]));
+        Ok(())
+    }
+
+    #[test]
+    fn cross_entropy_names_a_wrong_target_length() {
+        let logits = Tensor::zeros([4, 10], (Kind::Float, Device::Cpu));
+        let target = Tensor::zeros([5], (Kind::Int64, Device::Cpu));
+        let err = cross_entropy(&logits, &target, Reduction::Mean, 0.0, -100)
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("crossEntropy: target of shape [5] does not fit logits of shape [4, 10] (class indices need shape [4])")
+        );
+    }
+
+    #[test]
+    fn linear_names_both_shapes() {
+        let x = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+        let w = Tensor::zeros([5, 4], (Kind::Float, Device::Cpu));
+        let err = linear(&x, &w, None).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("linear: input of shape [2, 3] does not fit weight of shape [5, 4] (the input's last dimension must be 4)")
+        );
+    }
+
+    #[test]
+    fn dropout_is_identity_in_eval() -> Result<()> {
+        let _rng = crate::nn::rng_lock();
+        let x = Tensor::ones([100], (Kind::Float, Device::Cpu));
+        assert!(dropout(&x, 0.5, false)?.equal(&x));
+        let y = dropout(&x, 0.5, true)?;
+        let zeros = y.eq(0.0).sum(Kind::Int64).int64_value(&[]);
+        assert!(zeros > 20 && zeros < 80, "{zeros}");
+        assert!(dropout(&x, 1.5, true).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! A chain of layers run in one call: the host crosses into the engine once per
+//! forward, however deep the stack.
+
+use std::rc::Rc;
+use tch::Tensor;
+
+use super::Layer;
+use crate::{Error, Result};
+
+pub struct Sequential {
+    layers: Vec<Rc<dyn Layer>>,
+}
+
+impl Sequential {
+    pub fn new(layers: Vec<Rc<dyn Layer>>) -> Sequential {
+        Sequential { layers }
+    }
+
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+/// Says which child failed: `Sequential: layer 2 (Linear): input of shape ...`.
+fn in_layer(index: usize, layer: &dyn Layer, err: Error) -> Error {
+    Error::invalid(
+        "Sequential",
+        format!("layer {index} ({}): {err}", layer.name()),
+    )
+}
+
+impl Layer for Sequential {
+    fn name(&self) -> &'static str {
+        "Sequential"
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut layers = self.layers.iter().enumerate();
+        let Some((_, first)) = layers.next() else {
+            return Ok(x.shallow_clone());
+        };
+        let mut h = first
+            .forward(x, train)
+            .map_err(|e| in_layer(0, first.as_ref(), e))?;
+        for (i, layer) in layers {
+            h = layer
+                .forward(&h, train)
+                .map_err(|e| in_layer(i, layer.as_ref(), e))?;
+        }
+        Ok(h)
+    }
+
+    fn children(&self) -> Vec<(String, Rc<dyn Layer>)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), l.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{Linear, Placement, Relu};
+    use tch::{Device, Kind};
+
+    fn mlp() -> Result<Sequential> {
+        let _rng = crate::nn::rng_lock();
+        Ok(Sequential::new(vec![
+            Rc::new(Linear::new(4, 8, true, Placement::default())?),
+            Rc::new(Relu),
+            Rc::new(Linear::new(8, 2, true, Placement::default())?),
+        ]))
+    }
+
+    #[test]
+    fn names_parameters_like_pytorch() -> Result<()> {
+        let names: Vec<String> = mlp()?
+            .named_parameters()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["0.weight", "0.bias", "2.weight", "2.bias"]);
+        Ok(())
+    }
+
+    #[test]
+    fn runs_every_layer_and_reports_the_failing_one() -> Result<()> {
+        let net = mlp()?;
+        let y = net.forward(&Tensor::ones([3, 4], (Kind::Float, Device::Cpu)), true)?;
+        assert_eq!(y.size(), [3, 2]);
+        let msg = net
+            .forward(&Tensor::ones([3, 5], (Kind::Float, Device::Cpu)), true)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.starts_with("Sequential: layer 0 (Linear): Linear: input of shape [3, 5]"),
+            "{msg}"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+// nn.functional: losses, activations and attention as plain functions (numerics in the engine).
+import { native } from "../native.js";
+import type { Tensor } from "../tensor.js";
+
+export type Reduction = "mean" | "sum" | "none";
+
+export interface CrossEntropyOptions {
+  reduction?: Reduction;
+  /** Mixes the target with the uniform distribution by this amount, in [0, 1]; default 0. */
+  labelSmoothing?: number;
+  /** Targets equal to this class index add nothing to the loss (nor to the mean's count); default -100. */
+  ignoreIndex?: number;
+}
+
+/**
+ * Cross entropy of unnormalised `logits` `[N, C]` (or `[C]`, or `[N, C, d...]`) against
+ * `target`: class indices `[N]` (`[]`, `[N, d...]`) or class probabilities shaped like `logits`.
+ */
+export function crossEntropy(logits: Tensor, target: Tensor, options: CrossEntropyOptions = {}): Tensor {
+  return native.nnCrossEntropy(logits, target, options.reduction, options.labelSmoothing, options.ignoreIndex);
+}
+
+/** Mean squared error; `input` and `target` must have the same shape. */
+export function mseLoss(input: Tensor, target: Tensor, options: { reduction?: Reduction } = {}): Tensor {
+  return native.nnMseLoss(input, target, options.reduction);
+}
+
+export function softmax(x: Tensor, dim: number): Tensor {
+  return native.nnSoftmax(x, dim);
+}
+
+export function logSoftmax(x: Tensor, dim: number): Tensor {
+  return native.nnLogSoftmax(x, dim);
+}
+
+export function relu(x: Tensor): Tensor {
+  return native.nnRelu(x);
+}
+
+/** GELU, exact (erf) or with the tanh approximation GPT-2 used. */
+export function gelu(x: Tensor, options: { approximate?: "none" | "tanh" } = {}): Tensor {
+  return native.nnGelu(x, options.approximate);
+}
+
+/** With `training`, zeroes elements with probability `p` and scales the rest by 1/(1-p); else returns `x`. */
+export function dropout(x: Tensor, p = 0.5, training = true): Tensor {
+  return native.nnDropout(x, p, training);
+}
+
+export interface ScaledDotProductAttentionOptions {
+  /** Boolean (true = may attend) or additive float mask, broadcastable to `[..., L, S]`. */
+  attnMask?: Tensor;
+  dropoutP?: number;
+  /** Each query attends only to keys at or before its position. */
+  isCausal?: boolean;
+  /** Defaults to 1/sqrt(headDim). */
+  scale?: number;
+}
+
+/** softmax(q kᵀ · scale + mask) v with libtorch's fused kernels; `q` `[..., L, E]`, `k` `[..., S, E]`, `v` `[..., S, Ev]`. */
+export function scaledDotProductAttention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  options: ScaledDotProductAttentionOptions = {},
+): Tensor {
+  return native.nnScaledDotProductAttention(q, k, v, options.attnMask, options.dropoutP, options.isCausal, options.scale);
+}
+
+/** `x @ weight.T + bias`. */
+export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
+  return native.nnLinear(x, weight, bias);
+}

@@ -1,0 +1,56 @@
+// The base of modules that run in the engine: a thin wrapper over a NativeLayer whose
+// parameters appear as ordinary properties sharing the engine's tensors.
+import type { NativeLayer } from "../../index.js";
+import { Tensor } from "../tensor.js";
+import { Module } from "./module.js";
+
+const NATIVE_LAYER = Symbol("accelerate.nativeLayer");
+
+interface NativeBacked {
+  readonly [NATIVE_LAYER]: NativeLayer | undefined;
+}
+
+/** The engine layer behind `module`, if it (and, for containers, every child) runs natively. */
+export function nativeLayerOf(module: Module): NativeLayer | undefined {
+  return (module as unknown as Partial<NativeBacked>)[NATIVE_LAYER];
+}
+
+/** Lets a container (Sequential) say which native layer, if any, runs it; computed on each access. */
+export function defineNativeLayer(target: object, get: () => NativeLayer | undefined): void {
+  Object.defineProperty(target, NATIVE_LAYER, { get, enumerable: false, configurable: true });
+}
+
+export abstract class NativeModule extends Module {
+  readonly #layer: NativeLayer;
+
+  constructor(layer: NativeLayer) {
+    super();
+    this.#layer = layer;
+    Object.defineProperty(this, NATIVE_LAYER, { value: layer, enumerable: false });
+    const tensors = layer.parameters();
+    layer.parameterNames().forEach((name, i) => this.#adopt(layer, name, tensors[i] ?? null));
+  }
+
+  /** Exposes parameter `name` as a property; assigning a Tensor of the same shape shares it (weight tying). */
+  #adopt(layer: NativeLayer, name: string, initial: Tensor | null): void {
+    let current = initial;
+    Object.defineProperty(this, name, {
+      enumerable: true,
+      configurable: true,
+      get: () => current,
+      set: (value: unknown) => {
+        if (value === current) return;
+        if (!(value instanceof Tensor)) {
+          throw new Error(`${layer.kind}.${name}: can only be set to a Tensor of the same shape, got ${String(value)}`);
+        }
+        layer.setParameter(name, value);
+        current = value;
+      },
+    });
+    this.registerParameter(name, initial);
+  }
+
+  forward(x: Tensor): Tensor {
+    return this.#layer.forward(x, this.training);
+  }
+}
