@@ -6,6 +6,7 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod memory;
+pub mod optim;
 pub mod shim;
 pub mod tensor;
 

@@ -1,0 +1,173 @@
+//! The optimizer: param groups of shared parameters (shallow clones: same TensorImpl,
+//! same gradient), per-parameter state by flat index (as PyTorch numbers them), and
+//! `step` / `zero_grad`, which update parameters in place.
+
+use super::kernels::{self, AmpInputs};
+use super::options::{Algorithm, Hyperparams, OptionsPatch};
+use super::update::{self, Slot};
+use super::ParamState;
+use crate::tensor::shapes;
+use crate::{Error, Result};
+use tch::Tensor;
+
+pub struct ParamGroup {
+    pub params: Vec<Tensor>,
+    pub hyper: Hyperparams,
+}
+
+/// A param group as given to the constructor: its parameters and the options that differ
+/// from the optimizer's.
+pub struct GroupSpec {
+    pub params: Vec<Tensor>,
+    pub options: OptionsPatch,
+}
+
+pub struct Optimizer {
+    algorithm: Algorithm,
+    pub(super) groups: Vec<ParamGroup>,
+    /// One entry per parameter, in group order; empty until its first step.
+    pub(super) state: Vec<ParamState>,
+}
+
+impl Optimizer {
+    /// `options` overrides the algorithm's defaults for every group; each group's own
+    /// options override those. Parameters are shared, not copied.
+    pub fn new(
+        algorithm: Algorithm,
+        options: &OptionsPatch,
+        groups: Vec<GroupSpec>,
+    ) -> Result<Optimizer> {
+        let name = algorithm.name();
+        if groups.is_empty() {
+            return Err(Error::invalid(name, "got an empty parameter list"));
+        }
+        let base = algorithm.defaults().patched(algorithm, options, name)?;
+        let mut built = Vec::with_capacity(groups.len());
+        for (g, spec) in groups.into_iter().enumerate() {
+            let op = format!("{name}: param group {g}");
+            let hyper = base.patched(algorithm, &spec.options, &op)?;
+            built.push(ParamGroup {
+                params: spec.params,
+                hyper,
+            });
+        }
+        let optimizer = Optimizer {
+            algorithm,
+            state: (0..built.iter().map(|g| g.params.len()).sum())
+                .map(|_| ParamState::new())
+                .collect(),
+            groups: built,
+        };
+        optimizer.check_unique()?;
+        Ok(optimizer)
+    }
+
+    /// PyTorch refuses a parameter in two groups; we also refuse one listed twice in a group,
+    /// which would be stepped twice.
+    fn check_unique(&self) -> Result<()> {
+        let mut seen = std::collections::HashMap::new();
+        for (index, (group, param)) in self.indexed_params().enumerate() {
+            let id = kernels::identity(self.name(), param)?;
+            if let Some((first, first_group)) = seen.insert(id, (index, group)) {
+                return Err(Error::invalid(
+                    self.name(),
+                    format!(
+                        "the same parameter appears twice: as parameter {first} (param group {first_group}) \
+                         and as parameter {index} (param group {group})"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.algorithm.name()
+    }
+
+    pub fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+
+    /// (group index, parameter) for every parameter, in flat-index order.
+    pub fn indexed_params(&self) -> impl Iterator<Item = (usize, &Tensor)> {
+        self.groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, group)| group.params.iter().map(move |p| (g, p)))
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.state.len()
+    }
+
+    /// The state of parameter `index` (flat, in group order).
+    pub fn state(&self, index: usize) -> Option<&ParamState> {
+        self.state.get(index)
+    }
+
+    fn group_index(&self, op: &str, group: usize) -> Result<usize> {
+        if group < self.groups.len() {
+            return Ok(group);
+        }
+        Err(Error::invalid(
+            op,
+            format!(
+                "no param group {group}: this {} has {}",
+                self.name(),
+                self.groups.len()
+            ),
+        ))
+    }
+
+    pub fn hyperparams(&self, group: usize) -> Result<&Hyperparams> {
+        let g = self.group_index(self.name(), group)?;
+        Ok(&self.groups[g].hyper)
+    }
+
+    /// Changes some hyperparameters of one group (a scheduler setting `lr`, say), checked as in the constructor.
+    pub fn set_options(&mut self, group: usize, patch: &OptionsPatch) -> Result<()> {
+        let g = self.group_index(self.name(), group)?;
+        let op = format!("{}: param group {g}", self.name());
+        self.groups[g].hyper = self.groups[g].hyper.patched(self.algorithm, patch, &op)?;
+        Ok(())
+    }
+
+    /// One optimization step over the parameters that have gradients.
+    pub fn step(&mut self) -> Result<()> {
+        self.step_with_amp(AmpInputs::default())
+    }
+
+    /// A step that unscales gradients by `amp.grad_scale` and is skipped where
+    /// `amp.found_inf` is non-zero (for a gradient scaler).
+    pub fn step_with_amp(&mut self, amp: AmpInputs) -> Result<()> {
+        let op = format!("{}.step", self.name());
+        let mut states = self.state.iter_mut();
+        for group in &self.groups {
+            let mut slots = Vec::with_capacity(group.params.len());
+            for param in &group.params {
+                let state = states.next().ok_or_else(|| {
+                    Error::invalid(&op, "internal error: state shorter than params")
+                })?;
+                let grad = param
+                    .f_grad()
+                    .map_err(|e| Error::torch(&op, shapes(&[param]), e))?;
+                if grad.defined() {
+                    slots.push(Slot { param, grad, state });
+                }
+            }
+            update::apply(&op, self.algorithm, &group.hyper, &mut slots, amp)?;
+        }
+        Ok(())
+    }
+
+    /// Resets gradients: to none (`set_to_none`, PyTorch's default) or to zeros in place.
+    pub fn zero_grad(&self, set_to_none: bool) -> Result<()> {
+        let params: Vec<&Tensor> = self.indexed_params().map(|(_, p)| p).collect();
+        kernels::zero_grads(&format!("{}.zeroGrad", self.name()), &params, set_to_none)
+    }
+}
