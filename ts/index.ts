@@ -4,3 +4,4 @@ export {
 } from "./tensor.js";
 export type { DType, DTypeLike, Device, TypedArray, NestedArray, TensorData, TensorOptions } from "./tensor.js";
 export { libtorch } from "./native.js";
+export * as optim from "./optim/index.js";

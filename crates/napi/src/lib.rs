@@ -3,6 +3,7 @@
 
 mod convert;
 mod creation;
+mod optim;
 mod runtime;
 mod tensor;
 mod tensor_ops;

@@ -14,7 +14,7 @@ pub fn clip_grad_norm(
     error_if_nonfinite: bool,
 ) -> Result<f64> {
     let op = "clipGradNorm";
-    if !(max_norm >= 0.0) {
+    if max_norm.is_nan() || max_norm < 0.0 {
         return Err(Error::invalid(
             op,
             format!("maxNorm must be a number >= 0, got {max_norm}"),
@@ -41,7 +41,7 @@ pub fn clip_grad_norm(
 /// Clamps every gradient element of `params` into [-value, value].
 pub fn clip_grad_value(params: &[&Tensor], value: f64) -> Result<()> {
     let op = "clipGradValue";
-    if !(value >= 0.0) {
+    if value.is_nan() || value < 0.0 {
         return Err(Error::invalid(
             op,
             format!("clipValue must be a number >= 0, got {value}"),

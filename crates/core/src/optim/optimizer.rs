@@ -24,6 +24,8 @@ pub struct GroupSpec {
 
 pub struct Optimizer {
     algorithm: Algorithm,
+    /// The constructor's options over the algorithm's defaults, for groups added later.
+    defaults: Hyperparams,
     pub(super) groups: Vec<ParamGroup>,
     /// One entry per parameter, in group order; empty until its first step.
     pub(super) state: Vec<ParamState>,
@@ -53,6 +55,7 @@ impl Optimizer {
         }
         let optimizer = Optimizer {
             algorithm,
+            defaults: base,
             state: (0..built.iter().map(|g| g.params.len()).sum())
                 .map(|_| ParamState::new())
                 .collect(),
@@ -60,6 +63,25 @@ impl Optimizer {
         };
         optimizer.check_unique()?;
         Ok(optimizer)
+    }
+
+    /// Adds a param group; options it does not set come from the constructor's (as PyTorch's
+    /// `add_param_group`).
+    pub fn add_group(&mut self, spec: GroupSpec) -> Result<()> {
+        let op = format!("{}.addParamGroup", self.name());
+        let hyper = self.defaults.patched(self.algorithm, &spec.options, &op)?;
+        let added = spec.params.len();
+        self.groups.push(ParamGroup {
+            params: spec.params,
+            hyper,
+        });
+        self.state.extend((0..added).map(|_| ParamState::new()));
+        if let Err(err) = self.check_unique() {
+            self.groups.pop();
+            self.state.truncate(self.state.len() - added);
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// PyTorch refuses a parameter in two groups; we also refuse one listed twice in a group,

@@ -32,11 +32,11 @@ fn train(opt: &mut Optimizer, p1: &Tensor, p2: &Tensor, steps: usize) {
     }
 }
 
-fn values(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()
+fn values(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.flatten(0, -1).to_kind(Kind::Double)).unwrap()
 }
 
-fn assert_close(actual: &[f32], expected: &[f32], tol: f32) {
+fn assert_close(actual: &[f64], expected: &[f64], tol: f64) {
     assert_eq!(actual.len(), expected.len());
     for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
         assert!((a - e).abs() <= tol, "element {i}: {a} vs {e}");
@@ -280,4 +280,35 @@ fn clip_grad_norm_with_no_grads_is_zero() {
         clip_grad_norm(&[&p1], 1.0, f64::INFINITY, true).unwrap(),
         0.0
     );
+}
+
+#[test]
+fn added_group_takes_defaults_and_refuses_known_params() {
+    let (p1, p2) = params();
+    let first = vec![GroupSpec {
+        params: vec![p1.shallow_clone()],
+        options: OptionsPatch::default(),
+    }];
+    let defaults = OptionsPatch {
+        lr: Some(0.5),
+        ..Default::default()
+    };
+    let mut opt = Optimizer::new(Algorithm::Adam, &defaults, first).unwrap();
+    let again = GroupSpec {
+        params: vec![p1.shallow_clone()],
+        options: OptionsPatch::default(),
+    };
+    assert!(opt.add_group(again).is_err());
+    assert_eq!(opt.groups().len(), 1);
+    let second = GroupSpec {
+        params: vec![p2.shallow_clone()],
+        options: OptionsPatch {
+            eps: Some(1e-6),
+            ..Default::default()
+        },
+    };
+    opt.add_group(second).unwrap();
+    assert_eq!(opt.num_params(), 2);
+    assert_eq!(opt.hyperparams(1).unwrap().lr, 0.5);
+    assert_eq!(opt.hyperparams(1).unwrap().eps, 1e-6);
 }
