@@ -312,3 +312,95 @@ fn added_group_takes_defaults_and_refuses_known_params() {
     assert_eq!(opt.hyperparams(1).unwrap().lr, 0.5);
     assert_eq!(opt.hyperparams(1).unwrap().eps, 1e-6);
 }
+
+/// The same updates on CUDA (params on the GPU, and a group mixing CPU and GPU params),
+/// a CPU state dict loaded onto GPU params, and clipping across devices.
+#[test]
+#[ignore = "needs a CUDA device: cargo test -- --ignored on a GPU host"]
+fn fused_kernels_on_cuda_match_torch() {
+    assert!(tch::Cuda::is_available(), "no CUDA device");
+    let cuda = Device::Cuda(0);
+    let (c1, c2) = params();
+    let p1 = c1.detach().to_device(cuda).set_requires_grad(true);
+    let p2 = c2.set_requires_grad(true); // stays on the CPU: one group, two devices
+    let backward_mixed = |p1: &Tensor, p2: &Tensor| {
+        let c = Tensor::from_slice(&[0.1f32, -0.2, 0.3, 0.4, -0.5, 0.6])
+            .reshape([2, 3])
+            .to_device(cuda);
+        let loss = (p1 * c).sum(Kind::Float).to_device(Device::Cpu) + (p2 * p2).sum(Kind::Float);
+        loss.backward();
+    };
+    let mut opt = Optimizer::new(Algorithm::AdamW, &adamw_options(), one_group(&p1, &p2)).unwrap();
+    for _ in 0..3 {
+        opt.zero_grad(true).unwrap();
+        backward_mixed(&p1, &p2);
+        opt.step().unwrap();
+    }
+    assert_eq!(opt.state(0).unwrap()["step"].device(), cuda);
+    assert_close(
+        &values(&p1),
+        &[
+            0.673_289_06,
+            -1.643_587_9,
+            2.613_887_5,
+            0.188_139_5,
+            0.054_435_227,
+            1.643_587_9,
+        ],
+        1e-5,
+    );
+    assert_close(&values(&p2), &[0.007_791_571, -0.385_098_84], 1e-5);
+
+    // SGD with nesterov momentum, all on the GPU, resumed from a state dict saved on the CPU.
+    let (c1, c2) = params();
+    let mut cpu_opt = Optimizer::new(
+        Algorithm::Sgd,
+        &OptionsPatch {
+            lr: Some(0.1),
+            momentum: Some(0.9),
+            nesterov: Some(true),
+            weight_decay: Some(0.01),
+            ..Default::default()
+        },
+        one_group(&c1, &c2),
+    )
+    .unwrap();
+    train(&mut cpu_opt, &c1, &c2, 1);
+    let g1 = c1.detach().to_device(cuda).set_requires_grad(true);
+    let g2 = c2.detach().to_device(cuda).set_requires_grad(true);
+    let mut gpu_opt = Optimizer::new(
+        Algorithm::Sgd,
+        &OptionsPatch::default(),
+        one_group(&g1, &g2),
+    )
+    .unwrap();
+    gpu_opt.load_state_dict(&cpu_opt.state_dict()).unwrap();
+    assert_eq!(gpu_opt.state(0).unwrap()["momentum_buffer"].device(), cuda);
+    for _ in 0..2 {
+        gpu_opt.zero_grad(true).unwrap();
+        backward_mixed(&g1, &g2);
+        gpu_opt.step().unwrap();
+    }
+    assert_close(
+        &values(&g1),
+        &[
+            0.911_613_9,
+            -1.823_227_8,
+            2.734_841_6,
+            0.174_578_47,
+            0.153_763_71,
+            1.501_823_9,
+        ],
+        1e-5,
+    );
+    assert_close(&values(&g2), &[-0.033_495_333, 0.078_155_76], 1e-5);
+
+    // Clipping with grads on two devices: the total norm is computed on the first grad's device.
+    let (c1, c2) = params();
+    let p1 = c1.detach().to_device(cuda).set_requires_grad(true);
+    let p2 = c2.set_requires_grad(true);
+    backward_mixed(&p1, &p2);
+    let total = clip_grad_norm(&[&p1, &p2], 0.5, 2.0, false).unwrap();
+    assert!((total - 1.797_220_1).abs() < 1e-5);
+    assert_close(&values(&p2.grad()), &[0.166_924_39, -0.389_490_22], 1e-6);
+}
