@@ -121,6 +121,14 @@ test("a group's lr can be set between steps and bad values are refused", (t) => 
   t.is(opt.paramGroups[0].lr, 0.5);
 });
 
+test("maximize ascends the gradient", (t) => {
+  const [p1] = setup();
+  const opt = new SGD([p1], { lr: 0.5, maximize: true });
+  p1.sum().backward();
+  opt.step();
+  t.deepEqual(values(p1), [1.5, -1.5, 3.5, 1, 0.25, 2.5]);
+});
+
 test("stateDict → new optimizer → loadStateDict continues identically", (t) => {
   const [p1, p2] = setup();
   const first = new AdamW([p1, p2], { lr: 0.1, betas: [0.9, 0.99], weightDecay: 0.1, amsgrad: true });
@@ -211,6 +219,7 @@ test("bad options and params throw Errors naming the optimizer and option", (t) 
   });
   t.throws(() => new SGD([p1], { lr: "0.1" as unknown as number }), { message: 'SGD: option lr must be a number, got "0.1"' });
   t.throws(() => new SGD([p1, p1]), { message: /^SGD: the same parameter appears twice/ });
+  t.throws(() => new SGD([p1.mul(2)]), { message: /^SGD: can't optimize parameter 0 \(param group 0, shape \[2, 3\]\): it is not a leaf/ });
 });
 
 test("addParamGroup adds parameters with the constructor's options as defaults", (t) => {

@@ -61,6 +61,7 @@ impl Optimizer {
                 .collect(),
             groups: built,
         };
+        optimizer.check_leaves()?;
         optimizer.check_unique()?;
         Ok(optimizer)
     }
@@ -76,10 +77,28 @@ impl Optimizer {
             hyper,
         });
         self.state.extend((0..added).map(|_| ParamState::new()));
-        if let Err(err) = self.check_unique() {
+        if let Err(err) = self.check_leaves().and_then(|_| self.check_unique()) {
             self.groups.pop();
             self.state.truncate(self.state.len() - added);
             return Err(err);
+        }
+        Ok(())
+    }
+
+    /// PyTorch refuses tensors computed from others: their `grad` is never filled in.
+    fn check_leaves(&self) -> Result<()> {
+        for (index, (group, param)) in self.indexed_params().enumerate() {
+            let fail = |e| Error::torch(self.name(), shapes(&[param]), e);
+            if !param.f_is_leaf().map_err(fail)? && !param.f_retains_grad().map_err(fail)? {
+                return Err(Error::invalid(
+                    self.name(),
+                    format!(
+                        "can't optimize parameter {index} (param group {group}, shape {:?}): it is not a leaf \
+                         tensor but was computed from others; optimize the tensors it came from, or a detached copy",
+                        param.size()
+                    ),
+                ));
+            }
         }
         Ok(())
     }

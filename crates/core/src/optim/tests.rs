@@ -218,6 +218,22 @@ fn empty_and_duplicate_params_are_refused() {
 }
 
 #[test]
+fn non_leaf_params_are_refused() {
+    let (p1, _) = params();
+    let computed = &p1 * 2.0;
+    let groups = vec![GroupSpec {
+        params: vec![computed],
+        options: OptionsPatch::default(),
+    }];
+    let err = Optimizer::new(Algorithm::Adam, &OptionsPatch::default(), groups)
+        .err()
+        .unwrap();
+    assert!(err.to_string().starts_with(
+        "Adam: can't optimize parameter 0 (param group 0, shape [2, 3]): it is not a leaf"
+    ));
+}
+
+#[test]
 fn zero_grad_sets_to_none_or_zeros() {
     let (p1, p2) = params();
     let opt = Optimizer::new(
