@@ -73,6 +73,23 @@ export declare class NativeTensorIterator {
   close(): void
 }
 
+/** The engine's optimizer: holds the parameters (shared with their JS tensors) and their state. */
+export declare class OptimizerCore {
+  /** `params` holds every group's parameters in order; group i has `groupSizes[i]` of them. */
+  constructor(algorithm: string, params: Array<Tensor>, groupSizes: Array<number>, options: OptimizerOptions, groupOptions: Array<OptimizerOptions>)
+  /** Adds a param group; options it does not set come from the constructor's. */
+  addParamGroup(params: Array<Tensor>, options: OptimizerOptions): void
+  step(): void
+  zeroGrad(setToNone: boolean): void
+  get numGroups(): number
+  /** All hyperparameters of group `group`. */
+  groupOptions(group: number): OptimizerOptions
+  /** Changes the given hyperparameters of group `group` (checked like the constructor's). */
+  setGroupOptions(group: number, options: OptimizerOptions): void
+  stateDict(): OptimizerStateLists
+  loadStateDict(keys: Array<string>, tensors: Array<Tensor>, paramGroups: Array<ParamGroupState>): void
+}
+
 /** `[start, end)` by `step`; int64 when all three are integers, else float32. */
 export declare function arange(start: number, end: number, step?: number | undefined | null, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
@@ -80,6 +97,12 @@ export declare function arange(start: number, end: number, step?: number | undef
 export declare function beginScope(): void
 
 export declare function cat(tensors: Array<Tensor>, dim?: number | undefined | null): Tensor
+
+/** Scales gradients so their total norm is at most `maxNorm`; returns the norm before clipping. */
+export declare function clipGradNorm(params: Array<Tensor>, maxNorm: number, normType: number, errorIfNonfinite: boolean): number
+
+/** Clamps every gradient element into [-value, value]. */
+export declare function clipGradValue(params: Array<Tensor>, value: number): void
 
 export declare function commitStagingDir(staging: string, dir: string): void
 
@@ -178,6 +201,32 @@ export declare function nnScaledDotProductAttention(q: Tensor, k: Tensor, v: Ten
 export declare function nnSoftmax(x: Tensor, dim: number): Tensor
 
 export declare function ones(shape: Array<number>, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
+
+/** Hyperparameters of a param group; each optimizer takes its own subset. */
+export interface OptimizerOptions {
+  lr?: number
+  weightDecay?: number
+  maximize?: boolean
+  momentum?: number
+  dampening?: number
+  nesterov?: boolean
+  betas?: Array<number>
+  eps?: number
+  amsgrad?: boolean
+}
+
+/** An optimizer state dict with its state as parallel lists (keys like "0.exp_avg"). */
+export interface OptimizerStateLists {
+  keys: Array<string>
+  tensors: Array<Tensor>
+  paramGroups: Array<ParamGroupState>
+}
+
+/** A param group in a state dict: its hyperparameters and its parameters' indices. */
+export interface ParamGroupState {
+  options: OptimizerOptions
+  params: Array<number>
+}
 
 /** Uniform samples in [0, 1). */
 export declare function rand(shape: Array<number>, dtype?: string | undefined | null, device?: string | undefined | null): Tensor

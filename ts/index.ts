@@ -8,3 +8,4 @@ export { Accelerator } from "./accelerator.js";
 export type { AcceleratorOptions, MixedPrecision } from "./accelerator.js";
 export * as data from "./data/index.js";
 export * as nn from "./nn/index.js";
+export * as optim from "./optim/index.js";

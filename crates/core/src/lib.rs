@@ -10,6 +10,7 @@ pub mod dtype;
 pub mod error;
 pub mod memory;
 pub mod nn;
+pub mod optim;
 pub mod shim;
 pub mod tensor;
 

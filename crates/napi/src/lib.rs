@@ -6,6 +6,7 @@ mod convert;
 mod creation;
 mod data;
 mod nn;
+mod optim;
 mod runtime;
 mod tensor;
 mod tensor_api;

@@ -1,0 +1,214 @@
+//! The optimizer: param groups of shared parameters (shallow clones: same TensorImpl,
+//! same gradient), per-parameter state by flat index (as PyTorch numbers them), and
+//! `step` / `zero_grad`, which update parameters in place.
+
+use super::kernels::{self, AmpInputs};
+use super::options::{Algorithm, Hyperparams, OptionsPatch};
+use super::update::{self, Slot};
+use super::ParamState;
+use crate::tensor::shapes;
+use crate::{Error, Result};
+use tch::Tensor;
+
+pub struct ParamGroup {
+    pub params: Vec<Tensor>,
+    pub hyper: Hyperparams,
+}
+
+/// A param group as given to the constructor: its parameters and the options that differ
+/// from the optimizer's.
+pub struct GroupSpec {
+    pub params: Vec<Tensor>,
+    pub options: OptionsPatch,
+}
+
+pub struct Optimizer {
+    algorithm: Algorithm,
+    /// The constructor's options over the algorithm's defaults, for groups added later.
+    defaults: Hyperparams,
+    pub(super) groups: Vec<ParamGroup>,
+    /// One entry per parameter, in group order; empty until its first step.
+    pub(super) state: Vec<ParamState>,
+}
+
+impl Optimizer {
+    /// `options` overrides the algorithm's defaults for every group; each group's own
+    /// options override those. Parameters are shared, not copied.
+    pub fn new(
+        algorithm: Algorithm,
+        options: &OptionsPatch,
+        groups: Vec<GroupSpec>,
+    ) -> Result<Optimizer> {
+        let name = algorithm.name();
+        if groups.is_empty() {
+            return Err(Error::invalid(name, "got an empty parameter list"));
+        }
+        let base = algorithm.defaults().patched(algorithm, options, name)?;
+        let mut built = Vec::with_capacity(groups.len());
+        for (g, spec) in groups.into_iter().enumerate() {
+            let op = format!("{name}: param group {g}");
+            let hyper = base.patched(algorithm, &spec.options, &op)?;
+            built.push(ParamGroup {
+                params: spec.params,
+                hyper,
+            });
+        }
+        let optimizer = Optimizer {
+            algorithm,
+            defaults: base,
+            state: (0..built.iter().map(|g| g.params.len()).sum())
+                .map(|_| ParamState::new())
+                .collect(),
+            groups: built,
+        };
+        optimizer.check_leaves()?;
+        optimizer.check_unique()?;
+        Ok(optimizer)
+    }
+
+    /// Adds a param group; options it does not set come from the constructor's (as PyTorch's
+    /// `add_param_group`).
+    pub fn add_group(&mut self, spec: GroupSpec) -> Result<()> {
+        let op = format!("{}.addParamGroup", self.name());
+        let hyper = self.defaults.patched(self.algorithm, &spec.options, &op)?;
+        let added = spec.params.len();
+        self.groups.push(ParamGroup {
+            params: spec.params,
+            hyper,
+        });
+        self.state.extend((0..added).map(|_| ParamState::new()));
+        if let Err(err) = self.check_leaves().and_then(|_| self.check_unique()) {
+            self.groups.pop();
+            self.state.truncate(self.state.len() - added);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// PyTorch refuses tensors computed from others: their `grad` is never filled in.
+    fn check_leaves(&self) -> Result<()> {
+        for (index, (group, param)) in self.indexed_params().enumerate() {
+            let fail = |e| Error::torch(self.name(), shapes(&[param]), e);
+            if !param.f_is_leaf().map_err(fail)? && !param.f_retains_grad().map_err(fail)? {
+                return Err(Error::invalid(
+                    self.name(),
+                    format!(
+                        "can't optimize parameter {index} (param group {group}, shape {:?}): it is not a leaf \
+                         tensor but was computed from others; optimize the tensors it came from, or a detached copy",
+                        param.size()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// PyTorch refuses a parameter in two groups; we also refuse one listed twice in a group,
+    /// which would be stepped twice.
+    fn check_unique(&self) -> Result<()> {
+        let mut seen = std::collections::HashMap::new();
+        for (index, (group, param)) in self.indexed_params().enumerate() {
+            let id = kernels::identity(self.name(), param)?;
+            if let Some((first, first_group)) = seen.insert(id, (index, group)) {
+                return Err(Error::invalid(
+                    self.name(),
+                    format!(
+                        "the same parameter appears twice: as parameter {first} (param group {first_group}) \
+                         and as parameter {index} (param group {group})"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.algorithm.name()
+    }
+
+    pub fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+
+    /// (group index, parameter) for every parameter, in flat-index order.
+    pub fn indexed_params(&self) -> impl Iterator<Item = (usize, &Tensor)> {
+        self.groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, group)| group.params.iter().map(move |p| (g, p)))
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.state.len()
+    }
+
+    /// The state of parameter `index` (flat, in group order).
+    pub fn state(&self, index: usize) -> Option<&ParamState> {
+        self.state.get(index)
+    }
+
+    fn group_index(&self, op: &str, group: usize) -> Result<usize> {
+        if group < self.groups.len() {
+            return Ok(group);
+        }
+        Err(Error::invalid(
+            op,
+            format!(
+                "no param group {group}: this {} has {}",
+                self.name(),
+                self.groups.len()
+            ),
+        ))
+    }
+
+    pub fn hyperparams(&self, group: usize) -> Result<&Hyperparams> {
+        let g = self.group_index(self.name(), group)?;
+        Ok(&self.groups[g].hyper)
+    }
+
+    /// Changes some hyperparameters of one group (a scheduler setting `lr`, say), checked as in the constructor.
+    pub fn set_options(&mut self, group: usize, patch: &OptionsPatch) -> Result<()> {
+        let g = self.group_index(self.name(), group)?;
+        let op = format!("{}: param group {g}", self.name());
+        self.groups[g].hyper = self.groups[g].hyper.patched(self.algorithm, patch, &op)?;
+        Ok(())
+    }
+
+    /// One optimization step over the parameters that have gradients.
+    pub fn step(&mut self) -> Result<()> {
+        self.step_with_amp(AmpInputs::default())
+    }
+
+    /// A step that unscales gradients by `amp.grad_scale` and is skipped where
+    /// `amp.found_inf` is non-zero (for a gradient scaler).
+    pub fn step_with_amp(&mut self, amp: AmpInputs) -> Result<()> {
+        let op = format!("{}.step", self.name());
+        let mut states = self.state.iter_mut();
+        for group in &self.groups {
+            let mut slots = Vec::with_capacity(group.params.len());
+            for param in &group.params {
+                let state = states.next().ok_or_else(|| {
+                    Error::invalid(&op, "internal error: state shorter than params")
+                })?;
+                let grad = param
+                    .f_grad()
+                    .map_err(|e| Error::torch(&op, shapes(&[param]), e))?;
+                if grad.defined() {
+                    slots.push(Slot { param, grad, state });
+                }
+            }
+            update::apply(&op, self.algorithm, &group.hyper, &mut slots, amp)?;
+        }
+        Ok(())
+    }
+
+    /// Resets gradients: to none (`set_to_none`, PyTorch's default) or to zeros in place.
+    pub fn zero_grad(&self, set_to_none: bool) -> Result<()> {
+        let params: Vec<&Tensor> = self.indexed_params().map(|(_, p)| p).collect();
+        kernels::zero_grads(&format!("{}.zeroGrad", self.name()), &params, set_to_none)
+    }
+}
