@@ -78,6 +78,7 @@ mod tests {
 
     #[test]
     fn cpu_rng_state_round_trips() -> Result<()> {
+        let _rng = crate::nn::rng_lock();
         tch::manual_seed(7);
         let state = cpu_rng_state()?;
         let first = Tensor::randn([4], (tch::Kind::Float, tch::Device::Cpu));
