@@ -115,6 +115,34 @@ export declare function cudaIsAvailable(): boolean
 
 export declare function cudaRngState(index: number): Tensor
 
+/** Every process's `tensor` concatenated along dim 0; mismatched shapes fail everywhere. */
+export declare function distAllGather(tensor: Tensor): Tensor
+
+/** Every process's bytes, in rank order. */
+export declare function distAllGatherBytes(bytes: Buffer): Array<Buffer>
+
+/** `tensor` reduced across processes, as a new tensor on every process. */
+export declare function distAllReduce(tensor: Tensor, reduction: string): Tensor
+
+/** Averages the gradients of `params` across processes, in buckets of `bucketBytes`. */
+export declare function distAllreduceGradients(params: Array<Tensor>, bucketBytes: number): void
+
+export declare function distBarrier(): void
+
+/** Overwrites `tensor` with process `root`'s values. */
+export declare function distBroadcast(tensor: Tensor, root: number): void
+
+/** Copies process 0's values of `params` to every process. */
+export declare function distBroadcastParameters(params: Array<Tensor>): void
+
+/** Leaves the process group after a barrier. */
+export declare function distDestroy(): void
+
+/** Joins the process group (rank 0 serves the rendezvous store at host:port). */
+export declare function distInit(options: ProcessGroupOptions): void
+
+export declare function distIsInitialized(): boolean
+
 /** Closes the innermost scope, disposing its tensors except `keep`; returns how many were disposed. */
 export declare function endScope(keep: Array<Tensor>): number
 
@@ -226,6 +254,15 @@ export interface OptimizerStateLists {
 export interface ParamGroupState {
   options: OptimizerOptions
   params: Array<number>
+}
+
+export interface ProcessGroupOptions {
+  host: string
+  port: number
+  rank: number
+  worldSize: number
+  timeoutMs: number
+  localAddress: string
 }
 
 /** Uniform samples in [0, 1). */

@@ -5,8 +5,12 @@ import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { loadSafetensors, loadStateFiles, saveSafetensors, saveStateFiles, saveWeights, writeDirAtomically, type StateValue } from "./checkpoint.js";
 import { native } from "./native.js";
-import { readProcessState, shareOf, type ProcessState } from "./state.js";
-import { manualSeed, noGrad, type Tensor } from "./tensor.js";
+import {
+  broadcast, broadcastObject, gather, gatherObject, padAcrossProcesses, reduce, waitForEveryone, type PadOptions, type TensorTree,
+} from "./collectives.js";
+import { clipGradNorm } from "./optim/clip.js";
+import { initProcessGroup, readProcessState, shareOf, type ProcessState } from "./state.js";
+import { manualSeed, Tensor } from "./tensor.js";
 
 export type MixedPrecision = "no" | "fp16" | "bf16";
 
@@ -22,6 +26,14 @@ export interface AcceleratorOptions {
   automaticCheckpointNaming?: boolean;
   /** With automatic naming, keep at most this many checkpoints (oldest deleted). */
   totalLimit?: number;
+  /** Seconds that rendezvous and each collective may wait for the other processes. Default 1800. */
+  timeout?: number;
+  /** Gradients are averaged across processes in buckets of about this many bytes. Default 25 MB. */
+  bucketBytes?: number;
+  /** Complete the last round of batches by cycling from the start so every process gets as many (default true). */
+  evenBatches?: boolean;
+  /** Split each loader batch between processes instead of giving each process whole batches (default false). */
+  splitBatches?: boolean;
 }
 
 /** What `prepare` recognises, by shape (any object with these methods works). */
@@ -47,7 +59,10 @@ interface LoaderLike extends Stateful, Iterable<unknown> {
   endOfDataloader?: boolean;
   remainder?: number;
   /** A copy delivering batches to `device`, sharded for this process (see data.DataLoader). */
-  withOptions?(overrides: { device?: string; shard?: { numProcesses: number; processIndex: number } }): LoaderLike;
+  withOptions?(overrides: {
+    device?: string;
+    shard?: { numProcesses: number; processIndex: number; evenBatches?: boolean; splitBatches?: boolean };
+  }): LoaderLike;
 }
 
 const has = (obj: unknown, ...methods: string[]): boolean =>
@@ -84,9 +99,7 @@ export class Accelerator {
     if (precision !== "no") throw new Error(`Accelerator: mixedPrecision "${precision}" is not available yet (only "no")`);
     this.options = options;
     this.state = readProcessState(options);
-    if (this.state.numProcesses > 1) {
-      throw new Error(`Accelerator: WORLD_SIZE=${this.state.numProcesses}, but multi-process runs need the c10d collectives, which this build does not have yet`);
-    }
+    initProcessGroup(this.state, (options.timeout ?? 1800) * 1000);
     this.mixedPrecision = precision;
     this.gradientAccumulationSteps = steps;
     if (options.seed !== undefined) this.setSeed(options.seed);
@@ -130,9 +143,11 @@ export class Accelerator {
     return prepared as T;
   }
 
+  /** Moves the model to the device and, with several processes, gives every process process 0's parameters. */
   private prepareModel(model: ModelLike): void {
     if (this.models.includes(model)) return;
     model.to(this.device);
+    if (this.numProcesses > 1) native.distBroadcastParameters(model.parameters());
     this.models.push(model);
   }
 
@@ -164,7 +179,12 @@ export class Accelerator {
   /** Iterating a prepared loader makes it the active one, which `accumulate` and `gatherForMetrics` consult. */
   private prepareLoader(original: LoaderLike): LoaderLike {
     if (this.loaders.includes(original)) return original;
-    const shard = { numProcesses: this.numProcesses, processIndex: this.processIndex };
+    const shard = {
+      numProcesses: this.numProcesses,
+      processIndex: this.processIndex,
+      evenBatches: this.options.evenBatches ?? true,
+      splitBatches: this.options.splitBatches ?? false,
+    };
     const loader = original.withOptions?.({ device: this.device, shard }) ?? original;
     const iterate = loader[Symbol.iterator].bind(loader);
     const self = this;
@@ -181,17 +201,24 @@ export class Accelerator {
     return loader;
   }
 
-  /** Backpropagates `loss`, scaled for gradient accumulation. Use instead of `loss.backward()`. */
+  /**
+   * Backpropagates `loss`, scaled for gradient accumulation, and on steps that sync
+   * averages the prepared models' gradients across processes. Use instead of `loss.backward()`.
+   */
   backward(loss: Tensor): void {
     if (this.gradientAccumulationSteps === 1) {
       loss.backward();
-      return;
+    } else {
+      const scaled = loss.div(this.gradientAccumulationSteps);
+      try {
+        scaled.backward();
+      } finally {
+        scaled.dispose();
+      }
     }
-    const scaled = loss.div(this.gradientAccumulationSteps);
-    try {
-      scaled.backward();
-    } finally {
-      scaled.dispose();
+    if (this.numProcesses > 1 && this.syncGradients) {
+      const params = this.models.flatMap((m) => m.parameters());
+      native.distAllreduceGradients(params, this.options.bucketBytes ?? 25 * 2 ** 20);
     }
   }
 
@@ -207,31 +234,66 @@ export class Accelerator {
     return fn();
   }
 
-  /** Concatenates `tensor` from every process along dim 0 (one process: itself). */
-  gather(tensor: Tensor): Tensor {
-    return tensor;
+  /** Clips the prepared gradients' total norm to `maxNorm`; returns the norm before clipping. */
+  clipGradNorm(parameters: Iterable<Tensor> | Tensor, maxNorm: number, normType = 2): number {
+    return clipGradNorm(parameters, maxNorm, normType);
   }
 
-  /** `gather`, without the samples that even batching repeated at the end of the active loader. */
-  gatherForMetrics(tensor: Tensor): Tensor {
-    const gathered = this.gather(tensor);
+  /** Concatenates tensors (or nested arrays/records of them) from every process along dim 0. */
+  gather<T extends TensorTree>(tree: T): T {
+    return gather(tree);
+  }
+
+  /**
+   * `gather`, without the samples that even batching repeated at the end of the
+   * active loader, so that metrics count every sample exactly once.
+   */
+  gatherForMetrics<T extends TensorTree>(tree: T): T {
+    const gathered = gather(tree);
     const remainder = this.activeLoader?.endOfDataloader ? (this.activeLoader.remainder ?? 0) : 0;
-    if (remainder > 0 && gathered.shape[0] > remainder) return gathered.slice(0, 0, remainder);
-    return gathered;
+    if (remainder <= 0) return gathered;
+    const truncate = (node: TensorTree): TensorTree => {
+      if (node instanceof Tensor) return node.shape[0] > remainder ? node.slice(0, 0, remainder) : node;
+      if (Array.isArray(node)) return node.map(truncate);
+      return Object.fromEntries(Object.entries(node).map(([k, v]) => [k, truncate(v)]));
+    };
+    return truncate(gathered) as T;
   }
 
-  /** Reduces `tensor` across processes ("sum", "mean" or "max"); a new tensor on every process. */
-  reduce(tensor: Tensor, reduction: "sum" | "mean" | "max" = "sum"): Tensor {
-    if (!["sum", "mean", "max"].includes(reduction)) throw new Error(`reduce: reduction must be "sum", "mean" or "max", got "${reduction}"`);
-    return noGrad(() => tensor.mul(1));
+  /** Reduces across processes ("sum", "mean", "max" or "min"); a new tensor on every process. */
+  reduce<T extends TensorTree>(tree: T, reduction: "sum" | "mean" | "max" | "min" = "sum"): T {
+    return reduce(tree, reduction);
   }
 
-  /** Pads `dim` of `tensor` to the largest size across processes with `padIndex`. */
-  padAcrossProcesses(tensor: Tensor, _options: { dim?: number; padIndex?: number; padFirst?: boolean } = {}): Tensor {
-    return tensor;
+  /** Pads `dim` to the largest size across processes with `padIndex` (at the front with `padFirst`). */
+  padAcrossProcesses<T extends TensorTree>(tree: T, options: PadOptions = {}): T {
+    return padAcrossProcesses(tree, options);
   }
 
-  waitForEveryone(): void {}
+  /** Every process's JSON value, in rank order. */
+  gatherObject<V>(value: V): V[] {
+    return gatherObject(value);
+  }
+
+  /** Process `from`'s JSON value on every process. */
+  broadcastObject<V>(value: V, from = 0): V {
+    return broadcastObject(value, from);
+  }
+
+  /** Overwrites `tensor` with process `from`'s values. */
+  broadcast(tensor: Tensor, from = 0): Tensor {
+    return broadcast(tensor, from);
+  }
+
+  /** Waits until every process reaches this point. */
+  waitForEveryone(): void {
+    waitForEveryone();
+  }
+
+  /** Ends the run: leaves the process group after all processes arrive. */
+  endTraining(): void {
+    if (native.distIsInitialized()) native.distDestroy();
+  }
 
   /** Prints once per machine (on the local main process). */
   print(...args: unknown[]): void {

@@ -1,5 +1,6 @@
 // Who this process is in a run: rank, world size and device, read from the
 // environment that `accelerate launch` (or torchrun) sets.
+import { hostname } from "node:os";
 import { native } from "./native.js";
 
 export interface ProcessState {
@@ -16,6 +17,19 @@ function intFromEnv(name: string, fallback: number): number {
   const value = Number(raw);
   if (!Number.isInteger(value) || value < 0) throw new Error(`Accelerator: environment variable ${name}="${raw}" is not a non-negative integer`);
   return value;
+}
+
+/**
+ * Joins the run's process group when there are several processes (once per
+ * process; later Accelerators reuse it). Rendezvous and each collective wait at most `timeoutMs`.
+ */
+export function initProcessGroup(state: ProcessState, timeoutMs: number): void {
+  if (state.numProcesses === 1 || native.distIsInitialized()) return;
+  const host = process.env.MASTER_ADDR ?? "127.0.0.1";
+  const port = intFromEnv("MASTER_PORT", 29500);
+  const loopback = host === "127.0.0.1" || host === "localhost";
+  const localAddress = process.env.ACCELERATE_LOCAL_ADDRESS ?? (loopback ? "127.0.0.1" : hostname());
+  native.distInit({ host, port, rank: state.processIndex, worldSize: state.numProcesses, timeoutMs, localAddress });
 }
 
 export function readProcessState(options: { cpu?: boolean }): ProcessState {

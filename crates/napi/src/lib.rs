@@ -5,6 +5,7 @@ mod checkpoint;
 mod convert;
 mod creation;
 mod data;
+mod dist;
 mod nn;
 mod optim;
 mod runtime;

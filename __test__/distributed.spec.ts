@@ -1,0 +1,71 @@
+// Multi-process behaviour on 2 CPU processes over loopback: every collective,
+// fail-fast shape mismatches, and data-parallel training equal to one process.
+import test from "ava";
+import { runRanks } from "./helpers/ranks.js";
+
+const parse = (stdout: string) => JSON.parse(stdout.trim().split("\n").pop() ?? "{}");
+
+test("collectives on 2 processes", async (t) => {
+  const ranks = await runRanks("../fixtures/dist/collectives.ts", 2);
+  for (const r of ranks) t.is(r.code, 0, r.stderr);
+  const [a, b] = ranks.map((r) => parse(r.stdout));
+  for (const out of [a, b]) {
+    t.is(out.world, 2);
+    t.deepEqual(out.gather, [1, 10, 2, 20]);
+    t.deepEqual(out.gatherScalar, [0, 1]);
+    t.deepEqual(out.gatherNested, [4]);
+    t.deepEqual(out.sum, [3, 30]);
+    t.deepEqual(out.mean, [1.5, 15]);
+    t.deepEqual(out.max, [2, 20]);
+    t.deepEqual(out.min, [1, 10]);
+    t.deepEqual(out.broadcast, [1, 1]);
+    t.deepEqual(out.objects, [{ rank: 0, name: "p0" }, { rank: 1, name: "p1" }]);
+    t.deepEqual(out.fromMain, { config: "main" });
+    t.regex(out.mismatch, /^gather: tensors differ across processes \(rank 0 \[2\], rank 1 \[3\]\)/);
+  }
+  t.deepEqual(a.padded, [0, -1]);
+  t.deepEqual(b.padded, [0, 1]);
+  t.deepEqual(a.paddedFirst, [-1, 0]);
+  t.deepEqual(a.split, ["A", "B"]);
+  t.deepEqual(b.split, ["C"]);
+  t.deepEqual(b.splitPadded, ["C", "C"]);
+});
+
+test("2 processes with batch 8 train to the same parameters as 1 process with batch 16", async (t) => {
+  const [two, one] = [await runRanks("../fixtures/dist/train-mlp.ts", 2, ["8", "5"]), await runRanks("../fixtures/dist/train-mlp.ts", 1, ["16", "5"])];
+  for (const r of [...two, ...one]) t.is(r.code, 0, r.stderr);
+  const [a, b] = two.map((r) => parse(r.stdout));
+  const single = parse(one[0].stdout);
+  t.deepEqual(a.params, b.params, "both processes hold identical parameters");
+  for (const [name, values] of Object.entries(single.params as Record<string, number[]>)) {
+    const worst = Math.max(...values.map((v, i) => Math.abs(v - a.params[name][i])));
+    t.true(worst < 1e-5, `${name} differs by ${worst}`);
+  }
+  single.losses.forEach((l: number, i: number) => t.true(Math.abs(l - a.losses[i]) < 1e-5, `loss ${i}`));
+});
+
+test("gradient accumulation on 2 processes matches one big batch", async (t) => {
+  // 2 processes × batch 4 × 2 accumulation steps = 1 process × batch 16 per optimizer step.
+  const [two, one] = [await runRanks("../fixtures/dist/train-mlp.ts", 2, ["4", "6", "2"]), await runRanks("../fixtures/dist/train-mlp.ts", 1, ["16", "3"])];
+  for (const r of [...two, ...one]) t.is(r.code, 0, r.stderr);
+  const a = parse(two[0].stdout);
+  const single = parse(one[0].stdout);
+  for (const [name, values] of Object.entries(single.params as Record<string, number[]>)) {
+    const worst = Math.max(...values.map((v, i) => Math.abs(v - a.params[name][i])));
+    t.true(worst < 1e-5, `${name} differs by ${worst}`);
+  }
+});
+
+test("gatherForMetrics returns exactly the 37 samples; shards follow BatchSamplerShard", async (t) => {
+  const ranks = await runRanks("../fixtures/dist/metrics.ts", 2);
+  for (const r of ranks) t.is(r.code, 0, r.stderr);
+  const [a, b] = ranks.map((r) => parse(r.stdout));
+  t.deepEqual(a.predictions, Array.from({ length: 37 }, (_, i) => i));
+  t.deepEqual(b.predictions, a.predictions);
+  t.deepEqual(a.batches, [[0, 1, 2], [6, 7, 8], [12, 13, 14], [18, 19, 20]]);
+  t.deepEqual(b.batches, [[3, 4, 5], [9, 10, 11], [15, 16, 17], [21, 0, 1]]);
+  const uneven = await runRanks("../fixtures/dist/metrics.ts", 2, ["uneven"]);
+  const [c, d] = uneven.map((r) => parse(r.stdout));
+  t.deepEqual(c.batches, [[0, 1, 2], [6, 7, 8], [12, 13, 14], [18, 19, 20]]);
+  t.deepEqual(d.batches, [[3, 4, 5], [9, 10, 11], [15, 16, 17], [21]]);
+});

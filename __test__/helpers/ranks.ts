@@ -1,0 +1,57 @@
+// Starts a script on N local processes the way `accelerate launch` does (rank
+// environment on loopback), and collects each rank's exit code and output.
+import { spawn } from "node:child_process";
+import { createServer } from "node:net";
+import { fileURLToPath } from "node:url";
+
+export interface RankResult {
+  rank: number;
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** A port that was free a moment ago. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      const port = typeof address === "object" && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export async function runRanks(script: string, worldSize: number, args: string[] = [], timeoutMs = 60_000): Promise<RankResult[]> {
+  const port = await freePort();
+  const path = fileURLToPath(new URL(script, import.meta.url));
+  return Promise.all(
+    Array.from({ length: worldSize }, (_, rank) =>
+      new Promise<RankResult>((resolve) => {
+        const child = spawn(process.execPath, ["--import", "@oxc-node/core/register", path, ...args], {
+          env: {
+            ...process.env,
+            RANK: String(rank),
+            LOCAL_RANK: String(rank),
+            WORLD_SIZE: String(worldSize),
+            LOCAL_WORLD_SIZE: String(worldSize),
+            MASTER_ADDR: "127.0.0.1",
+            MASTER_PORT: String(port),
+            OMP_NUM_THREADS: "1",
+          },
+        });
+        let stdout = "";
+        let stderr = "";
+        child.stdout.on("data", (d) => (stdout += d));
+        child.stderr.on("data", (d) => (stderr += d));
+        const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+        child.on("close", (code) => {
+          clearTimeout(timer);
+          resolve({ rank, code, stdout, stderr });
+        });
+      }),
+    ),
+  );
+}
