@@ -1,7 +1,7 @@
 // Checkpoint files from TypeScript: safetensors, Hugging Face-style sharded model
 // weights, and state dicts (nested plain data with tensors) split into
 // safetensors + JSON so any object with stateDict()/loadStateDict() can be saved.
-import { readFileSync, rmSync } from "node:fs";
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import { native } from "./native.js";
 import { Tensor } from "./tensor.js";
 
@@ -72,18 +72,19 @@ function join_(data: unknown, tensors: Record<string, Tensor>, file: string): St
   return data as StateValue;
 }
 
-/** Saves `state` as `<base>.json` (structure) and `<base>.safetensors` (its tensors), both atomically. */
+/** Saves `state` as `<base>.json` (structure) and, if it holds tensors, `<base>.safetensors`, both atomically. */
 export function saveStateFiles(base: string, state: StateValue): void {
   const tensors: Record<string, Tensor> = {};
   const structure = split(state, tensors, "");
-  saveSafetensors(`${base}.safetensors`, tensors);
+  if (Object.keys(tensors).length > 0) saveSafetensors(`${base}.safetensors`, tensors);
   native.writeFileAtomic(`${base}.json`, `${JSON.stringify(structure, null, 2)}\n`);
 }
 
 export function loadStateFiles(base: string): StateValue {
   const file = `${base}.json`;
   const structure: unknown = JSON.parse(readFileSync(file, "utf8"));
-  return join_(structure, loadSafetensors(`${base}.safetensors`), file);
+  const tensorFile = `${base}.safetensors`;
+  return join_(structure, existsSync(tensorFile) ? loadSafetensors(tensorFile) : {}, file);
 }
 
 /** Writes a checkpoint directory atomically: `fill` writes into a staging directory swapped in at the end. */
