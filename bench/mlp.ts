@@ -1,0 +1,69 @@
+// The `mlp` workload (shared/bench/WORKLOADS.md): 784 → 2048 → 2048 → 10 with ReLU,
+// batch 512, AdamW, data through the library's DataLoader, written as a user would.
+// Runs ours, then the PyTorch reference on the same machine and libtorch, in one command.
+//   node --import @oxc-node/core/register bench/mlp.ts [--steps 300] [--warmup 30] [--precision no]
+//        [--reference bench/torch_mlp.py | .gpu/ref/hf_baseline.py] [--python python3]
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { Accelerator, data, libtorch, nn, optim, randint, randn, tidy, type MixedPrecision } from "../ts/index.js";
+
+const { values } = parseArgs({
+  options: {
+    steps: { type: "string", default: "300" },
+    warmup: { type: "string", default: "30" },
+    batch: { type: "string", default: "512" },
+    precision: { type: "string", default: "no" },
+    reference: { type: "string", default: "bench/torch_mlp.py" },
+    python: { type: "string" },
+  },
+});
+const [steps, warmup, batch] = [values.steps, values.warmup, values.batch].map(Number);
+
+const accelerator = new Accelerator({ mixedPrecision: values.precision as MixedPrecision });
+const n = batch * (steps + warmup);
+const dataset = new data.TensorDataset({ x: randn([n, 784]), y: randint(0, 10, [n]) });
+const net = new nn.Sequential(new nn.Linear(784, 2048), new nn.ReLU(), new nn.Linear(2048, 2048), new nn.ReLU(), new nn.Linear(2048, 10));
+const [model, opt, loader] = accelerator.prepare(
+  net,
+  new optim.AdamW(net.parameters(), { lr: 3e-4, weightDecay: 0.1 }),
+  new data.DataLoader(dataset, { batchSize: batch, shuffle: true, dropLast: true }),
+);
+let started = 0n;
+let step = 0;
+let last = 0;
+for (const { x, y } of loader) {
+  if (step === warmup) started = process.hrtime.bigint();
+  const loss = tidy(() => {
+    const l = nn.functional.crossEntropy(model.forward(x), y);
+    accelerator.backward(l);
+    return l.detach();
+  });
+  opt.step();
+  opt.zeroGrad();
+  if (step === steps + warmup - 1) last = loss.item(); // also waits for the GPU
+  loss.dispose();
+  step += 1;
+}
+const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+const ours = {
+  system: "accelerate-ts", workload: "mlp", precision: values.precision, device: accelerator.device, steps,
+  samples_per_s: Math.round((batch * steps * 10) / seconds) / 10, step_ms: Math.round((1e6 * seconds) / steps) / 1e3,
+  loss_last: Math.round(last * 1e4) / 1e4,
+};
+
+function python(): string {
+  if (values.python) return values.python;
+  const venv = join(libtorch.dir, "..", "..", "..", "..", "bin", "python");
+  return existsSync(venv) ? venv : "python3";
+}
+let reference: unknown = null;
+if (existsSync(values.reference)) {
+  const args = values.reference.endsWith("hf_baseline.py")
+    ? ["--workload", "mlp", "--precision", values.precision, "--steps", String(steps), "--batch", String(batch)]
+    : ["--steps", String(steps), "--warmup", String(warmup), "--batch", String(batch)];
+  const run = spawnSync(python(), [values.reference, ...args], { encoding: "utf8" });
+  reference = run.status === 0 ? JSON.parse(run.stdout.trim().split("\n").pop() ?? "null") : { error: run.stderr.slice(-800) };
+}
+console.log(JSON.stringify({ ours, reference }));
