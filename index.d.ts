@@ -263,6 +263,8 @@ export interface ProcessGroupOptions {
   worldSize: number
   timeoutMs: number
   localAddress: string
+  /** Use NCCL on this CUDA device; Gloo on the CPU when absent. */
+  cudaDevice?: number
 }
 
 /** Uniform samples in [0, 1). */

@@ -29,7 +29,9 @@ export function initProcessGroup(state: ProcessState, timeoutMs: number): void {
   const port = intFromEnv("MASTER_PORT", 29500);
   const loopback = host === "127.0.0.1" || host === "localhost";
   const localAddress = process.env.ACCELERATE_LOCAL_ADDRESS ?? (loopback ? "127.0.0.1" : hostname());
-  native.distInit({ host, port, rank: state.processIndex, worldSize: state.numProcesses, timeoutMs, localAddress });
+  // NCCL for GPU processes (one GPU each), Gloo on the CPU.
+  const cudaDevice = state.device.startsWith("cuda:") ? Number(state.device.slice(5)) : undefined;
+  native.distInit({ host, port, rank: state.processIndex, worldSize: state.numProcesses, timeoutMs, localAddress, cudaDevice });
 }
 
 export function readProcessState(options: { cpu?: boolean }): ProcessState {

@@ -1,6 +1,6 @@
 //! Compiles the C++ shim (libtorch APIs that tch does not bind) against the same
 //! libtorch as tch, and lets this crate's test binaries find libtorch without LD_LIBRARY_PATH.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn main() {
     let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").unwrap_or_default());
@@ -33,10 +33,80 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         // c10d's Gloo backend: declarations from Debian's libgloo-dev, code inside libtorch_cpu.
         .define("USE_C10D_GLOO", None)
-        .files(
-            sources
-                .iter()
-                .filter(|p| p.extension().is_some_and(|x| x == "cpp")),
-        )
+        .files(sources.iter().filter(|p| p.extension().is_some_and(|x| x == "cpp")))
         .compile("accelerate_shim");
+    build_nccl_shim(&root, &include, &lib, &abi);
+}
+
+/// The NCCL process group links libtorch_cuda, so it is a separate shared library
+/// (embedded in the engine and loaded only on CUDA hosts). It is built when the CUDA
+/// and NCCL headers are found: next to a pip torch (nvidia/*), or under CUDA_HOME.
+fn build_nccl_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
+    println!("cargo:rustc-check-cfg=cfg(acc_nccl)");
+    println!("cargo:rerun-if-changed=shim-nccl");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let nvidia = torch.parent().map(|p| p.join("nvidia")).unwrap_or_default();
+    let cuda_home = std::env::var("CUDA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/usr/local/cuda"));
+    let cuda = [
+        nvidia.join("cu13/include"),
+        nvidia.join("cuda_runtime/include"),
+        cuda_home.join("include"),
+    ]
+    .into_iter()
+    .find(|d| d.join("cuda_runtime_api.h").exists());
+    let nccl = [nvidia.join("nccl/include"), cuda_home.join("include")]
+        .into_iter()
+        .find(|d| d.join("nccl.h").exists());
+    let (Some(cuda), Some(nccl)) = (cuda, nccl) else {
+        println!("cargo:warning=CUDA or NCCL headers not found: building without the NCCL backend");
+        return;
+    };
+    if !lib.join("libtorch_cuda.so").exists() {
+        return;
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("libaccelerate_nccl.so");
+    let compiler = cc::Build::new().cpp(true).get_compiler();
+    let status = compiler
+        .to_command()
+        .args([
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-w",
+            "-std=c++17",
+            "-DGLOG_USE_GLOG_EXPORT",
+            "-DUSE_C10D_NCCL",
+            "-DUSE_C10D_GLOO",
+        ])
+        .arg(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .arg("-I")
+        .arg(include)
+        .arg("-I")
+        .arg(include.join("torch/csrc/api/include"))
+        .arg("-I")
+        .arg(&cuda)
+        .arg("-I")
+        .arg(&nccl)
+        .arg("shim-nccl/nccl.cpp")
+        .arg("-o")
+        .arg(&out)
+        .arg(format!("-L{}", lib.display()))
+        .args([
+            "-Wl,--no-as-needed",
+            "-ltorch_cuda",
+            "-lc10_cuda",
+            "-ltorch_cpu",
+            "-ltorch",
+            "-lc10",
+        ])
+        .status();
+    match status {
+        Ok(s) if s.success() => {
+            println!("cargo:rustc-cfg=acc_nccl");
+            println!("cargo:rustc-env=ACC_NCCL_SHIM_PATH={}", out.display());
+        }
+        _ => println!("cargo:warning=the NCCL shim failed to compile: building without the NCCL backend"),
+    }
 }

@@ -61,7 +61,26 @@ function ensureLibtorch() {
     run(join(venv, "bin", "pip"), ["install", "--no-input", "--disable-pip-version-check", `torch==${TORCH_VERSION}`]);
     writeFileSync(marker, `${new Date().toISOString()}\n`);
   }
+  ensureCudaHeaders();
   return { ...process.env, LIBTORCH_USE_PYTORCH: "1", PATH: `${join(venv, "bin")}:${process.env.PATH}` };
+}
+
+/**
+ * The NCCL backend compiles against CUDA's headers; the torch wheel ships only part of
+ * them, so add CUDA's C++ core headers (crt, cccl) from the same CUDA release.
+ */
+function ensureCudaHeaders() {
+  const include = join(venv, "lib", `python${pythonVersion()}`, "site-packages", "nvidia", "cu13", "include");
+  if (!existsSync(include) || existsSync(join(include, "nv", "target"))) return;
+  say("installing CUDA 13.0 C++ headers (nvidia-cuda-cccl, nvidia-cuda-crt) for the NCCL backend");
+  run(join(venv, "bin", "pip"), ["install", "--no-input", "--disable-pip-version-check", "nvidia-cuda-cccl==13.0.*", "nvidia-cuda-crt==13.0.*"]);
+}
+
+function pythonVersion() {
+  const probe = spawnSync(join(venv, "bin", "python"), ["-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"], {
+    encoding: "utf8",
+  });
+  return probe.stdout.trim();
 }
 
 /** c10d's Gloo backend needs gloo's headers at build time (its code is inside libtorch). */

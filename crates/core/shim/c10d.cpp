@@ -1,17 +1,14 @@
 // PyTorch's distributed engine (c10d) for Rust: a TCPStore rendezvous and a Gloo
 // process group for CPU tensors, with blocking collectives that honour a timeout.
 #include "shim.h"
+#include "c10d_group.h"
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <chrono>
 
 namespace {
-struct Group {
-  c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::Backend> backend;
-  std::chrono::milliseconds timeout;
-};
+using Group = AccGroup;
 
 void wait(const Group* g, c10::intrusive_ptr<c10d::Work> work) { work->wait(g->timeout); }
 
@@ -46,7 +43,15 @@ extern "C" int acc_group_new(const char* host, int port, int rank, int world_siz
   })
 }
 
-extern "C" void acc_group_free(void* group) { delete static_cast<Group*>(group); }
+// Shuts the backend down (NCCL needs it before destruction), then frees the group.
+extern "C" void acc_group_free(void* group) {
+  auto g = static_cast<Group*>(group);
+  try {
+    g->backend->shutdown();
+  } catch (...) {
+  }
+  delete g;
+}
 
 // op: 0 sum, 1 mean, 3 min, 4 max. Reduces all tensors in place.
 extern "C" int acc_allreduce(void* group, acc_tensor* tensors, int count, int op) {

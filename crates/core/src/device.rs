@@ -7,10 +7,7 @@ pub fn parse(op: &str, name: &str) -> Result<Device> {
     let device = match name {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
-        _ => match name
-            .strip_prefix("cuda:")
-            .and_then(|i| i.parse::<usize>().ok())
-        {
+        _ => match name.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
             Some(index) => Device::Cuda(index),
             None => {
                 return Err(Error::invalid(

@@ -17,7 +17,9 @@ pub fn parse(op: &str, name: &str) -> Result<Kind> {
         _ => {
             return Err(Error::invalid(
                 op,
-                format!("unknown dtype \"{name}\" (expected float32, float64, float16, bfloat16, int64, int32, bool or uint8)"),
+                format!(
+                "unknown dtype \"{name}\" (expected float32, float64, float16, bfloat16, int64, int32, bool or uint8)"
+            ),
             ))
         }
     })
@@ -41,10 +43,7 @@ pub fn name(kind: Kind) -> &'static str {
 }
 
 pub fn is_floating(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-    )
+    matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
 }
 
 /// Bytes per element.

@@ -57,19 +57,13 @@ impl Error {
     }
 
     pub fn io(op: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io {
-            op: op.into(),
-            source,
-        }
+        Error::Io { op: op.into(), source }
     }
 
     /// The operation named by this error.
     pub fn op(&self) -> &str {
         match self {
-            Error::Torch { op, .. }
-            | Error::Invalid { op, .. }
-            | Error::Disposed { op }
-            | Error::Io { op, .. } => op,
+            Error::Torch { op, .. } | Error::Invalid { op, .. } | Error::Disposed { op } | Error::Io { op, .. } => op,
         }
     }
 }

@@ -59,8 +59,7 @@ impl Handle {
 
     /// Borrows the tensor for operation `op`; a disposed handle is an error naming `op`.
     pub fn get(&self, op: &str) -> Result<Ref<'_, Tensor>> {
-        Ref::filter_map(self.0.tensor.borrow(), Option::as_ref)
-            .map_err(|_| Error::Disposed { op: op.to_string() })
+        Ref::filter_map(self.0.tensor.borrow(), Option::as_ref).map_err(|_| Error::Disposed { op: op.to_string() })
     }
 
     /// Frees the tensor now; later uses fail with a "disposed" error. Idempotent.
@@ -85,9 +84,7 @@ pub fn begin_scope() {
 /// Closes the innermost scope, disposing every handle created in it except those
 /// in `keep`, which move to the enclosing scope (if any). Returns how many were disposed.
 pub fn end_scope(keep: &[Handle]) -> usize {
-    let created = SCOPES
-        .with(|scopes| scopes.borrow_mut().pop())
-        .unwrap_or_default();
+    let created = SCOPES.with(|scopes| scopes.borrow_mut().pop()).unwrap_or_default();
     let mut disposed = 0;
     let mut kept = Vec::new();
     for weak in created {

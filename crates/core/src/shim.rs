@@ -17,9 +17,7 @@ extern "C" {
 /// Makes `grad` the gradient of `param` (tch can read `.grad` but not assign it).
 pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<()> {
     // SAFETY: both tensors are live for the duration of the call.
-    check("setGrad", unsafe {
-        acc_set_grad(param.as_ptr(), grad.as_ptr())
-    })
+    check("setGrad", unsafe { acc_set_grad(param.as_ptr(), grad.as_ptr()) })
 }
 
 /// Turns a shim status code into a Result, reading the shim's last error message.
@@ -53,9 +51,7 @@ pub fn cpu_rng_state() -> Result<Tensor> {
 
 pub fn set_cpu_rng_state(state: &Tensor) -> Result<()> {
     // SAFETY: `state` is a live tensor for the duration of the call.
-    check("setCpuRngState", unsafe {
-        acc_set_cpu_rng_state(state.as_ptr())
-    })
+    check("setCpuRngState", unsafe { acc_set_cpu_rng_state(state.as_ptr()) })
 }
 
 pub fn cuda_rng_state(index: usize) -> Result<Tensor> {

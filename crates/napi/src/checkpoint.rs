@@ -16,11 +16,7 @@ pub struct NamedTensors {
     pub tensors: Vec<Tensor>,
 }
 
-fn named(
-    op: &str,
-    names: Vec<String>,
-    tensors: &[&Tensor],
-) -> accelerate_core::Result<Vec<(String, tch::Tensor)>> {
+fn named(op: &str, names: Vec<String>, tensors: &[&Tensor]) -> accelerate_core::Result<Vec<(String, tch::Tensor)>> {
     if names.len() != tensors.len() {
         return Err(accelerate_core::Error::invalid(
             op,
@@ -73,12 +69,7 @@ pub fn load_safetensors(env: Env, path: String) -> Result<NamedTensors> {
 
 /// Saves model weights into `dir`, sharded above `maxShardBytes`; returns the files written.
 #[napi]
-pub fn save_model(
-    dir: String,
-    names: Vec<String>,
-    tensors: Vec<&Tensor>,
-    max_shard_bytes: f64,
-) -> Result<Vec<String>> {
+pub fn save_model(dir: String, names: Vec<String>, tensors: Vec<&Tensor>, max_shard_bytes: f64) -> Result<Vec<String>> {
     guarded("saveModel", || {
         checkpoint::save_model(
             Path::new(&dir),
@@ -139,9 +130,7 @@ pub fn set_cpu_rng_state(state: &Tensor) -> Result<()> {
 
 #[napi]
 pub fn cuda_rng_state(env: Env, index: u32) -> Result<Tensor> {
-    guarded("cudaRngState", || {
-        Ok(wrap(&env, shim::cuda_rng_state(index as usize)?))
-    })
+    guarded("cudaRngState", || Ok(wrap(&env, shim::cuda_rng_state(index as usize)?)))
 }
 
 #[napi]

@@ -109,11 +109,7 @@ pub fn with_all<T>(
     f(&refs)
 }
 
-pub fn parse_dtype(
-    op: &str,
-    name: Option<&str>,
-    default: tch::Kind,
-) -> accelerate_core::Result<tch::Kind> {
+pub fn parse_dtype(op: &str, name: Option<&str>, default: tch::Kind) -> accelerate_core::Result<tch::Kind> {
     name.map_or(Ok(default), |n| dtype::parse(op, n))
 }
 

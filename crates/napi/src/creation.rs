@@ -26,55 +26,29 @@ fn filled(
 }
 
 #[napi]
-pub fn zeros(
-    env: Env,
-    shape: Vec<i64>,
-    dtype: Option<String>,
-    device: Option<String>,
-) -> Result<Tensor> {
+pub fn zeros(env: Env, shape: Vec<i64>, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
     filled(&env, "zeros", shape, Fill::Zeros, dtype, device)
 }
 
 #[napi]
-pub fn ones(
-    env: Env,
-    shape: Vec<i64>,
-    dtype: Option<String>,
-    device: Option<String>,
-) -> Result<Tensor> {
+pub fn ones(env: Env, shape: Vec<i64>, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
     filled(&env, "ones", shape, Fill::Ones, dtype, device)
 }
 
 #[napi]
-pub fn full(
-    env: Env,
-    shape: Vec<i64>,
-    value: f64,
-    dtype: Option<String>,
-    device: Option<String>,
-) -> Result<Tensor> {
+pub fn full(env: Env, shape: Vec<i64>, value: f64, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
     filled(&env, "full", shape, Fill::Value(value), dtype, device)
 }
 
 /// Standard normal samples.
 #[napi]
-pub fn randn(
-    env: Env,
-    shape: Vec<i64>,
-    dtype: Option<String>,
-    device: Option<String>,
-) -> Result<Tensor> {
+pub fn randn(env: Env, shape: Vec<i64>, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
     filled(&env, "randn", shape, Fill::Normal, dtype, device)
 }
 
 /// Uniform samples in [0, 1).
 #[napi]
-pub fn rand(
-    env: Env,
-    shape: Vec<i64>,
-    dtype: Option<String>,
-    device: Option<String>,
-) -> Result<Tensor> {
+pub fn rand(env: Env, shape: Vec<i64>, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
     filled(&env, "rand", shape, Fill::Uniform, dtype, device)
 }
 
@@ -98,13 +72,7 @@ pub fn arange(
         )?;
         Ok(wrap(
             &env,
-            core_tensor::arange(
-                start,
-                end,
-                step,
-                kind,
-                parse_device("arange", device.as_deref())?,
-            )?,
+            core_tensor::arange(start, end, step, kind, parse_device("arange", device.as_deref())?)?,
         ))
     })
 }
@@ -123,13 +91,7 @@ pub fn randint(
         let kind = parse_dtype("randint", dtype.as_deref(), Kind::Int64)?;
         Ok(wrap(
             &env,
-            core_tensor::randint(
-                low,
-                high,
-                &shape,
-                kind,
-                parse_device("randint", device.as_deref())?,
-            )?,
+            core_tensor::randint(low, high, &shape, kind, parse_device("randint", device.as_deref())?)?,
         ))
     })
 }

@@ -2,9 +2,7 @@
 //! epoch progress) and its passes: index lists for JS datasets, or batches
 //! gathered and prefetched in Rust for a TensorDataset.
 
-use accelerate_core::data::{
-    IndexIter, Loader, LoaderState, SamplerSpec, Shard, TensorDataset, TensorIter,
-};
+use accelerate_core::data::{IndexIter, Loader, LoaderState, SamplerSpec, Shard, TensorDataset, TensorIter};
 use accelerate_core::{device, Error};
 use napi::{Env, Result};
 use napi_derive::napi;
@@ -14,12 +12,8 @@ use crate::tensor::Tensor;
 
 /// A count from JS (a size, an index, an epoch), which must not be negative.
 fn count(op: &str, name: &str, value: i64) -> accelerate_core::Result<usize> {
-    usize::try_from(value).map_err(|_| {
-        Error::invalid(
-            op,
-            format!("{name} must be a non-negative integer, got {value}"),
-        )
-    })
+    usize::try_from(value)
+        .map_err(|_| Error::invalid(op, format!("{name} must be a non-negative integer, got {value}")))
 }
 
 #[napi(js_name = "NativeTensorDataset")]
@@ -105,11 +99,7 @@ impl NativeDataLoader {
                     even_batches: options.even_batches,
                 },
             };
-            let device = options
-                .device
-                .as_deref()
-                .map(|d| device::parse(OP, d))
-                .transpose()?;
+            let device = options.device.as_deref().map(|d| device::parse(OP, d)).transpose()?;
             let len = count(OP, "the dataset length", dataset_length)?;
             Ok(NativeDataLoader {
                 inner: Loader::new(len, spec, device)?,
@@ -141,18 +131,14 @@ impl NativeDataLoader {
     #[napi]
     pub fn set_epoch(&self, epoch: i64) -> Result<()> {
         guarded("setEpoch", || {
-            self.inner
-                .set_epoch(count("setEpoch", "epoch", epoch)? as u64);
+            self.inner.set_epoch(count("setEpoch", "epoch", epoch)? as u64);
             Ok(())
         })
     }
 
     #[napi]
     pub fn state(&self) -> NativeLoaderState {
-        let LoaderState {
-            epoch,
-            batches_seen,
-        } = self.inner.state();
+        let LoaderState { epoch, batches_seen } = self.inner.state();
         NativeLoaderState {
             epoch: epoch as i64,
             batches_seen: batches_seen as i64,
@@ -182,11 +168,7 @@ impl NativeDataLoader {
 
     /// Starts a pass whose batches a background thread gathers from `dataset`.
     #[napi]
-    pub fn iter_tensors(
-        &self,
-        dataset: &NativeTensorDataset,
-        skip: i64,
-    ) -> Result<NativeTensorIterator> {
+    pub fn iter_tensors(&self, dataset: &NativeTensorDataset, skip: i64) -> Result<NativeTensorIterator> {
         guarded("DataLoader", || {
             let skip = count("DataLoader", "skip", skip)?;
             Ok(NativeTensorIterator {

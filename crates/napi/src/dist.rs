@@ -19,18 +19,16 @@ pub struct ProcessGroupOptions {
     pub world_size: u32,
     pub timeout_ms: f64,
     pub local_address: String,
+    /// Use NCCL on this CUDA device; Gloo on the CPU when absent.
+    pub cuda_device: Option<u32>,
 }
 
 /// Joins the process group (rank 0 serves the rendezvous store at host:port).
 #[napi]
 pub fn dist_init(options: ProcessGroupOptions) -> Result<()> {
     guarded("initProcessGroup", || {
-        let port = u16::try_from(options.port).map_err(|_| {
-            Error::invalid(
-                "initProcessGroup",
-                format!("port {} is out of range", options.port),
-            )
-        })?;
+        let port = u16::try_from(options.port)
+            .map_err(|_| Error::invalid("initProcessGroup", format!("port {} is out of range", options.port)))?;
         dist::init(&GroupConfig {
             host: options.host,
             port,
@@ -38,6 +36,7 @@ pub fn dist_init(options: ProcessGroupOptions) -> Result<()> {
             world_size: options.world_size as usize,
             timeout: Duration::from_millis(options.timeout_ms.max(1.0) as u64),
             local_address: options.local_address,
+            cuda_device: options.cuda_device.map(|d| d as usize),
         })
     })
 }
@@ -82,10 +81,7 @@ pub fn dist_all_reduce(env: Env, tensor: &Tensor, reduction: String) -> Result<T
 #[napi]
 pub fn dist_all_gather(env: Env, tensor: &Tensor) -> Result<Tensor> {
     guarded("gather", || {
-        Ok(wrap(
-            &env,
-            dist::all_gather("gather", &*tensor.handle.get("gather")?)?,
-        ))
+        Ok(wrap(&env, dist::all_gather("gather", &*tensor.handle.get("gather")?)?))
     })
 }
 

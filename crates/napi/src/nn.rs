@@ -24,11 +24,7 @@ pub struct NativeLayer {
     layer: Rc<dyn Layer>,
 }
 
-fn placement(
-    op: &str,
-    dtype: Option<String>,
-    device: Option<String>,
-) -> accelerate_core::Result<Placement> {
+fn placement(op: &str, dtype: Option<String>, device: Option<String>) -> accelerate_core::Result<Placement> {
     Ok(Placement {
         kind: parse_dtype(op, dtype.as_deref(), tch::Kind::Float)?,
         device: parse_device(op, device.as_deref())?,
@@ -47,10 +43,7 @@ fn pair(op: &str, what: &str, v: &[i64]) -> accelerate_core::Result<[i64; 2]> {
     }
 }
 
-fn native(
-    op: &str,
-    make: impl FnOnce() -> accelerate_core::Result<Rc<dyn Layer>>,
-) -> Result<NativeLayer> {
+fn native(op: &str, make: impl FnOnce() -> accelerate_core::Result<Rc<dyn Layer>>) -> Result<NativeLayer> {
     guarded(op, || Ok(NativeLayer { layer: make()? }))
 }
 
@@ -66,12 +59,7 @@ impl NativeLayer {
     ) -> Result<NativeLayer> {
         native("Linear", || {
             let at = placement("Linear", dtype, device)?;
-            Ok(Rc::new(core_nn::Linear::new(
-                in_features,
-                out_features,
-                bias,
-                at,
-            )?))
+            Ok(Rc::new(core_nn::Linear::new(in_features, out_features, bias, at)?))
         })
     }
 
@@ -104,12 +92,7 @@ impl NativeLayer {
                 bias,
             };
             let at = placement(OP, dtype, device)?;
-            Ok(Rc::new(core_nn::Conv2d::new(
-                in_channels,
-                out_channels,
-                config,
-                at,
-            )?))
+            Ok(Rc::new(core_nn::Conv2d::new(in_channels, out_channels, config, at)?))
         })
     }
 
@@ -142,11 +125,7 @@ impl NativeLayer {
     ) -> Result<NativeLayer> {
         native("Embedding", || {
             let at = placement("Embedding", dtype, device)?;
-            Ok(Rc::new(core_nn::Embedding::new(
-                num_embeddings,
-                embedding_dim,
-                at,
-            )?))
+            Ok(Rc::new(core_nn::Embedding::new(num_embeddings, embedding_dim, at)?))
         })
     }
 
@@ -232,9 +211,7 @@ impl NativeLayer {
     #[napi]
     pub fn forward(&self, env: Env, x: &Tensor, train: bool) -> Result<Tensor> {
         let op = self.layer.name();
-        guarded(op, || {
-            Ok(wrap(&env, self.layer.forward(&*x.handle.get(op)?, train)?))
-        })
+        guarded(op, || Ok(wrap(&env, self.layer.forward(&*x.handle.get(op)?, train)?)))
     }
 
     /// Names of this layer's own parameters, absent ones (a bias turned off) included.
@@ -258,8 +235,7 @@ impl NativeLayer {
     #[napi]
     pub fn set_parameter(&self, name: String, value: &Tensor) -> Result<()> {
         guarded("setParameter", || {
-            self.layer
-                .set_parameter(&name, &*value.handle.get("setParameter")?)
+            self.layer.set_parameter(&name, &*value.handle.get("setParameter")?)
         })
     }
 }

@@ -33,12 +33,7 @@ pub fn nn_cross_entropy(
 }
 
 #[napi]
-pub fn nn_mse_loss(
-    env: Env,
-    input: &Tensor,
-    target: &Tensor,
-    reduction: Option<String>,
-) -> Result<Tensor> {
+pub fn nn_mse_loss(env: Env, input: &Tensor, target: &Tensor, reduction: Option<String>) -> Result<Tensor> {
     const OP: &str = "mseLoss";
     guarded(OP, || {
         let reduction = f::reduction(OP, reduction.as_deref().unwrap_or("mean"))?;
@@ -57,10 +52,7 @@ pub fn nn_softmax(env: Env, x: &Tensor, dim: i64) -> Result<Tensor> {
 #[napi]
 pub fn nn_log_softmax(env: Env, x: &Tensor, dim: i64) -> Result<Tensor> {
     guarded("logSoftmax", || {
-        Ok(wrap(
-            &env,
-            f::log_softmax(&*x.handle.get("logSoftmax")?, dim)?,
-        ))
+        Ok(wrap(&env, f::log_softmax(&*x.handle.get("logSoftmax")?, dim)?))
     })
 }
 
@@ -80,10 +72,7 @@ pub fn nn_gelu(env: Env, x: &Tensor, approximate: Option<String>) -> Result<Tens
 #[napi]
 pub fn nn_dropout(env: Env, x: &Tensor, p: f64, training: bool) -> Result<Tensor> {
     guarded("dropout", || {
-        Ok(wrap(
-            &env,
-            f::dropout(&*x.handle.get("dropout")?, p, training)?,
-        ))
+        Ok(wrap(&env, f::dropout(&*x.handle.get("dropout")?, p, training)?))
     })
 }
 
@@ -121,48 +110,24 @@ pub fn nn_linear(env: Env, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -
     const OP: &str = "linear";
     guarded(OP, || {
         let bias = bias.map(|b| b.handle.get(OP)).transpose()?;
-        let out = f::linear(
-            &*x.handle.get(OP)?,
-            &*weight.handle.get(OP)?,
-            bias.as_deref(),
-        )?;
+        let out = f::linear(&*x.handle.get(OP)?, &*weight.handle.get(OP)?, bias.as_deref())?;
         Ok(wrap(&env, out))
     })
 }
 
 #[napi]
-pub fn nn_init_kaiming_uniform(
-    t: &Tensor,
-    a: f64,
-    mode: String,
-    nonlinearity: String,
-) -> Result<()> {
+pub fn nn_init_kaiming_uniform(t: &Tensor, a: f64, mode: String, nonlinearity: String) -> Result<()> {
     const OP: &str = "kaimingUniform_";
     guarded(OP, || {
-        init::kaiming_uniform_(
-            &*t.handle.get(OP)?,
-            a,
-            init::FanMode::parse(OP, &mode)?,
-            &nonlinearity,
-        )
+        init::kaiming_uniform_(&*t.handle.get(OP)?, a, init::FanMode::parse(OP, &mode)?, &nonlinearity)
     })
 }
 
 #[napi]
-pub fn nn_init_kaiming_normal(
-    t: &Tensor,
-    a: f64,
-    mode: String,
-    nonlinearity: String,
-) -> Result<()> {
+pub fn nn_init_kaiming_normal(t: &Tensor, a: f64, mode: String, nonlinearity: String) -> Result<()> {
     const OP: &str = "kaimingNormal_";
     guarded(OP, || {
-        init::kaiming_normal_(
-            &*t.handle.get(OP)?,
-            a,
-            init::FanMode::parse(OP, &mode)?,
-            &nonlinearity,
-        )
+        init::kaiming_normal_(&*t.handle.get(OP)?, a, init::FanMode::parse(OP, &mode)?, &nonlinearity)
     })
 }
 
@@ -182,29 +147,21 @@ pub fn nn_init_xavier_normal(t: &Tensor, gain: f64) -> Result<()> {
 
 #[napi]
 pub fn nn_init_normal(t: &Tensor, mean: f64, std: f64) -> Result<()> {
-    guarded("normal_", || {
-        init::normal_(&*t.handle.get("normal_")?, mean, std)
-    })
+    guarded("normal_", || init::normal_(&*t.handle.get("normal_")?, mean, std))
 }
 
 #[napi]
 pub fn nn_init_uniform(t: &Tensor, low: f64, high: f64) -> Result<()> {
-    guarded("uniform_", || {
-        init::uniform_(&*t.handle.get("uniform_")?, low, high)
-    })
+    guarded("uniform_", || init::uniform_(&*t.handle.get("uniform_")?, low, high))
 }
 
 #[napi]
 pub fn nn_init_constant(t: &Tensor, value: f64) -> Result<()> {
-    guarded("constant_", || {
-        init::constant_(&*t.handle.get("constant_")?, value)
-    })
+    guarded("constant_", || init::constant_(&*t.handle.get("constant_")?, value))
 }
 
 /// PyTorch's `calculate_gain(nonlinearity, param)`.
 #[napi]
 pub fn nn_init_gain(nonlinearity: String, param: Option<f64>) -> Result<f64> {
-    guarded("calculateGain", || {
-        init::gain("calculateGain", &nonlinearity, param)
-    })
+    guarded("calculateGain", || init::gain("calculateGain", &nonlinearity, param))
 }

@@ -105,10 +105,7 @@ impl OptimizerCore {
             let op = algorithm.name();
             let total: usize = group_sizes.iter().map(|&n| n as usize).sum();
             if total != params.len() || group_sizes.len() != group_options.len() {
-                return Err(Error::invalid(
-                    op,
-                    "group sizes do not match the parameters",
-                ));
+                return Err(Error::invalid(op, "group sizes do not match the parameters"));
             }
             let mut rest = params.as_slice();
             let mut groups = Vec::with_capacity(group_sizes.len());
@@ -131,11 +128,7 @@ impl OptimizerCore {
 
     /// Adds a param group; options it does not set come from the constructor's.
     #[napi]
-    pub fn add_param_group(
-        &mut self,
-        params: Vec<&Tensor>,
-        options: OptimizerOptions,
-    ) -> Result<()> {
+    pub fn add_param_group(&mut self, params: Vec<&Tensor>, options: OptimizerOptions) -> Result<()> {
         let op = format!("{}.addParamGroup", self.inner.name());
         guarded(&op, || {
             let params = params
@@ -169,11 +162,7 @@ impl OptimizerCore {
     pub fn group_options(&self, group: u32) -> Result<OptimizerOptions> {
         guarded("paramGroups", || {
             let algorithm = self.inner.algorithm();
-            Ok(self
-                .inner
-                .hyperparams(group as usize)?
-                .to_patch(algorithm)
-                .into())
+            Ok(self.inner.hyperparams(group as usize)?.to_patch(algorithm).into())
         })
     }
 
@@ -215,17 +204,11 @@ impl OptimizerCore {
         let op = format!("{}.loadStateDict", self.inner.name());
         guarded(&op, || {
             if keys.len() != tensors.len() {
-                return Err(Error::invalid(
-                    &op,
-                    "state keys and tensors differ in number",
-                ));
+                return Err(Error::invalid(&op, "state keys and tensors differ in number"));
             }
             let inner = &mut self.inner;
             with_all(&op, &tensors, |ts| {
-                let state = keys
-                    .into_iter()
-                    .zip(ts.iter().map(|t| t.shallow_clone()))
-                    .collect();
+                let state = keys.into_iter().zip(ts.iter().map(|t| t.shallow_clone())).collect();
                 let param_groups = param_groups
                     .into_iter()
                     .map(|g| GroupState {
@@ -233,10 +216,7 @@ impl OptimizerCore {
                         params: g.params,
                     })
                     .collect();
-                inner.load_state_dict(&StateDict {
-                    state,
-                    param_groups,
-                })
+                inner.load_state_dict(&StateDict { state, param_groups })
             })
         })
     }
@@ -244,12 +224,7 @@ impl OptimizerCore {
 
 /// Scales gradients so their total norm is at most `maxNorm`; returns the norm before clipping.
 #[napi]
-pub fn clip_grad_norm(
-    params: Vec<&Tensor>,
-    max_norm: f64,
-    norm_type: f64,
-    error_if_nonfinite: bool,
-) -> Result<f64> {
+pub fn clip_grad_norm(params: Vec<&Tensor>, max_norm: f64, norm_type: f64, error_if_nonfinite: bool) -> Result<f64> {
     guarded("clipGradNorm", || {
         with_all("clipGradNorm", &params, |ts| {
             optim::clip_grad_norm(ts, max_norm, norm_type, error_if_nonfinite)
@@ -261,8 +236,6 @@ pub fn clip_grad_norm(
 #[napi]
 pub fn clip_grad_value(params: Vec<&Tensor>, value: f64) -> Result<()> {
     guarded("clipGradValue", || {
-        with_all("clipGradValue", &params, |ts| {
-            optim::clip_grad_value(ts, value)
-        })
+        with_all("clipGradValue", &params, |ts| optim::clip_grad_value(ts, value))
     })
 }

@@ -6,9 +6,7 @@
 //! tracking and per-instance bookkeeping cost about 1.5 µs per operation.
 
 use accelerate_core::memory::Handle;
-use napi::bindgen_prelude::{
-    FromNapiRef, FromNapiValue, ToNapiValue, TypeName, Unknown, ValidateNapiValue, ValueType,
-};
+use napi::bindgen_prelude::{FromNapiRef, FromNapiValue, ToNapiValue, TypeName, Unknown, ValidateNapiValue, ValueType};
 use napi::{check_status, sys, Env, Error, JsValue, Result, Status};
 use napi_derive::napi;
 use std::cell::Cell;
@@ -38,9 +36,7 @@ thread_local! {
 pub fn register_tensor_class(env: Env, tensor_class: Unknown) -> Result<()> {
     let mut reference = std::ptr::null_mut();
     // SAFETY: `class` is a live value of this env; the reference keeps it alive for the process.
-    check_status!(unsafe {
-        sys::napi_create_reference(env.raw(), tensor_class.raw(), 1, &mut reference)
-    })?;
+    check_status!(unsafe { sys::napi_create_reference(env.raw(), tensor_class.raw(), 1, &mut reference) })?;
     TENSOR_CLASS.with(|c| c.set(reference));
     Ok(())
 }
@@ -66,10 +62,7 @@ unsafe fn create_external(env: sys::napi_env, tensor: Tensor) -> Result<sys::nap
     };
     if status != sys::Status::napi_ok {
         drop(unsafe { Box::from_raw(data) });
-        return Err(Error::new(
-            Status::GenericFailure,
-            "could not create a tensor handle",
-        ));
+        return Err(Error::new(Status::GenericFailure, "could not create a tensor handle"));
     }
     check_status!(unsafe { sys::napi_type_tag_object(env, value, &TENSOR_TAG) })?;
     Ok(value)
@@ -87,23 +80,16 @@ unsafe fn tensor_ref(env: sys::napi_env, value: sys::napi_value) -> Result<&'sta
     let mut kind = type_of(env, value)?;
     if kind == ValueType::Object {
         let mut inner = std::ptr::null_mut();
-        check_status!(unsafe {
-            sys::napi_get_named_property(env, value, c"_native".as_ptr(), &mut inner)
-        })?;
+        check_status!(unsafe { sys::napi_get_named_property(env, value, c"_native".as_ptr(), &mut inner) })?;
         value = inner;
         kind = type_of(env, value)?;
     }
     let mut tagged = false;
     if kind == ValueType::External {
-        check_status!(unsafe {
-            sys::napi_check_object_type_tag(env, value, &TENSOR_TAG, &mut tagged)
-        })?;
+        check_status!(unsafe { sys::napi_check_object_type_tag(env, value, &TENSOR_TAG, &mut tagged) })?;
     }
     if !tagged {
-        return Err(Error::new(
-            Status::InvalidArg,
-            format!("expected a Tensor, got {kind}"),
-        ));
+        return Err(Error::new(Status::InvalidArg, format!("expected a Tensor, got {kind}")));
     }
     let mut data = std::ptr::null_mut();
     check_status!(unsafe { sys::napi_get_value_external(env, value, &mut data) })?;
@@ -140,9 +126,7 @@ impl ToNapiValue for Tensor {
         check_status!(unsafe { sys::napi_get_reference_value(env, class_ref, &mut class) })?;
         let mut instance = std::ptr::null_mut();
         let args = [handle];
-        check_status!(unsafe {
-            sys::napi_new_instance(env, class, 1, args.as_ptr(), &mut instance)
-        })?;
+        check_status!(unsafe { sys::napi_new_instance(env, class, 1, args.as_ptr(), &mut instance) })?;
         Ok(instance)
     }
 }
@@ -166,10 +150,7 @@ impl TypeName for &Tensor {
 }
 
 impl FromNapiRef for Tensor {
-    unsafe fn from_napi_ref(
-        env: sys::napi_env,
-        napi_val: sys::napi_value,
-    ) -> Result<&'static Self> {
+    unsafe fn from_napi_ref(env: sys::napi_env, napi_val: sys::napi_value) -> Result<&'static Self> {
         unsafe { tensor_ref(env, napi_val) }
     }
 }
@@ -189,18 +170,11 @@ pub enum TensorOrNumber {
 impl FromNapiValue for TensorOrNumber {
     unsafe fn from_napi_value(env: sys::napi_env, napi_val: sys::napi_value) -> Result<Self> {
         if type_of(env, napi_val)? == ValueType::Number {
-            return Ok(TensorOrNumber::Number(unsafe {
-                f64::from_napi_value(env, napi_val)?
-            }));
+            return Ok(TensorOrNumber::Number(unsafe { f64::from_napi_value(env, napi_val)? }));
         }
         unsafe { tensor_ref(env, napi_val) }
             .map(TensorOrNumber::Tensor)
-            .map_err(|_| {
-                Error::new(
-                    Status::InvalidArg,
-                    "expected a Tensor or a number".to_string(),
-                )
-            })
+            .map_err(|_| Error::new(Status::InvalidArg, "expected a Tensor or a number".to_string()))
     }
 }
 

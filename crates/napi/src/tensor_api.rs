@@ -9,9 +9,7 @@ use napi::bindgen_prelude::{Buffer, Either};
 use napi::{Env, Result};
 use napi_derive::napi;
 
-use crate::convert::{
-    guarded, handle, handles, parse_device, parse_dtype, report_memory, with_operand, wrap,
-};
+use crate::convert::{guarded, handle, handles, parse_device, parse_dtype, report_memory, with_operand, wrap};
 use crate::tensor::{Tensor, TensorHandle, TensorOrNumber};
 
 #[napi]
@@ -21,16 +19,12 @@ pub fn tensor_get_shape(tensor: &Tensor) -> Result<Vec<i64>> {
 
 #[napi]
 pub fn tensor_get_dtype(tensor: &Tensor) -> Result<&'static str> {
-    guarded("dtype", || {
-        Ok(dtype::name(tensor.handle.get("dtype")?.kind()))
-    })
+    guarded("dtype", || Ok(dtype::name(tensor.handle.get("dtype")?.kind())))
 }
 
 #[napi]
 pub fn tensor_get_device(tensor: &Tensor) -> Result<String> {
-    guarded("device", || {
-        Ok(device::name(tensor.handle.get("device")?.device()))
-    })
+    guarded("device", || Ok(device::name(tensor.handle.get("device")?.device())))
 }
 
 #[napi]
@@ -102,10 +96,7 @@ pub fn tensor_call_backward(tensor: &Tensor, gradient: Option<&Tensor>) -> Resul
         match gradient {
             None if t.numel() != 1 => Err(Error::invalid(
                 "backward",
-                format!(
-                    "needs a gradient for a non-scalar tensor of shape {:?}",
-                    t.size()
-                ),
+                format!("needs a gradient for a non-scalar tensor of shape {:?}", t.size()),
             )),
             None => ops::unary("backward", &t, run).map(drop),
             Some(g) => {
@@ -121,18 +112,11 @@ pub fn tensor_call_backward(tensor: &Tensor, gradient: Option<&Tensor>) -> Resul
 
 /// A copy converted to `dtype` and/or moved to `device` (the same values when nothing changes).
 #[napi]
-pub fn tensor_op_to(
-    env: Env,
-    tensor: &Tensor,
-    dtype: Option<String>,
-    device: Option<String>,
-) -> Result<TensorHandle> {
+pub fn tensor_op_to(env: Env, tensor: &Tensor, dtype: Option<String>, device: Option<String>) -> Result<TensorHandle> {
     guarded("to", || {
         let t = tensor.handle.get("to")?;
         let kind = parse_dtype("to", dtype.as_deref(), t.kind())?;
-        let device = device
-            .as_deref()
-            .map_or(Ok(t.device()), |d| device::parse("to", d))?;
+        let device = device.as_deref().map_or(Ok(t.device()), |d| device::parse("to", d))?;
         Ok(handle(
             &env,
             core_tensor::convert("to", t.shallow_clone(), kind, device)?,
@@ -145,10 +129,7 @@ pub fn tensor_op_to(
 pub fn tensor_op_index(env: Env, tensor: &Tensor, i: TensorOrNumber) -> Result<TensorHandle> {
     guarded("index", || {
         let t = tensor.handle.get("index")?;
-        Ok(handle(
-            &env,
-            with_operand("index", &i, |i| ops::index(&t, i))?,
-        ))
+        Ok(handle(&env, with_operand("index", &i, |i| ops::index(&t, i))?))
     })
 }
 
@@ -173,12 +154,7 @@ pub fn tensor_list_split(
 }
 
 #[napi]
-pub fn tensor_list_chunk(
-    env: Env,
-    tensor: &Tensor,
-    chunks: i64,
-    dim: Option<i64>,
-) -> Result<Vec<TensorHandle>> {
+pub fn tensor_list_chunk(env: Env, tensor: &Tensor, chunks: i64, dim: Option<i64>) -> Result<Vec<TensorHandle>> {
     guarded("chunk", || {
         Ok(handles(
             &env,

@@ -102,10 +102,7 @@ pub fn tensor_op_matmul(env: Env, tensor: &Tensor, other: &Tensor) -> Result<Ten
     guarded("matmul", || {
         Ok(handle(
             &env,
-            ops::matmul(
-                &*tensor.handle.get("matmul")?,
-                &*other.handle.get("matmul")?,
-            )?,
+            ops::matmul(&*tensor.handle.get("matmul")?, &*other.handle.get("matmul")?)?,
         ))
     })
 }
@@ -120,46 +117,24 @@ fn with_tensor(
 ) -> Result<TensorHandle> {
     guarded(op, || {
         let (t, o) = (tensor.handle.get(op)?, other.handle.get(op)?);
-        Ok(handle(
-            env,
-            ops::binary(op, &t, ops::Operand::Tensor(&o), f)?,
-        ))
+        Ok(handle(env, ops::binary(op, &t, ops::Operand::Tensor(&o), f)?))
     })
 }
 
 /// Values of this tensor taken along `dim` at the positions in `index`.
 #[napi]
-pub fn tensor_op_gather(
-    env: Env,
-    tensor: &Tensor,
-    dim: i64,
-    index: &Tensor,
-) -> Result<TensorHandle> {
-    with_tensor(&env, "gather", tensor, index, |t, i| {
-        t.f_gather(dim, i, false)
-    })
+pub fn tensor_op_gather(env: Env, tensor: &Tensor, dim: i64, index: &Tensor) -> Result<TensorHandle> {
+    with_tensor(&env, "gather", tensor, index, |t, i| t.f_gather(dim, i, false))
 }
 
 #[napi]
-pub fn tensor_op_index_select(
-    env: Env,
-    tensor: &Tensor,
-    dim: i64,
-    index: &Tensor,
-) -> Result<TensorHandle> {
-    with_tensor(&env, "index_select", tensor, index, |t, i| {
-        t.f_index_select(dim, i)
-    })
+pub fn tensor_op_index_select(env: Env, tensor: &Tensor, dim: i64, index: &Tensor) -> Result<TensorHandle> {
+    with_tensor(&env, "index_select", tensor, index, |t, i| t.f_index_select(dim, i))
 }
 
 /// A copy with `value` where `mask` is true.
 #[napi]
-pub fn tensor_op_masked_fill(
-    env: Env,
-    tensor: &Tensor,
-    mask: &Tensor,
-    value: f64,
-) -> Result<TensorHandle> {
+pub fn tensor_op_masked_fill(env: Env, tensor: &Tensor, mask: &Tensor, value: f64) -> Result<TensorHandle> {
     with_tensor(&env, "masked_fill", tensor, mask, |t, m| {
         t.f_masked_fill(m, ops::scalar(value))
     })
@@ -190,9 +165,6 @@ pub fn stack(env: Env, tensors: Vec<&Tensor>, dim: Option<i64>) -> Result<Tensor
 pub fn where_(env: Env, condition: &Tensor, a: &Tensor, b: TensorOrNumber) -> Result<Tensor> {
     guarded("where", || {
         let (c, a) = (condition.handle.get("where")?, a.handle.get("where")?);
-        Ok(wrap(
-            &env,
-            with_operand("where", &b, |b| ops::where_(&c, &a, b))?,
-        ))
+        Ok(wrap(&env, with_operand("where", &b, |b| ops::where_(&c, &a, b))?))
     })
 }

@@ -57,8 +57,5 @@ pub fn commit_staging(op: &str, staging: &Path, dir: &Path) -> Result<()> {
 }
 
 fn io_error(op: &str, e: std::io::Error, what: &Path) -> Error {
-    Error::io(
-        op,
-        std::io::Error::new(e.kind(), format!("{}: {e}", what.display())),
-    )
+    Error::io(op, std::io::Error::new(e.kind(), format!("{}: {e}", what.display())))
 }

@@ -82,18 +82,13 @@ fn host_copy(op: &str, name: &str, t: &Tensor) -> Result<HostTensor> {
 }
 
 /// Serializes named tensors (any device) with `metadata` (`{"format": "pt"}` is added).
-pub fn serialize(
-    op: &str,
-    tensors: &[(String, Tensor)],
-    metadata: &HashMap<String, String>,
-) -> Result<Vec<u8>> {
+pub fn serialize(op: &str, tensors: &[(String, Tensor)], metadata: &HashMap<String, String>) -> Result<Vec<u8>> {
     let hosts = tensors
         .iter()
         .map(|(n, t)| Ok((n.as_str(), host_copy(op, n, t)?)))
         .collect::<Result<Vec<_>>>()?;
     let mut meta = metadata.clone();
-    meta.entry("format".to_string())
-        .or_insert_with(|| "pt".to_string());
+    meta.entry("format".to_string()).or_insert_with(|| "pt".to_string());
     safetensors::tensor::serialize(hosts.iter().map(|(n, h)| (*n, h)), &Some(meta))
         .map_err(|e| Error::invalid(op, format!("cannot serialize: {e}")))
 }
@@ -116,12 +111,8 @@ pub fn load_safetensors(op: &str, path: &Path) -> Result<Vec<(String, Tensor)>> 
             std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display())),
         )
     })?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| {
-        Error::invalid(
-            op,
-            format!("{} is not a valid safetensors file: {e}", path.display()),
-        )
-    })?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::invalid(op, format!("{} is not a valid safetensors file: {e}", path.display())))?;
     let mut out = Vec::new();
     for (name, view) in file.tensors() {
         let kind = to_kind(op, &name, view.dtype())?;
@@ -147,9 +138,7 @@ mod tests {
             .map(|&k| {
                 (
                     format!("{k:?}"),
-                    Tensor::arange(6, (Kind::Float, Device::Cpu))
-                        .reshape([2, 3])
-                        .to_kind(k),
+                    Tensor::arange(6, (Kind::Float, Device::Cpu)).reshape([2, 3]).to_kind(k),
                 )
             })
             .collect();

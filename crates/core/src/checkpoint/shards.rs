@@ -42,8 +42,7 @@ fn remove_stale(op: &str, dir: &Path, keep: &[String]) -> Result<()> {
     let entries = fs::read_dir(dir).map_err(|e| Error::io(op, e))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let is_shard =
-            name.starts_with("model-") && name.ends_with(".safetensors") && name.contains("-of-");
+        let is_shard = name.starts_with("model-") && name.ends_with(".safetensors") && name.contains("-of-");
         let is_ours = is_shard || name == SINGLE || name == INDEX;
         if is_ours && !keep.contains(&name) {
             fs::remove_file(entry.path()).map_err(|e| Error::io(op, e))?;
@@ -53,11 +52,7 @@ fn remove_stale(op: &str, dir: &Path, keep: &[String]) -> Result<()> {
 }
 
 /// Saves named tensors into `dir`; returns the file names written.
-pub fn save_model(
-    dir: &Path,
-    tensors: &[(String, Tensor)],
-    max_shard_bytes: u64,
-) -> Result<Vec<String>> {
+pub fn save_model(dir: &Path, tensors: &[(String, Tensor)], max_shard_bytes: u64) -> Result<Vec<String>> {
     let op = "saveModel";
     if max_shard_bytes == 0 {
         return Err(Error::invalid(op, "maxShardSize must be positive"));
@@ -67,11 +62,7 @@ pub fn save_model(
     let total: u64 = tensors.iter().map(|(_, t)| tensor_bytes(t)).sum();
     let mut written = Vec::new();
     if shards.len() <= 1 {
-        write_atomically(
-            op,
-            &dir.join(SINGLE),
-            &serialize(op, tensors, &HashMap::new())?,
-        )?;
+        write_atomically(op, &dir.join(SINGLE), &serialize(op, tensors, &HashMap::new())?)?;
         written.push(SINGLE.to_string());
     } else {
         let mut weight_map = Map::new();
@@ -81,11 +72,7 @@ pub fn save_model(
                 .iter()
                 .map(|&j| (tensors[j].0.clone(), tensors[j].1.shallow_clone()))
                 .collect();
-            write_atomically(
-                op,
-                &dir.join(&file),
-                &serialize(op, &part, &HashMap::new())?,
-            )?;
+            write_atomically(op, &dir.join(&file), &serialize(op, &part, &HashMap::new())?)?;
             for (name, _) in &part {
                 weight_map.insert(name.clone(), Value::String(file.clone()));
             }
@@ -93,10 +80,8 @@ pub fn save_model(
         }
         let mut sorted: Vec<(String, Value)> = weight_map.into_iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        let index =
-            json!({ "metadata": { "total_size": total }, "weight_map": Map::from_iter(sorted) });
-        let text =
-            serde_json::to_string_pretty(&index).map_err(|e| Error::invalid(op, e.to_string()))?;
+        let index = json!({ "metadata": { "total_size": total }, "weight_map": Map::from_iter(sorted) });
+        let text = serde_json::to_string_pretty(&index).map_err(|e| Error::invalid(op, e.to_string()))?;
         write_atomically(op, &dir.join(INDEX), text.as_bytes())?;
         written.push(INDEX.to_string());
     }
@@ -118,8 +103,8 @@ pub fn load_model(dir: &Path) -> Result<Vec<(String, Tensor)>> {
         return load_safetensors(op, &dir.join(SINGLE));
     }
     let text = fs::read_to_string(&index_path).map_err(|e| Error::io(op, e))?;
-    let index: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::invalid(op, format!("{}: {e}", index_path.display())))?;
+    let index: Value =
+        serde_json::from_str(&text).map_err(|e| Error::invalid(op, format!("{}: {e}", index_path.display())))?;
     let weight_map = index
         .get("weight_map")
         .and_then(Value::as_object)

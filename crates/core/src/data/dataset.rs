@@ -32,10 +32,7 @@ impl TensorDataset {
                 .collect();
             return Err(Error::invalid(
                 op,
-                format!(
-                    "all tensors need the same size along dim 0, but {}",
-                    listed.join(", ")
-                ),
+                format!("all tensors need the same size along dim 0, but {}", listed.join(", ")),
             ));
         }
         let (names, tensors) = named.into_iter().unzip();
@@ -78,10 +75,7 @@ impl TensorDataset {
         }
         self.tensors
             .iter()
-            .map(|t| {
-                t.f_select(0, index)
-                    .map_err(|e| Error::torch(op, shapes(&[t]), e))
-            })
+            .map(|t| t.f_select(0, index).map_err(|e| Error::torch(op, shapes(&[t]), e)))
             .collect()
     }
 
@@ -112,10 +106,7 @@ mod tests {
     use super::*;
 
     fn named(pairs: &[(&str, Tensor)]) -> Vec<(String, Tensor)> {
-        pairs
-            .iter()
-            .map(|(n, t)| (n.to_string(), t.shallow_clone()))
-            .collect()
+        pairs.iter().map(|(n, t)| (n.to_string(), t.shallow_clone())).collect()
     }
 
     #[test]
@@ -143,9 +134,6 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(
-            err.contains("\"x\" has 5") && err.contains("\"y\" has 4"),
-            "{err}"
-        );
+        assert!(err.contains("\"x\" has 5") && err.contains("\"y\" has 4"), "{err}");
     }
 }

@@ -97,13 +97,12 @@ fn produce(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let batch = catch_unwind(AssertUnwindSafe(|| dataset.gather(op, &indices, device)))
-            .unwrap_or_else(|_| {
-                Err(Error::invalid(
-                    op,
-                    "internal error (a Rust panic was caught in the prefetch thread)",
-                ))
-            });
+        let batch = catch_unwind(AssertUnwindSafe(|| dataset.gather(op, &indices, device))).unwrap_or_else(|_| {
+            Err(Error::invalid(
+                op,
+                "internal error (a Rust panic was caught in the prefetch thread)",
+            ))
+        });
         let failed = batch.is_err();
         if sender.send(batch).is_err() || failed {
             return;
@@ -144,8 +143,7 @@ mod tests {
 
     #[test]
     fn a_bad_index_becomes_an_error_and_ends_the_epoch() {
-        let mut p =
-            Prefetcher::spawn("test", dataset(5), vec![vec![0], vec![9], vec![1]], None).unwrap();
+        let mut p = Prefetcher::spawn("test", dataset(5), vec![vec![0], vec![9], vec![1]], None).unwrap();
         assert!(p.next("test").unwrap().is_ok());
         assert!(p.next("test").unwrap().is_err());
         assert!(p.next("test").is_none());

@@ -57,9 +57,7 @@ impl SamplerSpec {
         if process_index >= num_processes {
             return Err(Error::invalid(
                 op,
-                format!(
-                    "processIndex {process_index} is out of range for {num_processes} process(es)"
-                ),
+                format!("processIndex {process_index} is out of range for {num_processes} process(es)"),
             ));
         }
         if split_batches && !self.batch_size.is_multiple_of(num_processes) {
@@ -123,8 +121,7 @@ impl SamplerSpec {
         if split_batches {
             let last_len = dataset_len % self.batch_size;
             let piece = self.batch_size / n;
-            let missing_piece =
-                !self.drop_last && !even_batches && last_len != 0 && last_len <= piece * k;
+            let missing_piece = !self.drop_last && !even_batches && last_len != 0 && last_len <= piece * k;
             return global - usize::from(missing_piece);
         }
         let (rounds, rest) = (global / n, global % n);
@@ -149,11 +146,7 @@ impl SamplerSpec {
     /// This process's batches for epoch `epoch`: every process computes the same
     /// global batches from (seed, epoch) and keeps its shard.
     pub fn epoch_batches(&self, dataset_len: usize, epoch: u64) -> Vec<Vec<i64>> {
-        let global = batch_indices(
-            &self.order(dataset_len, epoch),
-            self.batch_size,
-            self.drop_last,
-        );
+        let global = batch_indices(&self.order(dataset_len, epoch), self.batch_size, self.drop_last);
         if self.is_sharded() {
             shard_batches(&global, self.batch_size, self.drop_last, &self.shard)
         } else {
@@ -173,12 +166,7 @@ pub fn batch_indices(order: &[i64], batch_size: usize, drop_last: bool) -> Vec<V
 
 /// The batches of `shard.process_index` among `batches` (those of every process),
 /// following `BatchSamplerShard`. Only the last of `batches` may be short.
-pub fn shard_batches(
-    batches: &[Vec<i64>],
-    batch_size: usize,
-    drop_last: bool,
-    shard: &Shard,
-) -> Vec<Vec<i64>> {
+pub fn shard_batches(batches: &[Vec<i64>], batch_size: usize, drop_last: bool, shard: &Shard) -> Vec<Vec<i64>> {
     if shard.split_batches {
         split_batches(batches, batch_size, drop_last, shard)
     } else {
@@ -193,12 +181,7 @@ fn cycled(source: &[i64], i: usize) -> i64 {
 
 /// Whole batches dealt round-robin: batch `i` goes to process `i % n`; a round is
 /// given out only once every process has a full batch in it.
-fn deal_batches(
-    batches: &[Vec<i64>],
-    batch_size: usize,
-    drop_last: bool,
-    shard: &Shard,
-) -> Vec<Vec<i64>> {
+fn deal_batches(batches: &[Vec<i64>], batch_size: usize, drop_last: bool, shard: &Shard) -> Vec<Vec<i64>> {
     let (n, k) = (shard.num_processes, shard.process_index);
     let is_full = |batch: &Vec<i64>| batch.len() == batch_size;
     let mut rounds = batches.len() / n;
@@ -242,17 +225,9 @@ fn deal_batches(
 }
 
 /// Every batch split into `n` contiguous pieces; process `k` takes piece `k`.
-fn split_batches(
-    batches: &[Vec<i64>],
-    batch_size: usize,
-    drop_last: bool,
-    shard: &Shard,
-) -> Vec<Vec<i64>> {
+fn split_batches(batches: &[Vec<i64>], batch_size: usize, drop_last: bool, shard: &Shard) -> Vec<Vec<i64>> {
     let piece = batch_size / shard.num_processes;
-    let (start, end) = (
-        piece * shard.process_index,
-        piece * (shard.process_index + 1),
-    );
+    let (start, end) = (piece * shard.process_index, piece * (shard.process_index + 1));
     let mut mine: Vec<Vec<i64>> = batches
         .iter()
         .filter(|batch| batch.len() == batch_size)
@@ -271,11 +246,7 @@ fn split_batches(
         return mine;
     }
     let padded: Vec<i64> = (start..end)
-        .map(|i| {
-            last.get(i)
-                .copied()
-                .unwrap_or_else(|| cycled(first, i - last.len()))
-        })
+        .map(|i| last.get(i).copied().unwrap_or_else(|| cycled(first, i - last.len())))
         .collect();
     mine.push(padded);
     mine
@@ -306,22 +277,12 @@ mod tests {
 
     /// The batches of both of 2 processes over `0..len`, checking that
     /// `num_batches` agrees with what is produced.
-    fn two_ranks(
-        len: usize,
-        batch_size: usize,
-        drop_last: bool,
-        split: bool,
-        even: bool,
-    ) -> Vec<Vec<Vec<i64>>> {
+    fn two_ranks(len: usize, batch_size: usize, drop_last: bool, split: bool, even: bool) -> Vec<Vec<Vec<i64>>> {
         (0..2)
             .map(|k| {
                 let s = spec(batch_size, drop_last, shard(2, k, split, even));
                 let batches = s.epoch_batches(len, 0);
-                assert_eq!(
-                    s.num_batches(len),
-                    batches.len(),
-                    "len {len} bs {batch_size} rank {k}"
-                );
+                assert_eq!(s.num_batches(len), batches.len(), "len {len} bs {batch_size} rank {k}");
                 batches
             })
             .collect()
@@ -337,10 +298,7 @@ mod tests {
     fn no_split_even() {
         let r0 = v(&[&[0, 1, 2], &[6, 7, 8], &[12, 13, 14], &[18, 19, 20]]);
         let r1 = v(&[&[3, 4, 5], &[9, 10, 11], &[15, 16, 17], &[21, 22, 23]]);
-        assert_eq!(
-            two_ranks(24, 3, false, false, true),
-            vec![r0.clone(), r1.clone()]
-        );
+        assert_eq!(two_ranks(24, 3, false, false, true), vec![r0.clone(), r1.clone()]);
         assert_eq!(two_ranks(24, 3, true, false, true), vec![r0.clone(), r1]);
 
         let r1 = v(&[&[3, 4, 5], &[9, 10, 11], &[15, 16, 17], &[0, 1, 2]]);
@@ -365,10 +323,7 @@ mod tests {
         let r1 = v(&[&[3, 4, 5], &[9, 10, 11], &[15, 16, 17]]);
         for len in [20, 21, 22] {
             for even in [true, false] {
-                assert_eq!(
-                    two_ranks(len, 3, true, false, even),
-                    vec![r0.clone(), r1.clone()]
-                );
+                assert_eq!(two_ranks(len, 3, true, false, even), vec![r0.clone(), r1.clone()]);
             }
         }
         for even in [true, false] {
@@ -380,17 +335,11 @@ mod tests {
     fn no_split_uneven() {
         let r0 = v(&[&[0, 1, 2], &[6, 7, 8], &[12, 13, 14], &[18, 19, 20]]);
         let r1 = v(&[&[3, 4, 5], &[9, 10, 11], &[15, 16, 17], &[21, 22, 23]]);
-        assert_eq!(
-            two_ranks(24, 3, false, false, false),
-            vec![r0.clone(), r1.clone()]
-        );
+        assert_eq!(two_ranks(24, 3, false, false, false), vec![r0.clone(), r1.clone()]);
         assert_eq!(two_ranks(24, 3, true, false, false), vec![r0.clone(), r1]);
 
         let r1 = v(&[&[3, 4, 5], &[9, 10, 11], &[15, 16, 17]]);
-        assert_eq!(
-            two_ranks(21, 3, false, false, false),
-            vec![r0.clone(), r1.clone()]
-        );
+        assert_eq!(two_ranks(21, 3, false, false, false), vec![r0.clone(), r1.clone()]);
 
         let r1_22 = v(&[&[3, 4, 5], &[9, 10, 11], &[15, 16, 17], &[21]]);
         assert_eq!(two_ranks(22, 3, false, false, false), vec![r0, r1_22]);
@@ -398,20 +347,14 @@ mod tests {
         let r0 = v(&[&[0, 1, 2], &[6, 7, 8], &[12, 13, 14], &[18, 19]]);
         assert_eq!(two_ranks(20, 3, false, false, false), vec![r0, r1]);
 
-        assert_eq!(
-            two_ranks(2, 3, false, false, false),
-            vec![v(&[&[0, 1]]), v(&[])]
-        );
+        assert_eq!(two_ranks(2, 3, false, false, false), vec![v(&[&[0, 1]]), v(&[])]);
     }
 
     #[test]
     fn split_even() {
         let r0 = v(&[&[0, 1], &[4, 5], &[8, 9], &[12, 13], &[16, 17], &[20, 21]]);
         let r1 = v(&[&[2, 3], &[6, 7], &[10, 11], &[14, 15], &[18, 19], &[22, 23]]);
-        assert_eq!(
-            two_ranks(24, 4, false, true, true),
-            vec![r0.clone(), r1.clone()]
-        );
+        assert_eq!(two_ranks(24, 4, false, true, true), vec![r0.clone(), r1.clone()]);
         assert_eq!(two_ranks(24, 4, true, true, true), vec![r0.clone(), r1]);
 
         let r1 = v(&[&[2, 3], &[6, 7], &[10, 11], &[14, 15], &[18, 19], &[0, 1]]);
@@ -421,10 +364,7 @@ mod tests {
         let r1 = v(&[&[2, 3], &[6, 7], &[10, 11], &[14, 15], &[18, 19], &[1, 2]]);
         assert_eq!(two_ranks(21, 4, false, true, true), vec![r0, r1]);
 
-        assert_eq!(
-            two_ranks(2, 4, false, true, true),
-            vec![v(&[&[0, 1]]), v(&[&[0, 1]])]
-        );
+        assert_eq!(two_ranks(2, 4, false, true, true), vec![v(&[&[0, 1]]), v(&[&[0, 1]])]);
     }
 
     #[test]
@@ -433,10 +373,7 @@ mod tests {
         let r1 = v(&[&[2, 3], &[6, 7], &[10, 11], &[14, 15], &[18, 19]]);
         for len in [21, 22] {
             for even in [true, false] {
-                assert_eq!(
-                    two_ranks(len, 4, true, true, even),
-                    vec![r0.clone(), r1.clone()]
-                );
+                assert_eq!(two_ranks(len, 4, true, true, even), vec![r0.clone(), r1.clone()]);
             }
         }
         assert_eq!(two_ranks(2, 4, true, true, true), vec![v(&[]), v(&[])]);
@@ -454,10 +391,7 @@ mod tests {
         let r0 = v(&[&[0, 1], &[4, 5], &[8, 9], &[12, 13], &[16, 17], &[20]]);
         assert_eq!(two_ranks(21, 4, false, true, false), vec![r0, r1]);
 
-        assert_eq!(
-            two_ranks(2, 4, false, true, false),
-            vec![v(&[&[0, 1]]), v(&[])]
-        );
+        assert_eq!(two_ranks(2, 4, false, true, false), vec![v(&[&[0, 1]]), v(&[])]);
     }
 
     #[test]
@@ -466,12 +400,8 @@ mod tests {
             .validate("DataLoader")
             .unwrap_err();
         assert!(err.to_string().contains("batch size (3)"), "{err}");
-        assert!(spec(3, false, shard(2, 2, false, true))
-            .validate("DataLoader")
-            .is_err());
-        assert!(spec(0, false, Shard::default())
-            .validate("DataLoader")
-            .is_err());
+        assert!(spec(3, false, shard(2, 2, false, true)).validate("DataLoader").is_err());
+        assert!(spec(0, false, Shard::default()).validate("DataLoader").is_err());
     }
 
     /// Batch sizes per process, from Accelerate's test_distributed_data_loop.py.
@@ -531,19 +461,14 @@ mod tests {
                 for n in 1..5 {
                     for k in 0..n {
                         for flags in 0..8 {
-                            let (drop_last, split, even) =
-                                (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
+                            let (drop_last, split, even) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
                             let s = spec(batch_size, drop_last, shard(n, k, split, even));
                             if s.validate("test").is_err() {
                                 continue;
                             }
                             let batches = s.epoch_batches(len, 0);
                             assert_eq!(s.num_batches(len), batches.len(), "{s:?} len {len}");
-                            let size = if split && n > 1 {
-                                batch_size / n
-                            } else {
-                                batch_size
-                            };
+                            let size = if split && n > 1 { batch_size / n } else { batch_size };
                             if n > 1 && even && !drop_last {
                                 assert!(batches.iter().all(|b| b.len() == size), "{s:?} len {len}");
                             }
@@ -600,10 +525,7 @@ mod tests {
     #[test]
     fn one_process_keeps_the_short_last_batch() {
         let s = spec(4, false, Shard::default());
-        assert_eq!(
-            s.epoch_batches(10, 0),
-            v(&[&[0, 1, 2, 3], &[4, 5, 6, 7], &[8, 9]])
-        );
+        assert_eq!(s.epoch_batches(10, 0), v(&[&[0, 1, 2, 3], &[4, 5, 6, 7], &[8, 9]]));
         assert_eq!(s.num_batches(10), 3);
         let dropped = spec(4, true, Shard::default());
         assert_eq!(dropped.epoch_batches(10, 0).len(), 2);

@@ -10,18 +10,9 @@ use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
 extern "C" {
-    fn acc_allreduce(
-        group: *mut c_void,
-        tensors: *const *const C_tensor,
-        count: i32,
-        op: i32,
-    ) -> i32;
+    fn acc_allreduce(group: *mut c_void, tensors: *const *const C_tensor, count: i32, op: i32) -> i32;
     fn acc_broadcast(group: *mut c_void, tensor: *const C_tensor, root: i32) -> i32;
-    fn acc_allgather_into(
-        group: *mut c_void,
-        output: *const C_tensor,
-        input: *const C_tensor,
-    ) -> i32;
+    fn acc_allgather_into(group: *mut c_void, output: *const C_tensor, input: *const C_tensor) -> i32;
     fn acc_barrier(group: *mut c_void) -> i32;
 }
 
@@ -38,14 +29,25 @@ fn torch(op: &str, t: &Tensor) -> impl Fn(tch::TchError) -> Error {
     move |e| Error::torch(op.clone(), shape.clone(), e)
 }
 
-/// A contiguous CPU tensor with `t`'s values (a copy unless it already is one).
+/// The device collective buffers live on: the CPU for Gloo, the group's GPU for NCCL.
+pub(crate) fn group_device(op: &str) -> Result<Device> {
+    with_group(op, |g| Ok(g.device))
+}
+
+/// A contiguous tensor with `t`'s values on the group's device (a copy unless it already is one).
 fn host(op: &str, t: &Tensor) -> Result<Tensor> {
-    let on_cpu = if t.device() == Device::Cpu {
+    let device = group_device(op)?;
+    let moved = if t.device() == device {
         t.shallow_clone()
     } else {
-        t.f_to_device(Device::Cpu).map_err(torch(op, t))?
+        t.f_to_device(device).map_err(torch(op, t))?
     };
-    on_cpu.f_contiguous().map_err(torch(op, t))
+    moved.f_contiguous().map_err(torch(op, t))
+}
+
+/// Copies `t` to the CPU (collective results are read on the host).
+fn to_cpu(op: &str, t: Tensor) -> Result<Tensor> {
+    t.f_to_device(Device::Cpu).map_err(|e| Error::torch(op, vec![], e))
 }
 
 /// Sums (or means, mins, maxes) `t` across processes; returns a new tensor on `t`'s device.
@@ -54,10 +56,7 @@ pub fn all_reduce(op: &str, t: &Tensor, how: Reduce) -> Result<Tensor> {
     let buffer = if how == Reduce::Mean && !dtype::is_floating(buffer.kind()) {
         return Err(Error::invalid(
             op,
-            format!(
-                "\"mean\" needs a floating-point tensor, got {}",
-                dtype::name(t.kind())
-            ),
+            format!("\"mean\" needs a floating-point tensor, got {}", dtype::name(t.kind())),
         ));
     } else {
         buffer
@@ -65,9 +64,7 @@ pub fn all_reduce(op: &str, t: &Tensor, how: Reduce) -> Result<Tensor> {
     with_group(op, |g| {
         let ptrs = [buffer.as_ptr()];
         // SAFETY: the group and tensor outlive the blocking call.
-        check(op, unsafe {
-            acc_allreduce(g.raw, ptrs.as_ptr(), 1, how as i32)
-        })
+        check(op, unsafe { acc_allreduce(g.raw, ptrs.as_ptr(), 1, how as i32) })
     })?;
     buffer.f_to_device(t.device()).map_err(torch(op, t))
 }
@@ -83,22 +80,19 @@ pub fn broadcast_(op: &str, t: &mut Tensor, root: usize) -> Result<()> {
             ));
         }
         // SAFETY: the group and tensor outlive the blocking call.
-        check(op, unsafe {
-            acc_broadcast(g.raw, buffer.as_ptr(), root as i32)
-        })
+        check(op, unsafe { acc_broadcast(g.raw, buffer.as_ptr(), root as i32) })
     })?;
-    if t.device() != Device::Cpu || !t.is_contiguous() {
+    if t.device() != buffer.device() || !t.is_contiguous() {
         let _guard = tch::no_grad_guard();
-        t.f_copy_(&buffer)
-            .map_err(|e| Error::torch(op, vec![], e))?;
+        t.f_copy_(&buffer).map_err(|e| Error::torch(op, vec![], e))?;
     }
     Ok(())
 }
 
 const MAX_DIMS: usize = 16;
 
-/// Every process's (dtype, shape) of `t`, in rank order.
-fn shapes_of_all(op: &str, t: &Tensor) -> Result<Vec<(Kind, Vec<i64>)>> {
+/// Every process's (dtype code, shape) of `t`, in rank order.
+fn shapes_of_all(op: &str, t: &Tensor) -> Result<Vec<(i64, Vec<i64>)>> {
     let size = t.size();
     if size.len() > MAX_DIMS {
         return Err(Error::invalid(
@@ -108,32 +102,22 @@ fn shapes_of_all(op: &str, t: &Tensor) -> Result<Vec<(Kind, Vec<i64>)>> {
     }
     let mut code = vec![-1i64; MAX_DIMS + 2];
     code[0] = size.len() as i64;
-    code[1] = dtype::name(t.kind()).len() as i64 * 1000 + t.kind() as i64;
+    code[1] = t.kind() as i64;
     code[2..2 + size.len()].copy_from_slice(&size);
-    let mine = Tensor::from_slice(&code);
+    let device = group_device(op)?;
+    let mine = Tensor::from_slice(&code).f_to_device(device).map_err(torch(op, t))?;
     let world = with_group(op, |g| Ok(g.world_size))?;
-    let all = Tensor::f_empty([(world * code.len()) as i64], (Kind::Int64, Device::Cpu))
-        .map_err(torch(op, &mine))?;
+    let all = Tensor::f_empty([(world * code.len()) as i64], (Kind::Int64, device)).map_err(torch(op, t))?;
     with_group(op, |g| {
         // SAFETY: the group and tensors outlive the blocking call.
-        check(op, unsafe {
-            acc_allgather_into(g.raw, all.as_ptr(), mine.as_ptr())
-        })
+        check(op, unsafe { acc_allgather_into(g.raw, all.as_ptr(), mine.as_ptr()) })
     })?;
+    let all = to_cpu(op, all)?;
     let mut flat = vec![0i64; all.numel()];
-    all.f_copy_data(&mut flat, all.numel())
-        .map_err(torch(op, &all))?;
+    all.f_copy_data(&mut flat, all.numel()).map_err(torch(op, &all))?;
     Ok(flat
         .chunks(code.len())
-        .map(|c| {
-            let kind_code = c[1] % 1000;
-            let kind = if kind_code == t.kind() as i64 {
-                t.kind()
-            } else {
-                Kind::Uint8
-            };
-            (kind, c[2..2 + c[0].max(0) as usize].to_vec())
-        })
+        .map(|c| (c[1], c[2..2 + c[0].max(0) as usize].to_vec()))
         .collect())
 }
 
@@ -147,7 +131,7 @@ pub fn all_gather(op: &str, t: &Tensor) -> Result<Tensor> {
     };
     let all = shapes_of_all(op, &t)?;
     let (kind, size) = (t.kind(), t.size());
-    if all.iter().any(|(k, s)| *k != kind || *s != size) {
+    if all.iter().any(|(k, s)| *k != kind as i64 || *s != size) {
         let listed: Vec<String> = all
             .iter()
             .enumerate()
@@ -164,8 +148,7 @@ pub fn all_gather(op: &str, t: &Tensor) -> Result<Tensor> {
     let input = host(op, &t)?;
     let mut out_size = size.clone();
     out_size[0] *= all.len() as i64;
-    let output =
-        Tensor::f_empty(out_size.as_slice(), (kind, Device::Cpu)).map_err(torch(op, &t))?;
+    let output = Tensor::f_empty(out_size.as_slice(), (kind, input.device())).map_err(torch(op, &t))?;
     with_group(op, |g| {
         // SAFETY: the group and tensors outlive the blocking call.
         check(op, unsafe {
@@ -178,21 +161,17 @@ pub fn all_gather(op: &str, t: &Tensor) -> Result<Tensor> {
 /// Every process's bytes, in rank order (lengths may differ).
 pub fn all_gather_bytes(op: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     let length = Tensor::from_slice(&[bytes.len() as i64]);
-    let lengths = all_gather(op, &length)?;
+    let lengths = to_cpu(op, all_gather(op, &length)?)?;
     let count = lengths.numel();
     let mut sizes = vec![0i64; count];
-    lengths
-        .f_copy_data(&mut sizes, count)
-        .map_err(torch(op, &lengths))?;
+    lengths.f_copy_data(&mut sizes, count).map_err(torch(op, &lengths))?;
     let longest = sizes.iter().copied().max().unwrap_or(0).max(1);
     let mut padded = bytes.to_vec();
     padded.resize(longest as usize, 0);
-    let gathered = all_gather(op, &Tensor::from_slice(&padded))?;
+    let gathered = to_cpu(op, all_gather(op, &Tensor::from_slice(&padded))?)?;
     let count = gathered.numel();
     let mut flat = vec![0u8; count];
-    gathered
-        .f_copy_data(&mut flat, count)
-        .map_err(torch(op, &gathered))?;
+    gathered.f_copy_data(&mut flat, count).map_err(torch(op, &gathered))?;
     Ok(flat
         .chunks(longest as usize)
         .zip(sizes)

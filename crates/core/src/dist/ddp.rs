@@ -5,7 +5,7 @@ use super::collectives::{allreduce_in_place, broadcast_, Reduce};
 use crate::shim;
 use crate::tensor::shapes;
 use crate::{dtype, Error, Result};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Copies process 0's parameter values to every process.
 pub fn broadcast_parameters(params: &[Tensor]) -> Result<()> {
@@ -56,10 +56,11 @@ pub fn allreduce_gradients(params: &[Tensor], bucket_bytes: usize) -> Result<()>
     Ok(())
 }
 
-/// One flat CPU buffer for the bucket, averaged, then copied back into each gradient.
+/// One flat buffer for the bucket (on the group's device), averaged, then copied back into each gradient.
 fn reduce_bucket(bucket: &[&Tensor]) -> Result<()> {
     let op = "backward";
     let torch = |e| Error::torch(op, vec![], e);
+    let device = super::collectives::group_device(op)?;
     let flat: Vec<Tensor> = bucket
         .iter()
         .map(|g| g.f_reshape([-1]))
@@ -67,7 +68,7 @@ fn reduce_bucket(bucket: &[&Tensor]) -> Result<()> {
         .map_err(torch)?;
     let buffer = Tensor::f_cat(&flat, 0)
         .map_err(torch)?
-        .f_to_device(Device::Cpu)
+        .f_to_device(device)
         .map_err(torch)?;
     allreduce_in_place(op, &[&buffer], Reduce::Mean)?;
     let mut offset = 0;

@@ -31,12 +31,16 @@ pub struct GroupConfig {
     pub timeout: Duration,
     /// This process's address for Gloo's connections.
     pub local_address: String,
+    /// Use NCCL on this CUDA device (one GPU per process); Gloo on the CPU when `None`.
+    pub cuda_device: Option<usize>,
 }
 
 pub(crate) struct Group {
     pub(crate) raw: *mut c_void,
     pub(crate) rank: usize,
     pub(crate) world_size: usize,
+    /// Where collective buffers live: the CPU for Gloo, the bound GPU for NCCL.
+    pub(crate) device: tch::Device,
 }
 
 // SAFETY: c10d's store and Gloo backend may be used from any thread, one call at a time,
@@ -59,50 +63,50 @@ pub fn init(config: &GroupConfig) -> Result<()> {
         .lock()
         .map_err(|_| Error::invalid(op, "the process group lock is poisoned"))?;
     if slot.is_some() {
-        return Err(Error::invalid(
-            op,
-            "this process already joined a process group",
-        ));
+        return Err(Error::invalid(op, "this process already joined a process group"));
     }
     if config.rank >= config.world_size {
         return Err(Error::invalid(
             op,
-            format!(
-                "rank {} is not below world size {}",
-                config.rank, config.world_size
-            ),
+            format!("rank {} is not below world size {}", config.rank, config.world_size),
         ));
     }
-    let host = CString::new(config.host.clone())
-        .map_err(|_| Error::invalid(op, "the host contains a NUL byte"))?;
+    let host = CString::new(config.host.clone()).map_err(|_| Error::invalid(op, "the host contains a NUL byte"))?;
     let local = CString::new(config.local_address.clone())
         .map_err(|_| Error::invalid(op, "the address contains a NUL byte"))?;
-    let mut raw = std::ptr::null_mut();
-    // SAFETY: valid C strings and out-pointer for the duration of the call.
-    let status = unsafe {
-        acc_group_new(
-            host.as_ptr(),
-            i32::from(config.port),
-            config.rank as i32,
-            config.world_size as i32,
-            config.timeout.as_millis() as i64,
-            local.as_ptr(),
-            &mut raw,
-        )
+    let timeout_ms = config.timeout.as_millis() as i64;
+    let created = match config.cuda_device {
+        Some(device) => super::nccl::group_new(&host, config.port, config.rank, config.world_size, timeout_ms, device),
+        None => {
+            let mut raw = std::ptr::null_mut();
+            // SAFETY: valid C strings and out-pointer for the duration of the call.
+            let status = unsafe {
+                acc_group_new(
+                    host.as_ptr(),
+                    i32::from(config.port),
+                    config.rank as i32,
+                    config.world_size as i32,
+                    timeout_ms,
+                    local.as_ptr(),
+                    &mut raw,
+                )
+            };
+            check(op, status).map(|_| raw)
+        }
     };
-    check(op, status).map_err(|e| {
+    let raw = created.map_err(|e| {
+        let (host, port, rank, world) = (&config.host, config.port, config.rank, config.world_size);
         Error::invalid(
             op,
-            format!(
-                "rendezvous at {}:{} as rank {} of {} failed: {e}",
-                config.host, config.port, config.rank, config.world_size
-            ),
+            format!("rendezvous at {host}:{port} as rank {rank} of {world} failed: {e}"),
         )
     })?;
+    let device = config.cuda_device.map_or(tch::Device::Cpu, tch::Device::Cuda);
     *slot = Some(Group {
         raw,
         rank: config.rank,
         world_size: config.world_size,
+        device,
     });
     Ok(())
 }

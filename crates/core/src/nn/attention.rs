@@ -28,13 +28,7 @@ impl CausalSelfAttention {
     }
 
     /// Uses existing projections: `qkv` maps `dim` to `3 * dim`, `proj` maps `dim` to `dim`.
-    pub fn from_parts(
-        dim: i64,
-        heads: i64,
-        dropout: f64,
-        qkv: Rc<dyn Layer>,
-        proj: Rc<dyn Layer>,
-    ) -> Result<Self> {
+    pub fn from_parts(dim: i64, heads: i64, dropout: f64, qkv: Rc<dyn Layer>, proj: Rc<dyn Layer>) -> Result<Self> {
         Self::check(dim, heads)?;
         check_probability(OP, dropout)?;
         Ok(CausalSelfAttention {
@@ -67,19 +61,13 @@ impl Layer for CausalSelfAttention {
         let &[b, t, d] = size.as_slice() else {
             return Err(Error::invalid(
                 OP,
-                format!(
-                    "input must be [batch, time, {}], got shape {size:?}",
-                    self.dim
-                ),
+                format!("input must be [batch, time, {}], got shape {size:?}", self.dim),
             ));
         };
         if d != self.dim {
             return Err(Error::invalid(
                 OP,
-                format!(
-                    "input must be [batch, time, {}], got shape {size:?}",
-                    self.dim
-                ),
+                format!("input must be [batch, time, {}], got shape {size:?}", self.dim),
             ));
         }
         let fail = |e| Error::torch(OP, vec![size.clone()], e);
@@ -93,10 +81,7 @@ impl Layer for CausalSelfAttention {
             .map_err(|_| Error::invalid(OP, "qkv projection did not give three parts"))?;
         let p = if train { self.dropout } else { 0.0 };
         let y = scaled_dot_product_attention(&q, &k, &v, None, p, true, None)?;
-        let y = y
-            .f_transpose(1, 2)
-            .and_then(|y| y.f_reshape([b, t, d]))
-            .map_err(fail)?;
+        let y = y.f_transpose(1, 2).and_then(|y| y.f_reshape([b, t, d])).map_err(fail)?;
         dropout_as(OP, &self.proj.forward(&y, train)?, self.dropout, train)
     }
 
@@ -118,27 +103,16 @@ mod tests {
         let _rng = crate::nn::rng_lock();
         tch::manual_seed(1);
         let attn = CausalSelfAttention::new(8, 2, 0.0, true, Placement::default())?;
-        let names: Vec<String> = attn
-            .named_parameters()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        assert_eq!(
-            names,
-            ["qkv.weight", "qkv.bias", "proj.weight", "proj.bias"]
-        );
+        let names: Vec<String> = attn.named_parameters().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["qkv.weight", "qkv.bias", "proj.weight", "proj.bias"]);
         let x = Tensor::randn([1, 5, 8], (Kind::Float, Device::Cpu));
         let y = attn.forward(&x, false)?;
         // Changing the last position must not change earlier outputs.
         let x2 = x.copy();
         let _ = x2.narrow(1, 4, 1).fill_(3.0);
         let y2 = attn.forward(&x2, false)?;
-        assert!(y
-            .narrow(1, 0, 4)
-            .allclose(&y2.narrow(1, 0, 4), 1e-5, 1e-6, false));
-        assert!(!y
-            .narrow(1, 4, 1)
-            .allclose(&y2.narrow(1, 4, 1), 1e-5, 1e-6, false));
+        assert!(y.narrow(1, 0, 4).allclose(&y2.narrow(1, 0, 4), 1e-5, 1e-6, false));
+        assert!(!y.narrow(1, 4, 1).allclose(&y2.narrow(1, 4, 1), 1e-5, 1e-6, false));
         Ok(())
     }
 }

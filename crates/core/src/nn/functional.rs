@@ -25,12 +25,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     linear_as("linear", x, weight, bias)
 }
 
-pub(crate) fn linear_as(
-    op: &str,
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<Tensor> {
+pub(crate) fn linear_as(op: &str, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (xs, ws) = (x.size(), weight.size());
     if ws.len() != 2 || xs.last() != Some(&ws[1]) {
         return Err(Error::invalid(
@@ -109,13 +104,7 @@ pub fn cross_entropy(
         &converted
     };
     logits
-        .f_cross_entropy_loss(
-            target,
-            None::<Tensor>,
-            reduction,
-            ignore_index,
-            label_smoothing,
-        )
+        .f_cross_entropy_loss(target, None::<Tensor>, reduction, ignore_index, label_smoothing)
         .map_err(|e| Error::torch(OP, vec![ls, ts], e))
 }
 
@@ -126,9 +115,7 @@ pub fn mse_loss(input: &Tensor, target: &Tensor, reduction: Reduction) -> Result
     if is != ts {
         return Err(Error::invalid(
             OP,
-            format!(
-                "input of shape {is:?} and target of shape {ts:?} differ; reshape one to match"
-            ),
+            format!("input of shape {is:?} and target of shape {ts:?} differ; reshape one to match"),
         ));
     }
     input
@@ -147,8 +134,7 @@ pub fn log_softmax(x: &Tensor, dim: i64) -> Result<Tensor> {
 }
 
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    x.f_relu()
-        .map_err(|e| Error::torch("relu", shapes(&[x]), e))
+    x.f_relu().map_err(|e| Error::torch("relu", shapes(&[x]), e))
 }
 
 /// Checks a GELU approximation name: `none` (exact, erf) or `tanh`.
@@ -164,8 +150,7 @@ pub fn gelu_approximation(op: &str, approximate: &str) -> Result<()> {
 
 pub fn gelu(x: &Tensor, approximate: &str) -> Result<Tensor> {
     gelu_approximation("gelu", approximate)?;
-    x.f_gelu(approximate)
-        .map_err(|e| Error::torch("gelu", shapes(&[x]), e))
+    x.f_gelu(approximate).map_err(|e| Error::torch("gelu", shapes(&[x]), e))
 }
 
 pub(crate) fn check_probability(op: &str, p: f64) -> Result<()> {
@@ -190,8 +175,7 @@ pub(crate) fn dropout_as(op: &str, x: &Tensor, p: f64, training: bool) -> Result
         return Ok(x.shallow_clone());
     }
     check_probability(op, p)?;
-    x.f_dropout(p, true)
-        .map_err(|e| Error::torch(op, shapes(&[x]), e))
+    x.f_dropout(p, true).map_err(|e| Error::torch(op, shapes(&[x]), e))
 }
 
 /// libtorch's fused scaled dot-product attention (flash / memory-efficient kernels where available).
@@ -207,18 +191,14 @@ pub fn scaled_dot_product_attention(
 ) -> Result<Tensor> {
     const OP: &str = "scaledDotProductAttention";
     if mask.is_some() && is_causal {
-        return Err(Error::invalid(
-            OP,
-            "pass either attnMask or isCausal, not both",
-        ));
+        return Err(Error::invalid(OP, "pass either attnMask or isCausal, not both"));
     }
     check_probability(OP, dropout_p)?;
-    Tensor::f_scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal, scale, false)
-        .map_err(|e| {
-            let mut all = vec![q, k, v];
-            all.extend(mask);
-            Error::torch(OP, shapes(&all), e)
-        })
+    Tensor::f_scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal, scale, false).map_err(|e| {
+        let mut all = vec![q, k, v];
+        all.extend(mask);
+        Error::torch(OP, shapes(&all), e)
+    })
 }
 
 /// Convolution padding: explicit per-side amounts, or PyTorch's `same` / `valid`.
@@ -236,9 +216,7 @@ impl Padding {
             "valid" => Ok(Padding::Valid),
             _ => Err(Error::invalid(
                 op,
-                format!(
-                    "unknown padding \"{name}\" (expected a number, a pair, \"same\" or \"valid\")"
-                ),
+                format!("unknown padding \"{name}\" (expected a number, a pair, \"same\" or \"valid\")"),
             )),
         }
     }
@@ -289,8 +267,7 @@ pub fn embedding(op: &str, weight: &Tensor, indices: &Tensor) -> Result<Tensor> 
             ),
         ));
     }
-    Tensor::f_embedding(weight, indices, -1, false, false)
-        .map_err(|e| Error::torch(op, shapes(&[indices, weight]), e))
+    Tensor::f_embedding(weight, indices, -1, false, false).map_err(|e| Error::torch(op, shapes(&[indices, weight]), e))
 }
 
 /// Normalises over the trailing dims given by `shape`, then applies the optional affine.
@@ -345,7 +322,9 @@ mod tests {
             .map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
-            Some("crossEntropy: target of shape [5] does not fit logits of shape [4, 10] (class indices need shape [4])")
+            Some(
+                "crossEntropy: target of shape [5] does not fit logits of shape [4, 10] (class indices need shape [4])"
+            )
         );
     }
 

@@ -33,9 +33,7 @@ pub fn fans(op: &str, t: &Tensor) -> Result<(i64, i64)> {
     if size.len() < 2 {
         return Err(Error::invalid(
             op,
-            format!(
-                "fan in and fan out need a tensor with at least 2 dimensions, got shape {size:?}"
-            ),
+            format!("fan in and fan out need a tensor with at least 2 dimensions, got shape {size:?}"),
         ));
     }
     let receptive: i64 = size[2..].iter().product();
@@ -64,16 +62,10 @@ pub fn gain(op: &str, nonlinearity: &str, param: Option<f64>) -> Result<f64> {
 }
 
 /// Runs an in-place fill on a shallow clone under no_grad.
-fn fill(
-    op: &str,
-    t: &Tensor,
-    f: impl FnOnce(&mut Tensor) -> std::result::Result<Tensor, tch::TchError>,
-) -> Result<()> {
+fn fill(op: &str, t: &Tensor, f: impl FnOnce(&mut Tensor) -> std::result::Result<Tensor, tch::TchError>) -> Result<()> {
     let _guard = tch::no_grad_guard();
     let mut alias = t.shallow_clone();
-    f(&mut alias)
-        .map(drop)
-        .map_err(|e| Error::torch(op, shapes(&[t]), e))
+    f(&mut alias).map(drop).map_err(|e| Error::torch(op, shapes(&[t]), e))
 }
 
 pub fn uniform_(t: &Tensor, low: f64, high: f64) -> Result<()> {
@@ -170,10 +162,7 @@ mod tests {
         let w = Tensor::empty([3, 4], (Kind::Float, Device::Cpu));
         kaiming_uniform_(&w, 5f64.sqrt(), FanMode::FanIn, "leaky_relu")?;
         let row: Vec<f32> = Vec::try_from(w.get(0)).map_err(|e| Error::torch("test", vec![], e))?;
-        assert_eq!(
-            row,
-            [-0.003_743_41, 0.268_221_8, -0.411_522_57, -0.367_969_5]
-        );
+        assert_eq!(row, [-0.003_743_41, 0.268_221_8, -0.411_522_57, -0.367_969_5]);
         Ok(())
     }
 

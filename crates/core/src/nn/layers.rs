@@ -8,18 +8,14 @@ use super::{init, Layer, Param, Placement};
 use crate::{Error, Result};
 
 fn empty(op: &str, shape: &[i64], at: Placement) -> Result<Tensor> {
-    Tensor::f_empty(shape, (at.kind, at.device))
-        .map_err(|e| Error::torch(op, vec![shape.to_vec()], e))
+    Tensor::f_empty(shape, (at.kind, at.device)).map_err(|e| Error::torch(op, vec![shape.to_vec()], e))
 }
 
 fn positive(op: &str, what: &str, v: i64) -> Result<()> {
     if v > 0 {
         Ok(())
     } else {
-        Err(Error::invalid(
-            op,
-            format!("{what} must be positive, got {v}"),
-        ))
+        Err(Error::invalid(op, format!("{what} must be positive, got {v}")))
     }
 }
 
@@ -36,11 +32,7 @@ fn default_weight_and_bias(
     let bias = if bias {
         let b = empty(op, &weight_shape[..1], at)?;
         let (fan_in, _) = init::fans(op, &weight)?;
-        let bound = if fan_in > 0 {
-            1.0 / (fan_in as f64).sqrt()
-        } else {
-            0.0
-        };
+        let bound = if fan_in > 0 { 1.0 / (fan_in as f64).sqrt() } else { 0.0 };
         init::uniform_(&b, -bound, bound)?;
         Some(Param::new(op, b)?)
     } else {
@@ -98,12 +90,7 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn new(
-        in_channels: i64,
-        out_channels: i64,
-        config: Conv2dConfig,
-        at: Placement,
-    ) -> Result<Conv2d> {
+    pub fn new(in_channels: i64, out_channels: i64, config: Conv2dConfig, at: Placement) -> Result<Conv2d> {
         const OP: &str = "Conv2d";
         positive(OP, "inChannels", in_channels)?;
         positive(OP, "outChannels", out_channels)?;
@@ -130,11 +117,7 @@ impl Conv2d {
         let [kh, kw] = config.kernel_size;
         let shape = [out_channels, in_channels / config.groups, kh, kw];
         let (weight, bias) = default_weight_and_bias(OP, &shape, config.bias, at)?;
-        Ok(Conv2d {
-            weight,
-            bias,
-            config,
-        })
+        Ok(Conv2d { weight, bias, config })
     }
 }
 
@@ -230,19 +213,10 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn new(
-        shape: Vec<i64>,
-        eps: f64,
-        elementwise_affine: bool,
-        bias: bool,
-        at: Placement,
-    ) -> Result<LayerNorm> {
+    pub fn new(shape: Vec<i64>, eps: f64, elementwise_affine: bool, bias: bool, at: Placement) -> Result<LayerNorm> {
         const OP: &str = "LayerNorm";
         if shape.is_empty() {
-            return Err(Error::invalid(
-                OP,
-                "normalizedShape needs at least one dimension",
-            ));
+            return Err(Error::invalid(OP, "normalizedShape needs at least one dimension"));
         }
         shape
             .iter()
@@ -290,10 +264,7 @@ impl Layer for LayerNorm {
     }
 
     fn params(&self) -> Vec<(&'static str, Option<&Param>)> {
-        vec![
-            ("weight", self.weight.as_ref()),
-            ("bias", self.bias.as_ref()),
-        ]
+        vec![("weight", self.weight.as_ref()), ("bias", self.bias.as_ref())]
     }
 }
 
@@ -394,10 +365,7 @@ mod tests {
         .reshape([2, 3]);
         assert!(l.weight.get().allclose(&w, 0.0, 1e-7, false));
         let b = Tensor::from_slice(&[-0.011_439_145f32, 0.457_774_94]);
-        assert!(l
-            .bias
-            .as_ref()
-            .is_some_and(|p| p.get().allclose(&b, 0.0, 1e-7, false)));
+        assert!(l.bias.as_ref().is_some_and(|p| p.get().allclose(&b, 0.0, 1e-7, false)));
         Ok(())
     }
 
@@ -406,11 +374,7 @@ mod tests {
         let _rng = crate::nn::rng_lock();
         let l = Linear::new(4, 2, false, Placement::default())?;
         let x = Tensor::zeros([5, 3], (Kind::Float, Device::Cpu));
-        let msg = l
-            .forward(&x, false)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let msg = l.forward(&x, false).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
             msg.starts_with("Linear: input of shape [5, 3] does not fit weight of shape [2, 4]"),
             "{msg}"
@@ -423,11 +387,7 @@ mod tests {
     fn layer_norm_checks_trailing_shape() -> Result<()> {
         let ln = LayerNorm::new(vec![4], 1e-5, true, true, Placement::default())?;
         let x = Tensor::zeros([2, 5], (Kind::Float, Device::Cpu));
-        let msg = ln
-            .forward(&x, false)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let msg = ln.forward(&x, false).err().map(|e| e.to_string()).unwrap_or_default();
         assert_eq!(
             msg,
             "LayerNorm: input of shape [2, 5] does not end with the normalized shape [4]"

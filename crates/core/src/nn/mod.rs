@@ -69,10 +69,7 @@ pub trait Layer {
             let names: Vec<&str> = params.iter().map(|(n, _)| *n).collect();
             return Err(crate::Error::invalid(
                 "setParameter",
-                format!(
-                    "{} has no parameter \"{name}\" (it has {names:?})",
-                    self.name()
-                ),
+                format!("{} has no parameter \"{name}\" (it has {names:?})", self.name()),
             ));
         };
         match slot {

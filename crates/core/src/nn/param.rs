@@ -64,9 +64,9 @@ pub fn load_in_place(entries: &[(&str, &Tensor, &Tensor)]) -> Result<()> {
     }
     let _guard = tch::no_grad_guard();
     for (key, dst, src) in entries {
-        dst.shallow_clone().f_copy_(src).map_err(|e| {
-            Error::invalid(OP, format!("\"{key}\": {}", Error::torch(OP, vec![], e)))
-        })?;
+        dst.shallow_clone()
+            .f_copy_(src)
+            .map_err(|e| Error::invalid(OP, format!("\"{key}\": {}", Error::torch(OP, vec![], e))))?;
     }
     Ok(())
 }
@@ -166,11 +166,7 @@ mod tests {
     fn replace_rejects_another_shape() -> Result<()> {
         let p = Param::new("test", Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)))?;
         let err = p
-            .replace(
-                "Linear",
-                "weight",
-                &Tensor::zeros([3], (Kind::Float, Device::Cpu)),
-            )
+            .replace("Linear", "weight", &Tensor::zeros([3], (Kind::Float, Device::Cpu)))
             .err()
             .map(|e| e.to_string());
         assert_eq!(

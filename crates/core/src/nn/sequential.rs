@@ -27,10 +27,7 @@ impl Sequential {
 
 /// Says which child failed: `Sequential: layer 2 (Linear): input of shape ...`.
 fn in_layer(index: usize, layer: &dyn Layer, err: Error) -> Error {
-    Error::invalid(
-        "Sequential",
-        format!("layer {index} ({}): {err}", layer.name()),
-    )
+    Error::invalid("Sequential", format!("layer {index} ({}): {err}", layer.name()))
 }
 
 impl Layer for Sequential {
@@ -43,13 +40,9 @@ impl Layer for Sequential {
         let Some((_, first)) = layers.next() else {
             return Ok(x.shallow_clone());
         };
-        let mut h = first
-            .forward(x, train)
-            .map_err(|e| in_layer(0, first.as_ref(), e))?;
+        let mut h = first.forward(x, train).map_err(|e| in_layer(0, first.as_ref(), e))?;
         for (i, layer) in layers {
-            h = layer
-                .forward(&h, train)
-                .map_err(|e| in_layer(i, layer.as_ref(), e))?;
+            h = layer.forward(&h, train).map_err(|e| in_layer(i, layer.as_ref(), e))?;
         }
         Ok(h)
     }
@@ -80,11 +73,7 @@ mod tests {
 
     #[test]
     fn names_parameters_like_pytorch() -> Result<()> {
-        let names: Vec<String> = mlp()?
-            .named_parameters()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+        let names: Vec<String> = mlp()?.named_parameters().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["0.weight", "0.bias", "2.weight", "2.bias"]);
         Ok(())
     }

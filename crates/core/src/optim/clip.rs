@@ -7,12 +7,7 @@ use tch::Tensor;
 
 /// Scales the gradients of `params` so that their total `norm_type` norm is at most
 /// `max_norm`, and returns the total norm before clipping. `norm_type` may be infinite.
-pub fn clip_grad_norm(
-    params: &[&Tensor],
-    max_norm: f64,
-    norm_type: f64,
-    error_if_nonfinite: bool,
-) -> Result<f64> {
+pub fn clip_grad_norm(params: &[&Tensor], max_norm: f64, norm_type: f64, error_if_nonfinite: bool) -> Result<f64> {
     let op = "clipGradNorm";
     if max_norm.is_nan() || max_norm < 0.0 {
         return Err(Error::invalid(

@@ -45,12 +45,7 @@ extern "C" {
     ) -> i32;
     fn acc_zero_grads(params: List, n: i64, set_to_none: i32) -> i32;
     fn acc_total_grad_norm(params: List, n: i64, norm_type: f64, out: *mut *mut C_tensor) -> i32;
-    fn acc_clip_grads_with_norm(
-        params: List,
-        n: i64,
-        max_norm: f64,
-        total_norm: *const C_tensor,
-    ) -> i32;
+    fn acc_clip_grads_with_norm(params: List, n: i64, max_norm: f64, total_norm: *const C_tensor) -> i32;
     fn acc_clip_grad_value(params: List, n: i64, value: f64) -> i32;
     fn acc_tensor_identity(t: *const C_tensor, out: *mut usize) -> i32;
 }
@@ -156,10 +151,7 @@ pub fn fused_sgd(
     let n = params.len();
     let with_momentum = s.momentum != 0.0;
     if grads.len() != n || (with_momentum && buffers.len() != n) {
-        return Err(crate::Error::invalid(
-            op,
-            "internal error: SGD lists differ in length",
-        ));
+        return Err(crate::Error::invalid(op, "internal error: SGD lists differ in length"));
     }
     let (params, grads, buffers) = (pointers(params), pointers(grads), pointers(buffers));
     let buffers_ptr = if with_momentum {
@@ -202,17 +194,11 @@ pub fn total_grad_norm(op: &str, params: &[&Tensor], norm_type: f64) -> Result<T
     let list = pointers(params);
     let mut out = std::ptr::null_mut();
     // SAFETY: `list` holds live tensors; `out` is a valid out-pointer.
-    let status =
-        unsafe { acc_total_grad_norm(list.as_ptr(), list.len() as i64, norm_type, &mut out) };
+    let status = unsafe { acc_total_grad_norm(list.as_ptr(), list.len() as i64, norm_type, &mut out) };
     owned(op, status, out)
 }
 
-pub fn clip_grads_with_norm(
-    op: &str,
-    params: &[&Tensor],
-    max_norm: f64,
-    total: &Tensor,
-) -> Result<()> {
+pub fn clip_grads_with_norm(op: &str, params: &[&Tensor], max_norm: f64, total: &Tensor) -> Result<()> {
     let list = pointers(params);
     // SAFETY: `list` and `total` are live tensors.
     check(op, unsafe {

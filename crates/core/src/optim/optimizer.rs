@@ -34,11 +34,7 @@ pub struct Optimizer {
 impl Optimizer {
     /// `options` overrides the algorithm's defaults for every group; each group's own
     /// options override those. Parameters are shared, not copied.
-    pub fn new(
-        algorithm: Algorithm,
-        options: &OptionsPatch,
-        groups: Vec<GroupSpec>,
-    ) -> Result<Optimizer> {
+    pub fn new(algorithm: Algorithm, options: &OptionsPatch, groups: Vec<GroupSpec>) -> Result<Optimizer> {
         let name = algorithm.name();
         if groups.is_empty() {
             return Err(Error::invalid(name, "got an empty parameter list"));
@@ -157,11 +153,7 @@ impl Optimizer {
         }
         Err(Error::invalid(
             op,
-            format!(
-                "no param group {group}: this {} has {}",
-                self.name(),
-                self.groups.len()
-            ),
+            format!("no param group {group}: this {} has {}", self.name(), self.groups.len()),
         ))
     }
 
@@ -191,12 +183,10 @@ impl Optimizer {
         for group in &self.groups {
             let mut slots = Vec::with_capacity(group.params.len());
             for param in &group.params {
-                let state = states.next().ok_or_else(|| {
-                    Error::invalid(&op, "internal error: state shorter than params")
-                })?;
-                let grad = param
-                    .f_grad()
-                    .map_err(|e| Error::torch(&op, shapes(&[param]), e))?;
+                let state = states
+                    .next()
+                    .ok_or_else(|| Error::invalid(&op, "internal error: state shorter than params"))?;
+                let grad = param.f_grad().map_err(|e| Error::torch(&op, shapes(&[param]), e))?;
                 if grad.defined() {
                     slots.push(Slot { param, grad, state });
                 }

@@ -39,17 +39,8 @@ impl Algorithm {
     /// The option names (as users spell them) that apply to this algorithm.
     pub fn option_names(self) -> &'static [&'static str] {
         match self {
-            Algorithm::Sgd => &[
-                "lr",
-                "momentum",
-                "dampening",
-                "weightDecay",
-                "nesterov",
-                "maximize",
-            ],
-            Algorithm::Adam | Algorithm::AdamW => {
-                &["lr", "betas", "eps", "weightDecay", "amsgrad", "maximize"]
-            }
+            Algorithm::Sgd => &["lr", "momentum", "dampening", "weightDecay", "nesterov", "maximize"],
+            Algorithm::Adam | Algorithm::AdamW => &["lr", "betas", "eps", "weightDecay", "amsgrad", "maximize"],
         }
     }
 
@@ -57,9 +48,7 @@ impl Algorithm {
     pub fn state_names(self) -> &'static [&'static str] {
         match self {
             Algorithm::Sgd => &["momentum_buffer"],
-            Algorithm::Adam | Algorithm::AdamW => {
-                &["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
-            }
+            Algorithm::Adam | Algorithm::AdamW => &["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
         }
     }
 }
@@ -115,21 +104,13 @@ fn non_negative(op: &str, name: &str, value: f64) -> Result<()> {
     if value >= 0.0 {
         return Ok(());
     }
-    Err(Error::invalid(
-        op,
-        format!("invalid {name} {value}: it must be >= 0"),
-    ))
+    Err(Error::invalid(op, format!("invalid {name} {value}: it must be >= 0")))
 }
 
 impl Hyperparams {
     /// These hyperparameters with `patch` applied, checked for `algorithm`; `op` names the
     /// caller in errors (e.g. "AdamW" or "AdamW: param group 1").
-    pub fn patched(
-        &self,
-        algorithm: Algorithm,
-        patch: &OptionsPatch,
-        op: &str,
-    ) -> Result<Hyperparams> {
+    pub fn patched(&self, algorithm: Algorithm, patch: &OptionsPatch, op: &str) -> Result<Hyperparams> {
         let allowed = algorithm.option_names();
         if let Some(bad) = patch.names().into_iter().find(|n| !allowed.contains(n)) {
             return Err(Error::invalid(
@@ -144,12 +125,7 @@ impl Hyperparams {
         let betas = match &patch.betas {
             None => self.betas,
             Some(b) if b.len() == 2 => (b[0], b[1]),
-            Some(b) => {
-                return Err(Error::invalid(
-                    op,
-                    format!("betas must be 2 numbers, got {}", b.len()),
-                ))
-            }
+            Some(b) => return Err(Error::invalid(op, format!("betas must be 2 numbers, got {}", b.len()))),
         };
         let next = Hyperparams {
             lr: patch.lr.unwrap_or(self.lr),
@@ -174,10 +150,7 @@ impl Hyperparams {
             Algorithm::Sgd => {
                 non_negative(op, "momentum", self.momentum)?;
                 if !self.dampening.is_finite() {
-                    return Err(Error::invalid(
-                        op,
-                        format!("invalid dampening {}", self.dampening),
-                    ));
+                    return Err(Error::invalid(op, format!("invalid dampening {}", self.dampening)));
                 }
                 if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
                     return Err(Error::invalid(
@@ -247,10 +220,7 @@ mod tests {
             ..Default::default()
         };
         let err = base.patched(Algorithm::Adam, &patch, "Adam").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "Adam: invalid betas[1] 1: it must be in [0, 1)"
-        );
+        assert_eq!(err.to_string(), "Adam: invalid betas[1] 1: it must be in [0, 1)");
         let patch = OptionsPatch {
             lr: Some(-0.1),
             ..Default::default()

@@ -45,10 +45,7 @@ impl Optimizer {
                 }
             })
             .collect();
-        StateDict {
-            state,
-            param_groups,
-        }
+        StateDict { state, param_groups }
     }
 
     /// Replaces hyperparameters and state with copies of those in `sd`, matching parameters by
@@ -92,11 +89,7 @@ impl Optimizer {
 
     /// Checks group and parameter counts, applies each group's saved options to a copy of its
     /// hyperparameters, and maps saved parameter indices to flat indices.
-    fn match_groups(
-        &self,
-        op: &str,
-        sd: &StateDict,
-    ) -> Result<(Vec<Hyperparams>, HashMap<i64, usize>)> {
+    fn match_groups(&self, op: &str, sd: &StateDict) -> Result<(Vec<Hyperparams>, HashMap<i64, usize>)> {
         if sd.param_groups.len() != self.groups.len() {
             return Err(Error::invalid(
                 op,
@@ -122,11 +115,7 @@ impl Optimizer {
                 ));
             }
             let group_op = format!("{op}: param group {g}");
-            hypers.push(
-                group
-                    .hyper
-                    .patched(self.algorithm(), &saved.options, &group_op)?,
-            );
+            hypers.push(group.hyper.patched(self.algorithm(), &saved.options, &group_op)?);
             for &index in &saved.params {
                 if saved_to_flat.insert(index, flat).is_some() {
                     return Err(Error::invalid(
@@ -162,10 +151,7 @@ fn state_copy(op: &str, key: &str, name: &str, value: &Tensor, param: &Tensor) -
         if value.numel() != 1 {
             return Err(Error::invalid(
                 op,
-                format!(
-                    "state {key} must hold one number, got shape {:?}",
-                    value.size()
-                ),
+                format!("state {key} must hold one number, got shape {:?}", value.size()),
             ));
         }
         let step = value.f_reshape([]).map_err(fail)?;

@@ -111,14 +111,7 @@ fn sgd_groups_use_their_own_options() {
     train(&mut opt, &p1, &p2, 3);
     assert_close(
         &values(&p1),
-        &[
-            0.9468,
-            -1.8936,
-            2.840_400_2,
-            0.287_200_03,
-            0.015_999_993,
-            1.680_799_8,
-        ],
+        &[0.9468, -1.8936, 2.840_400_2, 0.287_200_03, 0.015_999_993, 1.680_799_8],
         1e-6,
     );
     assert_close(&values(&p2), &[0.276_419_25, -0.644_978_2], 1e-6);
@@ -127,8 +120,7 @@ fn sgd_groups_use_their_own_options() {
 #[test]
 fn state_dict_round_trip_continues_identically() {
     let (p1, p2) = params();
-    let mut first =
-        Optimizer::new(Algorithm::AdamW, &adamw_options(), one_group(&p1, &p2)).unwrap();
+    let mut first = Optimizer::new(Algorithm::AdamW, &adamw_options(), one_group(&p1, &p2)).unwrap();
     train(&mut first, &p1, &p2, 2);
     let sd = first.state_dict();
     let keys: Vec<&str> = sd.state.iter().map(|(k, _)| k.as_str()).collect();
@@ -148,12 +140,7 @@ fn state_dict_round_trip_continues_identically() {
     let (q1, q2) = params();
     q1.detach().copy_(&p1);
     q2.detach().copy_(&p2);
-    let mut second = Optimizer::new(
-        Algorithm::AdamW,
-        &OptionsPatch::default(),
-        one_group(&q1, &q2),
-    )
-    .unwrap();
+    let mut second = Optimizer::new(Algorithm::AdamW, &OptionsPatch::default(), one_group(&q1, &q2)).unwrap();
     second.load_state_dict(&sd).unwrap();
     assert_eq!(second.hyperparams(0).unwrap().lr, 0.1);
     train(&mut first, &p1, &p2, 1);
@@ -161,21 +148,13 @@ fn state_dict_round_trip_continues_identically() {
     assert_eq!(values(&p1), values(&q1));
     assert_eq!(values(&p2), values(&q2));
     // Loading copied the state: the second optimizer's steps did not move the first's.
-    assert_eq!(
-        f64::try_from(&first.state(0).unwrap()["step"]).unwrap(),
-        3.0
-    );
+    assert_eq!(f64::try_from(&first.state(0).unwrap()["step"]).unwrap(), 3.0);
 }
 
 #[test]
 fn load_state_dict_names_what_mismatched() {
     let (p1, p2) = params();
-    let mut opt = Optimizer::new(
-        Algorithm::Adam,
-        &OptionsPatch::default(),
-        one_group(&p1, &p2),
-    )
-    .unwrap();
+    let mut opt = Optimizer::new(Algorithm::Adam, &OptionsPatch::default(), one_group(&p1, &p2)).unwrap();
     train(&mut opt, &p1, &p2, 1);
     let mut sd = opt.state_dict();
     sd.state[0].1 = Tensor::zeros([3, 2], (Kind::Float, Device::Cpu));
@@ -228,20 +207,15 @@ fn non_leaf_params_are_refused() {
     let err = Optimizer::new(Algorithm::Adam, &OptionsPatch::default(), groups)
         .err()
         .unwrap();
-    assert!(err.to_string().starts_with(
-        "Adam: can't optimize parameter 0 (param group 0, shape [2, 3]): it is not a leaf"
-    ));
+    assert!(err
+        .to_string()
+        .starts_with("Adam: can't optimize parameter 0 (param group 0, shape [2, 3]): it is not a leaf"));
 }
 
 #[test]
 fn zero_grad_sets_to_none_or_zeros() {
     let (p1, p2) = params();
-    let opt = Optimizer::new(
-        Algorithm::Sgd,
-        &OptionsPatch::default(),
-        one_group(&p1, &p2),
-    )
-    .unwrap();
+    let opt = Optimizer::new(Algorithm::Sgd, &OptionsPatch::default(), one_group(&p1, &p2)).unwrap();
     backward(&p1, &p2);
     opt.zero_grad(false).unwrap();
     assert_eq!(values(&p1.grad()), vec![0.0; 6]);
@@ -253,12 +227,7 @@ fn zero_grad_sets_to_none_or_zeros() {
 #[test]
 fn params_without_grads_are_skipped() {
     let (p1, p2) = params();
-    let mut opt = Optimizer::new(
-        Algorithm::Adam,
-        &OptionsPatch::default(),
-        one_group(&p1, &p2),
-    )
-    .unwrap();
+    let mut opt = Optimizer::new(Algorithm::Adam, &OptionsPatch::default(), one_group(&p1, &p2)).unwrap();
     let c = Tensor::from_slice(&[1.0f32, 1.0]);
     (&p2 * c).sum(Kind::Float).backward();
     opt.step().unwrap();
@@ -292,10 +261,7 @@ fn clip_grad_norm_matches_torch() {
 #[test]
 fn clip_grad_norm_with_no_grads_is_zero() {
     let (p1, _) = params();
-    assert_eq!(
-        clip_grad_norm(&[&p1], 1.0, f64::INFINITY, true).unwrap(),
-        0.0
-    );
+    assert_eq!(clip_grad_norm(&[&p1], 1.0, f64::INFINITY, true).unwrap(), 0.0);
 }
 
 #[test]
@@ -384,12 +350,7 @@ fn fused_kernels_on_cuda_match_torch() {
     train(&mut cpu_opt, &c1, &c2, 1);
     let g1 = c1.detach().to_device(cuda).set_requires_grad(true);
     let g2 = c2.detach().to_device(cuda).set_requires_grad(true);
-    let mut gpu_opt = Optimizer::new(
-        Algorithm::Sgd,
-        &OptionsPatch::default(),
-        one_group(&g1, &g2),
-    )
-    .unwrap();
+    let mut gpu_opt = Optimizer::new(Algorithm::Sgd, &OptionsPatch::default(), one_group(&g1, &g2)).unwrap();
     gpu_opt.load_state_dict(&cpu_opt.state_dict()).unwrap();
     assert_eq!(gpu_opt.state(0).unwrap()["momentum_buffer"].device(), cuda);
     for _ in 0..2 {

@@ -16,13 +16,7 @@ pub struct Slot<'a> {
     pub state: &'a mut ParamState,
 }
 
-pub fn apply(
-    op: &str,
-    algorithm: Algorithm,
-    hp: &Hyperparams,
-    slots: &mut [Slot],
-    amp: AmpInputs,
-) -> Result<()> {
+pub fn apply(op: &str, algorithm: Algorithm, hp: &Hyperparams, slots: &mut [Slot], amp: AmpInputs) -> Result<()> {
     if slots.is_empty() {
         return Ok(());
     }
@@ -62,10 +56,8 @@ fn init_adam_state(op: &str, slot: &mut Slot, amsgrad: bool) -> Result<()> {
     if slot.state.is_empty() {
         let step = Tensor::f_zeros([], (Kind::Float, p.device())).map_err(&fail)?;
         slot.state.insert("step".into(), step);
-        slot.state
-            .insert("exp_avg".into(), p.f_zeros_like().map_err(&fail)?);
-        slot.state
-            .insert("exp_avg_sq".into(), p.f_zeros_like().map_err(&fail)?);
+        slot.state.insert("exp_avg".into(), p.f_zeros_like().map_err(&fail)?);
+        slot.state.insert("exp_avg_sq".into(), p.f_zeros_like().map_err(&fail)?);
     }
     if amsgrad && !slot.state.contains_key("max_exp_avg_sq") {
         slot.state
@@ -80,13 +72,7 @@ fn state<'a>(op: &str, slot: &'a Slot, name: &str) -> Result<&'a Tensor> {
         .ok_or_else(|| Error::invalid(op, format!("internal error: parameter state lacks {name}")))
 }
 
-fn adam(
-    op: &str,
-    hp: &Hyperparams,
-    slots: &mut [Slot],
-    decoupled: bool,
-    amp: AmpInputs,
-) -> Result<()> {
+fn adam(op: &str, hp: &Hyperparams, slots: &mut [Slot], decoupled: bool, amp: AmpInputs) -> Result<()> {
     for slot in slots.iter_mut() {
         check_fusable(op, slot)?;
         init_adam_state(op, slot, hp.amsgrad)?;
@@ -106,9 +92,7 @@ fn adam(
         lists.exp_avg_sqs.push(state(op, slot, "exp_avg_sq")?);
         lists.steps.push(state(op, slot, "step")?);
         if hp.amsgrad {
-            lists
-                .max_exp_avg_sqs
-                .push(state(op, slot, "max_exp_avg_sq")?);
+            lists.max_exp_avg_sqs.push(state(op, slot, "max_exp_avg_sq")?);
         }
     }
     let scalars = AdamScalars {
@@ -143,9 +127,8 @@ fn sgd(op: &str, hp: &Hyperparams, slots: &mut [Slot], amp: AmpInputs) -> Result
         let grads: Vec<Tensor> = slots.iter().map(|s| s.grad.shallow_clone()).collect();
         return kernels::fused_sgd(op, &params, &grads, &[], &scalars, false, amp);
     }
-    let (fresh, seasoned): (Vec<&mut Slot>, Vec<&mut Slot>) = slots
-        .iter_mut()
-        .partition(|s| !s.state.contains_key("momentum_buffer"));
+    let (fresh, seasoned): (Vec<&mut Slot>, Vec<&mut Slot>) =
+        slots.iter_mut().partition(|s| !s.state.contains_key("momentum_buffer"));
     if !seasoned.is_empty() {
         let params: Vec<&Tensor> = seasoned.iter().map(|s| s.param).collect();
         let grads: Vec<Tensor> = seasoned.iter().map(|s| s.grad.shallow_clone()).collect();

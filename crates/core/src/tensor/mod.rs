@@ -22,14 +22,7 @@ fn check_shape(op: &str, shape: &[i64]) -> Result<()> {
 
 /// Builds a tensor from raw little-endian elements of `source` kind (one copy), then
 /// converts it to `target` and moves it to `device`.
-pub fn from_bytes(
-    op: &str,
-    bytes: &[u8],
-    shape: &[i64],
-    source: Kind,
-    target: Kind,
-    device: Device,
-) -> Result<Tensor> {
+pub fn from_bytes(op: &str, bytes: &[u8], shape: &[i64], source: Kind, target: Kind, device: Device) -> Result<Tensor> {
     check_shape(op, shape)?;
     let numel: i64 = shape.iter().product();
     let expected = numel as usize * dtype::element_size(source);
@@ -42,8 +35,7 @@ pub fn from_bytes(
             ),
         ));
     }
-    let t = Tensor::f_from_data_size(bytes, shape, source)
-        .map_err(|e| Error::torch(op, vec![shape.to_vec()], e))?;
+    let t = Tensor::f_from_data_size(bytes, shape, source).map_err(|e| Error::torch(op, vec![shape.to_vec()], e))?;
     convert(op, t, target, device)
 }
 
@@ -52,14 +44,12 @@ pub fn convert(op: &str, t: Tensor, kind: Kind, device: Device) -> Result<Tensor
     let t = if t.kind() == kind {
         t
     } else {
-        t.f_to_kind(kind)
-            .map_err(|e| Error::torch(op, shapes(&[&t]), e))?
+        t.f_to_kind(kind).map_err(|e| Error::torch(op, shapes(&[&t]), e))?
     };
     if t.device() == device {
         return Ok(t);
     }
-    t.f_to_device(device)
-        .map_err(|e| Error::torch(op, shapes(&[&t]), e))
+    t.f_to_device(device).map_err(|e| Error::torch(op, shapes(&[&t]), e))
 }
 
 pub enum Fill {
@@ -97,13 +87,8 @@ pub fn arange(start: f64, end: f64, step: f64, kind: Kind, device: Device) -> Re
             format!("step must be a finite non-zero number, got {step}"),
         ));
     }
-    Tensor::f_arange_start_step(
-        ops::scalar(start),
-        ops::scalar(end),
-        ops::scalar(step),
-        (kind, device),
-    )
-    .map_err(|e| Error::torch("arange", vec![], e))
+    Tensor::f_arange_start_step(ops::scalar(start), ops::scalar(end), ops::scalar(step), (kind, device))
+        .map_err(|e| Error::torch("arange", vec![], e))
 }
 
 /// Integers drawn uniformly from `[low, high)`.
@@ -147,9 +132,7 @@ pub fn item(t: &Tensor) -> Result<f64> {
             format!("needs a tensor with one element, got shape {:?}", t.size()),
         ));
     }
-    let flat = t
-        .f_reshape([1])
-        .map_err(|e| Error::torch("item", shapes(&[t]), e))?;
+    let flat = t.f_reshape([1]).map_err(|e| Error::torch("item", shapes(&[t]), e))?;
     flat.f_double_value(&[0])
         .map_err(|e| Error::torch("item", shapes(&[t]), e))
 }

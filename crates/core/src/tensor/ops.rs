@@ -38,11 +38,7 @@ fn scalar_tensor(op: &str, v: f64, like: &Tensor) -> Result<Tensor> {
     Tensor::f_scalar_tensor(scalar(v), (kind, Device::Cpu)).map_err(|e| Error::torch(op, vec![], e))
 }
 
-pub fn unary(
-    op: &str,
-    t: &Tensor,
-    f: impl FnOnce(&Tensor) -> std::result::Result<Tensor, TchError>,
-) -> Result<Tensor> {
+pub fn unary(op: &str, t: &Tensor, f: impl FnOnce(&Tensor) -> std::result::Result<Tensor, TchError>) -> Result<Tensor> {
     f(t).map_err(|e| Error::torch(op, shapes(&[t]), e))
 }
 
@@ -71,19 +67,14 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         ));
     }
     let inner_a = sa[sa.len() - 1];
-    let inner_b = if sb.len() == 1 {
-        sb[0]
-    } else {
-        sb[sb.len() - 2]
-    };
+    let inner_b = if sb.len() == 1 { sb[0] } else { sb[sb.len() - 2] };
     if inner_a != inner_b {
         return Err(Error::invalid(
             "matmul",
             format!("shapes {sa:?} and {sb:?} cannot be multiplied"),
         ));
     }
-    a.f_matmul(b)
-        .map_err(|e| Error::torch("matmul", vec![sa, sb], e))
+    a.f_matmul(b).map_err(|e| Error::torch("matmul", vec![sa, sb], e))
 }
 
 #[derive(Clone, Copy)]
@@ -97,13 +88,7 @@ pub enum Reduction {
 }
 
 /// A reduction over `dims` (all dims when `None`). `max`/`min`/`argmax`/`argmin` take one dim.
-pub fn reduce(
-    op: &str,
-    t: &Tensor,
-    dims: Option<&[i64]>,
-    keepdim: bool,
-    how: Reduction,
-) -> Result<Tensor> {
+pub fn reduce(op: &str, t: &Tensor, dims: Option<&[i64]>, keepdim: bool, how: Reduction) -> Result<Tensor> {
     let fail = |e| Error::torch(op, shapes(&[t]), e);
     let single = |dims: Option<&[i64]>| -> Result<Option<i64>> {
         match dims {
@@ -116,19 +101,13 @@ pub fn reduce(
     let dims_or_all = dims.unwrap_or(&all);
     match how {
         Reduction::Sum if dims.is_none() && !keepdim => t.f_sum(None::<Kind>).map_err(fail),
-        Reduction::Sum => t
-            .f_sum_dim_intlist(dims_or_all, keepdim, None::<Kind>)
-            .map_err(fail),
+        Reduction::Sum => t.f_sum_dim_intlist(dims_or_all, keepdim, None::<Kind>).map_err(fail),
         Reduction::Mean if dims.is_none() && !keepdim => t.f_mean(None::<Kind>).map_err(fail),
-        Reduction::Mean => t
-            .f_mean_dim(dims_or_all, keepdim, None::<Kind>)
-            .map_err(fail),
+        Reduction::Mean => t.f_mean_dim(dims_or_all, keepdim, None::<Kind>).map_err(fail),
         Reduction::Max | Reduction::Min => match single(dims)? {
             None if matches!(how, Reduction::Max) => t.f_max().map_err(fail),
             None => t.f_min().map_err(fail),
-            Some(d) if matches!(how, Reduction::Max) => {
-                t.f_max_dim(d, keepdim).map(|(v, _)| v).map_err(fail)
-            }
+            Some(d) if matches!(how, Reduction::Max) => t.f_max_dim(d, keepdim).map(|(v, _)| v).map_err(fail),
             Some(d) => t.f_min_dim(d, keepdim).map(|(v, _)| v).map_err(fail),
         },
         Reduction::Argmax => t.f_argmax(single(dims)?, keepdim).map_err(fail),
@@ -152,8 +131,7 @@ pub fn index(t: &Tensor, i: Operand) -> Result<Tensor> {
                     format!("index {v} is out of range for dimension 0 of size {len}"),
                 ));
             }
-            t.f_select(0, i)
-                .map_err(|e| Error::torch("index", shapes(&[t]), e))
+            t.f_select(0, i).map_err(|e| Error::torch("index", shapes(&[t]), e))
         }
         Operand::Tensor(idx) => t
             .f_index(&[Some(idx)])
@@ -201,11 +179,7 @@ pub fn where_(condition: &Tensor, a: &Tensor, b: Operand) -> Result<Tensor> {
 }
 
 /// Limits values to `[min, max]`; either bound may be absent.
-pub fn clamp(
-    t: &Tensor,
-    min: Option<f64>,
-    max: Option<f64>,
-) -> std::result::Result<Tensor, TchError> {
+pub fn clamp(t: &Tensor, min: Option<f64>, max: Option<f64>) -> std::result::Result<Tensor, TchError> {
     match (min, max) {
         (Some(lo), Some(hi)) => t.f_clamp(scalar(lo), scalar(hi)),
         (Some(lo), None) => t.f_clamp_min(scalar(lo)),
