@@ -111,9 +111,20 @@ export declare function cpuRngState(): Tensor
 
 export declare function cudaDeviceCount(): number
 
+/** Returns cached, unused GPU memory to the driver. */
+export declare function cudaEmptyCache(): void
+
 export declare function cudaIsAvailable(): boolean
 
+/** The CUDA caching allocator's statistics for `cuda:device`. */
+export declare function cudaMemoryStats(device: number): MemoryStats
+
+export declare function cudaResetPeakMemory(device: number): void
+
 export declare function cudaRngState(index: number): Tensor
+
+/** Waits for all work queued on `cuda:device`. */
+export declare function cudaSynchronize(device: number): void
 
 /** Every process's `tensor` concatenated along dim 0; mismatched shapes fail everywhere. */
 export declare function distAllGather(tensor: Tensor): Tensor
@@ -161,6 +172,15 @@ export declare function loadModel(dir: string): NamedTensors
 export declare function loadSafetensors(path: string): NamedTensors
 
 export declare function manualSeed(seed: number): void
+
+export interface MemoryStats {
+  /** Bytes held by tensors now. */
+  allocated: number
+  /** Bytes the caching allocator holds from the driver now. */
+  reserved: number
+  /** The most bytes held by tensors since the last reset. */
+  peak: number
+}
 
 export interface NamedTensors {
   names: Array<string>

@@ -290,6 +290,34 @@ export class Accelerator {
     waitForEveryone();
   }
 
+  /** GPU memory of this process's device in bytes: held by tensors, reserved, and the peak held (zeros on the CPU). */
+  memory(): { allocated: number; reserved: number; peak: number } {
+    if (!this.device.startsWith("cuda")) return { allocated: 0, reserved: 0, peak: 0 };
+    return native.cudaMemoryStats(this.cudaIndex());
+  }
+
+  /** Forgets the prepared objects and returns cached GPU memory to the driver. */
+  freeMemory(): void {
+    for (const list of [this.models, this.optimizers, this.schedulers, this.loaders]) list.length = 0;
+    this.activeLoader = undefined;
+    this.step = 0;
+    if (this.device.startsWith("cuda")) native.cudaEmptyCache();
+  }
+
+  /** Starts counting the peak of `memory()` afresh. */
+  resetPeakMemory(): void {
+    if (this.device.startsWith("cuda")) native.cudaResetPeakMemory(this.cudaIndex());
+  }
+
+  /** Waits until this process's GPU finished the work queued so far (for timing). */
+  synchronize(): void {
+    if (this.device.startsWith("cuda")) native.cudaSynchronize(this.cudaIndex());
+  }
+
+  private cudaIndex(): number {
+    return Number(this.device.split(":")[1] ?? 0);
+  }
+
   /** Ends the run: leaves the process group after all processes arrive. */
   endTraining(): void {
     if (native.distIsInitialized()) native.distDestroy();
@@ -378,7 +406,7 @@ export class Accelerator {
       this.loaders.forEach((l, i) => saveStateFiles(join(staging, `dl_state_dict${suffix(i)}`), l.stateDict() as StateValue));
       this.customObjects.forEach((c, i) => saveStateFiles(join(staging, `custom_checkpoint_${i}`), c.stateDict() as StateValue));
       const rng: Record<string, Tensor> = { cpu: native.cpuRngState() };
-      if (this.device.startsWith("cuda")) rng.cuda = native.cudaRngState(Number(this.device.split(":")[1] ?? 0));
+      if (this.device.startsWith("cuda")) rng.cuda = native.cudaRngState(this.cudaIndex());
       saveSafetensors(join(staging, `random_states_${this.processIndex}.safetensors`), rng);
       native.writeFileAtomic(
         join(staging, "accelerator_state.json"),
@@ -417,7 +445,7 @@ export class Accelerator {
     if (existsSync(rngFile)) {
       const rng = loadSafetensors(rngFile);
       native.setCpuRngState(rng.cpu);
-      if (rng.cuda && this.device.startsWith("cuda")) native.setCudaRngState(Number(this.device.split(":")[1] ?? 0), rng.cuda);
+      if (rng.cuda && this.device.startsWith("cuda")) native.setCudaRngState(this.cudaIndex(), rng.cuda);
     }
     this.step = meta.step;
     this.saveIteration = meta.saveIteration;

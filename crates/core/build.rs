@@ -35,15 +35,15 @@ fn main() {
         .define("USE_C10D_GLOO", None)
         .files(sources.iter().filter(|p| p.extension().is_some_and(|x| x == "cpp")))
         .compile("accelerate_shim");
-    build_nccl_shim(&root, &include, &lib, &abi);
+    build_cuda_shim(&root, &include, &lib, &abi);
 }
 
-/// The NCCL process group links libtorch_cuda, so it is a separate shared library
-/// (embedded in the engine and loaded only on CUDA hosts). It is built when the CUDA
-/// and NCCL headers are found: next to a pip torch (nvidia/*), or under CUDA_HOME.
-fn build_nccl_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
-    println!("cargo:rustc-check-cfg=cfg(acc_nccl)");
-    println!("cargo:rerun-if-changed=shim-nccl");
+/// The CUDA side of the shim (NCCL, allocator statistics) links libtorch_cuda, so it is
+/// a separate shared library, embedded in the engine and loaded only on CUDA hosts. It is
+/// built when the CUDA and NCCL headers are found: next to a pip torch (nvidia/*), or under CUDA_HOME.
+fn build_cuda_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
+    println!("cargo:rustc-check-cfg=cfg(acc_cuda)");
+    println!("cargo:rerun-if-changed=shim-cuda");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     let nvidia = torch.parent().map(|p| p.join("nvidia")).unwrap_or_default();
     let cuda_home = std::env::var("CUDA_HOME")
@@ -60,13 +60,15 @@ fn build_nccl_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
         .into_iter()
         .find(|d| d.join("nccl.h").exists());
     let (Some(cuda), Some(nccl)) = (cuda, nccl) else {
-        println!("cargo:warning=CUDA or NCCL headers not found: building without the NCCL backend");
+        println!(
+            "cargo:warning=CUDA or NCCL headers not found: building without CUDA extras (NCCL, memory statistics)"
+        );
         return;
     };
     if !lib.join("libtorch_cuda.so").exists() {
         return;
     }
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("libaccelerate_nccl.so");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("libaccelerate_cuda.so");
     let compiler = cc::Build::new().cpp(true).get_compiler();
     let status = compiler
         .to_command()
@@ -89,7 +91,7 @@ fn build_nccl_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
         .arg(&cuda)
         .arg("-I")
         .arg(&nccl)
-        .arg("shim-nccl/nccl.cpp")
+        .arg("shim-cuda/cuda.cpp")
         .arg("-o")
         .arg(&out)
         .arg(format!("-L{}", lib.display()))
@@ -104,9 +106,11 @@ fn build_nccl_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
         .status();
     match status {
         Ok(s) if s.success() => {
-            println!("cargo:rustc-cfg=acc_nccl");
-            println!("cargo:rustc-env=ACC_NCCL_SHIM_PATH={}", out.display());
+            println!("cargo:rustc-cfg=acc_cuda");
+            println!("cargo:rustc-env=ACC_CUDA_SHIM_PATH={}", out.display());
         }
-        _ => println!("cargo:warning=the NCCL shim failed to compile: building without the NCCL backend"),
+        _ => println!(
+            "cargo:warning=the CUDA shim failed to compile: building without CUDA extras (NCCL, memory statistics)"
+        ),
     }
 }

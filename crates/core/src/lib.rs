@@ -3,6 +3,7 @@
 //! Nothing here knows about JavaScript.
 
 pub mod checkpoint;
+pub mod cuda;
 pub mod data;
 pub mod device;
 pub mod dist;

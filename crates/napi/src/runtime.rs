@@ -1,7 +1,9 @@
 //! Process-wide switches and facts: seeding, grad mode, memory scopes, CUDA.
 
-use accelerate_core::{device, memory, tensor};
+use accelerate_core::{cuda, device, memory, tensor};
 use napi::Result;
+
+use crate::convert::guarded;
 use napi_derive::napi;
 
 use crate::tensor::Tensor;
@@ -54,4 +56,44 @@ pub fn cuda_is_available() -> bool {
 #[napi]
 pub fn cuda_device_count() -> u32 {
     device::cuda_device_count() as u32
+}
+
+#[napi(object)]
+pub struct MemoryStats {
+    /// Bytes held by tensors now.
+    pub allocated: f64,
+    /// Bytes the caching allocator holds from the driver now.
+    pub reserved: f64,
+    /// The most bytes held by tensors since the last reset.
+    pub peak: f64,
+}
+
+/// The CUDA caching allocator's statistics for `cuda:device`.
+#[napi]
+pub fn cuda_memory_stats(device: u32) -> Result<MemoryStats> {
+    guarded("memory", || {
+        let s = cuda::memory_stats(device as usize)?;
+        Ok(MemoryStats {
+            allocated: s.allocated as f64,
+            reserved: s.reserved as f64,
+            peak: s.peak_allocated as f64,
+        })
+    })
+}
+
+#[napi]
+pub fn cuda_reset_peak_memory(device: u32) -> Result<()> {
+    guarded("resetPeakMemory", || cuda::reset_peak_memory(device as usize))
+}
+
+/// Returns cached, unused GPU memory to the driver.
+#[napi]
+pub fn cuda_empty_cache() -> Result<()> {
+    guarded("freeMemory", cuda::empty_cache)
+}
+
+/// Waits for all work queued on `cuda:device`.
+#[napi]
+pub fn cuda_synchronize(device: u32) -> Result<()> {
+    guarded("synchronize", || cuda::synchronize(device as usize))
 }

@@ -76,7 +76,9 @@ pub fn init(config: &GroupConfig) -> Result<()> {
         .map_err(|_| Error::invalid(op, "the address contains a NUL byte"))?;
     let timeout_ms = config.timeout.as_millis() as i64;
     let created = match config.cuda_device {
-        Some(device) => super::nccl::group_new(&host, config.port, config.rank, config.world_size, timeout_ms, device),
+        Some(device) => {
+            crate::cuda::nccl_group_new(&host, config.port, config.rank, config.world_size, timeout_ms, device)
+        }
         None => {
             let mut raw = std::ptr::null_mut();
             // SAFETY: valid C strings and out-pointer for the duration of the call.

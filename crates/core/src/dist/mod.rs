@@ -5,7 +5,6 @@
 mod collectives;
 mod ddp;
 mod group;
-mod nccl;
 
 pub use collectives::{all_gather, all_gather_bytes, all_reduce, barrier, broadcast_, Reduce};
 pub use ddp::{allreduce_gradients, broadcast_parameters};

@@ -1,7 +1,9 @@
-// The NCCL process group, built as a separate shared library (it links libtorch_cuda)
-// that the engine loads only on CUDA hosts; the rest of the shim serves its collectives.
+// The CUDA side of the shim, built as a separate shared library (it links libtorch_cuda)
+// that the engine loads only on CUDA hosts: the NCCL process group (whose collectives
+// the main shim serves) and the caching allocator's statistics.
 #include "../shim/shim.h"
 #include "../shim/c10d_group.h"
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -9,7 +11,7 @@
 
 static thread_local std::string nccl_error;
 void acc::set_last_error(const std::string& message) { nccl_error = message; }
-extern "C" const char* acc_nccl_last_error() { return nccl_error.c_str(); }
+extern "C" const char* acc_cuda_last_error() { return nccl_error.c_str(); }
 
 // Rendezvous through a TCPStore at host:port (rank 0 serves it), then an NCCL group bound to cuda:device.
 extern "C" int acc_nccl_group_new(const char* host, int port, int rank, int world_size, int64_t timeout_ms, int device,
@@ -33,4 +35,26 @@ extern "C" int acc_nccl_group_new(const char* host, int port, int rank, int worl
     backend->eagerConnectSingleDevice(bound);
     *out = new AccGroup{store, backend, timeout};
   })
+}
+
+// Caching-allocator statistics of cuda:device in bytes: allocated now, reserved now, peak allocated.
+extern "C" int acc_cuda_memory_stats(int device, int64_t* out) {
+  ACC_PROTECT({
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    constexpr auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    out[0] = stats.allocated_bytes[all].current;
+    out[1] = stats.reserved_bytes[all].current;
+    out[2] = stats.allocated_bytes[all].peak;
+  })
+}
+
+extern "C" int acc_cuda_reset_peak_memory(int device) {
+  ACC_PROTECT(c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device)))
+}
+
+// Returns cached, unused blocks to the driver.
+extern "C" int acc_cuda_empty_cache() { ACC_PROTECT(c10::cuda::CUDACachingAllocator::emptyCache()) }
+
+extern "C" int acc_cuda_synchronize(int device) {
+  ACC_PROTECT(c10::cuda::device_synchronize(); (void)device)
 }

@@ -1,0 +1,70 @@
+// The `gpt` and `ddp` workloads (shared/bench/WORKLOADS.md): GPT-2-small shape, random
+// tokens through the DataLoader, AdamW, bf16 autocast, 30 steps after 5 warm-up.
+// One process per GPU; for `ddp` start it with `accelerate launch --num_processes 2`.
+//   node --import @oxc-node/core/register bench/gpt.ts [--precision bf16] [--steps 30] [--warmup 5] [--batch 8]
+import { parseArgs } from "node:util";
+import { Accelerator, data, manualSeed, optim, randint, tidy, type MixedPrecision } from "../ts/index.js";
+import { GPT, GPT2_SMALL } from "./models/gpt.js";
+
+const { values } = parseArgs({
+  options: {
+    precision: { type: "string", default: "bf16" },
+    steps: { type: "string", default: "30" },
+    warmup: { type: "string", default: "5" },
+    batch: { type: "string", default: "8" },
+    layers: { type: "string", default: String(GPT2_SMALL.layers) },
+  },
+});
+const [steps, warmup, batch] = [values.steps, values.warmup, values.batch].map(Number);
+const sequence = GPT2_SMALL.context;
+
+const accelerator = new Accelerator({ mixedPrecision: values.precision as MixedPrecision });
+manualSeed(0);
+const n = batch * accelerator.numProcesses * (steps + warmup);
+const tokens = randint(0, GPT2_SMALL.vocab, [n, sequence + 1]);
+const dataset = new data.TensorDataset({ x: tokens.slice(1, 0, sequence).contiguous(), y: tokens.slice(1, 1).contiguous() });
+const net = new GPT({ ...GPT2_SMALL, layers: Number(values.layers) });
+const params = net.parameters().reduce((sum, p) => sum + p.numel, 0);
+const [model, opt, loader] = accelerator.prepare(
+  net,
+  new optim.AdamW(net.parameters(), { lr: 3e-4, weightDecay: 0.1 }),
+  new data.DataLoader(dataset, { batchSize: batch, shuffle: true, dropLast: true }),
+);
+model.train();
+let started = 0n;
+let step = 0;
+let first = 0;
+let lastLoss = 0;
+for (const { x, y } of loader) {
+  if (step === warmup) {
+    accelerator.synchronize();
+    accelerator.resetPeakMemory();
+    started = process.hrtime.bigint();
+  }
+  const loss = tidy(() => {
+    const l = model.forward(x, y);
+    accelerator.backward(l);
+    return l.detach();
+  });
+  opt.step();
+  opt.zeroGrad();
+  if (step === 0) first = loss.item();
+  if (step === steps + warmup - 1) lastLoss = accelerator.reduce(loss, "mean").item();
+  loss.dispose();
+  step += 1;
+}
+accelerator.synchronize();
+const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+const memory = accelerator.memory();
+if (accelerator.isMainProcess) {
+  console.log(
+    JSON.stringify({
+      system: "accelerate-ts", workload: "gpt", precision: values.precision, processes: accelerator.numProcesses, params,
+      batch_per_process: batch, steps, seconds: Math.round(seconds * 1e4) / 1e4,
+      tokens_per_s_total: Math.round((batch * sequence * steps * accelerator.numProcesses) / seconds),
+      step_ms: Math.round((1e6 * seconds) / steps) / 1e3, peak_mem_gib: Math.round((memory.peak / 2 ** 30) * 1e3) / 1e3,
+      loss_first: Math.round(first * 1e4) / 1e4, loss_last: Math.round(lastLoss * 1e4) / 1e4, device: accelerator.device,
+    }),
+  );
+}
+accelerator.endTraining();

@@ -1,0 +1,64 @@
+// A GPT-2-small-shaped language model written with the library's nn modules, as a
+// user would: pre-LayerNorm blocks (causal self-attention, 4x GELU MLP), untied head.
+import { arange, nn, type Tensor } from "../../ts/index.js";
+
+export interface GPTConfig {
+  vocab: number;
+  context: number;
+  width: number;
+  layers: number;
+  heads: number;
+}
+
+export const GPT2_SMALL: GPTConfig = { vocab: 50304, context: 1024, width: 768, layers: 12, heads: 12 };
+
+class Block extends nn.Module {
+  readonly ln1: nn.LayerNorm;
+  readonly attn: nn.CausalSelfAttention;
+  readonly ln2: nn.LayerNorm;
+  readonly fc: nn.Linear;
+  readonly act = new nn.GELU();
+  readonly out: nn.Linear;
+
+  constructor(width: number, heads: number) {
+    super();
+    this.ln1 = new nn.LayerNorm(width);
+    this.attn = new nn.CausalSelfAttention(width, heads);
+    this.ln2 = new nn.LayerNorm(width);
+    this.fc = new nn.Linear(width, 4 * width);
+    this.out = new nn.Linear(4 * width, width);
+  }
+
+  forward(x: Tensor): Tensor {
+    const attended = x.add(this.attn.forward(this.ln1.forward(x)));
+    return attended.add(this.out.forward(this.act.forward(this.fc.forward(this.ln2.forward(attended)))));
+  }
+}
+
+export class GPT extends nn.Module {
+  readonly tok: nn.Embedding;
+  readonly pos: nn.Embedding;
+  readonly blocks: nn.ModuleList<Block>;
+  readonly ln: nn.LayerNorm;
+  readonly head: nn.Linear;
+  private readonly vocab: number;
+
+  constructor(config: GPTConfig = GPT2_SMALL) {
+    super();
+    this.vocab = config.vocab;
+    this.tok = new nn.Embedding(config.vocab, config.width);
+    this.pos = new nn.Embedding(config.context, config.width);
+    this.blocks = new nn.ModuleList(Array.from({ length: config.layers }, () => new Block(config.width, config.heads)));
+    this.ln = new nn.LayerNorm(config.width);
+    this.head = new nn.Linear(config.width, config.vocab, { bias: false });
+  }
+
+  /** The mean cross-entropy of predicting `targets` from `tokens` (both `[batch, time]`). */
+  forward(tokens: Tensor, targets: Tensor): Tensor {
+    const time = tokens.shape[1];
+    let x = this.tok.forward(tokens).add(this.pos.forward(arange(time, undefined, 1, { device: tokens.device })));
+    for (const block of this.blocks) x = block.forward(x);
+    const logits = this.head.forward(this.ln.forward(x));
+    return nn.functional.crossEntropy(logits.view([-1, this.vocab]), targets.view([-1]));
+  }
+}

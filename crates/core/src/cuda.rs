@@ -1,0 +1,130 @@
+//! The CUDA side of the engine: a shared library embedded at build time (it links
+//! libtorch_cuda) and loaded on first use, so CPU-only hosts never need CUDA. It
+//! provides the NCCL process group and the caching allocator's statistics.
+
+use crate::{Error, Result};
+use std::ffi::{c_void, CStr};
+
+#[cfg(acc_cuda)]
+const LIBRARY: &[u8] = include_bytes!(env!("ACC_CUDA_SHIM_PATH"));
+
+#[cfg(acc_cuda)]
+fn library(op: &str) -> Result<&'static libloading::Library> {
+    use std::sync::OnceLock;
+    static LOADED: OnceLock<std::result::Result<libloading::Library, String>> = OnceLock::new();
+    let loaded = LOADED.get_or_init(|| {
+        let name = format!("accelerate-ts-cuda-{}-{}.so", env!("CARGO_PKG_VERSION"), LIBRARY.len());
+        let path = std::env::temp_dir().join(name);
+        if std::fs::metadata(&path).map(|m| m.len() as usize).ok() != Some(LIBRARY.len()) {
+            let staging = path.with_extension(format!("{}.tmp", std::process::id()));
+            std::fs::write(&staging, LIBRARY)
+                .and_then(|_| std::fs::rename(&staging, &path))
+                .map_err(|e| e.to_string())?;
+        }
+        // SAFETY: our own shim library; its dependencies (libtorch_cuda) are already loaded.
+        unsafe { libloading::Library::new(&path) }.map_err(|e| e.to_string())
+    });
+    loaded
+        .as_ref()
+        .map_err(|e| Error::invalid(op, format!("could not load the CUDA extras: {e}")))
+}
+
+#[cfg(not(acc_cuda))]
+fn library(op: &str) -> Result<&'static libloading::Library> {
+    Err(Error::invalid(
+        op,
+        "this build has no CUDA extras (CUDA/NCCL headers were missing at build time)",
+    ))
+}
+
+type LastError = unsafe extern "C" fn() -> *const std::os::raw::c_char;
+
+/// Calls `f` with a symbol of the library, turning a non-zero status into an Error naming `op`.
+fn call<F: Copy>(op: &str, symbol: &[u8], f: impl FnOnce(F) -> i32) -> Result<()> {
+    let lib = library(op)?;
+    // SAFETY: symbols of our shim with the signatures its callers declare.
+    let (function, last_error) = unsafe {
+        let function = lib.get::<F>(symbol).map_err(|e| Error::invalid(op, e.to_string()))?;
+        let last_error = lib
+            .get::<LastError>(b"acc_cuda_last_error\0")
+            .map_err(|e| Error::invalid(op, e.to_string()))?;
+        (*function, *last_error)
+    };
+    if f(function) == 0 {
+        return Ok(());
+    }
+    // SAFETY: the shim returns its thread-local NUL-terminated message.
+    let message = unsafe { CStr::from_ptr(last_error()) }.to_string_lossy().into_owned();
+    Err(Error::invalid(op, message.lines().next().unwrap_or("").to_string()))
+}
+
+type GroupNew = unsafe extern "C" fn(*const std::os::raw::c_char, i32, i32, i32, i64, i32, *mut *mut c_void) -> i32;
+
+/// Creates an NCCL group bound to `cuda:device`; returns the shim's group handle.
+pub(crate) fn nccl_group_new(
+    host: &CStr,
+    port: u16,
+    rank: usize,
+    world: usize,
+    timeout_ms: i64,
+    device: usize,
+) -> Result<*mut c_void> {
+    let mut raw = std::ptr::null_mut();
+    call::<GroupNew>("initProcessGroup", b"acc_nccl_group_new\0", |new| {
+        // SAFETY: valid C string and out-pointer for the duration of the call.
+        unsafe {
+            new(
+                host.as_ptr(),
+                i32::from(port),
+                rank as i32,
+                world as i32,
+                timeout_ms,
+                device as i32,
+                &mut raw,
+            )
+        }
+    })?;
+    Ok(raw)
+}
+
+/// Bytes held by tensors now, reserved by the caching allocator now, and the peak held since the last reset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    pub allocated: i64,
+    pub reserved: i64,
+    pub peak_allocated: i64,
+}
+
+pub fn memory_stats(device: usize) -> Result<MemoryStats> {
+    let mut out = [0i64; 3];
+    call::<unsafe extern "C" fn(i32, *mut i64) -> i32>("memory", b"acc_cuda_memory_stats\0", |f| {
+        // SAFETY: `out` has the three slots the shim writes.
+        unsafe { f(device as i32, out.as_mut_ptr()) }
+    })?;
+    Ok(MemoryStats {
+        allocated: out[0],
+        reserved: out[1],
+        peak_allocated: out[2],
+    })
+}
+
+pub fn reset_peak_memory(device: usize) -> Result<()> {
+    // SAFETY: plain call with an integer argument.
+    call::<unsafe extern "C" fn(i32) -> i32>("resetPeakMemory", b"acc_cuda_reset_peak_memory\0", |f| unsafe {
+        f(device as i32)
+    })
+}
+
+/// Returns the allocator's cached, unused blocks to the driver.
+pub fn empty_cache() -> Result<()> {
+    // SAFETY: plain call without arguments.
+    call::<unsafe extern "C" fn() -> i32>("freeMemory", b"acc_cuda_empty_cache\0", |f| unsafe { f() })
+}
+
+/// Waits for all work queued on `cuda:device`.
+pub fn synchronize(device: usize) -> Result<()> {
+    // SAFETY: plain call with an integer argument.
+    call::<unsafe extern "C" fn(i32) -> i32>("synchronize", b"acc_cuda_synchronize\0", |f| unsafe {
+        f(device as i32)
+    })
+}
