@@ -1,0 +1,9 @@
+// ava settings for the CUDA tests (`npm run test:gpu`, on a GPU host); CI runs the CPU tests only.
+export default {
+  files: ["__test__/gpu/**/*.spec.ts"],
+  extensions: { ts: "module" },
+  nodeArguments: ["--import", "@oxc-node/core/register"],
+  workerThreads: false,
+  timeout: "5m",
+  concurrency: 1,
+};
