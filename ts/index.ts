@@ -7,3 +7,4 @@ export { libtorch } from "./native.js";
 export { Accelerator } from "./accelerator.js";
 export type { AcceleratorOptions, MixedPrecision } from "./accelerator.js";
 export * as data from "./data/index.js";
+export { notebookLauncher, NotebookLaunchError, type NotebookLauncherOptions } from "./launch/notebook.js";
