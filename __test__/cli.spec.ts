@@ -321,8 +321,8 @@ test("env prints where libtorch was found and why", async (t) => {
 test("test runs the self-check through the launcher on 2 processes and prints PASS", async (t) => {
   const result = await runCli(["test", "--num_processes", "2", "--cpu"]);
   t.is(result.code, 0, result.stderr);
-  t.regex(result.stdout, /\[rank 0\] self-check rank 0\/2 on cpu: ok/);
-  t.regex(result.stdout, /\[rank 1\] self-check rank 1\/2 on cpu: ok/);
+  t.regex(result.stdout, /\[rank 0\] self-check rank 0\/2 on cpu: ok \(rank environment, tensor ops/);
+  t.regex(result.stdout, /\[rank 1\] self-check rank 1\/2 on cpu: ok \(rank environment, tensor ops/);
   t.regex(result.stdout, /accelerate test: PASS/);
 });
 

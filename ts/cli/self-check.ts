@@ -5,6 +5,7 @@ import { Accelerator, manualSeed, randn, tensor } from "../index.js";
 
 const failures: string[] = [];
 const notes: string[] = [];
+const checked = ["rank environment", "tensor ops"];
 function check(condition: boolean, what: string): void {
   if (!condition) failures.push(what);
 }
@@ -49,6 +50,7 @@ if (accelerator && worldSize > 1) {
   const total = accelerator.reduce(tensor([rank + 1], { dtype: "float32", device }), "sum").item();
   check(total === (worldSize * (worldSize + 1)) / 2, `reduce sum of rank+1 gives ${(worldSize * (worldSize + 1)) / 2}, got ${total}`);
   accelerator.waitForEveryone();
+  checked.push(`a reduce over ${worldSize} processes`);
 }
 
 const who = `self-check rank ${rank}/${worldSize} on ${device}`;
@@ -57,5 +59,5 @@ if (failures.length > 0) {
   console.error(`${who}: FAILED:\n  ${failures.join("\n  ")}`);
   process.exitCode = 1;
 } else {
-  console.log(`${who}: ok`);
+  console.log(`${who}: ok (${checked.join(", ")})`);
 }
