@@ -9,3 +9,4 @@ export type { AcceleratorOptions, MixedPrecision } from "./accelerator.js";
 export * as data from "./data/index.js";
 export * as nn from "./nn/index.js";
 export * as optim from "./optim/index.js";
+export { notebookLauncher, NotebookLaunchError, type NotebookLauncherOptions } from "./launch/notebook.js";

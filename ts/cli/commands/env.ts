@@ -1,0 +1,71 @@
+// `accelerate env`: what a bug report needs: versions, platform, where libtorch
+// was found and why, CUDA, and the config file in use.
+import { existsSync, readFileSync } from "node:fs";
+import { availableParallelism, release, totalmem } from "node:os";
+import { join } from "node:path";
+import { defineCommand } from "citty";
+import { defaultConfigPath } from "../config-file.js";
+
+const SOURCE_REASONS = {
+  LIBTORCH: "the LIBTORCH environment variable points there",
+  cache: "the cached virtualenv that `npm run setup` fills",
+  python3: "the torch module of the active python3",
+} as const;
+
+/** `__version__` and `cuda` from torch's version.py, when it sits next to lib/ (wheels have it). */
+function torchVersion(dir: string): { version?: string; cuda?: string } {
+  const path = join(dir, "version.py");
+  if (!existsSync(path)) return {};
+  const text = readFileSync(path, "utf8");
+  return {
+    version: /^__version__\s*=\s*['"]([^'"]+)['"]/m.exec(text)?.[1],
+    cuda: /^cuda\s*(?::[^=]*)?=\s*['"]([^'"]+)['"]/m.exec(text)?.[1],
+  };
+}
+
+async function libtorchLines(): Promise<string[]> {
+  const { findLibtorch } = await import("../../libtorch.js");
+  let location;
+  try {
+    location = findLibtorch();
+  } catch (error) {
+    return [`- libtorch: NOT FOUND: ${(error as Error).message}`];
+  }
+  const { version, cuda } = torchVersion(location.dir);
+  const lines = [
+    `- libtorch: ${location.dir}`,
+    `  found through ${location.source} (${SOURCE_REASONS[location.source]})`,
+    `- torch version: ${version ?? "unknown (no version.py)"}${cuda ? ` (built for CUDA ${cuda})` : ""}`,
+  ];
+  try {
+    const { native } = await import("../../native.js");
+    const available = native.cudaIsAvailable();
+    lines.push(`- CUDA available: ${available ? `yes, ${native.cudaDeviceCount()} device(s)` : "no"}`);
+  } catch (error) {
+    lines.push(`- native addon: could not load: ${(error as Error).message}`);
+  }
+  return lines;
+}
+
+export default defineCommand({
+  meta: { name: "env", description: "Print versions, libtorch location, CUDA and config file (for bug reports)" },
+  args: { config_file: { type: "string", valueHint: "PATH", description: "Config file to show (default: $HF_HOME/accelerate/default_config.yaml)" } },
+  async run({ args }) {
+    const { version } = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string };
+    const configPath = args.config_file || defaultConfigPath();
+    const lines = [
+      "Copy-and-paste the text below in your GitHub issue",
+      "",
+      `- accelerate-ts version: ${version}`,
+      `- Node.js version: ${process.version}`,
+      `- Platform: ${process.platform} ${process.arch} (kernel ${release()})`,
+      `- CPUs: ${availableParallelism()}, RAM: ${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
+      ...(await libtorchLines()),
+      `- Config file: ${configPath}${existsSync(configPath) ? "" : " (not found)"}`,
+    ];
+    if (existsSync(configPath)) {
+      lines.push(...readFileSync(configPath, "utf8").trimEnd().split("\n").map((line) => `\t${line}`));
+    }
+    process.stdout.write(`${lines.join("\n")}\n`);
+  },
+});

@@ -1,0 +1,71 @@
+// `accelerate launch [flags] script [script args]`: runs a TypeScript or
+// JavaScript training script on every local rank of this machine.
+import { defineCommand, parseArgs, type ArgsDef } from "citty";
+import { consola } from "consola";
+import { launchRanks, nodeCommand, resolveScript } from "../../launch/launch.js";
+import { PortInUseError } from "../../launch/port.js";
+import { describeFailure, exitCodeOf } from "../../launch/supervisor.js";
+import { loadClusterConfig } from "../config-file.js";
+import { splitLaunchArgv } from "../launch-argv.js";
+import { resolveLaunchPlan, type LaunchFlags } from "../launch-settings.js";
+
+export const launchArgs = {
+  num_processes: { type: "string", valueHint: "N", description: "Processes in total, across all machines (default: the number of GPUs, or 1)" },
+  num_machines: { type: "string", valueHint: "N", description: "Machines taking part (default 1)" },
+  machine_rank: { type: "string", valueHint: "N", description: "This machine's rank, 0 .. num_machines-1; 0 hosts the rendezvous (default 0)" },
+  main_process_ip: { type: "string", valueHint: "ADDRESS", description: "Address of machine 0 (required with several machines)" },
+  main_process_port: { type: "string", valueHint: "PORT", description: "Rendezvous port on machine 0; 0 picks a free one (default 29500)" },
+  mixed_precision: { type: "string", valueHint: "no|fp16|bf16", description: "Mixed precision mode (default no)" },
+  cpu: { type: "boolean", description: "Train on the CPU even when GPUs are present" },
+  gradient_accumulation_steps: { type: "string", valueHint: "N", description: "Micro-batches per optimizer step (default 1)" },
+  gpu_ids: { type: "string", valueHint: "all|0,1,...", description: "GPUs this machine uses (sets CUDA_VISIBLE_DEVICES)" },
+  config_file: { type: "string", valueHint: "PATH", description: "Config file to read (default: $HF_HOME/accelerate/default_config.yaml if present)" },
+} as const satisfies ArgsDef;
+
+/** CUDA devices visible to libtorch; loading libtorch only when the answer is needed. */
+export async function detectCudaDevices(): Promise<number> {
+  try {
+    const { native } = await import("../../native.js");
+    return native.cudaIsAvailable() ? native.cudaDeviceCount() : 0;
+  } catch (error) {
+    consola.warn(`could not load libtorch to count GPUs, assuming none: ${(error as Error).message}`);
+    return 0;
+  }
+}
+
+/** Launches `scriptPath` with `flags` (+ config file); returns the exit code to end with. */
+export async function launchScript(flags: LaunchFlags, scriptPath: string, scriptArgs: string[], who: string): Promise<number> {
+  const loaded = loadClusterConfig(flags.config_file);
+  const { plan, defaulted } = await resolveLaunchPlan(flags, loaded?.config, detectCudaDevices, who);
+  if (loaded === undefined && defaulted.length > 0) {
+    consola.warn(
+      `${who}: no config file, so these defaults were used: ${defaulted.join(", ")}. ` +
+        "Pass them as flags or run `accelerate config` to silence this.",
+    );
+  }
+  let result;
+  try {
+    result = await launchRanks(plan, () => nodeCommand(scriptPath, scriptArgs), {
+      portHint: "pass --main_process_port 0 to pick a free one",
+      warn: (message) => consola.warn(`${who}: ${message}`),
+    });
+  } catch (error) {
+    if (error instanceof PortInUseError) throw new Error(`${who}: ${error.message}`);
+    throw error;
+  }
+  const others = plan.numProcesses / plan.numMachines > 1 ? "; stopped the other ranks" : "";
+  if (result.failure) consola.error(`${who}: ${describeFailure(result.failure)}${others}`);
+  else if (result.interrupted) consola.warn(`${who}: interrupted by ${result.interrupted}; stopped all ranks`);
+  return exitCodeOf(result);
+}
+
+export default defineCommand({
+  meta: { name: "launch", description: "Run a .ts/.js training script on N processes: accelerate launch [options] script.ts [script args]" },
+  args: { ...launchArgs, script: { type: "positional", description: "The script (.ts, .js, .mjs), followed by its own arguments", required: true } },
+  async run({ rawArgs }) {
+    const { launcherArgs, script, scriptArgs } = splitLaunchArgv(rawArgs, launchArgs);
+    if (script === undefined) throw new Error("accelerate launch: no script given; usage: accelerate launch [options] script.ts [script args]");
+    const flags = parseArgs(launcherArgs, launchArgs) as LaunchFlags;
+    process.exitCode = await launchScript(flags, resolveScript(script, "accelerate launch"), scriptArgs, "accelerate launch");
+  },
+});

@@ -1,0 +1,266 @@
+// The accelerate config file (YAML, or JSON when the name ends in .json), with
+// Hugging Face Accelerate's key names: where it lives, reading it with errors
+// that name the offending key, and writing it. Used by `config`, `launch`, `env` and `test`.
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { homedir } from "node:os";
+import { dirname, join } from "node:path";
+import YAML from "yaml";
+
+export const DISTRIBUTED_TYPES = ["NO", "MULTI_CPU", "MULTI_GPU"] as const;
+export const MIXED_PRECISIONS = ["no", "fp16", "bf16"] as const;
+export type DistributedType = (typeof DISTRIBUTED_TYPES)[number];
+export type MixedPrecisionName = (typeof MIXED_PRECISIONS)[number];
+
+export interface ClusterConfig {
+  compute_environment?: "LOCAL_MACHINE";
+  distributed_type?: DistributedType;
+  mixed_precision?: MixedPrecisionName;
+  use_cpu?: boolean;
+  debug?: boolean;
+  /** Total across machines. */
+  num_processes?: number;
+  num_machines?: number;
+  machine_rank?: number;
+  main_process_ip?: string | null;
+  main_process_port?: number | null;
+  /** "all" or comma-separated GPU ids. */
+  gpu_ids?: string;
+  gradient_accumulation_steps?: number;
+  rdzv_backend?: string;
+  same_network?: boolean;
+  main_training_function?: string;
+  enable_cpu_affinity?: boolean;
+  downcast_bf16?: boolean | string;
+}
+
+/** Thrown by a field check: what the value should have been. */
+class Expected extends Error {}
+
+type Check<T> = (value: unknown) => T;
+
+const oneOf =
+  <T extends string>(options: readonly T[]): Check<T> =>
+  (value) => {
+    if (typeof value === "string" && (options as readonly string[]).includes(value)) return value as T;
+    throw new Expected(`one of ${options.map((o) => JSON.stringify(o)).join(", ")}`);
+  };
+const integerAtLeast =
+  (min: number, what: string): Check<number> =>
+  (value) => {
+    if (typeof value === "number" && Number.isInteger(value) && value >= min) return value;
+    throw new Expected(what);
+  };
+const positiveInteger = integerAtLeast(1, "a positive integer");
+const nonNegativeInteger = integerAtLeast(0, "a non-negative integer");
+const port: Check<number> = (value) => {
+  if (typeof value === "number" && Number.isInteger(value) && value >= 0 && value <= 65535) return value;
+  throw new Expected("a port number in [0, 65535]");
+};
+const boolean: Check<boolean> = (value) => {
+  if (typeof value === "boolean") return value;
+  throw new Expected("true or false");
+};
+const string: Check<string> = (value) => {
+  if (typeof value === "string") return value;
+  throw new Expected("a string");
+};
+const nullable =
+  <T>(check: Check<T>): Check<T | null> =>
+  (value) =>
+    value === null ? null : check(value);
+const gpuIds: Check<string> = (value) => {
+  // YAML reads `gpu_ids: 0` as a number and `gpu_ids: 0,1` as a string.
+  if (typeof value === "number" && Number.isInteger(value) && value >= 0) return String(value);
+  if (typeof value === "string" && (value === "all" || /^\d+(\s*,\s*\d+)*$/.test(value))) return value.replace(/\s+/g, "");
+  throw new Expected(`"all" or comma-separated GPU ids such as "0,1"`);
+};
+const booleanOrString: Check<boolean | string> = (value) => {
+  if (typeof value === "boolean" || typeof value === "string") return value;
+  throw new Expected("true, false or a string");
+};
+
+const FIELDS: { [K in keyof ClusterConfig]-?: Check<ClusterConfig[K]> } = {
+  compute_environment: oneOf(["LOCAL_MACHINE"] as const),
+  distributed_type: oneOf(DISTRIBUTED_TYPES),
+  mixed_precision: oneOf(MIXED_PRECISIONS),
+  use_cpu: boolean,
+  debug: boolean,
+  num_processes: positiveInteger,
+  num_machines: positiveInteger,
+  machine_rank: nonNegativeInteger,
+  main_process_ip: nullable(string),
+  main_process_port: nullable(port),
+  gpu_ids: gpuIds,
+  gradient_accumulation_steps: positiveInteger,
+  rdzv_backend: oneOf(["static"] as const),
+  same_network: boolean,
+  main_training_function: string,
+  enable_cpu_affinity: boolean,
+  downcast_bf16: booleanOrString,
+};
+
+const isMapping = (value: unknown): value is Record<string, unknown> =>
+  value !== null && typeof value === "object" && !Array.isArray(value);
+
+/**
+ * Keys Hugging Face writes that configure things accelerate-ts does not have
+ * (TPU pods, DeepSpeed/FSDP/Megatron sections, dynamo): accepted so that HF's files
+ * load, and ignored.
+ */
+const IGNORED_KEYS: Record<string, Check<unknown>> = {
+  tpu_env: (value) => {
+    if (Array.isArray(value)) return value;
+    throw new Expected("a list");
+  },
+  tpu_use_cluster: boolean,
+  tpu_use_sudo: boolean,
+  tpu_name: nullable(string),
+  tpu_zone: nullable(string),
+  command_file: nullable(string),
+  commands: (value) => value,
+  ...Object.fromEntries(
+    ["dynamo_config", "deepspeed_config", "fsdp_config", "megatron_lm_config", "fp8_config", "ipex_config", "mpirun_config", "parallelism_config"].map(
+      (key) => [
+        key,
+        (value: unknown) => {
+          if (value === null || isMapping(value)) return value;
+          throw new Expected("a mapping");
+        },
+      ],
+    ),
+  ),
+};
+
+function describe(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (Array.isArray(value)) return "a list";
+  if (isMapping(value)) return "a mapping";
+  return String(value);
+}
+
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    previous = current;
+  }
+  return previous[b.length];
+}
+
+/** The closest known name, if it is close enough to be a likely typo. */
+export function suggestName(name: string, known: Iterable<string>): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of known) {
+    const distance = editDistance(name, candidate);
+    if (distance < bestDistance) [best, bestDistance] = [candidate, distance];
+  }
+  return bestDistance <= Math.max(2, Math.floor(name.length / 4)) ? best : undefined;
+}
+
+/** Validates parsed file contents; `source` names the file in error messages. */
+export function parseClusterConfig(raw: unknown, source: string): ClusterConfig {
+  const where = `config file ${source}`;
+  if (raw === null || raw === undefined) return {};
+  if (!isMapping(raw)) throw new Error(`${where}: expected a mapping of keys to values, got ${describe(raw)}`);
+  const config: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(raw)) {
+    const known = Object.hasOwn(FIELDS, key);
+    const check = known ? (FIELDS as Record<string, Check<unknown>>)[key] : Object.hasOwn(IGNORED_KEYS, key) ? IGNORED_KEYS[key] : undefined;
+    if (check === undefined) {
+      const suggestion = suggestName(key, Object.keys(FIELDS));
+      throw new Error(`${where}: unknown key "${key}"${suggestion ? ` (did you mean "${suggestion}"?)` : ""}`);
+    }
+    try {
+      const checked = check(value);
+      if (known) config[key] = checked;
+    } catch (error) {
+      if (!(error instanceof Expected)) throw error;
+      throw new Error(`${where}: "${key}" must be ${error.message}, got ${describe(value)}`);
+    }
+  }
+  const result = config as ClusterConfig;
+  const machines = result.num_machines ?? 1;
+  if (result.machine_rank !== undefined && result.machine_rank >= machines) {
+    throw new Error(`${where}: "machine_rank" must be below "num_machines" (${machines}), got ${result.machine_rank}`);
+  }
+  return result;
+}
+
+/** `$HF_HOME/accelerate/default_config.yaml`, HF_HOME defaulting to `${XDG_CACHE_HOME:-~/.cache}/huggingface`. */
+export function defaultConfigPath(env: NodeJS.ProcessEnv = process.env): string {
+  const hfHome = env.HF_HOME || join(env.XDG_CACHE_HOME || join(homedir(), ".cache"), "huggingface");
+  return join(hfHome, "accelerate", "default_config.yaml");
+}
+
+export function readClusterConfig(path: string): ClusterConfig {
+  if (!existsSync(path)) {
+    throw new Error(`config file ${path} does not exist; create it with \`accelerate config\` or \`accelerate config default\``);
+  }
+  const text = readFileSync(path, "utf8");
+  let raw: unknown;
+  try {
+    raw = path.endsWith(".json") ? JSON.parse(text) : YAML.parse(text);
+  } catch (error) {
+    throw new Error(`config file ${path}: not valid ${path.endsWith(".json") ? "JSON" : "YAML"}: ${(error as Error).message}`);
+  }
+  return parseClusterConfig(raw, path);
+}
+
+/**
+ * The config a command should use: `explicitPath` (which must exist) or the
+ * default file when there is one; undefined when neither.
+ */
+export function loadClusterConfig(explicitPath: string | undefined, env: NodeJS.ProcessEnv = process.env): { path: string; config: ClusterConfig } | undefined {
+  if (explicitPath) return { path: explicitPath, config: readClusterConfig(explicitPath) };
+  const path = defaultConfigPath(env);
+  return existsSync(path) ? { path, config: readClusterConfig(path) } : undefined;
+}
+
+/** The file's text: keys in a stable order, JSON for a .json path, YAML otherwise. */
+export function formatClusterConfig(config: ClusterConfig, path: string): string {
+  const ordered = Object.fromEntries(Object.keys(FIELDS).filter((key) => key in config).map((key) => [key, config[key as keyof ClusterConfig]]));
+  return path.endsWith(".json") ? `${JSON.stringify(ordered, null, 2)}\n` : YAML.stringify(ordered);
+}
+
+export function writeClusterConfig(path: string, config: ClusterConfig): void {
+  // Validate what we write by the same rules we read with.
+  parseClusterConfig(JSON.parse(JSON.stringify(config)), path);
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, formatClusterConfig(config, path));
+}
+
+/** The config written when nothing was asked: one machine, every GPU, or one CPU process. */
+export function basicClusterConfig(cudaDevices: number, mixedPrecision: MixedPrecisionName): ClusterConfig {
+  const base: ClusterConfig = {
+    compute_environment: "LOCAL_MACHINE",
+    debug: false,
+    mixed_precision: mixedPrecision,
+    num_machines: 1,
+    machine_rank: 0,
+    gradient_accumulation_steps: 1,
+    rdzv_backend: "static",
+    same_network: true,
+    main_training_function: "main",
+    enable_cpu_affinity: false,
+    downcast_bf16: "no",
+  };
+  if (cudaDevices > 1) return { ...base, distributed_type: "MULTI_GPU", num_processes: cudaDevices, gpu_ids: "all", use_cpu: false };
+  if (cudaDevices === 1) return { ...base, distributed_type: "NO", num_processes: 1, gpu_ids: "all", use_cpu: false };
+  return { ...base, distributed_type: "NO", num_processes: 1, use_cpu: true };
+}
+
+/** Parses the command-line flag `--key` by the same rule as the config key of that name. */
+export function parseFlagValue<K extends keyof ClusterConfig>(key: K, raw: string, who: string): NonNullable<ClusterConfig[K]> {
+  // Flags arrive as text; the config rules expect what YAML would have produced.
+  const value: unknown = /^-?\d+$/.test(raw.trim()) ? Number(raw) : raw;
+  try {
+    return FIELDS[key](value) as NonNullable<ClusterConfig[K]>;
+  } catch (error) {
+    if (!(error instanceof Expected)) throw error;
+    throw new Error(`${who}: --${key} must be ${error.message}, got ${JSON.stringify(raw)}`);
+  }
+}

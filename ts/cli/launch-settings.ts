@@ -1,0 +1,71 @@
+// Turns `accelerate launch` flags and the config file into a LaunchPlan:
+// flags win over the config file, which wins over detected defaults.
+import type { LaunchPlan } from "../launch/plan.js";
+import { parseFlagValue, type ClusterConfig } from "./config-file.js";
+
+/** The launcher flags as citty parses them (text; booleans for switches). */
+export interface LaunchFlags {
+  num_processes?: string;
+  num_machines?: string;
+  machine_rank?: string;
+  main_process_ip?: string;
+  main_process_port?: string;
+  mixed_precision?: string;
+  cpu?: boolean;
+  gradient_accumulation_steps?: string;
+  gpu_ids?: string;
+  config_file?: string;
+}
+
+export const DEFAULT_MAIN_PROCESS_PORT = 29500;
+
+export interface ResolvedLaunch {
+  plan: LaunchPlan;
+  /** Flags that took a built-in default, as `--flag value`, for HF's "values were not passed" warning. */
+  defaulted: string[];
+}
+
+/**
+ * Flags > config > defaults. `cudaDevices` is only asked when the number of
+ * processes is given nowhere (it loads libtorch).
+ */
+export async function resolveLaunchPlan(
+  flags: LaunchFlags,
+  config: ClusterConfig = {},
+  cudaDevices: () => Promise<number>,
+  who = "accelerate launch",
+): Promise<ResolvedLaunch> {
+  const flag = <K extends keyof ClusterConfig & keyof LaunchFlags>(key: K): NonNullable<ClusterConfig[K]> | undefined => {
+    const raw = flags[key];
+    return typeof raw === "string" ? parseFlagValue(key, raw, who) : undefined;
+  };
+  const defaulted: string[] = [];
+  const useCpu = flags.cpu ?? config.use_cpu ?? config.distributed_type === "MULTI_CPU";
+  let numProcesses = flag("num_processes") ?? config.num_processes;
+  if (numProcesses === undefined) {
+    numProcesses = useCpu ? 1 : Math.max(1, await cudaDevices());
+    defaulted.push(`--num_processes ${numProcesses}`);
+  }
+  let numMachines = flag("num_machines") ?? config.num_machines;
+  if (numMachines === undefined) {
+    numMachines = 1;
+    defaulted.push("--num_machines 1");
+  }
+  let mixedPrecision = flag("mixed_precision") ?? config.mixed_precision;
+  if (mixedPrecision === undefined) {
+    mixedPrecision = "no";
+    defaulted.push("--mixed_precision no");
+  }
+  const plan: LaunchPlan = {
+    numProcesses,
+    numMachines,
+    machineRank: flag("machine_rank") ?? config.machine_rank ?? 0,
+    mainProcessIp: flag("main_process_ip") ?? config.main_process_ip ?? undefined,
+    mainProcessPort: flag("main_process_port") ?? config.main_process_port ?? DEFAULT_MAIN_PROCESS_PORT,
+    mixedPrecision,
+    useCpu,
+    gradientAccumulationSteps: flag("gradient_accumulation_steps") ?? config.gradient_accumulation_steps ?? 1,
+    gpuIds: flag("gpu_ids") ?? config.gpu_ids,
+  };
+  return { plan, defaulted };
+}
