@@ -9,6 +9,24 @@ export interface TensorHandle {
 /** A tensor (or its handle) or a plain number. */
 export type TensorOrNumber = Tensor | TensorHandle | number;
 
+/** torch.amp.GradScaler in the engine. */
+export declare class GradScalerCore {
+  constructor(options: GradScalerOptions)
+  get enabled(): boolean
+  /** The current scale; null when disabled. */
+  getScale(): number | null
+  /** `loss` times the scale, as a new tensor. */
+  scale(loss: Tensor): Tensor
+  /** Unscales the gradients of `params` in place, once per step. */
+  unscale(params: Array<Tensor>): void
+  /** Unscales if needed; whether the optimizer over `params` may step (no inf/NaN). */
+  shouldStep(params: Array<Tensor>): boolean
+  /** Backs off or grows the scale from what this step found. */
+  update(): void
+  stateDict(): GradScalerState
+  loadStateDict(state: GradScalerState): void
+}
+
 export declare class NativeDataLoader {
   constructor(datasetLength: number, options: NativeLoaderOptions)
   /** Batches this process gets per epoch. */
@@ -93,6 +111,17 @@ export declare class OptimizerCore {
 /** `[start, end)` by `step`; int64 when all three are integers, else float32. */
 export declare function arange(start: number, end: number, step?: number | undefined | null, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
+/**
+ * Turns autocast on (or off, with `enabled` false) in `dtype` for `device`'s type; returns
+ * the token that `autocastExit` takes.
+ */
+export declare function autocastEnter(device: string, dtype: string, enabled: boolean): number
+
+/** Restores the autocast setting from before the matching `autocastEnter` (innermost first). */
+export declare function autocastExit(token: number): void
+
+export declare function autocastIsEnabled(device: string): boolean
+
 /** Opens a memory scope: tensors created until `endScope` belong to it. */
 export declare function beginScope(): void
 
@@ -161,6 +190,23 @@ export declare function endScope(keep: Array<Tensor>): number
 export declare function fromBytes(bytes: Uint8Array, shape: Array<number>, sourceDtype: string, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
 export declare function full(shape: Array<number>, value: number, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
+
+export interface GradScalerOptions {
+  initScale?: number
+  growthFactor?: number
+  backoffFactor?: number
+  growthInterval?: number
+  enabled?: boolean
+}
+
+/** A scaler's checkpoint state (torch's `scale`, `growth_factor`, ..., `_growth_tracker`). */
+export interface GradScalerState {
+  scale: number
+  growthFactor: number
+  backoffFactor: number
+  growthInterval: number
+  growthTracker: number
+}
 
 export declare function isGradEnabled(): boolean
 

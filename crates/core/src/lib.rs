@@ -2,6 +2,7 @@
 //! optimizers, data loading, checkpoints and collectives on libtorch via `tch`.
 //! Nothing here knows about JavaScript.
 
+pub mod amp;
 pub mod checkpoint;
 pub mod cuda;
 pub mod data;

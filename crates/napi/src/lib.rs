@@ -1,6 +1,7 @@
 //! Node bindings for accelerate-core: each function converts values, calls the
 //! core, and turns its errors into JS `Error`s. No logic lives here.
 
+mod amp;
 mod checkpoint;
 mod convert;
 mod creation;
