@@ -9,13 +9,17 @@ import {
   broadcast, broadcastObject, gather, gatherObject, padAcrossProcesses, reduce, waitForEveryone, type PadOptions, type TensorTree,
 } from "./collectives.js";
 import { clipGradNorm } from "./optim/clip.js";
+import { PrecisionPolicy, type GradScalerOptions, type PrecisionMode } from "./precision.js";
 import { initProcessGroup, readProcessState, shareOf, type ProcessState } from "./state.js";
 import { manualSeed, Tensor } from "./tensor.js";
 
-export type MixedPrecision = "no" | "fp16" | "bf16";
+export type MixedPrecision = PrecisionMode;
 
 export interface AcceleratorOptions {
+  /** "bf16" or "fp16" autocast in prepared models' forward (fp16 with dynamic loss scaling); default "no". */
   mixedPrecision?: MixedPrecision;
+  /** fp16 loss scaling: initScale 65536, growthFactor 2, backoffFactor 0.5, growthInterval 2000. */
+  gradScaler?: GradScalerOptions;
   gradientAccumulationSteps?: number;
   /** Use the CPU even when a GPU is present. */
   cpu?: boolean;
@@ -49,6 +53,7 @@ interface ModelLike extends Stateful {
 interface OptimizerLike extends Stateful {
   step(): void;
   zeroGrad(setToNone?: boolean): void;
+  paramGroups?: readonly { readonly params: readonly Tensor[] }[];
 }
 interface SchedulerLike extends Stateful {
   step(): void;
@@ -76,6 +81,8 @@ const isLoader = (o: unknown): o is LoaderLike =>
 export class Accelerator {
   readonly state: ProcessState;
   readonly mixedPrecision: MixedPrecision;
+  /** Autocast and fp16 loss scaling (see ts/precision.ts). */
+  readonly precision: PrecisionPolicy;
   readonly gradientAccumulationSteps: number;
   /** False on micro-steps that only accumulate gradients (see `accumulate`). */
   syncGradients = true;
@@ -90,17 +97,18 @@ export class Accelerator {
   private readonly loaders: LoaderLike[] = [];
   private readonly customObjects: Stateful[] = [];
   private activeLoader: LoaderLike | undefined;
+  private stepSkipped = false;
 
   constructor(options: AcceleratorOptions = {}) {
     const steps = options.gradientAccumulationSteps ?? Number(process.env.ACCELERATE_GRADIENT_ACCUMULATION_STEPS ?? 1);
     if (!Number.isInteger(steps) || steps < 1) throw new Error(`Accelerator: gradientAccumulationSteps must be a positive integer, got ${steps}`);
     const precision = options.mixedPrecision ?? (process.env.ACCELERATE_MIXED_PRECISION as MixedPrecision | undefined) ?? "no";
     if (!["no", "fp16", "bf16"].includes(precision)) throw new Error(`Accelerator: mixedPrecision must be "no", "fp16" or "bf16", got "${precision}"`);
-    if (precision !== "no") throw new Error(`Accelerator: mixedPrecision "${precision}" is not available yet (only "no")`);
     this.options = options;
     this.state = readProcessState(options);
     initProcessGroup(this.state, (options.timeout ?? 1800) * 1000);
     this.mixedPrecision = precision;
+    this.precision = new PrecisionPolicy(precision, this.state.device, options.gradScaler);
     this.gradientAccumulationSteps = steps;
     if (options.seed !== undefined) this.setSeed(options.seed);
   }
@@ -148,16 +156,21 @@ export class Accelerator {
     if (this.models.includes(model)) return;
     model.to(this.device);
     if (this.numProcesses > 1) native.distBroadcastParameters(model.parameters());
+    this.precision.wrapModel(model);
     this.models.push(model);
   }
 
-  /** step() and zeroGrad() do nothing on micro-steps that only accumulate gradients. */
+  /**
+   * step() and zeroGrad() do nothing on micro-steps that only accumulate gradients;
+   * with fp16, step() unscales and is skipped when a gradient is inf or NaN.
+   */
   private prepareOptimizer(optimizer: OptimizerLike): void {
     if (this.optimizers.includes(optimizer)) return;
     const step = optimizer.step.bind(optimizer);
     const zeroGrad = optimizer.zeroGrad.bind(optimizer);
     optimizer.step = () => {
-      if (this.syncGradients) step();
+      if (!this.syncGradients) return;
+      this.stepSkipped = !this.precision.step(this.optimizerParams(optimizer), step);
     };
     optimizer.zeroGrad = (setToNone?: boolean) => {
       if (this.syncGradients) zeroGrad(setToNone);
@@ -170,7 +183,7 @@ export class Accelerator {
     if (this.schedulers.includes(scheduler)) return;
     const step = scheduler.step.bind(scheduler);
     scheduler.step = () => {
-      if (!this.syncGradients) return;
+      if (!this.syncGradients || this.stepSkipped) return;
       for (let i = 0; i < this.numProcesses; i++) step();
     };
     this.schedulers.push(scheduler);
@@ -202,19 +215,17 @@ export class Accelerator {
   }
 
   /**
-   * Backpropagates `loss`, scaled for gradient accumulation, and on steps that sync
-   * averages the prepared models' gradients across processes. Use instead of `loss.backward()`.
+   * Backpropagates `loss`, divided for gradient accumulation and scaled for fp16, and on
+   * steps that sync averages the prepared models' gradients across processes. Use instead of `loss.backward()`.
    */
   backward(loss: Tensor): void {
-    if (this.gradientAccumulationSteps === 1) {
-      loss.backward();
-    } else {
-      const scaled = loss.div(this.gradientAccumulationSteps);
-      try {
-        scaled.backward();
-      } finally {
-        scaled.dispose();
-      }
+    const divided = this.gradientAccumulationSteps === 1 ? loss : loss.div(this.gradientAccumulationSteps);
+    const scaled = this.precision.scaleLoss(divided);
+    try {
+      scaled.backward();
+    } finally {
+      if (scaled !== loss) scaled.dispose();
+      if (divided !== loss) divided.dispose();
     }
     if (this.numProcesses > 1 && this.syncGradients) {
       const params = this.models.flatMap((m) => m.parameters());
@@ -234,9 +245,31 @@ export class Accelerator {
     return fn();
   }
 
-  /** Clips the prepared gradients' total norm to `maxNorm`; returns the norm before clipping. */
+  /** Clips the gradients' total norm to `maxNorm` (unscaling fp16 gradients first); returns the norm before clipping. */
   clipGradNorm(parameters: Iterable<Tensor> | Tensor, maxNorm: number, normType = 2): number {
-    return clipGradNorm(parameters, maxNorm, normType);
+    const list = parameters instanceof Tensor ? [parameters] : [...parameters];
+    this.unscaleGradients(list);
+    return clipGradNorm(list, maxNorm, normType);
+  }
+
+  /** fp16: divides the gradients by the loss scale now (once per step); other modes: nothing. */
+  unscaleGradients(parameters?: Tensor[]): void {
+    this.precision.unscale(parameters ?? this.optimizers.flatMap((o) => this.optimizerParams(o)));
+  }
+
+  /** True when the last optimizer step was skipped because fp16 gradients overflowed. */
+  get optimizerStepWasSkipped(): boolean {
+    return this.stepSkipped;
+  }
+
+  /** Runs `fn` under the same autocast as prepared models' forward. */
+  autocast<R>(fn: () => R): R {
+    return this.precision.autocast(fn);
+  }
+
+  private optimizerParams(optimizer: OptimizerLike): Tensor[] {
+    if (optimizer.paramGroups) return optimizer.paramGroups.flatMap((g) => [...g.params]);
+    return this.models.flatMap((m) => m.parameters());
   }
 
   /** Concatenates tensors (or nested arrays/records of them) from every process along dim 0. */
@@ -405,6 +438,8 @@ export class Accelerator {
       this.schedulers.forEach((s, i) => saveStateFiles(join(staging, `scheduler${suffix(i)}`), s.stateDict() as StateValue));
       this.loaders.forEach((l, i) => saveStateFiles(join(staging, `dl_state_dict${suffix(i)}`), l.stateDict() as StateValue));
       this.customObjects.forEach((c, i) => saveStateFiles(join(staging, `custom_checkpoint_${i}`), c.stateDict() as StateValue));
+      const scaler = this.precision.stateDict();
+      if (scaler) native.writeFileAtomic(join(staging, "scaler.json"), `${JSON.stringify(scaler)}\n`);
       const rng: Record<string, Tensor> = { cpu: native.cpuRngState() };
       if (this.device.startsWith("cuda")) rng.cuda = native.cudaRngState(this.cudaIndex());
       saveSafetensors(join(staging, `random_states_${this.processIndex}.safetensors`), rng);
@@ -441,6 +476,8 @@ export class Accelerator {
     this.schedulers.forEach((s, i) => loadInto(s, join(source, `scheduler${suffix(i)}`)));
     this.loaders.forEach((l, i) => loadInto(l, join(source, `dl_state_dict${suffix(i)}`)));
     this.customObjects.forEach((c, i) => loadInto(c, join(source, `custom_checkpoint_${i}`)));
+    const scalerFile = join(source, "scaler.json");
+    if (existsSync(scalerFile)) this.precision.loadStateDict(JSON.parse(readFileSync(scalerFile, "utf8")));
     const rngFile = join(source, `random_states_${this.processIndex}.safetensors`);
     if (existsSync(rngFile)) {
       const rng = loadSafetensors(rngFile);

@@ -6,6 +6,7 @@ export type { DType, DTypeLike, Device, TypedArray, NestedArray, TensorData, Ten
 export { libtorch } from "./native.js";
 export { Accelerator } from "./accelerator.js";
 export type { AcceleratorOptions, MixedPrecision } from "./accelerator.js";
+export type { GradScalerOptions } from "./precision.js";
 export * as data from "./data/index.js";
 export * as nn from "./nn/index.js";
 export * as optim from "./optim/index.js";

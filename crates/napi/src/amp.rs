@@ -32,9 +32,7 @@ pub fn autocast_exit(token: u32) -> Result<()> {
 
 #[napi]
 pub fn autocast_is_enabled(device: String) -> Result<bool> {
-    guarded("autocast", || {
-        amp::autocast::is_enabled(device_type(&device)?)
-    })
+    guarded("autocast", || amp::autocast::is_enabled(device_type(&device)?))
 }
 
 #[napi(object)]
@@ -58,10 +56,7 @@ pub struct GradScalerState {
 
 fn integer(op: &str, name: &str, value: f64) -> accelerate_core::Result<i64> {
     if value.fract() != 0.0 || !value.is_finite() {
-        return Err(Error::invalid(
-            op,
-            format!("{name} must be an integer, got {value}"),
-        ));
+        return Err(Error::invalid(op, format!("{name} must be an integer, got {value}")));
     }
     Ok(value as i64)
 }
@@ -117,18 +112,14 @@ impl GradScalerCore {
     #[napi]
     pub fn unscale(&mut self, params: Vec<&Tensor>) -> Result<()> {
         let inner = &mut self.inner;
-        guarded("unscale", || {
-            with_all("unscale", &params, |ps| inner.unscale(ps))
-        })
+        guarded("unscale", || with_all("unscale", &params, |ps| inner.unscale(ps)))
     }
 
     /// Unscales if needed; whether the optimizer over `params` may step (no inf/NaN).
     #[napi]
     pub fn should_step(&mut self, params: Vec<&Tensor>) -> Result<bool> {
         let inner = &mut self.inner;
-        guarded("step", || {
-            with_all("step", &params, |ps| inner.should_step(ps))
-        })
+        guarded("step", || with_all("step", &params, |ps| inner.should_step(ps)))
     }
 
     /// Backs off or grows the scale from what this step found.

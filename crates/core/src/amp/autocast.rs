@@ -45,10 +45,7 @@ fn code_of(op: &str, kind: Kind) -> Result<i32> {
         Kind::BFloat16 => Ok(BFLOAT16),
         other => Err(Error::invalid(
             op,
-            format!(
-                "the dtype must be float16 or bfloat16, got {}",
-                dtype::name(other)
-            ),
+            format!("the dtype must be float16 or bfloat16, got {}", dtype::name(other)),
         )),
     }
 }
@@ -106,10 +103,7 @@ impl AutocastGuard {
         check("autocast", unsafe {
             acc_autocast_enter(device_type as i32, i32::from(enabled), code)
         })?;
-        Ok(AutocastGuard {
-            device_type,
-            previous,
-        })
+        Ok(AutocastGuard { device_type, previous })
     }
 
     pub fn device_type(&self) -> DeviceType {
@@ -119,14 +113,10 @@ impl AutocastGuard {
 
 impl Drop for AutocastGuard {
     fn drop(&mut self) {
-        let AutocastState {
-            enabled,
-            dtype_code,
-        } = self.previous;
+        let AutocastState { enabled, dtype_code } = self.previous;
         // SAFETY: plain values. The shim only fails on an unknown device code, which `new`
         // already ruled out, and a drop has nowhere to report an error.
-        let _ =
-            unsafe { acc_autocast_exit(self.device_type as i32, i32::from(enabled), dtype_code) };
+        let _ = unsafe { acc_autocast_exit(self.device_type as i32, i32::from(enabled), dtype_code) };
     }
 }
 

@@ -64,17 +64,11 @@ pub struct GradScaler {
 
 fn check_options(op: &str, o: &ScalerOptions) -> Result<()> {
     let problem = if !(o.init_scale.is_finite() && o.init_scale > 0.0) {
-        Some(format!(
-            "initScale must be a positive number, got {}",
-            o.init_scale
-        ))
+        Some(format!("initScale must be a positive number, got {}", o.init_scale))
     } else if !(o.growth_factor.is_finite() && o.growth_factor > 1.0) {
         Some(format!("growthFactor must be > 1, got {}", o.growth_factor))
     } else if !(o.backoff_factor > 0.0 && o.backoff_factor < 1.0) {
-        Some(format!(
-            "backoffFactor must be in (0, 1), got {}",
-            o.backoff_factor
-        ))
+        Some(format!("backoffFactor must be in (0, 1), got {}", o.backoff_factor))
     } else if o.growth_interval < 1 {
         Some(format!(
             "growthInterval must be a positive integer, got {}",
@@ -121,8 +115,7 @@ impl GradScaler {
     fn scale_on(&mut self, op: &str, device: Device) -> Result<&Tensor> {
         if self.scale.is_none() {
             let full = |value: f64, kind: Kind| {
-                Tensor::f_full([], value, (kind, device))
-                    .map_err(|e| Error::torch(op, Vec::new(), e))
+                Tensor::f_full([], value, (kind, device)).map_err(|e| Error::torch(op, Vec::new(), e))
             };
             self.growth_tracker = Some(full(self.init_growth_tracker as f64, Kind::Int)?);
             self.scale = Some(full(self.options.init_scale, Kind::Float)?);
@@ -138,17 +131,12 @@ impl GradScaler {
             return Ok(loss.shallow_clone());
         }
         let scale = self.scale_on("scaleLoss", loss.device())?;
-        let on_device = scale
-            .f_to_device(loss.device())
-            .map_err(torch("scaleLoss", loss))?;
+        let on_device = scale.f_to_device(loss.device()).map_err(torch("scaleLoss", loss))?;
         loss.f_mul(&on_device).map_err(torch("scaleLoss", loss))
     }
 
     fn key(op: &str, params: &[&Tensor]) -> Result<Vec<usize>> {
-        let mut key = params
-            .iter()
-            .map(|p| identity(op, p))
-            .collect::<Result<Vec<_>>>()?;
+        let mut key = params.iter().map(|p| identity(op, p)).collect::<Result<Vec<_>>>()?;
         key.sort_unstable();
         key.dedup();
         Ok(key)
@@ -232,12 +220,8 @@ impl GradScaler {
         if !self.options.enabled {
             return Ok(());
         }
-        let (Some(scale), Some(tracker)) = (self.scale.as_mut(), self.growth_tracker.as_ref())
-        else {
-            return Err(Error::invalid(
-                op,
-                "no loss was scaled since the last update",
-            ));
+        let (Some(scale), Some(tracker)) = (self.scale.as_mut(), self.growth_tracker.as_ref()) else {
+            return Err(Error::invalid(op, "no loss was scaled since the last update"));
         };
         let mut found = match self.unscaled.first() {
             Some(first) => first.found_inf.f_to_device(scale.device()),
@@ -250,21 +234,12 @@ impl GradScaler {
         }
         .map_err(torch(op, scale))?;
         for other in &self.unscaled[1..] {
-            let here = other
-                .found_inf
-                .f_to_device(scale.device())
-                .map_err(torch(op, scale))?;
+            let here = other.found_inf.f_to_device(scale.device()).map_err(torch(op, scale))?;
             found = found.f_add(&here).map_err(torch(op, scale))?;
         }
         let o = self.options;
         scale
-            .f_internal_amp_update_scale_(
-                tracker,
-                &found,
-                o.growth_factor,
-                o.backoff_factor,
-                o.growth_interval,
-            )
+            .f_internal_amp_update_scale_(tracker, &found, o.growth_factor, o.backoff_factor, o.growth_interval)
             .map_err(torch(op, tracker))
             .map(drop)?;
         self.unscaled.clear();
@@ -305,10 +280,7 @@ impl GradScaler {
             ));
         }
         if let (Some(scale), Some(tracker)) = (self.scale.as_mut(), self.growth_tracker.as_mut()) {
-            scale
-                .f_fill_(state.scale)
-                .map_err(torch(op, scale))
-                .map(drop)?;
+            scale.f_fill_(state.scale).map_err(torch(op, scale)).map(drop)?;
             tracker
                 .f_fill_(state.growth_tracker)
                 .map_err(torch(op, tracker))

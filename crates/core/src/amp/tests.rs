@@ -42,12 +42,7 @@ fn small_interval() -> GradScaler {
 }
 
 /// One training step of the shared example; returns whether the optimizer stepped.
-fn train_step(
-    scaler: &mut GradScaler,
-    p: &Tensor,
-    opt: &mut Optimizer,
-    inject_inf: bool,
-) -> Result<bool> {
+fn train_step(scaler: &mut GradScaler, p: &Tensor, opt: &mut Optimizer, inject_inf: bool) -> Result<bool> {
     let loss = (p * p).sum(Kind::Float);
     scaler.scale(&loss)?.backward();
     if inject_inf {
@@ -159,9 +154,7 @@ fn misuse_is_reported() -> Result<()> {
         backoff_factor: 1.5,
         ..Default::default()
     });
-    assert!(
-        bad.is_err_and(|e| e.to_string() == "GradScaler: backoffFactor must be in (0, 1), got 1.5")
-    );
+    assert!(bad.is_err_and(|e| e.to_string() == "GradScaler: backoffFactor must be in (0, 1), got 1.5"));
     Ok(())
 }
 

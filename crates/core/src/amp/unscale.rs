@@ -54,9 +54,7 @@ pub fn unscale_grads(op: &str, params: &[&Tensor], inv_scale: &Tensor) -> Result
         } else {
             (
                 Tensor::f_zeros([], (Kind::Float, *device)).map_err(torch(op, inv_scale))?,
-                inv_scale
-                    .f_to_device(*device)
-                    .map_err(torch(op, inv_scale))?,
+                inv_scale.f_to_device(*device).map_err(torch(op, inv_scale))?,
             )
         };
         let pointers: Vec<*const C_tensor> = grads.iter().map(|g| g.as_ptr()).collect();
@@ -71,10 +69,7 @@ pub fn unscale_grads(op: &str, params: &[&Tensor], inv_scale: &Tensor) -> Result
         })?;
         if *device != home {
             let back = found_here.f_to_device(home).map_err(torch(op, inv_scale))?;
-            found_inf
-                .f_add_(&back)
-                .map_err(torch(op, inv_scale))
-                .map(drop)?;
+            found_inf.f_add_(&back).map_err(torch(op, inv_scale)).map(drop)?;
         }
     }
     Ok(found_inf)
