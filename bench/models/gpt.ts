@@ -1,6 +1,6 @@
 // A GPT-2-small-shaped language model written with the library's nn modules, as a
 // user would: pre-LayerNorm blocks (causal self-attention, 4x GELU MLP), untied head.
-import { arange, nn, type Tensor } from "../../ts/index.js";
+import { arange, nn, tidy, type Tensor } from "../../ts/index.js";
 
 export interface GPTConfig {
   vocab: number;
@@ -53,12 +53,18 @@ export class GPT extends nn.Module {
     this.head = new nn.Linear(config.width, config.vocab, { bias: false });
   }
 
-  /** The mean cross-entropy of predicting `targets` from `tokens` (both `[batch, time]`). */
+  /**
+   * The mean cross-entropy of predicting `targets` from `tokens` (both `[batch, time]`).
+   * Each stage runs in `tidy`, so intermediates that autograd does not keep (like the
+   * bf16 logits) are freed at once instead of when the step ends.
+   */
   forward(tokens: Tensor, targets: Tensor): Tensor {
     const time = tokens.shape[1];
-    let x = this.tok.forward(tokens).add(this.pos.forward(arange(time, undefined, 1, { device: tokens.device })));
-    for (const block of this.blocks) x = block.forward(x);
-    const logits = this.head.forward(this.ln.forward(x));
-    return nn.functional.crossEntropy(logits.view([-1, this.vocab]), targets.view([-1]));
+    let x = tidy(() => this.tok.forward(tokens).add(this.pos.forward(arange(time, undefined, 1, { device: tokens.device }))));
+    for (const block of this.blocks) x = tidy(() => block.forward(x));
+    return tidy(() => {
+      const logits = this.head.forward(this.ln.forward(x));
+      return nn.functional.crossEntropy(logits.view([-1, this.vocab]), targets.view([-1]));
+    });
   }
 }

@@ -33,7 +33,7 @@ extern "C" int acc_nccl_group_new(const char* host, int port, int rank, int worl
     at::Device bound(at::kCUDA, static_cast<c10::DeviceIndex>(device));
     backend->setBoundDeviceId(bound);
     backend->eagerConnectSingleDevice(bound);
-    *out = new AccGroup{store, backend, timeout};
+    *out = new AccGroup{store, backend, timeout, false};
   })
 }
 

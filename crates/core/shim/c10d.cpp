@@ -10,7 +10,13 @@
 namespace {
 using Group = AccGroup;
 
-void wait(const Group* g, c10::intrusive_ptr<c10d::Work> work) { work->wait(g->timeout); }
+void wait(const Group* g, c10::intrusive_ptr<c10d::Work> work) {
+  if (g->blocking_wait) {
+    work->wait(g->timeout);
+  } else {
+    work->wait();
+  }
+}
 
 c10d::ReduceOp reduce_op(int op) {
   switch (op) {
@@ -39,7 +45,7 @@ extern "C" int acc_group_new(const char* host, int port, int rank, int world_siz
     auto gloo_options = c10d::ProcessGroupGloo::Options::create(timeout);
     gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(std::string(local_address)));
     auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, world_size, gloo_options);
-    *out = new Group{store, backend, timeout};
+    *out = new Group{store, backend, timeout, true};
   })
 }
 

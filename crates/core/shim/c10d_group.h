@@ -9,4 +9,7 @@ struct AccGroup {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
+  // Gloo's wait blocks the CPU until done (with the timeout); NCCL's only orders the
+  // current CUDA stream after the collective, and its watchdog enforces the timeout.
+  bool blocking_wait;
 };

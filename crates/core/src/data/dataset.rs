@@ -93,6 +93,12 @@ impl TensorDataset {
                 };
                 let rows = t.f_index_select(0, &index).map_err(fail)?;
                 match device {
+                    // Pinned host memory lets the copy run asynchronously: this thread does not
+                    // wait for the GPU's queued work, so the training loop keeps running ahead.
+                    Some(d @ Device::Cuda(_)) if rows.device() == Device::Cpu => rows
+                        .f_pin_memory(d)
+                        .and_then(|pinned| pinned.f_to_device_(d, pinned.kind(), true, false))
+                        .map_err(fail),
                     Some(d) if d != rows.device() => rows.f_to_device(d).map_err(fail),
                     _ => Ok(rows),
                 }

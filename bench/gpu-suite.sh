@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU run: CUDA tests, then each workload of shared/bench/WORKLOADS.md beside the
+# Hugging Face reference in the same command, on the same cards. Runs on a GPU host
+# inside .gpu/app through .gpu/run.sh (see README "GPUs"); writes $OUT/gpu-run.log and
+# prints the result lines. Usage: bash bench/gpu-suite.sh [tests] [gpt] [ddp] [mlp] [op]
+set -u
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+out=${OUT:-/tmp}/gpu-run.log
+ref=${REF:-../ref}
+node=(node --import @oxc-node/core/register)
+run() { # name, timeout in seconds, command...
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name: $*" | tee -a "$out"
+  timeout "$limit" "$@" >>"$out" 2>&1
+  echo "== $name: exit $?" | tee -a "$out"
+}
+for what in "${@:-tests gpt ddp mlp op}"; do
+  for step in $what; do
+    case $step in
+      tests) run tests 240 node node_modules/ava/entrypoints/cli.mjs --config __test__/gpu/ava.config.mjs ;;
+      gpt)
+        run gpt-ours 150 "${node[@]}" bench/gpt.ts --precision bf16
+        run gpt-hf 150 python3 "$ref/hf_baseline.py" --workload gpt --precision bf16 ;;
+      ddp)
+        run ddp-ours 180 node ts/cli/bin.mjs launch --num_processes 2 --main_process_port 0 --mixed_precision bf16 bench/gpt.ts --precision bf16
+        run ddp-hf 180 python3 -m accelerate.commands.launch --multi_gpu --num_processes 2 --main_process_port 29517 --mixed_precision bf16 "$ref/hf_baseline.py" --workload gpt --precision bf16 ;;
+      mlp)
+        run mlp-fp32 150 "${node[@]}" bench/mlp.ts --precision no --reference "$ref/hf_baseline.py" --python python3
+        run mlp-bf16 150 "${node[@]}" bench/mlp.ts --precision bf16 --reference "$ref/hf_baseline.py" --python python3 ;;
+      op) run op 120 "${node[@]}" bench/op-overhead.ts --reference "$ref/op_overhead.py" --python python3 ;;
+    esac
+  done
+done
+grep -E '^\{|^\[rank 0\] \{|^== .*exit' "$out"
