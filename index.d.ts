@@ -9,6 +9,15 @@ export interface TensorHandle {
 /** A tensor (or its handle) or a plain number. */
 export type TensorOrNumber = Tensor | TensorHandle | number;
 
+/** Averages one model's gradients across processes while backward runs. */
+export declare class DdpReducer {
+  constructor(params: Array<Tensor>, bucketBytes: number)
+  /** Before backward: `sync` false only accumulates gradients. */
+  prepare(sync: boolean): void
+  /** After backward: waits for the all-reduces and writes the averaged gradients. */
+  finish(): void
+}
+
 /** torch.amp.GradScaler in the engine. */
 export declare class GradScalerCore {
   constructor(options: GradScalerOptions)
@@ -163,9 +172,6 @@ export declare function distAllGatherBytes(bytes: Buffer): Array<Buffer>
 
 /** `tensor` reduced across processes, as a new tensor on every process. */
 export declare function distAllReduce(tensor: Tensor, reduction: string): Tensor
-
-/** Averages the gradients of `params` across processes, in buckets of `bucketBytes`. */
-export declare function distAllreduceGradients(params: Array<Tensor>, bucketBytes: number): void
 
 export declare function distBarrier(): void
 

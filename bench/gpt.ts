@@ -35,19 +35,36 @@ let started = 0n;
 let step = 0;
 let first = 0;
 let lastLoss = 0;
+// Host time spent in each phase over the timed steps (how much of a step the CPU needs).
+const host = { data: 0, forward: 0, backward: 0, step: 0 };
+const now = () => Number(process.hrtime.bigint()) / 1e6;
+let mark = now();
 for (const { x, y } of loader) {
   if (step === warmup) {
     accelerator.synchronize();
     accelerator.resetPeakMemory();
     started = process.hrtime.bigint();
+    mark = now();
   }
+  const timed = step >= warmup;
+  const t0 = now();
+  if (timed) host.data += t0 - mark;
+  let t1 = 0;
   const loss = tidy(() => {
     const l = model.forward(x, y);
+    t1 = now();
     accelerator.backward(l);
     return l.detach();
   });
+  const t2 = now();
   opt.step();
   opt.zeroGrad();
+  mark = now();
+  if (timed) {
+    host.forward += t1 - t0;
+    host.backward += t2 - t1;
+    host.step += mark - t2;
+  }
   if (step === 0) first = loss.item();
   if (step === steps + warmup - 1) lastLoss = accelerator.reduce(loss, "mean").item();
   loss.dispose();
@@ -64,6 +81,7 @@ if (accelerator.isMainProcess) {
       tokens_per_s_total: Math.round((batch * sequence * steps * accelerator.numProcesses) / seconds),
       step_ms: Math.round((1e6 * seconds) / steps) / 1e3, peak_mem_gib: Math.round((memory.peak / 2 ** 30) * 1e3) / 1e3,
       loss_first: Math.round(first * 1e4) / 1e4, loss_last: Math.round(lastLoss * 1e4) / 1e4, device: accelerator.device,
+      host_ms_per_step: Object.fromEntries(Object.entries(host).map(([k, v]) => [k, Math.round((v / steps) * 100) / 100])),
     }),
   );
 }

@@ -4,6 +4,7 @@
 import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { loadSafetensors, loadStateFiles, saveSafetensors, saveStateFiles, saveWeights, writeDirAtomically, type StateValue } from "./checkpoint.js";
+import type { DdpReducer } from "../index.js";
 import { native } from "./native.js";
 import {
   broadcast, broadcastObject, gather, gatherObject, padAcrossProcesses, reduce, waitForEveryone, type PadOptions, type TensorTree,
@@ -96,6 +97,7 @@ export class Accelerator {
   private readonly schedulers: SchedulerLike[] = [];
   private readonly loaders: LoaderLike[] = [];
   private readonly customObjects: Stateful[] = [];
+  private readonly reducers: DdpReducer[] = [];
   private activeLoader: LoaderLike | undefined;
   private stepSkipped = false;
 
@@ -155,7 +157,10 @@ export class Accelerator {
   private prepareModel(model: ModelLike): void {
     if (this.models.includes(model)) return;
     model.to(this.device);
-    if (this.numProcesses > 1) native.distBroadcastParameters(model.parameters());
+    if (this.numProcesses > 1) {
+      native.distBroadcastParameters(model.parameters());
+      this.reducers.push(new native.DdpReducer(model.parameters(), this.options.bucketBytes ?? 25 * 2 ** 20));
+    }
     this.precision.wrapModel(model);
     this.models.push(model);
   }
@@ -221,16 +226,14 @@ export class Accelerator {
   backward(loss: Tensor): void {
     const divided = this.gradientAccumulationSteps === 1 ? loss : loss.div(this.gradientAccumulationSteps);
     const scaled = this.precision.scaleLoss(divided);
+    for (const reducer of this.reducers) reducer.prepare(this.syncGradients);
     try {
       scaled.backward();
     } finally {
       if (scaled !== loss) scaled.dispose();
       if (divided !== loss) divided.dispose();
     }
-    if (this.numProcesses > 1 && this.syncGradients) {
-      const params = this.models.flatMap((m) => m.parameters());
-      native.distAllreduceGradients(params, this.options.bucketBytes ?? 25 * 2 ** 20);
-    }
+    for (const reducer of this.reducers) reducer.finish();
   }
 
   /** Runs one micro-step: gradients sync (and optimizers step) every `gradientAccumulationSteps` calls and at the end of the loader. */
@@ -331,7 +334,7 @@ export class Accelerator {
 
   /** Forgets the prepared objects and returns cached GPU memory to the driver. */
   freeMemory(): void {
-    for (const list of [this.models, this.optimizers, this.schedulers, this.loaders]) list.length = 0;
+    for (const list of [this.models, this.optimizers, this.schedulers, this.loaders, this.reducers]) list.length = 0;
     this.activeLoader = undefined;
     this.step = 0;
     if (this.device.startsWith("cuda")) native.cudaEmptyCache();

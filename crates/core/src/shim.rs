@@ -11,13 +11,6 @@ extern "C" {
     fn acc_set_cpu_rng_state(state: *const C_tensor) -> i32;
     fn acc_cuda_rng_state(index: i64, out: *mut *mut C_tensor) -> i32;
     fn acc_set_cuda_rng_state(index: i64, state: *const C_tensor) -> i32;
-    fn acc_set_grad(param: *const C_tensor, grad: *const C_tensor) -> i32;
-}
-
-/// Makes `grad` the gradient of `param` (tch can read `.grad` but not assign it).
-pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<()> {
-    // SAFETY: both tensors are live for the duration of the call.
-    check("setGrad", unsafe { acc_set_grad(param.as_ptr(), grad.as_ptr()) })
 }
 
 /// Turns a shim status code into a Result, reading the shim's last error message.

@@ -122,14 +122,36 @@ pub fn dist_broadcast_parameters(params: Vec<&Tensor>) -> Result<()> {
     })
 }
 
-/// Averages the gradients of `params` across processes, in buckets of `bucketBytes`.
+/// Averages one model's gradients across processes while backward runs.
 #[napi]
-pub fn dist_allreduce_gradients(params: Vec<&Tensor>, bucket_bytes: f64) -> Result<()> {
-    guarded("backward", || {
-        let params = params
-            .iter()
-            .map(|p| Ok(p.handle.get("backward")?.shallow_clone()))
-            .collect::<accelerate_core::Result<Vec<_>>>()?;
-        dist::allreduce_gradients(&params, bucket_bytes.max(1.0) as usize)
-    })
+pub struct DdpReducer {
+    inner: dist::Reducer,
+}
+
+#[napi]
+impl DdpReducer {
+    #[napi(constructor)]
+    pub fn new(params: Vec<&Tensor>, bucket_bytes: f64) -> Result<Self> {
+        guarded("prepare", || {
+            let params = params
+                .iter()
+                .map(|p| Ok(p.handle.get("prepare")?.shallow_clone()))
+                .collect::<accelerate_core::Result<Vec<_>>>()?;
+            Ok(DdpReducer {
+                inner: dist::Reducer::new(&params, bucket_bytes.max(1.0) as usize)?,
+            })
+        })
+    }
+
+    /// Before backward: `sync` false only accumulates gradients.
+    #[napi]
+    pub fn prepare(&self, sync: bool) -> Result<()> {
+        guarded("backward", || self.inner.prepare(sync))
+    }
+
+    /// After backward: waits for the all-reduces and writes the averaged gradients.
+    #[napi]
+    pub fn finish(&self) -> Result<()> {
+        guarded("backward", || self.inner.finish())
+    }
 }

@@ -184,13 +184,3 @@ pub fn barrier(op: &str) -> Result<()> {
     // SAFETY: the group outlives the blocking call.
     with_group(op, |g| check(op, unsafe { acc_barrier(g.raw) }))
 }
-
-pub(crate) fn allreduce_in_place(op: &str, buffers: &[&Tensor], how: Reduce) -> Result<()> {
-    let ptrs: Vec<*const C_tensor> = buffers.iter().map(|t| t.as_ptr()).collect();
-    // SAFETY: the group and tensors outlive the blocking call.
-    with_group(op, |g| {
-        check(op, unsafe {
-            acc_allreduce(g.raw, ptrs.as_ptr(), ptrs.len() as i32, how as i32)
-        })
-    })
-}

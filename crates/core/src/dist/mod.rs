@@ -5,7 +5,9 @@
 mod collectives;
 mod ddp;
 mod group;
+mod reducer;
 
 pub use collectives::{all_gather, all_gather_bytes, all_reduce, barrier, broadcast_, Reduce};
-pub use ddp::{allreduce_gradients, broadcast_parameters};
+pub use ddp::broadcast_parameters;
 pub use group::{destroy, init, is_initialized, world, GroupConfig};
+pub use reducer::Reducer;
