@@ -42,7 +42,13 @@ thread_local! {
 impl Handle {
     /// Takes ownership of `tensor`, counts it, and records it in the innermost open scope.
     pub fn new(tensor: Tensor) -> Handle {
-        let bytes = (tensor.numel() * dtype::element_size(tensor.kind())) as i64;
+        // Only host memory is reported to the JS garbage collector: GPU memory does not
+        // pressure V8's heap, and reporting it would trigger a full collection every few steps.
+        let bytes = if tensor.device() == tch::Device::Cpu {
+            (tensor.numel() * dtype::element_size(tensor.kind())) as i64
+        } else {
+            0
+        };
         let slot = Rc::new(Slot {
             tensor: RefCell::new(Some(tensor)),
             bytes,
