@@ -3,7 +3,7 @@
 // One process per GPU; for `ddp` start it with `accelerate launch --num_processes 2`.
 //   node --import @oxc-node/core/register bench/gpt.ts [--precision bf16] [--steps 30] [--warmup 5] [--batch 8]
 import { parseArgs } from "node:util";
-import { Accelerator, data, manualSeed, optim, randint, tidy, type MixedPrecision } from "../ts/index.js";
+import { Accelerator, data, manualSeed, optim, randint, tidy, type MixedPrecision, type Tensor } from "../ts/index.js";
 import { GPT, GPT2_SMALL } from "./models/gpt.js";
 
 const { values } = parseArgs({
@@ -33,8 +33,8 @@ const [model, opt, loader] = accelerator.prepare(
 model.train();
 let started = 0n;
 let step = 0;
-let first = 0;
 let lastLoss = 0;
+const curve: Tensor[] = [];
 // Host time spent in each phase over the timed steps (how much of a step the CPU needs).
 const host = { data: 0, forward: 0, backward: 0, step: 0 };
 const now = () => Number(process.hrtime.bigint()) / 1e6;
@@ -65,14 +65,15 @@ for (const { x, y } of loader) {
     host.backward += t2 - t1;
     host.step += mark - t2;
   }
-  if (step === 0) first = loss.item();
+  curve.push(loss); // read at the end: reading now would wait for the GPU every step
   if (step === steps + warmup - 1) lastLoss = accelerator.reduce(loss, "mean").item();
-  loss.dispose();
   step += 1;
 }
 accelerator.synchronize();
 const seconds = Number(process.hrtime.bigint() - started) / 1e9;
 const memory = accelerator.memory();
+const losses = curve.map((l) => Math.round(l.item() * 1e4) / 1e4);
+const first = losses[0];
 if (accelerator.isMainProcess) {
   console.log(
     JSON.stringify({
@@ -80,8 +81,9 @@ if (accelerator.isMainProcess) {
       batch_per_process: batch, steps, seconds: Math.round(seconds * 1e4) / 1e4,
       tokens_per_s_total: Math.round((batch * sequence * steps * accelerator.numProcesses) / seconds),
       step_ms: Math.round((1e6 * seconds) / steps) / 1e3, peak_mem_gib: Math.round((memory.peak / 2 ** 30) * 1e3) / 1e3,
-      loss_first: Math.round(first * 1e4) / 1e4, loss_last: Math.round(lastLoss * 1e4) / 1e4, device: accelerator.device,
+      loss_first: first, loss_last: Math.round(lastLoss * 1e4) / 1e4, device: accelerator.device,
       host_ms_per_step: Object.fromEntries(Object.entries(host).map(([k, v]) => [k, Math.round((v / steps) * 100) / 100])),
+      losses,
     }),
   );
 }
