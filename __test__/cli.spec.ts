@@ -344,6 +344,24 @@ test("two machines on one host: 4 processes in total get WORLD_SIZE 4 and RANKs 
   }
 });
 
+test("two machines on one host train together: the same parameters as one process with the global batch", async (t) => {
+  const port = String(await freePort());
+  const script = join(root, "__test__", "fixtures", "dist", "train-mlp.ts");
+  const machine = (rank: number): Promise<CliResult> =>
+    runCli(["launch", "--cpu", "--num_machines", "2", "--machine_rank", String(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", port, "--num_processes", "2", script, "8", "5"]);
+  const [a, b] = await Promise.all([machine(0), machine(1)]);
+  const alone = await runCli(["launch", "--cpu", "--num_processes", "1", "--main_process_port", "0", script, "16", "5"]);
+  for (const result of [a, b, alone]) t.is(result.code, 0, result.stderr);
+  const last = (stdout: string) => JSON.parse(stdout.trim().split("\n").pop()!.replace(/^\[rank \d+\] /, ""));
+  const [ra, rb, single] = [last(a.stdout), last(b.stdout), last(alone.stdout)];
+  t.deepEqual([ra.rank, rb.rank].sort(), [0, 1]);
+  t.deepEqual(ra.params, rb.params, "both machines hold identical parameters");
+  for (const [name, values] of Object.entries(single.params as Record<string, number[]>)) {
+    const worst = Math.max(...values.map((v, i) => Math.abs(v - ra.params[name][i])));
+    t.true(worst < 1e-5, `${name} differs by ${worst}`);
+  }
+});
+
 test("several machines need --main_process_ip, and a total divisible by the machines", async (t) => {
   const noIp = await runCli(["launch", "--num_machines", "2", "--num_processes", "4", fixture("print-env.ts")]);
   t.is(noIp.code, 1);

@@ -69,3 +69,16 @@ test("gatherForMetrics returns exactly the 37 samples; shards follow BatchSample
   t.deepEqual(c.batches, [[0, 1, 2], [6, 7, 8], [12, 13, 14], [18, 19, 20]]);
   t.deepEqual(d.batches, [[3, 4, 5], [9, 10, 11], [15, 16, 17], [21]]);
 });
+
+test("4 processes with batch 4 train to the same parameters as 1 process with batch 16", async (t) => {
+  const four = await runRanks("../fixtures/dist/train-mlp.ts", 4, ["4", "5"], 120_000);
+  const one = await runRanks("../fixtures/dist/train-mlp.ts", 1, ["16", "5"]);
+  for (const r of [...four, ...one]) t.is(r.code, 0, r.stderr);
+  const outs = four.map((r) => parse(r.stdout));
+  const single = parse(one[0].stdout);
+  for (const out of outs.slice(1)) t.deepEqual(out.params, outs[0].params, "every process holds identical parameters");
+  for (const [name, values] of Object.entries(single.params as Record<string, number[]>)) {
+    const worst = Math.max(...values.map((v, i) => Math.abs(v - outs[0].params[name][i])));
+    t.true(worst < 1e-5, `${name} differs by ${worst}`);
+  }
+});

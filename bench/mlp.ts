@@ -22,7 +22,7 @@ const { values } = parseArgs({
 const [steps, warmup, batch] = [values.steps, values.warmup, values.batch].map(Number);
 
 const accelerator = new Accelerator({ mixedPrecision: values.precision as MixedPrecision });
-const n = batch * (steps + warmup);
+const n = batch * accelerator.numProcesses * (steps + warmup);
 const dataset = new data.TensorDataset({ x: randn([n, 784]), y: randint(0, 10, [n]) });
 const net = new nn.Sequential(new nn.Linear(784, 2048), new nn.ReLU(), new nn.Linear(2048, 2048), new nn.ReLU(), new nn.Linear(2048, 10));
 const [model, opt, loader] = accelerator.prepare(
@@ -49,9 +49,13 @@ for (const { x, y } of loader) {
 const seconds = Number(process.hrtime.bigint() - started) / 1e9;
 const ours = {
   system: "accelerate-ts", workload: "mlp", precision: values.precision, device: accelerator.device, steps,
-  samples_per_s: Math.round((batch * steps * 10) / seconds) / 10, step_ms: Math.round((1e6 * seconds) / steps) / 1e3,
+  processes: accelerator.numProcesses,
+  samples_per_s: Math.round((batch * accelerator.numProcesses * steps * 10) / seconds) / 10,
+  step_ms: Math.round((1e6 * seconds) / steps) / 1e3,
   loss_last: Math.round(last * 1e4) / 1e4,
 };
+accelerator.endTraining();
+if (!accelerator.isMainProcess) process.exit(0);
 
 function python(): string {
   if (values.python) return values.python;
