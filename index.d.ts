@@ -149,6 +149,14 @@ export declare function cpuRngState(): Tensor
 
 export declare function cudaDeviceCount(): number
 
+export declare function cudaDeviceInfo(device: number): CudaDeviceInfo
+
+export interface CudaDeviceInfo {
+  name: string
+  /** Total memory in bytes. */
+  totalMemory: number
+}
+
 /** Returns cached, unused GPU memory to the driver. */
 export declare function cudaEmptyCache(): void
 
@@ -163,6 +171,15 @@ export declare function cudaRngState(index: number): Tensor
 
 /** Waits for all work queued on `cuda:device`. */
 export declare function cudaSynchronize(device: number): void
+
+/** The CUDA runtime, cuDNN and NCCL versions libtorch was loaded with (integers; 0 when unknown). */
+export declare function cudaVersions(): CudaVersions
+
+export interface CudaVersions {
+  cuda: number
+  cudnn: number
+  nccl: number
+}
 
 /** Every process's `tensor` concatenated along dim 0; mismatched shapes fail everywhere. */
 export declare function distAllGather(tensor: Tensor): Tensor

@@ -1,7 +1,9 @@
 // CUDA behaviour (run on a GPU host with `npm run test:gpu`): device placement,
 // memory statistics, and NCCL collectives and data-parallel training on 2 GPUs.
 import test from "ava";
-import { Accelerator, data, native, nn, ones, randn } from "../gpu-imports.js";
+import { spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { Accelerator, data, native, nn, ones, optim, randn, tensor, type Tensor } from "../gpu-imports.js";
 import { runRanks } from "../helpers/ranks.js";
 
 const gpus = native.cudaDeviceCount();
@@ -18,6 +20,47 @@ test("the Accelerator places models and batches on cuda:<localRank>", (t) => {
     t.is(m.forward(batch.x).device, "cuda:0");
   }
   t.true(new Accelerator({ cpu: true }).device === "cpu");
+});
+
+class Recorder extends nn.Module {
+  readonly fc = new nn.Linear(8, 4);
+  innerDtype = "";
+  forward(x: Tensor): Tensor {
+    const h = this.fc.forward(x);
+    this.innerDtype = h.dtype;
+    return h;
+  }
+}
+
+for (const precision of ["bf16", "fp16"] as const) {
+  test(`${precision} autocast on cuda: half-precision matmuls inside the model, float32 out`, (t) => {
+    const acc = new Accelerator({ mixedPrecision: precision });
+    const [model] = acc.prepare(new Recorder());
+    const out = model.forward(randn([2, 8], { device: "cuda:0" }));
+    t.is(model.innerDtype, precision === "bf16" ? "bfloat16" : "float16");
+    t.is(out.dtype, "float32");
+    t.is(out.device, "cuda:0");
+  });
+}
+
+test("fp16 on cuda: a forced overflow skips the step and halves the scale", (t) => {
+  const acc = new Accelerator({ mixedPrecision: "fp16" });
+  const net = new nn.Linear(2, 1);
+  const [model, opt] = acc.prepare(net, new optim.SGD(net.parameters(), { lr: 0.1 }));
+  const before = model.weight.toArray();
+  acc.backward(model.forward(tensor([[0.25, 0.5]], { dtype: "float32", device: "cuda:0" })).sum().mul(Infinity));
+  opt.step();
+  t.true(acc.optimizerStepWasSkipped);
+  t.is(acc.precision.scale, 32768);
+  t.deepEqual(model.weight.toArray(), before);
+});
+
+test("accelerate env lists the GPUs and the CUDA, cuDNN and NCCL versions", (t) => {
+  const bin = fileURLToPath(new URL("../../ts/cli/bin.mjs", import.meta.url));
+  const out = spawnSync(process.execPath, [bin, "env"], { encoding: "utf8" });
+  t.is(out.status, 0, out.stderr);
+  t.regex(out.stdout, /CUDA runtime \d+\.\d+, cuDNN \d+\.\d+\.\d+, NCCL \d+\.\d+\.\d+/);
+  t.regex(out.stdout, /cuda:0 NVIDIA [^,]+, \d+\.\d GiB/);
 });
 
 test("memory() reports the caching allocator's bytes", (t) => {

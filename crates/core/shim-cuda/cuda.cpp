@@ -3,7 +3,11 @@
 // the main shim serves) and the caching allocator's statistics.
 #include "../shim/shim.h"
 #include "../shim/c10d_group.h"
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <cstdio>
+#include <torch/csrc/cuda/nccl.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -57,4 +61,24 @@ extern "C" int acc_cuda_empty_cache() { ACC_PROTECT(c10::cuda::CUDACachingAlloca
 
 extern "C" int acc_cuda_synchronize(int device) {
   ACC_PROTECT(c10::cuda::device_synchronize(); (void)device)
+}
+
+// The name and total memory of cuda:device.
+extern "C" int acc_cuda_device_info(int device, char* name, size_t name_length, int64_t* total_memory) {
+  ACC_PROTECT({
+    auto props = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(device));
+    std::snprintf(name, name_length, "%s", props->name);
+    *total_memory = static_cast<int64_t>(props->totalGlobalMem);
+  })
+}
+
+// Versions as the libraries report them: CUDA runtime, cuDNN, NCCL (0 when unknown).
+extern "C" int acc_cuda_versions(int64_t* out) {
+  ACC_PROTECT({
+    // Through libtorch_cuda, so this library needs no direct libcudart or libnccl symbols.
+    const auto& hooks = at::detail::getCUDAHooks();
+    out[0] = hooks.versionCUDART();
+    out[1] = hooks.hasCuDNN() ? hooks.versionCuDNN() : 0;
+    out[2] = static_cast<int64_t>(torch::cuda::nccl::version());
+  })
 }

@@ -128,3 +128,29 @@ pub fn synchronize(device: usize) -> Result<()> {
         f(device as i32)
     })
 }
+
+/// A GPU's name and total memory in bytes.
+pub fn device_info(device: usize) -> Result<(String, i64)> {
+    let mut name = [0u8; 256];
+    let mut total = 0i64;
+    call::<unsafe extern "C" fn(i32, *mut u8, usize, *mut i64) -> i32>(
+        "cudaDeviceInfo",
+        b"acc_cuda_device_info\0",
+        |f| {
+            // SAFETY: `name` has the length passed; `total` is a valid out-pointer.
+            unsafe { f(device as i32, name.as_mut_ptr(), name.len(), &mut total) }
+        },
+    )?;
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok((String::from_utf8_lossy(&name[..end]).into_owned(), total))
+}
+
+/// (CUDA runtime, cuDNN, NCCL) versions as integers (e.g. 13000, 91900, 22809); 0 when unknown.
+pub fn versions() -> Result<(i64, i64, i64)> {
+    let mut out = [0i64; 3];
+    call::<unsafe extern "C" fn(*mut i64) -> i32>("cudaVersions", b"acc_cuda_versions\0", |f| {
+        // SAFETY: `out` has the three slots the shim writes.
+        unsafe { f(out.as_mut_ptr()) }
+    })?;
+    Ok((out[0], out[1], out[2]))
+}

@@ -97,3 +97,41 @@ pub fn cuda_empty_cache() -> Result<()> {
 pub fn cuda_synchronize(device: u32) -> Result<()> {
     guarded("synchronize", || cuda::synchronize(device as usize))
 }
+
+#[napi(object)]
+pub struct CudaDeviceInfo {
+    pub name: String,
+    /// Total memory in bytes.
+    pub total_memory: f64,
+}
+
+#[napi]
+pub fn cuda_device_info(device: u32) -> Result<CudaDeviceInfo> {
+    guarded("cudaDeviceInfo", || {
+        let (name, total) = cuda::device_info(device as usize)?;
+        Ok(CudaDeviceInfo {
+            name,
+            total_memory: total as f64,
+        })
+    })
+}
+
+#[napi(object)]
+pub struct CudaVersions {
+    pub cuda: f64,
+    pub cudnn: f64,
+    pub nccl: f64,
+}
+
+/// The CUDA runtime, cuDNN and NCCL versions libtorch was loaded with (integers; 0 when unknown).
+#[napi]
+pub fn cuda_versions() -> Result<CudaVersions> {
+    guarded("cudaVersions", || {
+        let (cuda, cudnn, nccl) = cuda::versions()?;
+        Ok(CudaVersions {
+            cuda: cuda as f64,
+            cudnn: cudnn as f64,
+            nccl: nccl as f64,
+        })
+    })
+}

@@ -41,6 +41,19 @@ async function libtorchLines(): Promise<string[]> {
     const { native } = await import("../../native.js");
     const available = native.cudaIsAvailable();
     lines.push(`- CUDA available: ${available ? `yes, ${native.cudaDeviceCount()} device(s)` : "no"}`);
+    if (available) {
+      // Integers as the libraries report them: CUDA 13000 = 13.0, cuDNN 91900 = 9.19.0, NCCL 22809 = 2.28.9.
+      const v = native.cudaVersions();
+      const dotted = (n: number, parts: number[]) => parts.map((d, i) => Math.floor(n / d) % (i === 0 ? Infinity : parts[i - 1] / d)).join(".");
+      lines.push(
+        `- CUDA runtime ${dotted(v.cuda, [1000, 10])}, cuDNN ${v.cudnn ? dotted(v.cudnn, [10000, 100, 1]) : "none"}, NCCL ${v.nccl ? dotted(v.nccl, [10000, 100, 1]) : "none"}`,
+      );
+      for (let i = 0; i < native.cudaDeviceCount(); i++) {
+        const info = native.cudaDeviceInfo(i);
+        const used = native.cudaMemoryStats(i);
+        lines.push(`  cuda:${i} ${info.name}, ${(info.totalMemory / 2 ** 30).toFixed(1)} GiB, ${(used.reserved / 2 ** 30).toFixed(2)} GiB reserved by this process`);
+      }
+    }
   } catch (error) {
     lines.push(`- native addon: could not load: ${(error as Error).message}`);
   }
