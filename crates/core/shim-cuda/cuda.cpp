@@ -79,6 +79,8 @@ extern "C" int acc_cuda_versions(int64_t* out) {
     const auto& hooks = at::detail::getCUDAHooks();
     out[0] = hooks.versionCUDART();
     out[1] = hooks.hasCuDNN() ? hooks.versionCuDNN() : 0;
-    out[2] = static_cast<int64_t>(torch::cuda::nccl::version());
+    // torch packs NCCL's version as major << 32 | minor << 16 | patch; report it as NCCL does.
+    auto nccl = torch::cuda::nccl::version();
+    out[2] = static_cast<int64_t>((nccl >> 32) * 10000 + ((nccl >> 16) & 0xffff) * 100 + (nccl & 0xffff));
   })
 }

@@ -50,8 +50,7 @@ async function libtorchLines(): Promise<string[]> {
       );
       for (let i = 0; i < native.cudaDeviceCount(); i++) {
         const info = native.cudaDeviceInfo(i);
-        const used = native.cudaMemoryStats(i);
-        lines.push(`  cuda:${i} ${info.name}, ${(info.totalMemory / 2 ** 30).toFixed(1)} GiB, ${(used.reserved / 2 ** 30).toFixed(2)} GiB reserved by this process`);
+        lines.push(`  cuda:${i} ${info.name}, ${(info.totalMemory / 2 ** 30).toFixed(1)} GiB`);
       }
     }
   } catch (error) {
