@@ -82,3 +82,16 @@ test("4 processes with batch 4 train to the same parameters as 1 process with ba
     t.true(worst < 1e-5, `${name} differs by ${worst}`);
   }
 });
+
+test("saveState on 2 processes writes one checkpoint with each process's RNG state", async (t) => {
+  const { mkdtempSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const dir = join(mkdtempSync(join(tmpdir(), "acc-dist-ckpt-")), "ckpt");
+  const ranks = await runRanks("../fixtures/dist/checkpoint.ts", 2, [dir]);
+  for (const r of ranks) t.is(r.code, 0, r.stderr);
+  const [a, b] = ranks.map((r) => parse(r.stdout));
+  t.deepEqual(a.files, ["accelerator_state.json", "model.safetensors", "random_states_0.safetensors", "random_states_1.safetensors"]);
+  t.true(a.same && b.same, "each process resumes its own random stream");
+  t.deepEqual(a.weight, b.weight);
+});

@@ -154,6 +154,7 @@ test("requiresGrad, detach and noGrad", (t) => {
   });
   t.regex(err?.message ?? "", /^requiresGrad: /);
   t.throws(() => w.mul(2).backward(), { message: /backward: needs a gradient for a non-scalar tensor of shape \[2\]/ });
+  t.throws(() => w.mul(3).backward(ones([3])), { message: /^backward: invalid gradient at index 0 - got \[3\] but expected shape compatible with \[2\]/ });
   w.mul(3).backward(ones([2]));
   t.deepEqual(w.grad?.toArray(), [3, 3]);
 });

@@ -3,7 +3,7 @@
 // delegates numerics to the core (collectives, checkpoints, clipping).
 import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { loadSafetensors, loadStateFiles, saveSafetensors, saveStateFiles, saveWeights, writeDirAtomically, type StateValue } from "./checkpoint.js";
+import { loadSafetensors, loadStateFiles, saveSafetensors, saveStateFiles, saveWeights, type StateValue } from "./checkpoint.js";
 import type { DdpReducer } from "../index.js";
 import { native } from "./native.js";
 import {
@@ -99,7 +99,8 @@ export class Accelerator {
   private readonly customObjects: Stateful[] = [];
   private readonly reducers: DdpReducer[] = [];
   private activeLoader: LoaderLike | undefined;
-  private stepSkipped = false;
+  /** Whether each optimizer's last step was skipped (fp16 overflow). */
+  private readonly skipped = new Map<OptimizerLike, boolean>();
 
   constructor(options: AcceleratorOptions = {}) {
     const steps = options.gradientAccumulationSteps ?? Number(process.env.ACCELERATE_GRADIENT_ACCUMULATION_STEPS ?? 1);
@@ -175,7 +176,7 @@ export class Accelerator {
     const zeroGrad = optimizer.zeroGrad.bind(optimizer);
     optimizer.step = () => {
       if (!this.syncGradients) return;
-      this.stepSkipped = !this.precision.step(this.optimizerParams(optimizer), step);
+      this.skipped.set(optimizer, !this.precision.step(this.optimizerParams(optimizer), step));
     };
     optimizer.zeroGrad = (setToNone?: boolean) => {
       if (this.syncGradients) zeroGrad(setToNone);
@@ -183,13 +184,17 @@ export class Accelerator {
     this.optimizers.push(optimizer);
   }
 
-  /** The schedule advances only with real optimizer steps, once per process (HF semantics). */
+  /**
+   * The schedule advances only with real optimizer steps (none when any optimizer skipped),
+   * once per process unless batches are split, since its length counts the unsharded loader's batches (HF semantics).
+   */
   private prepareScheduler(scheduler: SchedulerLike): void {
     if (this.schedulers.includes(scheduler)) return;
     const step = scheduler.step.bind(scheduler);
     scheduler.step = () => {
-      if (!this.syncGradients || this.stepSkipped) return;
-      for (let i = 0; i < this.numProcesses; i++) step();
+      if (!this.syncGradients || this.optimizerStepWasSkipped) return;
+      const times = this.options.splitBatches ? 1 : this.numProcesses;
+      for (let i = 0; i < times; i++) step();
     };
     this.schedulers.push(scheduler);
   }
@@ -260,9 +265,9 @@ export class Accelerator {
     this.precision.unscale(parameters ?? this.optimizers.flatMap((o) => this.optimizerParams(o)));
   }
 
-  /** True when the last optimizer step was skipped because fp16 gradients overflowed. */
+  /** True when the last step of any prepared optimizer was skipped because fp16 gradients overflowed. */
   get optimizerStepWasSkipped(): boolean {
-    return this.stepSkipped;
+    return [...this.skipped.values()].some(Boolean);
   }
 
   /** Runs `fn` under the same autocast as prepared models' forward. */
@@ -356,6 +361,7 @@ export class Accelerator {
 
   /** Ends the run: leaves the process group after all processes arrive. */
   endTraining(): void {
+    this.reducers.length = 0;
     if (native.distIsInitialized()) native.distDestroy();
   }
 
@@ -413,7 +419,9 @@ export class Accelerator {
   private checkpointDir(dir: string | undefined, op: string): string {
     if (dir !== undefined) return dir;
     if (this.options.automaticCheckpointNaming && this.options.projectDir) {
-      return join(this.options.projectDir, "checkpoints", `checkpoint_${this.saveIteration}`);
+      const next = join(this.options.projectDir, "checkpoints", `checkpoint_${this.saveIteration}`);
+      if (existsSync(next)) throw new Error(`${op}: ${next} already exists; automatic naming never overwrites a checkpoint`);
+      return next;
     }
     throw new Error(`${op}: give a directory, or construct the Accelerator with projectDir and automaticCheckpointNaming`);
   }
@@ -434,26 +442,40 @@ export class Accelerator {
    */
   saveState(dir?: string): string {
     const target = this.checkpointDir(dir, "saveState");
-    const suffix = (i: number) => (i === 0 ? "" : `_${i}`);
-    writeDirAtomically(target, (staging) => {
-      this.models.forEach((m, i) => saveSafetensors(join(staging, `model${suffix(i)}.safetensors`), m.stateDict() as Record<string, Tensor>));
-      this.optimizers.forEach((o, i) => saveStateFiles(join(staging, `optimizer${suffix(i)}`), o.stateDict() as StateValue));
-      this.schedulers.forEach((s, i) => saveStateFiles(join(staging, `scheduler${suffix(i)}`), s.stateDict() as StateValue));
-      this.loaders.forEach((l, i) => saveStateFiles(join(staging, `dl_state_dict${suffix(i)}`), l.stateDict() as StateValue));
-      this.customObjects.forEach((c, i) => saveStateFiles(join(staging, `custom_checkpoint_${i}`), c.stateDict() as StateValue));
-      const scaler = this.precision.stateDict();
-      if (scaler) native.writeFileAtomic(join(staging, "scaler.json"), `${JSON.stringify(scaler)}\n`);
+    // The main process writes the shared state into a staging directory; every process
+    // adds its own RNG state there; the main process then swaps it in for the old one.
+    let staging = this.isMainProcess ? native.stagingDir(target) : "";
+    staging = broadcastObject(staging);
+    try {
+      if (this.isMainProcess) this.writeSharedState(staging);
       const rng: Record<string, Tensor> = { cpu: native.cpuRngState() };
       if (this.device.startsWith("cuda")) rng.cuda = native.cudaRngState(this.cudaIndex());
       saveSafetensors(join(staging, `random_states_${this.processIndex}.safetensors`), rng);
-      native.writeFileAtomic(
-        join(staging, "accelerator_state.json"),
-        `${JSON.stringify({ step: this.step, saveIteration: this.saveIteration + 1, customObjects: this.customObjects.length })}\n`,
-      );
-    });
+    } catch (error) {
+      if (this.isMainProcess) rmSync(staging, { recursive: true, force: true });
+      throw error;
+    }
+    waitForEveryone();
+    if (this.isMainProcess) native.commitStagingDir(staging, target);
+    waitForEveryone();
     this.saveIteration += 1;
-    this.pruneCheckpoints();
+    if (this.isMainProcess) this.pruneCheckpoints();
     return target;
+  }
+
+  private writeSharedState(staging: string): void {
+    const suffix = (i: number) => (i === 0 ? "" : `_${i}`);
+    this.models.forEach((m, i) => saveSafetensors(join(staging, `model${suffix(i)}.safetensors`), m.stateDict() as Record<string, Tensor>));
+    this.optimizers.forEach((o, i) => saveStateFiles(join(staging, `optimizer${suffix(i)}`), o.stateDict() as StateValue));
+    this.schedulers.forEach((s, i) => saveStateFiles(join(staging, `scheduler${suffix(i)}`), s.stateDict() as StateValue));
+    this.loaders.forEach((l, i) => saveStateFiles(join(staging, `dl_state_dict${suffix(i)}`), l.stateDict() as StateValue));
+    this.customObjects.forEach((c, i) => saveStateFiles(join(staging, `custom_checkpoint_${i}`), c.stateDict() as StateValue));
+    const scaler = this.precision.stateDict();
+    if (scaler) native.writeFileAtomic(join(staging, "scaler.json"), `${JSON.stringify(scaler)}\n`);
+    native.writeFileAtomic(
+      join(staging, "accelerator_state.json"),
+      `${JSON.stringify({ step: this.step, saveIteration: this.saveIteration + 1, customObjects: this.customObjects.length })}\n`,
+    );
   }
 
   private pruneCheckpoints(): void {

@@ -41,7 +41,16 @@ export function readProcessState(options: { cpu?: boolean }): ProcessState {
   const localNumProcesses = intFromEnv("LOCAL_WORLD_SIZE", numProcesses);
   if (processIndex >= numProcesses) throw new Error(`Accelerator: RANK=${processIndex} is not below WORLD_SIZE=${numProcesses}`);
   const cpu = options.cpu ?? process.env.ACCELERATE_USE_CPU === "true";
-  const device = !cpu && native.cudaIsAvailable() ? `cuda:${localProcessIndex % native.cudaDeviceCount()}` : "cpu";
+  let device = "cpu";
+  if (!cpu && native.cudaIsAvailable()) {
+    const gpus = native.cudaDeviceCount();
+    if (localProcessIndex >= gpus) {
+      throw new Error(
+        `Accelerator: LOCAL_RANK=${localProcessIndex} but this host has ${gpus} GPU(s); start at most one process per GPU, or pass cpu: true`,
+      );
+    }
+    device = `cuda:${localProcessIndex}`;
+  }
   return { numProcesses, processIndex, localProcessIndex, localNumProcesses, device };
 }
 

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <torch/csrc/cuda/nccl.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -23,21 +24,14 @@ extern "C" int acc_nccl_group_new(const char* host, int port, int rank, int worl
   ACC_PROTECT({
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
-    c10d::TCPStoreOptions options;
-    options.port = static_cast<std::uint16_t>(port);
-    options.isServer = rank == 0;
-    options.numWorkers = world_size;
-    options.waitWorkers = false;
-    options.timeout = timeout;
-    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
-    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("default_pg/", store);
+    auto prefixed = acc_rendezvous(host, port, rank, world_size, timeout);
     auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
     nccl_options->timeout = timeout;
     auto backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, rank, world_size, nccl_options);
     at::Device bound(at::kCUDA, static_cast<c10::DeviceIndex>(device));
     backend->setBoundDeviceId(bound);
     backend->eagerConnectSingleDevice(bound);
-    *out = new AccGroup{store, backend, timeout, false};
+    *out = new AccGroup{prefixed, backend, timeout, false};
   })
 }
 
@@ -60,7 +54,10 @@ extern "C" int acc_cuda_reset_peak_memory(int device) {
 extern "C" int acc_cuda_empty_cache() { ACC_PROTECT(c10::cuda::CUDACachingAllocator::emptyCache()) }
 
 extern "C" int acc_cuda_synchronize(int device) {
-  ACC_PROTECT(c10::cuda::device_synchronize(); (void)device)
+  ACC_PROTECT({
+    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+    c10::cuda::device_synchronize();
+  })
 }
 
 // The name and total memory of cuda:device.

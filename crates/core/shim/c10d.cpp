@@ -1,5 +1,5 @@
 // PyTorch's distributed engine (c10d) for Rust: a TCPStore rendezvous and a Gloo
-// process group for CPU tensors, with blocking collectives that honour a timeout.
+// process group for CPU tensors, and the collectives for Gloo and NCCL groups alike.
 #include "shim.h"
 #include "c10d_group.h"
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -10,13 +10,7 @@
 namespace {
 using Group = AccGroup;
 
-void wait(const Group* g, c10::intrusive_ptr<c10d::Work> work) {
-  if (g->blocking_wait) {
-    work->wait(g->timeout);
-  } else {
-    work->wait();
-  }
-}
+void wait(const Group* g, const c10::intrusive_ptr<c10d::Work>& work) { acc_wait(work, g->blocking_wait, g->timeout); }
 
 c10d::ReduceOp reduce_op(int op) {
   switch (op) {
@@ -34,18 +28,11 @@ extern "C" int acc_group_new(const char* host, int port, int rank, int world_siz
                              const char* local_address, void** out) {
   ACC_PROTECT({
     auto timeout = std::chrono::milliseconds(timeout_ms);
-    c10d::TCPStoreOptions options;
-    options.port = static_cast<std::uint16_t>(port);
-    options.isServer = rank == 0;
-    options.numWorkers = world_size;
-    options.waitWorkers = false;
-    options.timeout = timeout;
-    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), options);
-    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("default_pg/", store);
+    auto prefixed = acc_rendezvous(host, port, rank, world_size, timeout);
     auto gloo_options = c10d::ProcessGroupGloo::Options::create(timeout);
     gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(std::string(local_address)));
     auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, world_size, gloo_options);
-    *out = new Group{store, backend, timeout, true};
+    *out = new Group{prefixed, backend, timeout, true};
   })
 }
 
@@ -54,9 +41,9 @@ extern "C" void acc_group_free(void* group) {
   auto g = static_cast<Group*>(group);
   try {
     g->backend->shutdown();
+    delete g;
   } catch (...) {
   }
-  delete g;
 }
 
 // op: 0 sum, 1 mean, 3 min, 4 max. Reduces all tensors in place.

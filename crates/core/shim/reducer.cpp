@@ -18,7 +18,10 @@ struct Bucket {
 };
 
 struct Reducer {
-  AccGroup* group;
+  // Copies of the group's parts, so the reducer outlives a destroyed group safely.
+  c10::intrusive_ptr<c10d::Backend> backend;
+  std::chrono::milliseconds timeout;
+  bool blocking_wait;
   std::vector<at::Tensor> params;
   std::vector<size_t> bucket_of;
   std::vector<Bucket> buckets;
@@ -45,14 +48,14 @@ struct Reducer {
     }
     auto flat = at::cat(pieces);
     if (flat.device() != params[b.params[0]].device()) flat = flat.to(params[b.params[0]].device());
-    if (!group->blocking_wait && !flat.is_cuda()) TORCH_CHECK(false, "NCCL needs the parameters on the GPU");
-    if (group->blocking_wait && flat.is_cuda()) flat = flat.cpu();
+    TORCH_CHECK(blocking_wait || flat.is_cuda(), "NCCL needs the parameters on the GPU");
+    if (blocking_wait && flat.is_cuda()) flat = flat.cpu();
     b.flat = flat;
     std::vector<at::Tensor> list{flat};
     c10d::AllreduceOptions options;
     options.reduceOp = c10d::ReduceOp::AVG;
-    options.timeout = group->timeout;
-    b.work = group->backend->allreduce(list, options);
+    options.timeout = timeout;
+    b.work = backend->allreduce(list, options);
   }
 
   // Launches every bucket that is ready, in bucket order.
@@ -86,7 +89,10 @@ struct Handle {
 extern "C" int acc_reducer_new(void* group, acc_tensor* params, int count, int64_t bucket_bytes, void** out) {
   ACC_PROTECT({
     auto r = std::make_shared<Reducer>();
-    r->group = static_cast<AccGroup*>(group);
+    auto g = static_cast<AccGroup*>(group);
+    r->backend = g->backend;
+    r->timeout = g->timeout;
+    r->blocking_wait = g->blocking_wait;
     for (int i = 0; i < count; i++) r->params.push_back(*params[i]);
     r->bucket_of.assign(count, 0);
     int64_t bytes = 0;
@@ -131,11 +137,7 @@ extern "C" int acc_reducer_finish(void* handle) {
     r->launch_ready();
     at::NoGradGuard no_grad;
     for (auto& b : r->buckets) {
-      if (r->group->blocking_wait) {
-        b.work->wait(r->group->timeout);
-      } else {
-        b.work->wait();
-      }
+      acc_wait(b.work, r->blocking_wait, r->timeout);
       int64_t offset = 0;
       for (auto p : b.params) {
         auto& param = r->params[p];
@@ -156,9 +158,10 @@ extern "C" int acc_reducer_finish(void* handle) {
 
 extern "C" void acc_reducer_free(void* handle) {
   auto h = static_cast<Handle*>(handle);
-  {
+  try {
     std::lock_guard<std::mutex> lock(h->reducer->mutex);
     h->reducer->enabled = false;
+  } catch (...) {
   }
   delete h;
 }

@@ -13,14 +13,14 @@ fn library(op: &str) -> Result<&'static libloading::Library> {
     use std::sync::OnceLock;
     static LOADED: OnceLock<std::result::Result<libloading::Library, String>> = OnceLock::new();
     let loaded = LOADED.get_or_init(|| {
-        let name = format!("accelerate-ts-cuda-{}-{}.so", env!("CARGO_PKG_VERSION"), LIBRARY.len());
-        let path = std::env::temp_dir().join(name);
-        if std::fs::metadata(&path).map(|m| m.len() as usize).ok() != Some(LIBRARY.len()) {
-            let staging = path.with_extension(format!("{}.tmp", std::process::id()));
-            std::fs::write(&staging, LIBRARY)
-                .and_then(|_| std::fs::rename(&staging, &path))
-                .map_err(|e| e.to_string())?;
+        // An anonymous in-memory file: nothing on disk that another user could replace.
+        // SAFETY: a valid name and flags; the descriptor stays open for the process's life.
+        let fd = unsafe { libc::memfd_create(c"accelerate-ts-cuda".as_ptr(), 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
         }
+        let path = format!("/proc/self/fd/{fd}");
+        std::fs::write(&path, LIBRARY).map_err(|e| e.to_string())?;
         // SAFETY: our own shim library; its dependencies (libtorch_cuda) are already loaded.
         unsafe { libloading::Library::new(&path) }.map_err(|e| e.to_string())
     });

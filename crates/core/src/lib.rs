@@ -1,5 +1,5 @@
-//! Accelerate.ts engine: tensors, autograd, memory scopes and (later) modules,
-//! optimizers, data loading, checkpoints and collectives on libtorch via `tch`.
+//! Accelerate.ts engine: tensors, autograd, memory scopes, modules, optimizers,
+//! mixed precision, data loading, checkpoints and collectives on libtorch via `tch`.
 //! Nothing here knows about JavaScript.
 
 pub mod amp;

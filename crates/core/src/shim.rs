@@ -11,6 +11,14 @@ extern "C" {
     fn acc_set_cpu_rng_state(state: *const C_tensor) -> i32;
     fn acc_cuda_rng_state(index: i64, out: *mut *mut C_tensor) -> i32;
     fn acc_set_cuda_rng_state(index: i64, state: *const C_tensor) -> i32;
+    fn acc_backward(output: *const C_tensor, gradient: *const C_tensor) -> i32;
+}
+
+/// Accumulates gradients of `output` into the leaves; a non-scalar `output` needs a `gradient` of its shape.
+pub fn backward(op: &str, output: &Tensor, gradient: Option<&Tensor>) -> Result<()> {
+    let gradient = gradient.map_or(std::ptr::null(), Tensor::as_ptr);
+    // SAFETY: live tensors (or null) for the duration of the call.
+    check(op, unsafe { acc_backward(output.as_ptr(), gradient) })
 }
 
 /// Turns a shim status code into a Result, reading the shim's last error message.

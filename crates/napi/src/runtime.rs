@@ -9,8 +9,11 @@ use napi_derive::napi;
 use crate::tensor::Tensor;
 
 #[napi]
-pub fn manual_seed(seed: i64) {
-    tensor::manual_seed(seed);
+pub fn manual_seed(seed: i64) -> Result<()> {
+    guarded("manualSeed", || {
+        tensor::manual_seed(seed);
+        Ok(())
+    })
 }
 
 /// Turns gradient recording on or off; returns the previous setting.

@@ -4,7 +4,7 @@
 //! returning a tensor), tensorList* (method returning tensors).
 
 use accelerate_core::tensor::{self as core_tensor, ops};
-use accelerate_core::{device, dtype, Error};
+use accelerate_core::{device, dtype};
 use napi::bindgen_prelude::{Buffer, Either};
 use napi::{Env, Result};
 use napi_derive::napi;
@@ -92,20 +92,9 @@ pub fn tensor_call_to_bytes(tensor: &Tensor) -> Result<Buffer> {
 pub fn tensor_call_backward(tensor: &Tensor, gradient: Option<&Tensor>) -> Result<()> {
     guarded("backward", || {
         let t = tensor.handle.get("backward")?;
-        let run = |t: &tch::Tensor| t.f_backward().map(|_| tch::Tensor::new());
         match gradient {
-            None if t.numel() != 1 => Err(Error::invalid(
-                "backward",
-                format!("needs a gradient for a non-scalar tensor of shape {:?}", t.size()),
-            )),
-            None => ops::unary("backward", &t, run).map(drop),
-            Some(g) => {
-                let g = g.handle.get("backward")?;
-                ops::binary("backward", &t, ops::Operand::Tensor(&g), |t, g| {
-                    run(&t.f_mul(g)?.f_sum(None::<tch::Kind>)?)
-                })
-                .map(drop)
-            }
+            Some(g) => core_tensor::backward(&t, Some(&*g.handle.get("backward")?)),
+            None => core_tensor::backward(&t, None),
         }
     })
 }

@@ -44,16 +44,37 @@ pub fn staging_dir(op: &str, dir: &Path) -> Result<PathBuf> {
 }
 
 /// Swaps a filled staging directory in as `dir`: a crash at any point leaves
-/// either the previous `dir` or the complete new one.
+/// either the previous `dir` or the complete new one. An existing `dir` is exchanged
+/// with the staging directory in one atomic rename (Linux `RENAME_EXCHANGE`), then deleted.
 pub fn commit_staging(op: &str, staging: &Path, dir: &Path) -> Result<()> {
-    let previous = temporary_name(dir, "previous");
-    let _ = fs::remove_dir_all(&previous);
-    if dir.exists() {
-        fs::rename(dir, &previous).map_err(|e| io_error(op, e, dir))?;
+    if !dir.exists() {
+        return fs::rename(staging, dir).map_err(|e| io_error(op, e, dir));
     }
-    fs::rename(staging, dir).map_err(|e| io_error(op, e, dir))?;
-    let _ = fs::remove_dir_all(&previous);
+    exchange(staging, dir).map_err(|e| io_error(op, e, dir))?;
+    let _ = fs::remove_dir_all(staging);
     Ok(())
+}
+
+/// Atomically swaps two existing paths.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths; the call only renames.
+    let status = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn io_error(op: &str, e: std::io::Error, what: &Path) -> Error {

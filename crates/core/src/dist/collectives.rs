@@ -105,7 +105,10 @@ fn shapes_of_all(op: &str, t: &Tensor) -> Result<Vec<(i64, Vec<i64>)>> {
     code[1] = t.kind() as i64;
     code[2..2 + size.len()].copy_from_slice(&size);
     let device = group_device(op)?;
-    let mine = Tensor::from_slice(&code).f_to_device(device).map_err(torch(op, t))?;
+    let mine = Tensor::f_from_slice(&code)
+        .map_err(|e| Error::torch(op, vec![], e))?
+        .f_to_device(device)
+        .map_err(torch(op, t))?;
     let world = with_group(op, |g| Ok(g.world_size))?;
     let all = Tensor::f_empty([(world * code.len()) as i64], (Kind::Int64, device)).map_err(torch(op, t))?;
     with_group(op, |g| {
@@ -160,7 +163,7 @@ pub fn all_gather(op: &str, t: &Tensor) -> Result<Tensor> {
 
 /// Every process's bytes, in rank order (lengths may differ).
 pub fn all_gather_bytes(op: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
-    let length = Tensor::from_slice(&[bytes.len() as i64]);
+    let length = Tensor::f_from_slice(&[bytes.len() as i64]).map_err(|e| Error::torch(op, vec![], e))?;
     let lengths = to_cpu(op, all_gather(op, &length)?)?;
     let count = lengths.numel();
     let mut sizes = vec![0i64; count];
@@ -168,7 +171,13 @@ pub fn all_gather_bytes(op: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     let longest = sizes.iter().copied().max().unwrap_or(0).max(1);
     let mut padded = bytes.to_vec();
     padded.resize(longest as usize, 0);
-    let gathered = to_cpu(op, all_gather(op, &Tensor::from_slice(&padded))?)?;
+    let gathered = to_cpu(
+        op,
+        all_gather(
+            op,
+            &Tensor::f_from_slice(&padded).map_err(|e| Error::torch(op, vec![], e))?,
+        )?,
+    )?;
     let count = gathered.numel();
     let mut flat = vec![0u8; count];
     gathered.f_copy_data(&mut flat, count).map_err(torch(op, &gathered))?;

@@ -148,3 +148,16 @@ pub fn is_grad_enabled() -> bool {
     set_grad_enabled(previous);
     previous
 }
+
+/// Accumulates gradients of `output` into the leaves, as `torch.autograd.backward`;
+/// a non-scalar `output` needs a `gradient` of its shape.
+pub fn backward(output: &Tensor, gradient: Option<&Tensor>) -> Result<()> {
+    if gradient.is_none() && output.numel() != 1 {
+        let shape = output.size();
+        return Err(Error::invalid(
+            "backward",
+            format!("needs a gradient for a non-scalar tensor of shape {shape:?}"),
+        ));
+    }
+    crate::shim::backward("backward", output, gradient)
+}
