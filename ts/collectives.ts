@@ -1,7 +1,7 @@
 // Collective operations across the processes of a run, for tensors (nested in
 // arrays and records too) and JSON values. On one process each returns its input.
 import { native } from "./native.js";
-import { cat, full, tensor, Tensor, type DType } from "./tensor.js";
+import { cat, full, tensor, tidy, Tensor, type DType } from "./tensor.js";
 
 /** Tensors, possibly nested in arrays and plain records. */
 export type TensorTree = Tensor | TensorTree[] | { [key: string]: TensorTree };
@@ -43,11 +43,13 @@ export function padAcrossProcesses<T extends TensorTree>(tree: T, options: PadOp
     if (!distributed() || dim >= t.ndim || dim < -t.ndim) return t;
     const axis = dim < 0 ? dim + t.ndim : dim;
     const size = t.shape[axis];
-    const largest = native.distAllReduce(tensor([size]), "max").item();
+    const largest = tidy(() => native.distAllReduce(tensor([size]), "max").item());
     if (size === largest) return t;
     const padShape = t.shape.map((s, i) => (i === axis ? largest - size : s));
-    const pad = full(padShape, padIndex, { dtype: t.dtype as DType, device: t.device });
-    return cat(padFirst ? [pad, t] : [t, pad], axis);
+    return tidy(() => {
+      const pad = full(padShape, padIndex, { dtype: t.dtype as DType, device: t.device });
+      return cat(padFirst ? [pad, t] : [t, pad], axis);
+    });
   }) as T;
 }
 
@@ -66,7 +68,11 @@ export function gatherObject<T>(value: T): T[] {
 
 /** Process `from`'s JSON value, on every process. */
 export function broadcastObject<T>(value: T, from = 0): T {
-  return gatherObject(value)[from];
+  const all = gatherObject(value);
+  if (!Number.isInteger(from) || from < 0 || from >= all.length) {
+    throw new Error(`broadcastObject: from must be a process index below ${all.length}, got ${from}`);
+  }
+  return all[from];
 }
 
 /** Waits until every process reaches this point. */
