@@ -104,3 +104,10 @@ test("prepared loaders: accumulate syncs every N steps and at the end; gatherFor
   t.deepEqual(syncs, [false, false, false, true, false, false, false, true, false, true]);
   t.deepEqual(seen, Array.from({ length: 37 }, (_, i) => i));
 });
+
+test("skipFirstBatches resumes a prepared loader mid-epoch", (t) => {
+  const acc = new Accelerator({ cpu: true });
+  const [loader] = acc.prepare(new data.DataLoader(new data.TensorDataset({ x: arange(10) }), { batchSize: 2 }));
+  const rest = acc.skipFirstBatches(loader, 3);
+  t.deepEqual([...rest].map((b) => b.x.toArray()), [[6, 7], [8, 9]]);
+});

@@ -209,6 +209,11 @@ export class Accelerator {
       splitBatches: this.options.splitBatches ?? false,
     };
     const loader = original.withOptions?.({ device: this.device, shard }) ?? original;
+    return this.prepareLoaderIteration(loader);
+  }
+
+  /** Iterating `loader` makes it the active one, which `accumulate` and `gatherForMetrics` consult. */
+  private prepareLoaderIteration(loader: LoaderLike): LoaderLike {
     const iterate = loader[Symbol.iterator].bind(loader);
     const self = this;
     loader[Symbol.iterator] = function* () {
@@ -392,6 +397,16 @@ export class Accelerator {
       while (share.length < longest) share.push(share.length > 0 ? share[share.length - 1] : inputs[inputs.length - 1]);
     }
     return share;
+  }
+
+  /**
+   * A loader that skips the first `numBatches` batches of this process's shard (to resume
+   * mid-epoch); use the original loader again from the next epoch on.
+   */
+  skipFirstBatches<L extends { skipFirstBatches(n: number): L }>(loader: L, numBatches: number): L {
+    const skipping = loader.skipFirstBatches(numBatches);
+    if (isLoader(skipping)) return this.prepareLoaderIteration(skipping as unknown as LoaderLike) as unknown as L;
+    return skipping;
   }
 
   unwrapModel<M>(model: M): M {
