@@ -2,7 +2,7 @@
 // disposal (dispose, using, tidy), bounded memory, and errors that never abort.
 import test from "ava";
 import {
-  Tensor, tensor, zeros, ones, full, arange, randn, rand, randint, manualSeed, cat, stack, where, noGrad, tidy, liveTensors,
+  Tensor, tensor, zeros, ones, full, arange, randn, rand, randint, manualSeed, cat, stack, where, noGrad, isGradEnabled, tidy, liveTensors,
 } from "../ts/index.js";
 
 test("nested arrays round-trip for every dtype", (t) => {
@@ -147,6 +147,8 @@ test("requiresGrad, detach and noGrad", (t) => {
   t.true(w.mul(2).requiresGrad);
   t.false(w.mul(2).detach().requiresGrad);
   t.false(noGrad(() => w.mul(2)).requiresGrad);
+  t.false(noGrad(() => isGradEnabled()));
+  t.true(isGradEnabled());
   t.true(w.mul(2).requiresGrad, "grad mode restored after noGrad");
   const err = t.throws(() => {
     const i = tensor([1, 2]);

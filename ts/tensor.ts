@@ -261,6 +261,11 @@ export const cat = native.cat;
 export const stack = native.stack;
 export const where = native.where;
 
+/** Whether operations record gradients now (false inside `noGrad`). */
+export function isGradEnabled(): boolean {
+  return native.isGradEnabled();
+}
+
 /** Runs `fn` without recording gradients. */
 export function noGrad<T>(fn: () => T): T {
   const previous = native.setGradEnabled(false);

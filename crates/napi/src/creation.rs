@@ -64,11 +64,10 @@ pub fn arange(
 ) -> Result<Tensor> {
     guarded("arange", || {
         let step = step.unwrap_or(1.0);
-        let integral = [start, end, step].iter().all(|v| v.fract() == 0.0);
         let kind = parse_dtype(
             "arange",
             dtype.as_deref(),
-            if integral { Kind::Int64 } else { Kind::Float },
+            core_tensor::arange_default_kind(start, end, step),
         )?;
         Ok(wrap(
             &env,

@@ -34,7 +34,7 @@ pub fn dist_init(options: ProcessGroupOptions) -> Result<()> {
             port,
             rank: options.rank as usize,
             world_size: options.world_size as usize,
-            timeout: Duration::from_millis(options.timeout_ms.max(1.0) as u64),
+            timeout: Duration::from_millis(options.timeout_ms as u64),
             local_address: options.local_address,
             cuda_device: options.cuda_device.map(|d| d as usize),
         })

@@ -1,5 +1,5 @@
 //! The process group of this process: created once from the launcher's settings,
-//! used by every collective, destroyed at exit.
+//! used by every collective, freed by `destroy` (the Accelerator's `endTraining`).
 
 use crate::shim::check;
 use crate::{Error, Result};
@@ -64,6 +64,9 @@ pub fn init(config: &GroupConfig) -> Result<()> {
         .map_err(|_| Error::invalid(op, "the process group lock is poisoned"))?;
     if slot.is_some() {
         return Err(Error::invalid(op, "this process already joined a process group"));
+    }
+    if config.timeout.is_zero() {
+        return Err(Error::invalid(op, "the timeout must be positive"));
     }
     if config.rank >= config.world_size {
         return Err(Error::invalid(

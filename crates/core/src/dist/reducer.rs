@@ -30,6 +30,9 @@ impl Reducer {
     /// Buckets `params` (about `bucket_bytes` each) and hooks their gradient accumulation.
     pub fn new(params: &[Tensor], bucket_bytes: usize) -> Result<Reducer> {
         let op = "prepare";
+        if bucket_bytes == 0 {
+            return Err(crate::Error::invalid(op, "bucketBytes must be positive"));
+        }
         let ptrs: Vec<*const C_tensor> = params.iter().map(Tensor::as_ptr).collect();
         let mut raw = std::ptr::null_mut();
         with_group(op, |g| {

@@ -91,6 +91,15 @@ pub fn arange(start: f64, end: f64, step: f64, kind: Kind, device: Device) -> Re
         .map_err(|e| Error::torch("arange", vec![], e))
 }
 
+/// arange's dtype when none is given: int64 when start, end and step are all integers, else float32 (as PyTorch).
+pub fn arange_default_kind(start: f64, end: f64, step: f64) -> Kind {
+    if [start, end, step].iter().all(|v| v.fract() == 0.0) {
+        Kind::Int64
+    } else {
+        Kind::Float
+    }
+}
+
 /// Integers drawn uniformly from `[low, high)`.
 pub fn randint(low: i64, high: i64, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
     check_shape("randint", shape)?;
