@@ -134,16 +134,22 @@ extern "C" int acc_zero_grads(const acc_tensor* params, int64_t n, int set_to_no
   })
 }
 
+// The gradients of `params` that exist (parameters without one are skipped).
+static std::vector<at::Tensor> defined_grads(const acc_tensor* params, int64_t n) {
+  std::vector<at::Tensor> grads;
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& grad = params[i]->grad();
+    if (grad.defined()) grads.push_back(grad);
+  }
+  return grads;
+}
+
 // The total `norm_type` norm of the defined gradients of `params` (0 when there are none), on
 // the first gradient's device, as torch.nn.utils.get_total_norm.
 extern "C" int acc_total_grad_norm(const acc_tensor* params, int64_t n, double norm_type, acc_tensor* out) {
   ACC_PROTECT({
     c10::NoGradGuard no_grad;
-    std::vector<at::Tensor> grads;
-    for (int64_t i = 0; i < n; ++i) {
-      const at::Tensor& grad = params[i]->grad();
-      if (grad.defined()) grads.push_back(grad);
-    }
+    auto grads = defined_grads(params, n);
     if (grads.empty()) {
       *out = new at::Tensor(at::scalar_tensor(0.0, at::kFloat));
       return 0;
@@ -162,11 +168,7 @@ extern "C" int acc_total_grad_norm(const acc_tensor* params, int64_t n, double n
 extern "C" int acc_clip_grads_with_norm(const acc_tensor* params, int64_t n, double max_norm, acc_tensor total_norm) {
   ACC_PROTECT({
     c10::NoGradGuard no_grad;
-    std::vector<at::Tensor> grads;
-    for (int64_t i = 0; i < n; ++i) {
-      const at::Tensor& grad = params[i]->grad();
-      if (grad.defined()) grads.push_back(grad);
-    }
+    auto grads = defined_grads(params, n);
     if (grads.empty()) return 0;
     auto clip_coef = at::reciprocal(*total_norm + 1e-6) * max_norm;
     auto clamped = at::clamp_max(clip_coef, 1.0);
@@ -180,11 +182,7 @@ extern "C" int acc_clip_grads_with_norm(const acc_tensor* params, int64_t n, dou
 extern "C" int acc_clip_grad_value(const acc_tensor* params, int64_t n, double value) {
   ACC_PROTECT({
     c10::NoGradGuard no_grad;
-    std::vector<at::Tensor> grads;
-    for (int64_t i = 0; i < n; ++i) {
-      const at::Tensor& grad = params[i]->grad();
-      if (grad.defined()) grads.push_back(grad);
-    }
+    auto grads = defined_grads(params, n);
     for (const auto& indices : group_by_device_and_dtype(grads)) {
       auto group = pick(grads, indices);
       at::_foreach_clamp_min_(group, -value);

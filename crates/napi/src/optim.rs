@@ -24,37 +24,25 @@ pub struct OptimizerOptions {
     pub amsgrad: Option<bool>,
 }
 
-impl From<OptimizerOptions> for OptionsPatch {
-    fn from(o: OptimizerOptions) -> OptionsPatch {
-        OptionsPatch {
-            lr: o.lr,
-            weight_decay: o.weight_decay,
-            maximize: o.maximize,
-            momentum: o.momentum,
-            dampening: o.dampening,
-            nesterov: o.nesterov,
-            betas: o.betas,
-            eps: o.eps,
-            amsgrad: o.amsgrad,
+/// Both directions between the JS options object and the core's patch, field by field.
+macro_rules! same_fields {
+    ($a:ident <-> $b:ident { $($field:ident),* $(,)? }) => {
+        impl From<$a> for $b {
+            fn from(o: $a) -> $b {
+                $b { $($field: o.$field),* }
+            }
         }
-    }
+        impl From<$b> for $a {
+            fn from(o: $b) -> $a {
+                $a { $($field: o.$field),* }
+            }
+        }
+    };
 }
 
-impl From<OptionsPatch> for OptimizerOptions {
-    fn from(o: OptionsPatch) -> OptimizerOptions {
-        OptimizerOptions {
-            lr: o.lr,
-            weight_decay: o.weight_decay,
-            maximize: o.maximize,
-            momentum: o.momentum,
-            dampening: o.dampening,
-            nesterov: o.nesterov,
-            betas: o.betas,
-            eps: o.eps,
-            amsgrad: o.amsgrad,
-        }
-    }
-}
+same_fields!(OptimizerOptions <-> OptionsPatch {
+    lr, weight_decay, maximize, momentum, dampening, nesterov, betas, eps, amsgrad,
+});
 
 /// A param group in a state dict: its hyperparameters and its parameters' indices.
 #[napi(object)]
