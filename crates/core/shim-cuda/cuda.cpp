@@ -4,12 +4,14 @@
 #include "../shim/shim.h"
 #include "../shim/c10d_group.h"
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <cstdio>
 #include <torch/csrc/cuda/nccl.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -80,4 +82,46 @@ extern "C" int acc_cuda_versions(int64_t* out) {
     auto nccl = torch::cuda::nccl::version();
     out[2] = static_cast<int64_t>((nccl >> 32) * 10000 + ((nccl >> 16) & 0xffff) * 100 + (nccl & 0xffff));
   })
+}
+
+namespace {
+// A finished host-to-device copy on a side stream, waited for by the consumer.
+struct AccCopy {
+  at::cuda::CUDAEvent done;
+};
+}  // namespace
+
+// Copies `n` CPU tensors to cuda:device on a side stream, from pinned memory without blocking;
+// `out` receives the device tensors and `copy` an event for acc_cuda_copy_wait.
+extern "C" int acc_cuda_copy_async(const acc_tensor* src, int n, int device, acc_tensor* out, void** copy) {
+  ACC_PROTECT({
+    auto index = static_cast<c10::DeviceIndex>(device);
+    auto stream = c10::cuda::getStreamFromPool(false, index);
+    c10::cuda::CUDAStreamGuard guard(stream);
+    for (int i = 0; i < n; i++) {
+      auto pinned = src[i]->is_pinned() ? *src[i] : src[i]->pin_memory();
+      out[i] = new at::Tensor(pinned.to(at::Device(at::kCUDA, index), /*non_blocking=*/true));
+    }
+    auto done = new AccCopy();
+    done->done.record(stream);
+    *copy = done;
+  })
+}
+
+// Makes the calling thread's current stream wait for the copy, and tells the allocator the
+// tensors are used there (so their memory is not reused before that stream is done).
+extern "C" int acc_cuda_copy_wait(void* copy, const acc_tensor* tensors, int n) {
+  ACC_PROTECT({
+    if (n == 0) return 0;
+    auto current = c10::cuda::getCurrentCUDAStream(tensors[0]->device().index());
+    static_cast<AccCopy*>(copy)->done.block(current);
+    for (int i = 0; i < n; i++) c10::cuda::CUDACachingAllocator::recordStream(tensors[i]->storage().data_ptr(), current);
+  })
+}
+
+extern "C" void acc_cuda_copy_free(void* copy) {
+  try {
+    delete static_cast<AccCopy*>(copy);
+  } catch (...) {
+  }
 }

@@ -4,6 +4,7 @@
 
 use crate::{Error, Result};
 use std::ffi::{c_void, CStr};
+use tch::Tensor;
 
 #[cfg(acc_cuda)]
 const LIBRARY: &[u8] = include_bytes!(env!("ACC_CUDA_SHIM_PATH"));
@@ -153,4 +154,65 @@ pub fn versions() -> Result<(i64, i64, i64)> {
         unsafe { f(out.as_mut_ptr()) }
     })?;
     Ok((out[0], out[1], out[2]))
+}
+
+/// A host-to-device copy running on a side stream; `wait` orders the caller's stream after it.
+pub struct PendingCopy {
+    raw: *mut c_void,
+}
+
+// SAFETY: the event is created on the loader thread and waited for (once) on the consumer's.
+unsafe impl Send for PendingCopy {}
+
+impl PendingCopy {
+    /// Makes this thread's current CUDA stream wait for the copy of `tensors`.
+    pub fn wait(self, tensors: &[Tensor]) -> Result<()> {
+        let ptrs: Vec<*const torch_sys::C_tensor> = tensors.iter().map(Tensor::as_ptr).collect();
+        call::<unsafe extern "C" fn(*mut c_void, *const *const torch_sys::C_tensor, i32) -> i32>(
+            "DataLoader",
+            b"acc_cuda_copy_wait\0",
+            // SAFETY: a live event and tensors for the duration of the call.
+            |f| unsafe { f(self.raw, ptrs.as_ptr(), ptrs.len() as i32) },
+        )
+    }
+}
+
+impl Drop for PendingCopy {
+    fn drop(&mut self) {
+        if let Ok(lib) = library("DataLoader") {
+            // SAFETY: our shim's destructor for the event it created.
+            if let Ok(free) = unsafe { lib.get::<unsafe extern "C" fn(*mut c_void)>(b"acc_cuda_copy_free\0") } {
+                unsafe { free(self.raw) };
+            }
+        }
+    }
+}
+
+/// Copies CPU `tensors` to `cuda:device` on a side stream from pinned memory, without blocking.
+pub fn copy_async(tensors: &[Tensor], device: usize) -> Result<(Vec<Tensor>, PendingCopy)> {
+    let ptrs: Vec<*const torch_sys::C_tensor> = tensors.iter().map(Tensor::as_ptr).collect();
+    let mut out: Vec<*mut torch_sys::C_tensor> = vec![std::ptr::null_mut(); tensors.len()];
+    let mut raw = std::ptr::null_mut();
+    type CopyAsync = unsafe extern "C" fn(
+        *const *const torch_sys::C_tensor,
+        i32,
+        i32,
+        *mut *mut torch_sys::C_tensor,
+        *mut *mut c_void,
+    ) -> i32;
+    call::<CopyAsync>("DataLoader", b"acc_cuda_copy_async\0", |f| {
+        // SAFETY: arrays of the given length and valid out-pointers.
+        unsafe {
+            f(
+                ptrs.as_ptr(),
+                ptrs.len() as i32,
+                device as i32,
+                out.as_mut_ptr(),
+                &mut raw,
+            )
+        }
+    })?;
+    // SAFETY: on success the shim stored fresh heap tensors that tch now owns.
+    let copies = out.into_iter().map(|p| unsafe { Tensor::from_ptr(p) }).collect();
+    Ok((copies, PendingCopy { raw }))
 }

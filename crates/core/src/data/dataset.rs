@@ -1,6 +1,7 @@
 //! A dataset of named tensors that share their first dimension: sample `i` is
 //! row `i` of each, and a batch is gathered by indexing the big tensors once.
 
+use crate::cuda::PendingCopy;
 use crate::tensor::shapes;
 use crate::{Error, Result};
 use tch::{Device, Tensor};
@@ -104,6 +105,26 @@ impl TensorDataset {
                 }
             })
             .collect()
+    }
+}
+
+impl TensorDataset {
+    /// Like `gather`, but a copy to a GPU runs on a side stream (from pinned memory) and is
+    /// returned pending: the consumer waits for it with `PendingCopy::wait` on its own stream.
+    pub fn gather_async(
+        &self,
+        op: &str,
+        indices: &[i64],
+        device: Option<Device>,
+    ) -> Result<(Vec<Tensor>, Option<PendingCopy>)> {
+        let on_cpu = self.tensors.iter().all(|t| t.device() == Device::Cpu);
+        if let (Some(Device::Cuda(index)), true) = (device, on_cpu) {
+            let rows = self.gather(op, indices, None)?;
+            if let Ok((copies, pending)) = crate::cuda::copy_async(&rows, index) {
+                return Ok((copies, Some(pending)));
+            }
+        }
+        Ok((self.gather(op, indices, device)?, None))
     }
 }
 

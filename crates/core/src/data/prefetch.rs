@@ -1,7 +1,8 @@
-//! Gathers the next batches of a TensorDataset on a background thread (and moves
-//! them to the target device there) while the caller works on the current one.
+//! Gathers the next batches of a TensorDataset on a background thread (and starts
+//! their copy to the GPU there, on a side stream) while the caller works on the current one.
 
 use super::dataset::TensorDataset;
+use crate::cuda::PendingCopy;
 use crate::{Error, Result};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +16,11 @@ use tch::{Device, Tensor};
 const QUEUE_DEPTH: usize = 1;
 
 type Batch = Result<Vec<Tensor>>;
+/// A batch as the thread sends it: a GPU copy may still be running on a side stream.
+type Prepared = Result<(Vec<Tensor>, Option<PendingCopy>)>;
 
 pub struct Prefetcher {
-    receiver: Option<Receiver<Batch>>,
+    receiver: Option<Receiver<Prepared>>,
     stop: Arc<AtomicBool>,
     worker: Option<JoinHandle<()>>,
     remaining: usize,
@@ -61,6 +64,11 @@ impl Prefetcher {
                 "the prefetch thread stopped before the end of the epoch",
             ))
         });
+        // The caller's stream waits for the side-stream copy before using the batch.
+        let batch = batch.and_then(|(tensors, pending)| match pending {
+            Some(copy) => copy.wait(&tensors).map(|_| tensors),
+            None => Ok(tensors),
+        });
         self.remaining = if batch.is_ok() { self.remaining - 1 } else { 0 };
         Some(batch)
     }
@@ -89,7 +97,7 @@ fn produce(
     dataset: &TensorDataset,
     batches: Vec<Vec<i64>>,
     device: Option<Device>,
-    sender: &SyncSender<Batch>,
+    sender: &SyncSender<Prepared>,
     stop: &AtomicBool,
 ) {
     let _no_grad = tch::no_grad_guard();
@@ -97,12 +105,13 @@ fn produce(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let batch = catch_unwind(AssertUnwindSafe(|| dataset.gather(op, &indices, device))).unwrap_or_else(|_| {
-            Err(Error::invalid(
-                op,
-                "internal error (a Rust panic was caught in the prefetch thread)",
-            ))
-        });
+        let batch =
+            catch_unwind(AssertUnwindSafe(|| dataset.gather_async(op, &indices, device))).unwrap_or_else(|_| {
+                Err(Error::invalid(
+                    op,
+                    "internal error (a Rust panic was caught in the prefetch thread)",
+                ))
+            });
         let failed = batch.is_err();
         if sender.send(batch).is_err() || failed {
             return;
