@@ -89,6 +89,7 @@ test("bad options and inputs throw Errors naming the cause", (t) => {
   t.throws(() => acc.registerForCheckpointing({}, new Counter(), 3), { message: "registerForCheckpointing: objects at positions 0, 2 lack stateDict() and loadStateDict()" });
   t.throws(() => acc.loadState(join(tmpdir(), "no-such-checkpoint")), { message: /^loadState: .*no-such-checkpoint does not exist/ });
   t.throws(() => acc.saveState(), { message: /^saveState: give a directory/ });
+  t.throws(() => acc.loadState(tmpdir()), { message: /^loadState: .* is not a checkpoint written by saveState/ });
 });
 
 test("prepared loaders: accumulate syncs every N steps and at the end; gatherForMetrics counts every sample once", (t) => {

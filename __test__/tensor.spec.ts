@@ -241,6 +241,8 @@ test("bad shapes, dtypes and devices throw catchable Errors naming the operation
   t.throws(() => arange(3).index(3), { message: /^index: index 3 is out of range/ });
   t.throws(() => cat([], 0), { message: /^cat: needs at least one tensor/ });
   t.throws(() => zeros([2, 2]).logicalNot().indexSelect(0, tensor([0.5])), { message: /^indexSelect: / });
+  t.throws(() => ones([2]).add("x" as unknown as number), { message: /^add: expected a Tensor or a number/ });
+  t.throws(() => ones([2]).matmul(3 as unknown as Tensor), { message: /^matmul: expected a Tensor, got Number/ });
   t.is(ones([2]).add(1).sum().item(), 4, "the process goes on after errors");
 });
 

@@ -506,7 +506,9 @@ export class Accelerator {
     const source = dir ?? this.latestCheckpoint("loadState");
     if (!existsSync(source)) throw new Error(`loadState: ${source} does not exist`);
     const suffix = (i: number) => (i === 0 ? "" : `_${i}`);
-    const meta = JSON.parse(readFileSync(join(source, "accelerator_state.json"), "utf8")) as { step: number; saveIteration: number; customObjects: number };
+    const metaFile = join(source, "accelerator_state.json");
+    if (!existsSync(metaFile)) throw new Error(`loadState: ${source} is not a checkpoint written by saveState (no accelerator_state.json)`);
+    const meta = JSON.parse(readFileSync(metaFile, "utf8")) as { step: number; saveIteration: number; customObjects: number };
     if (meta.customObjects !== this.customObjects.length) {
       throw new Error(`loadState: the checkpoint holds ${meta.customObjects} registered objects, but ${this.customObjects.length} are registered now`);
     }

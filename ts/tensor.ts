@@ -100,6 +100,12 @@ export interface Tensor extends NativeMethods {}
 const raw = (value: unknown): unknown => (value instanceof Tensor ? value._native : value);
 const wrapHandle = (handle: TensorHandle | null): Tensor | null => (handle === null ? null : new Tensor(handle));
 
+/** Errors from argument conversion do not know the operation; name it for them. */
+function named(name: string, error: unknown): unknown {
+  if (error instanceof Error && !error.message.startsWith(`${name}:`)) error.message = `${name}: ${error.message}`;
+  return error;
+}
+
 /** Installs every native `tensorOp*`, `tensorList*`, `tensorCall*` and `tensorGet*` function on the prototype. */
 function installNativeMethods(): void {
   const prototype = Tensor.prototype as unknown as Record<string, unknown>;
@@ -112,15 +118,27 @@ function installNativeMethods(): void {
     const name = lower(rest);
     if (kind === "Op") {
       prototype[name] = function (this: Tensor, a?: unknown, b?: unknown, c?: unknown, d?: unknown) {
-        return new Tensor(fn(this._native, raw(a), raw(b), raw(c), raw(d)) as TensorHandle);
+        try {
+          return new Tensor(fn(this._native, raw(a), raw(b), raw(c), raw(d)) as TensorHandle);
+        } catch (error) {
+          throw named(name, error);
+        }
       };
     } else if (kind === "List") {
       prototype[name] = function (this: Tensor, a?: unknown, b?: unknown, c?: unknown) {
-        return (fn(this._native, raw(a), raw(b), raw(c)) as TensorHandle[]).map((h) => new Tensor(h));
+        try {
+          return (fn(this._native, raw(a), raw(b), raw(c)) as TensorHandle[]).map((h) => new Tensor(h));
+        } catch (error) {
+          throw named(name, error);
+        }
       };
     } else if (kind === "Call") {
       prototype[name] = function (this: Tensor, a?: unknown, b?: unknown, c?: unknown) {
-        return fn(this._native, raw(a), raw(b), raw(c));
+        try {
+          return fn(this._native, raw(a), raw(b), raw(c));
+        } catch (error) {
+          throw named(name, error);
+        }
       };
     } else {
       const lifts = key === "tensorGetGrad";
