@@ -4,7 +4,8 @@ import test from "ava";
 import { mkdtempSync, readFileSync, readdirSync, writeFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { arange, tensor, randn } from "../ts/index.js";
+import { spawnSync } from "node:child_process";
+import { arange, libtorch, tensor, randn } from "../ts/index.js";
 import {
   loadSafetensors, loadStateFiles, loadWeights, parseSize, saveSafetensors, saveStateFiles, saveWeights, writeDirAtomically,
 } from "../ts/checkpoint.js";
@@ -93,4 +94,37 @@ test("sizes parse like Hugging Face's", (t) => {
   t.is(parseSize("2GiB"), 2 * 2 ** 30);
   t.is(parseSize(1234), 1234);
   t.throws(() => parseSize("lots"), { message: /^saveModel: cannot read the size "lots"/ });
+});
+
+/** The Python next to the libtorch in use (the provisioned virtualenv has `safetensors`). */
+function python(): string {
+  return join(libtorch.dir, "..", "..", "..", "..", "bin", "python");
+}
+
+test("Python's safetensors reads our files and we read its files", (t) => {
+  const dir = scratch();
+  saveSafetensors(join(dir, "ours.safetensors"), {
+    w: tensor([[1.5, -2], [3, 4]], { dtype: "float32" }),
+    h: tensor([0.5, 1], { dtype: "bfloat16" }),
+    n: tensor([7, -8], { dtype: "int64" }),
+  });
+  const script = [
+    "import json, sys, torch",
+    "from safetensors.torch import load_file, save_file",
+    "d = load_file(sys.argv[1] + '/ours.safetensors')",
+    "print(json.dumps({k: [str(v.dtype), v.float().tolist()] for k, v in sorted(d.items())}))",
+    "save_file({'x': torch.tensor([[1, 2, 3]], dtype=torch.int32), 'y': torch.tensor([0.25], dtype=torch.float16)}, sys.argv[1] + '/theirs.safetensors')",
+  ].join("\n");
+  const run = spawnSync(python(), ["-c", script, dir], { encoding: "utf8" });
+  t.is(run.status, 0, run.stderr);
+  t.deepEqual(JSON.parse(run.stdout), {
+    h: ["torch.bfloat16", [0.5, 1]],
+    n: ["torch.int64", [7, -8]],
+    w: ["torch.float32", [[1.5, -2], [3, 4]]],
+  });
+  const theirs = loadSafetensors(join(dir, "theirs.safetensors"));
+  t.is(theirs.x.dtype, "int32");
+  t.deepEqual(theirs.x.toArray(), [[1, 2, 3]]);
+  t.is(theirs.y.dtype, "float16");
+  t.deepEqual(theirs.y.toArray(), [0.25]);
 });

@@ -62,6 +62,7 @@ function ensureLibtorch() {
     writeFileSync(marker, `${new Date().toISOString()}\n`);
   }
   ensureCudaHeaders();
+  ensurePythonSafetensors();
   return { ...process.env, LIBTORCH_USE_PYTORCH: "1", PATH: `${join(venv, "bin")}:${process.env.PATH}` };
 }
 
@@ -74,6 +75,14 @@ function ensureCudaHeaders() {
   if (!existsSync(include) || existsSync(join(include, "nv", "target"))) return;
   say("installing CUDA 13.0 C++ headers (nvidia-cuda-cccl, nvidia-cuda-crt) for the NCCL backend");
   run(join(venv, "bin", "pip"), ["install", "--no-input", "--disable-pip-version-check", "nvidia-cuda-cccl==13.0.*", "nvidia-cuda-crt==13.0.*"]);
+}
+
+/** Python's `safetensors`, which the checkpoint tests use to read our files and write theirs. */
+function ensurePythonSafetensors() {
+  const probe = spawnSync(join(venv, "bin", "python"), ["-c", "import safetensors, numpy"], { stdio: "ignore" });
+  if (probe.status === 0) return;
+  say("installing Python's safetensors and numpy into the torch virtualenv (for the checkpoint interoperability tests)");
+  run(join(venv, "bin", "pip"), ["install", "--no-input", "--disable-pip-version-check", "safetensors", "numpy"]);
 }
 
 function pythonVersion() {
