@@ -56,6 +56,12 @@ impl Error {
         }
     }
 
+    /// A `map_err` adapter for libtorch errors of operation `op` on `t` (whose shape it names).
+    pub fn on(op: &str, t: &tch::Tensor) -> impl Fn(TchError) -> Error {
+        let (op, shape) = (op.to_string(), t.size());
+        move |e| Error::torch(op.clone(), vec![shape.clone()], e)
+    }
+
     pub fn io(op: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io { op: op.into(), source }
     }

@@ -5,7 +5,7 @@
 
 use super::unscale::unscale_grads;
 use crate::optim::kernels::identity;
-use crate::tensor::{item, shapes};
+use crate::tensor::item;
 use crate::{dist, Error, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -80,11 +80,6 @@ fn check_options(op: &str, o: &ScalerOptions) -> Result<()> {
     problem.map_or(Ok(()), |p| Err(Error::invalid(op, p)))
 }
 
-fn torch(op: &str, t: &Tensor) -> impl Fn(tch::TchError) -> Error {
-    let (op, shape) = (op.to_string(), shapes(&[t]));
-    move |e| Error::torch(op.clone(), shape.clone(), e)
-}
-
 impl GradScaler {
     pub fn new(options: ScalerOptions) -> Result<GradScaler> {
         check_options("GradScaler", &options)?;
@@ -131,8 +126,8 @@ impl GradScaler {
             return Ok(loss.shallow_clone());
         }
         let scale = self.scale_on("scaleLoss", loss.device())?;
-        let on_device = scale.f_to_device(loss.device()).map_err(torch("scaleLoss", loss))?;
-        loss.f_mul(&on_device).map_err(torch("scaleLoss", loss))
+        let on_device = scale.f_to_device(loss.device()).map_err(Error::on("scaleLoss", loss))?;
+        loss.f_mul(&on_device).map_err(Error::on("scaleLoss", loss))
     }
 
     fn key(op: &str, params: &[&Tensor]) -> Result<Vec<usize>> {
@@ -164,7 +159,7 @@ impl GradScaler {
             .f_to_kind(Kind::Double)
             .and_then(|s| s.f_reciprocal())
             .and_then(|s| s.f_to_kind(Kind::Float))
-            .map_err(torch(op, scale))?;
+            .map_err(Error::on(op, scale))?;
         let found_inf = tch::no_grad(|| unscale_grads(op, params, &inv_scale))?;
         // Processes may hold different gradients (or shards of them); all must skip together.
         let found_inf = if dist::is_initialized() {
@@ -232,15 +227,18 @@ impl GradScaler {
                 ))
             }
         }
-        .map_err(torch(op, scale))?;
+        .map_err(Error::on(op, scale))?;
         for other in &self.unscaled[1..] {
-            let here = other.found_inf.f_to_device(scale.device()).map_err(torch(op, scale))?;
-            found = found.f_add(&here).map_err(torch(op, scale))?;
+            let here = other
+                .found_inf
+                .f_to_device(scale.device())
+                .map_err(Error::on(op, scale))?;
+            found = found.f_add(&here).map_err(Error::on(op, scale))?;
         }
         let o = self.options;
         scale
             .f_internal_amp_update_scale_(tracker, &found, o.growth_factor, o.backoff_factor, o.growth_interval)
-            .map_err(torch(op, tracker))
+            .map_err(Error::on(op, tracker))
             .map(drop)?;
         self.unscaled.clear();
         Ok(())
@@ -280,10 +278,10 @@ impl GradScaler {
             ));
         }
         if let (Some(scale), Some(tracker)) = (self.scale.as_mut(), self.growth_tracker.as_mut()) {
-            scale.f_fill_(state.scale).map_err(torch(op, scale)).map(drop)?;
+            scale.f_fill_(state.scale).map_err(Error::on(op, scale)).map(drop)?;
             tracker
                 .f_fill_(state.growth_tracker)
-                .map_err(torch(op, tracker))
+                .map_err(Error::on(op, tracker))
                 .map(drop)?;
         }
         self.options = options;

@@ -2,7 +2,6 @@
 //! one call per (device, dtype) group as torch.amp.GradScaler._unscale_grads_ makes them.
 
 use crate::shim::check;
-use crate::tensor::shapes;
 use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
@@ -16,18 +15,13 @@ extern "C" {
     ) -> i32;
 }
 
-fn torch(op: &str, t: &Tensor) -> impl Fn(tch::TchError) -> Error {
-    let (op, shape) = (op.to_string(), shapes(&[t]));
-    move |e| Error::torch(op.clone(), shape.clone(), e)
-}
-
 /// Multiplies the gradients of `params` by `inv_scale` in place; returns a float32 scalar on
 /// `inv_scale`'s device that is 1 if any of them held inf or NaN (before unscaling), else 0.
 /// float16 gradients are refused, as torch does: the master weights must stay float32.
 pub fn unscale_grads(op: &str, params: &[&Tensor], inv_scale: &Tensor) -> Result<Tensor> {
     let mut groups: Vec<((Device, Kind), Vec<Tensor>)> = Vec::new();
     for param in params {
-        let grad = param.f_grad().map_err(torch(op, param))?;
+        let grad = param.f_grad().map_err(Error::on(op, param))?;
         if !grad.defined() {
             continue;
         }
@@ -47,14 +41,14 @@ pub fn unscale_grads(op: &str, params: &[&Tensor], inv_scale: &Tensor) -> Result
         }
     }
     let home = inv_scale.device();
-    let mut found_inf = Tensor::f_zeros([], (Kind::Float, home)).map_err(torch(op, inv_scale))?;
+    let mut found_inf = Tensor::f_zeros([], (Kind::Float, home)).map_err(Error::on(op, inv_scale))?;
     for ((device, _), grads) in &groups {
         let (found_here, inv_here) = if *device == home {
             (found_inf.shallow_clone(), inv_scale.shallow_clone())
         } else {
             (
-                Tensor::f_zeros([], (Kind::Float, *device)).map_err(torch(op, inv_scale))?,
-                inv_scale.f_to_device(*device).map_err(torch(op, inv_scale))?,
+                Tensor::f_zeros([], (Kind::Float, *device)).map_err(Error::on(op, inv_scale))?,
+                inv_scale.f_to_device(*device).map_err(Error::on(op, inv_scale))?,
             )
         };
         let pointers: Vec<*const C_tensor> = grads.iter().map(|g| g.as_ptr()).collect();
@@ -68,8 +62,8 @@ pub fn unscale_grads(op: &str, params: &[&Tensor], inv_scale: &Tensor) -> Result
             )
         })?;
         if *device != home {
-            let back = found_here.f_to_device(home).map_err(torch(op, inv_scale))?;
-            found_inf.f_add_(&back).map_err(torch(op, inv_scale)).map(drop)?;
+            let back = found_here.f_to_device(home).map_err(Error::on(op, inv_scale))?;
+            found_inf.f_add_(&back).map_err(Error::on(op, inv_scale)).map(drop)?;
         }
     }
     Ok(found_inf)

@@ -3,7 +3,6 @@
 
 use super::group::with_group;
 use crate::shim::check;
-use crate::tensor::shapes;
 use crate::{dtype, Error, Result};
 use std::ffi::c_void;
 use tch::{Device, Kind, Tensor};
@@ -24,11 +23,6 @@ pub enum Reduce {
     Max = 4,
 }
 
-fn torch(op: &str, t: &Tensor) -> impl Fn(tch::TchError) -> Error {
-    let (op, shape) = (op.to_string(), shapes(&[t]));
-    move |e| Error::torch(op.clone(), shape.clone(), e)
-}
-
 /// The device collective buffers live on: the CPU for Gloo, the group's GPU for NCCL.
 pub(crate) fn group_device(op: &str) -> Result<Device> {
     with_group(op, |g| Ok(g.device))
@@ -40,9 +34,9 @@ fn host(op: &str, t: &Tensor) -> Result<Tensor> {
     let moved = if t.device() == device {
         t.shallow_clone()
     } else {
-        t.f_to_device(device).map_err(torch(op, t))?
+        t.f_to_device(device).map_err(Error::on(op, t))?
     };
-    moved.f_contiguous().map_err(torch(op, t))
+    moved.f_contiguous().map_err(Error::on(op, t))
 }
 
 /// Copies `t` to the CPU (collective results are read on the host).
@@ -52,7 +46,7 @@ fn to_cpu(op: &str, t: Tensor) -> Result<Tensor> {
 
 /// Sums (or means, mins, maxes) `t` across processes; returns a new tensor on `t`'s device.
 pub fn all_reduce(op: &str, t: &Tensor, how: Reduce) -> Result<Tensor> {
-    let buffer = host(op, t)?.f_detach_copy().map_err(torch(op, t))?;
+    let buffer = host(op, t)?.f_detach_copy().map_err(Error::on(op, t))?;
     let buffer = if how == Reduce::Mean && !dtype::is_floating(buffer.kind()) {
         return Err(Error::invalid(
             op,
@@ -66,7 +60,7 @@ pub fn all_reduce(op: &str, t: &Tensor, how: Reduce) -> Result<Tensor> {
         // SAFETY: the group and tensor outlive the blocking call.
         check(op, unsafe { acc_allreduce(g.raw, ptrs.as_ptr(), 1, how as i32) })
     })?;
-    buffer.f_to_device(t.device()).map_err(torch(op, t))
+    buffer.f_to_device(t.device()).map_err(Error::on(op, t))
 }
 
 /// Overwrites `t` with process `root`'s values.
@@ -108,16 +102,16 @@ fn shapes_of_all(op: &str, t: &Tensor) -> Result<Vec<(i64, Vec<i64>)>> {
     let mine = Tensor::f_from_slice(&code)
         .map_err(|e| Error::torch(op, vec![], e))?
         .f_to_device(device)
-        .map_err(torch(op, t))?;
+        .map_err(Error::on(op, t))?;
     let world = with_group(op, |g| Ok(g.world_size))?;
-    let all = Tensor::f_empty([(world * code.len()) as i64], (Kind::Int64, device)).map_err(torch(op, t))?;
+    let all = Tensor::f_empty([(world * code.len()) as i64], (Kind::Int64, device)).map_err(Error::on(op, t))?;
     with_group(op, |g| {
         // SAFETY: the group and tensors outlive the blocking call.
         check(op, unsafe { acc_allgather_into(g.raw, all.as_ptr(), mine.as_ptr()) })
     })?;
     let all = to_cpu(op, all)?;
     let mut flat = vec![0i64; all.numel()];
-    all.f_copy_data(&mut flat, all.numel()).map_err(torch(op, &all))?;
+    all.f_copy_data(&mut flat, all.numel()).map_err(Error::on(op, &all))?;
     Ok(flat
         .chunks(code.len())
         .map(|c| (c[1], c[2..2 + c[0].max(0) as usize].to_vec()))
@@ -128,7 +122,7 @@ fn shapes_of_all(op: &str, t: &Tensor) -> Result<Vec<(i64, Vec<i64>)>> {
 /// Different shapes or dtypes across processes fail on every process with all of them named.
 pub fn all_gather(op: &str, t: &Tensor) -> Result<Tensor> {
     let t = if t.dim() == 0 {
-        t.f_reshape([1]).map_err(torch(op, t))?
+        t.f_reshape([1]).map_err(Error::on(op, t))?
     } else {
         t.shallow_clone()
     };
@@ -151,14 +145,14 @@ pub fn all_gather(op: &str, t: &Tensor) -> Result<Tensor> {
     let input = host(op, &t)?;
     let mut out_size = size.clone();
     out_size[0] *= all.len() as i64;
-    let output = Tensor::f_empty(out_size.as_slice(), (kind, input.device())).map_err(torch(op, &t))?;
+    let output = Tensor::f_empty(out_size.as_slice(), (kind, input.device())).map_err(Error::on(op, &t))?;
     with_group(op, |g| {
         // SAFETY: the group and tensors outlive the blocking call.
         check(op, unsafe {
             acc_allgather_into(g.raw, output.as_ptr(), input.as_ptr())
         })
     })?;
-    output.f_to_device(t.device()).map_err(torch(op, &t))
+    output.f_to_device(t.device()).map_err(Error::on(op, &t))
 }
 
 /// Every process's bytes, in rank order (lengths may differ).
@@ -167,7 +161,9 @@ pub fn all_gather_bytes(op: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     let lengths = to_cpu(op, all_gather(op, &length)?)?;
     let count = lengths.numel();
     let mut sizes = vec![0i64; count];
-    lengths.f_copy_data(&mut sizes, count).map_err(torch(op, &lengths))?;
+    lengths
+        .f_copy_data(&mut sizes, count)
+        .map_err(Error::on(op, &lengths))?;
     let longest = sizes.iter().copied().max().unwrap_or(0).max(1);
     let mut padded = bytes.to_vec();
     padded.resize(longest as usize, 0);
@@ -180,7 +176,9 @@ pub fn all_gather_bytes(op: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     )?;
     let count = gathered.numel();
     let mut flat = vec![0u8; count];
-    gathered.f_copy_data(&mut flat, count).map_err(torch(op, &gathered))?;
+    gathered
+        .f_copy_data(&mut flat, count)
+        .map_err(Error::on(op, &gathered))?;
     Ok(flat
         .chunks(longest as usize)
         .zip(sizes)

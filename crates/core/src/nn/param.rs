@@ -5,12 +5,7 @@ use std::cell::{Ref, RefCell};
 use tch::{Device, Tensor};
 
 use crate::tensor::shapes;
-use crate::{shim, Error, Result};
-use torch_sys::C_tensor;
-
-extern "C" {
-    fn acc_nn_clear_grad(t: *const C_tensor) -> i32;
-}
+use crate::{Error, Result};
 
 /// A layer's parameter. Everyone holding a shallow clone sees in-place updates and
 /// device moves; `replace` swaps in another tensor (weight tying).
@@ -92,13 +87,9 @@ pub fn move_in_place(tensors: &[&Tensor], device: Device) -> Result<()> {
     Ok(())
 }
 
-/// Drops each tensor's gradient (PyTorch's `zero_grad(set_to_none=True)`).
+/// Drops each tensor's gradient (PyTorch's `zero_grad(set_to_none=True)`), as the optimizers do.
 pub fn clear_grads(tensors: &[&Tensor]) -> Result<()> {
-    for t in tensors {
-        // SAFETY: `t` is a live tensor for the duration of the call.
-        shim::check("zeroGrad", unsafe { acc_nn_clear_grad(t.as_ptr()) })?;
-    }
-    Ok(())
+    crate::optim::kernels::zero_grads("zeroGrad", tensors, true)
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 use super::kernels::{self, AdamLists, AdamScalars, AmpInputs, SgdScalars};
 use super::options::{Algorithm, Hyperparams};
 use super::ParamState;
-use crate::tensor::shapes;
 use crate::{Error, Result};
 use tch::{Kind, Tensor};
 
@@ -25,10 +24,6 @@ pub fn apply(op: &str, algorithm: Algorithm, hp: &Hyperparams, slots: &mut [Slot
         Algorithm::Adam => adam(op, hp, slots, false, amp),
         Algorithm::AdamW => adam(op, hp, slots, true, amp),
     }
-}
-
-fn torch_err<'a>(op: &'a str, t: &'a Tensor) -> impl Fn(tch::TchError) -> Error + 'a {
-    move |e| Error::torch(op, shapes(&[t]), e)
 }
 
 fn check_fusable(op: &str, slot: &Slot) -> Result<()> {
@@ -52,7 +47,7 @@ fn check_fusable(op: &str, slot: &Slot) -> Result<()> {
 /// fused=True), first and second moments, and the running max with amsgrad.
 fn init_adam_state(op: &str, slot: &mut Slot, amsgrad: bool) -> Result<()> {
     let p = slot.param;
-    let fail = torch_err(op, p);
+    let fail = Error::on(op, p);
     if slot.state.is_empty() {
         let step = Tensor::f_zeros([], (Kind::Float, p.device())).map_err(&fail)?;
         slot.state.insert("step".into(), step);
@@ -143,7 +138,7 @@ fn sgd(op: &str, hp: &Hyperparams, slots: &mut [Slot], amp: AmpInputs) -> Result
         // from leaving garbage behind (the kernel overwrites them otherwise).
         let buffers = fresh
             .iter()
-            .map(|s| s.grad.f_zeros_like().map_err(torch_err(op, &s.grad)))
+            .map(|s| s.grad.f_zeros_like().map_err(Error::on(op, &s.grad)))
             .collect::<Result<Vec<_>>>()?;
         let params: Vec<&Tensor> = fresh.iter().map(|s| s.param).collect();
         let grads: Vec<Tensor> = fresh.iter().map(|s| s.grad.shallow_clone()).collect();
