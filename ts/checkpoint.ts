@@ -1,7 +1,7 @@
 // Checkpoint files from TypeScript: safetensors, Hugging Face-style sharded model
 // weights, and state dicts (nested plain data with tensors) split into
 // safetensors + JSON so any object with stateDict()/loadStateDict() can be saved.
-import { existsSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { native } from "./native.js";
 import { Tensor } from "./tensor.js";
 
@@ -85,16 +85,4 @@ export function loadStateFiles(base: string): StateValue {
   const structure: unknown = JSON.parse(readFileSync(file, "utf8"));
   const tensorFile = `${base}.safetensors`;
   return join_(structure, existsSync(tensorFile) ? loadSafetensors(tensorFile) : {}, file);
-}
-
-/** Writes a checkpoint directory atomically: `fill` writes into a staging directory swapped in at the end. */
-export function writeDirAtomically(dir: string, fill: (staging: string) => void): void {
-  const staging = native.stagingDir(dir);
-  try {
-    fill(staging);
-  } catch (error) {
-    rmSync(staging, { recursive: true, force: true });
-    throw error;
-  }
-  native.commitStagingDir(staging, dir);
 }
