@@ -2,6 +2,7 @@
 // failure teardown, ports, config precedence and validation, `config default`,
 // `env`, `test`, two "machines" on one host, and launching from inside Node.
 import test from "ava";
+import { freePort, lastJson, worstDifferences } from "./helpers/ranks.js";
 import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
@@ -90,15 +91,6 @@ function rankEnvs(stdout: string): RankEnv[] {
     .sort((a, b) => Number(a.RANK) - Number(b.RANK));
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** Whether `pid` runs (a zombie waiting to be reaped by init does not count). */
 function isRunning(pid: number): boolean {
@@ -352,12 +344,10 @@ test("two machines on one host train together: the same parameters as one proces
   const [a, b] = await Promise.all([machine(0), machine(1)]);
   const alone = await runCli(["launch", "--cpu", "--num_processes", "1", "--main_process_port", "0", script, "16", "5"]);
   for (const result of [a, b, alone]) t.is(result.code, 0, result.stderr);
-  const last = (stdout: string) => JSON.parse(stdout.trim().split("\n").pop()!.replace(/^\[rank \d+\] /, ""));
-  const [ra, rb, single] = [last(a.stdout), last(b.stdout), last(alone.stdout)];
+  const [ra, rb, single] = [lastJson(a.stdout), lastJson(b.stdout), lastJson(alone.stdout)];
   t.deepEqual([ra.rank, rb.rank].sort(), [0, 1]);
   t.deepEqual(ra.params, rb.params, "both machines hold identical parameters");
-  for (const [name, values] of Object.entries(single.params as Record<string, number[]>)) {
-    const worst = Math.max(...values.map((v, i) => Math.abs(v - ra.params[name][i])));
+  for (const [name, worst] of worstDifferences(single.params, ra.params)) {
     t.true(worst < 1e-5, `${name} differs by ${worst}`);
   }
 });

@@ -1,9 +1,9 @@
 // Multi-process behaviour on 2 CPU processes over loopback: every collective,
 // fail-fast shape mismatches, and data-parallel training equal to one process.
 import test from "ava";
-import { runRanks } from "./helpers/ranks.js";
+import { lastJson, runRanks, worstDifferences } from "./helpers/ranks.js";
 
-const parse = (stdout: string) => JSON.parse(stdout.trim().split("\n").pop() ?? "{}");
+const parse = lastJson;
 
 test("collectives on 2 processes", async (t) => {
   const ranks = await runRanks("../fixtures/dist/collectives.ts", 2);
@@ -37,8 +37,7 @@ test("2 processes with batch 8 train to the same parameters as 1 process with ba
   const [a, b] = two.map((r) => parse(r.stdout));
   const single = parse(one[0].stdout);
   t.deepEqual(a.params, b.params, "both processes hold identical parameters");
-  for (const [name, values] of Object.entries(single.params as Record<string, number[]>)) {
-    const worst = Math.max(...values.map((v, i) => Math.abs(v - a.params[name][i])));
+  for (const [name, worst] of worstDifferences(single.params, a.params)) {
     t.true(worst < 1e-5, `${name} differs by ${worst}`);
   }
   single.losses.forEach((l: number, i: number) => t.true(Math.abs(l - a.losses[i]) < 1e-5, `loss ${i}`));
@@ -50,8 +49,7 @@ test("gradient accumulation on 2 processes matches one big batch", async (t) => 
   for (const r of [...two, ...one]) t.is(r.code, 0, r.stderr);
   const a = parse(two[0].stdout);
   const single = parse(one[0].stdout);
-  for (const [name, values] of Object.entries(single.params as Record<string, number[]>)) {
-    const worst = Math.max(...values.map((v, i) => Math.abs(v - a.params[name][i])));
+  for (const [name, worst] of worstDifferences(single.params, a.params)) {
     t.true(worst < 1e-5, `${name} differs by ${worst}`);
   }
 });
@@ -77,8 +75,7 @@ test("4 processes with batch 4 train to the same parameters as 1 process with ba
   const outs = four.map((r) => parse(r.stdout));
   const single = parse(one[0].stdout);
   for (const out of outs.slice(1)) t.deepEqual(out.params, outs[0].params, "every process holds identical parameters");
-  for (const [name, values] of Object.entries(single.params as Record<string, number[]>)) {
-    const worst = Math.max(...values.map((v, i) => Math.abs(v - outs[0].params[name][i])));
+  for (const [name, worst] of worstDifferences(single.params, outs[0].params)) {
     t.true(worst < 1e-5, `${name} differs by ${worst}`);
   }
 });

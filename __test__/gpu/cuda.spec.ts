@@ -4,10 +4,10 @@ import test from "ava";
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { Accelerator, data, native, nn, ones, optim, randn, tensor, type Tensor } from "../gpu-imports.js";
-import { runRanks } from "../helpers/ranks.js";
+import { lastJson, runRanks, worstDifferences } from "../helpers/ranks.js";
 
 const gpus = native.cudaDeviceCount();
-const parse = (stdout: string) => JSON.parse(stdout.trim().split("\n").pop() ?? "{}");
+const parse = lastJson;
 
 test("the Accelerator places models and batches on cuda:<localRank>", (t) => {
   const acc = new Accelerator();
@@ -99,8 +99,7 @@ test("data-parallel training on 2 GPUs matches one GPU with the global batch", a
   for (const r of [...two, ...one]) t.is(r.code, 0, r.stderr);
   const a = parse(two[0].stdout);
   const single = parse(one[0].stdout);
-  for (const [name, values] of Object.entries(single.params as Record<string, number[]>)) {
-    const worst = Math.max(...values.map((v, i) => Math.abs(v - a.params[name][i])));
+  for (const [name, worst] of worstDifferences(single.params, a.params)) {
     t.true(worst < 1e-4, `${name} differs by ${worst}`);
   }
 });

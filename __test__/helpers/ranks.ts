@@ -55,3 +55,13 @@ export async function runRanks(script: string, worldSize: number, args: string[]
     ),
   );
 }
+
+/** The JSON on a run's last output line (a `[rank N] ` prefix from the launcher is dropped). */
+export function lastJson(stdout: string): any {
+  return JSON.parse((stdout.trim().split("\n").pop() ?? "{}").replace(/^\[rank \d+\] /, ""));
+}
+
+/** The largest absolute difference per parameter between two `{ name: values }` records. */
+export function worstDifferences(expected: Record<string, number[]>, actual: Record<string, number[]>): [string, number][] {
+  return Object.entries(expected).map(([name, values]) => [name, Math.max(...values.map((v, i) => Math.abs(v - actual[name][i])))]);
+}
