@@ -46,12 +46,11 @@ extern "C" void acc_group_free(void* group) {
   }
 }
 
-// op: 0 sum, 1 mean, 3 min, 4 max. Reduces all tensors in place.
-extern "C" int acc_allreduce(void* group, acc_tensor* tensors, int count, int op) {
+// op: 0 sum, 1 mean, 3 min, 4 max. Reduces `tensor` in place.
+extern "C" int acc_allreduce(void* group, acc_tensor tensor, int op) {
   ACC_PROTECT({
     auto g = static_cast<Group*>(group);
-    std::vector<at::Tensor> list;
-    for (int i = 0; i < count; i++) list.push_back(*tensors[i]);
+    std::vector<at::Tensor> list{*tensor};
     c10d::AllreduceOptions options;
     options.reduceOp = reduce_op(op);
     options.timeout = g->timeout;

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
 extern "C" {
-    fn acc_allreduce(group: *mut c_void, tensors: *const *const C_tensor, count: i32, op: i32) -> i32;
+    fn acc_allreduce(group: *mut c_void, tensor: *const C_tensor, op: i32) -> i32;
     fn acc_broadcast(group: *mut c_void, tensor: *const C_tensor, root: i32) -> i32;
     fn acc_allgather_into(group: *mut c_void, output: *const C_tensor, input: *const C_tensor) -> i32;
     fn acc_barrier(group: *mut c_void) -> i32;
@@ -56,9 +56,8 @@ pub fn all_reduce(op: &str, t: &Tensor, how: Reduce) -> Result<Tensor> {
         buffer
     };
     with_group(op, |g| {
-        let ptrs = [buffer.as_ptr()];
         // SAFETY: the group and tensor outlive the blocking call.
-        check(op, unsafe { acc_allreduce(g.raw, ptrs.as_ptr(), 1, how as i32) })
+        check(op, unsafe { acc_allreduce(g.raw, buffer.as_ptr(), how as i32) })
     })?;
     buffer.f_to_device(t.device()).map_err(Error::on(op, t))
 }
