@@ -2,10 +2,8 @@
 /* eslint-disable */
 import type { Tensor } from "./ts/tensor.js";
 
-/** A native tensor reference; `ts/tensor.ts` wraps each one in a `Tensor`. */
-export interface TensorHandle {
-  readonly __tensorHandle: never;
-}
+/** A native tensor's handle; `ts/tensor.ts` wraps each one in a `Tensor`. */
+export type TensorHandle = bigint & { readonly __tensorHandle: never };
 /** A tensor (or its handle) or a plain number. */
 export type TensorOrNumber = Tensor | TensorHandle | number;
 
@@ -180,6 +178,9 @@ export interface CudaVersions {
   cudnn: number
   nccl: number
 }
+
+/** Frees a tensor's memory and its slot now (`Tensor.dispose`). Idempotent. */
+export declare function disposeTensor(tensor: unknown): void
 
 /** Every process's `tensor` concatenated along dim 0; mismatched shapes fail everywhere. */
 export declare function distAllGather(tensor: Tensor): Tensor
@@ -368,6 +369,9 @@ export declare function randn(shape: Array<number>, dtype?: string | undefined |
 /** Called once by ts/tensor.ts: the class whose constructor takes a handle. */
 export declare function registerTensorClass(tensorClass: unknown): void
 
+/** Frees the slots of collected `Tensor` objects (ts/tensor.ts calls it in batches). */
+export declare function releaseTensors(handles: BigUint64Array): void
+
 /** Saves model weights into `dir`, sharded above `maxShardBytes`; returns the files written. */
 export declare function saveModel(dir: string, names: Array<string>, tensors: Array<Tensor>, maxShardBytes: number): Array<string>
 
@@ -390,9 +394,6 @@ export declare function stagingDir(dir: string): string
 
 /** Back-propagates from this tensor; a non-scalar needs `gradient` of its shape. */
 export declare function tensorCallBackward(tensor: Tensor, gradient?: Tensor | undefined | null): void
-
-/** Frees the tensor's memory now. Later calls on it throw. Idempotent. */
-export declare function tensorCallDispose(tensor: Tensor): void
 
 /** The value of a one-element tensor as a number (booleans as 0 or 1). */
 export declare function tensorCallItem(tensor: Tensor): number

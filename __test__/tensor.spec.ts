@@ -174,6 +174,36 @@ test("dispose frees now and later use throws", (t) => {
   t.throws(() => a.shape, { message: /^shape: the tensor was disposed/ });
 });
 
+test.serial("tensors nobody disposes are freed once the garbage collector drops them", async (t) => {
+  const settle = async () => {
+    for (let i = 0; i < 3; i++) {
+      global.gc?.();
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  };
+  if (!global.gc) return t.fail("run with --expose-gc");
+  await settle();
+  const before = liveTensors();
+  const kept = (() => {
+    const every100th = [];
+    for (let i = 0; i < 1000; i++) {
+      const x = ones([8]).mul(i);
+      if (i % 100 === 0) every100th.push(x);
+    }
+    return every100th;
+  })();
+  await settle();
+  t.is(liveTensors(), before + 10, "only the 10 tensors still referenced are alive");
+  t.deepEqual(kept.map((x) => x.sum().item()), [0, 800, 1600, 2400, 3200, 4000, 4800, 5600, 6400, 7200]);
+});
+
+test("a number or a foreign object where a tensor is expected throws", (t) => {
+  const a = ones([2, 2]);
+  t.throws(() => a.matmul(3 as unknown as Tensor), { message: /^matmul: expected a Tensor, got Number/ });
+  t.throws(() => a.matmul({ _native: 1 } as unknown as Tensor), { message: /^matmul: expected a Tensor, got Object/ });
+  t.throws(() => a.add("x" as unknown as Tensor), { message: /^add: expected a Tensor or a number/ });
+});
+
 test("using disposes at the end of the block", (t) => {
   const before = liveTensors();
   {

@@ -37,11 +37,21 @@ type NativeMethods = { [K in keyof Native as Suffix<K, "tensorOp">]: (...args: R
  * operation and shapes. Free it with `dispose()`, `using`, or `tidy`.
  */
 export class Tensor {
-  /** @internal The native handle; operations pass it to the addon. */
+  /** @internal The native tensor's handle; operations pass it to the addon. */
   readonly _native: TensorHandle;
 
   constructor(handle: TensorHandle) {
     this._native = handle;
+    if (young.push(this) === 1) queueMicrotask(adoptYoung);
+    else if (young.length === YOUNG_LIMIT) adoptYoung();
+  }
+
+  /** Frees the tensor's memory now. Later calls on it throw. Idempotent. */
+  dispose(): void {
+    const handle = this._native;
+    if (handle === DISPOSED) return;
+    (this as { _native: TensorHandle })._native = DISPOSED;
+    native.disposeTensor(handle);
   }
 
   get requiresGrad(): boolean {
@@ -95,6 +105,39 @@ export class Tensor {
 }
 
 export interface Tensor extends NativeMethods {}
+
+/**
+ * Garbage collection. A tensor that is neither disposed nor freed by `tidy` is freed
+ * when its JS object is collected: a FinalizationRegistry hands its handle back to the
+ * addon, in batches. Registering costs about as much as a small operation, so new
+ * tensors wait in `young` (at most YOUNG_LIMIT of them, and never past the current
+ * job) and only those not disposed by then are registered. Most short-lived tensors
+ * are disposed first and never pay for it.
+ */
+const YOUNG_LIMIT = 64;
+const young: Tensor[] = [];
+/** What a disposed `Tensor` holds instead of its handle; the addon reads it as disposed. */
+const DISPOSED = 0xffff_ffff_ffff_ffffn as TensorHandle;
+const releasable = new BigUint64Array(4096);
+let releasableCount = 0;
+const collected = new FinalizationRegistry<TensorHandle>((handle) => {
+  if (releasableCount === 0) queueMicrotask(releaseCollected);
+  releasable[releasableCount++] = handle;
+  if (releasableCount === releasable.length) releaseCollected();
+});
+
+function adoptYoung(): void {
+  for (const tensor of young) {
+    if (tensor._native !== DISPOSED) collected.register(tensor, tensor._native);
+  }
+  young.length = 0;
+}
+
+function releaseCollected(): void {
+  const count = releasableCount;
+  releasableCount = 0;
+  if (count > 0) native.releaseTensors(releasable.subarray(0, count));
+}
 
 /** A tensor argument as the addon takes it fastest: its handle. */
 const raw = (value: unknown): unknown => (value instanceof Tensor ? value._native : value);

@@ -2,10 +2,8 @@
 /* eslint-disable */
 import type { Tensor } from "./ts/tensor.js";
 
-/** A native tensor reference; `ts/tensor.ts` wraps each one in a `Tensor`. */
-export interface TensorHandle {
-  readonly __tensorHandle: never;
-}
+/** A native tensor's handle; `ts/tensor.ts` wraps each one in a `Tensor`. */
+export type TensorHandle = bigint & { readonly __tensorHandle: never };
 /** A tensor (or its handle) or a plain number. */
 export type TensorOrNumber = Tensor | TensorHandle | number;
 

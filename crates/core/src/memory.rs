@@ -2,7 +2,7 @@
 //! scopes that dispose what was created inside them, and counters of what is
 //! alive (tensors and bytes) so a host runtime can report native memory to its GC.
 
-use crate::{dtype, Error, Result};
+use crate::{shim, Error, Result};
 use std::cell::{Ref, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -44,11 +44,7 @@ impl Handle {
     pub fn new(tensor: Tensor) -> Handle {
         // Only host memory is reported to the JS garbage collector: GPU memory does not
         // pressure V8's heap, and reporting it would trigger a full collection every few steps.
-        let bytes = if tensor.device() == tch::Device::Cpu {
-            (tensor.numel() * dtype::element_size(tensor.kind())) as i64
-        } else {
-            0
-        };
+        let bytes = shim::host_bytes(&tensor);
         let slot = Rc::new(Slot {
             tensor: RefCell::new(Some(tensor)),
             bytes,
@@ -61,6 +57,14 @@ impl Handle {
             }
         });
         Handle(slot)
+    }
+
+    /// A handle whose tensor is already gone: every use fails as disposed.
+    pub fn disposed() -> Handle {
+        Handle(Rc::new(Slot {
+            tensor: RefCell::new(None),
+            bytes: 0,
+        }))
     }
 
     /// Borrows the tensor for operation `op`; a disposed handle is an error naming `op`.

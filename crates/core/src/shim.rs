@@ -12,6 +12,13 @@ extern "C" {
     fn acc_cuda_rng_state(index: i64, out: *mut *mut C_tensor) -> i32;
     fn acc_set_cuda_rng_state(index: i64, state: *const C_tensor) -> i32;
     fn acc_backward(output: *const C_tensor, gradient: *const C_tensor) -> i32;
+    fn acc_host_bytes(tensor: *const C_tensor) -> i64;
+}
+
+/// Bytes of host memory `tensor` holds (0 for a tensor on a GPU).
+pub fn host_bytes(tensor: &Tensor) -> i64 {
+    // SAFETY: a live tensor; the shim function cannot throw.
+    unsafe { acc_host_bytes(tensor.as_ptr()) }
 }
 
 /// Accumulates gradients of `output` into the leaves; a non-scalar `output` needs a `gradient` of its shape.

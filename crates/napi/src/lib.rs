@@ -7,6 +7,7 @@ mod convert;
 mod creation;
 mod data;
 mod dist;
+mod fast;
 mod nn;
 mod optim;
 mod runtime;

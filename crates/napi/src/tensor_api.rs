@@ -9,8 +9,25 @@ use napi::bindgen_prelude::{Buffer, Either};
 use napi::{Env, Result};
 use napi_derive::napi;
 
-use crate::convert::{guarded, handle, handles, parse_device, parse_dtype, report_memory, with_operand, wrap};
+use crate::convert::{guarded, handle, handles, parse_device, parse_dtype, with_operand, wrap};
+use crate::fast::fast_exports;
 use crate::tensor::{Tensor, TensorHandle, TensorOrNumber};
+
+fast_exports!(FAST = [
+    tensor_get_shape(&Tensor),
+    tensor_get_dtype(&Tensor),
+    tensor_get_device(&Tensor),
+    tensor_get_ndim(&Tensor),
+    tensor_get_numel(&Tensor),
+    tensor_get_is_disposed(&Tensor),
+    tensor_get_grad[env](&Tensor),
+    tensor_requires_grad(&Tensor),
+    tensor_set_requires_grad(&Tensor, bool),
+    tensor_call_item(&Tensor),
+    tensor_call_backward(&Tensor, Option<&Tensor>),
+    tensor_op_to[env](&Tensor, Option<String>, Option<String>),
+    tensor_op_index[env](&Tensor, TensorOrNumber),
+]);
 
 #[napi]
 pub fn tensor_get_shape(tensor: &Tensor) -> Result<Vec<i64>> {
@@ -38,8 +55,8 @@ pub fn tensor_get_numel(tensor: &Tensor) -> Result<i64> {
 }
 
 #[napi]
-pub fn tensor_get_is_disposed(tensor: &Tensor) -> bool {
-    tensor.handle.is_disposed()
+pub fn tensor_get_is_disposed(tensor: &Tensor) -> Result<bool> {
+    Ok(tensor.handle.is_disposed())
 }
 
 /// The accumulated gradient, or null before any backward pass reached this tensor.
@@ -64,13 +81,6 @@ pub fn tensor_set_requires_grad(tensor: &Tensor, value: bool) -> Result<()> {
         let t = tensor.handle.get("requiresGrad")?;
         ops::unary("requiresGrad", &t, |t| t.f_set_requires_grad(value)).map(drop)
     })
-}
-
-/// Frees the tensor's memory now. Later calls on it throw. Idempotent.
-#[napi]
-pub fn tensor_call_dispose(env: Env, tensor: &Tensor) {
-    tensor.handle.dispose();
-    report_memory(&env);
 }
 
 /// The value of a one-element tensor as a number (booleans as 0 or 1).

@@ -9,6 +9,7 @@ use napi::{Env, Result};
 use napi_derive::napi;
 
 use crate::convert::{dims, guarded, handle, with_all, with_operand, wrap};
+use crate::fast::fast_exports;
 use crate::tensor::{Tensor, TensorHandle, TensorOrNumber};
 
 macro_rules! tensor_ops {
@@ -56,6 +57,12 @@ macro_rules! tensor_ops {
                 })
             }
         )*
+        fast_exports!(FAST_TABLE = [
+            $( [<tensor_op_ $u>][env](&Tensor), )*
+            $( [<tensor_op_ $b>][env](&Tensor, TensorOrNumber), )*
+            $( [<tensor_op_ $r>][env](&Tensor, Option<Either<i64, Vec<i64>>>, Option<bool>), )*
+            $( [<tensor_op_ $m>][env](&Tensor $(, $ty)*), )*
+        ]);
     } };
 }
 
@@ -139,6 +146,15 @@ pub fn tensor_op_masked_fill(env: Env, tensor: &Tensor, mask: &Tensor, value: f6
         t.f_masked_fill(m, ops::scalar(value))
     })
 }
+
+fast_exports!(
+    FAST_EXTRA = [
+        tensor_op_matmul[env](&Tensor, &Tensor),
+        tensor_op_gather[env](&Tensor, i64, &Tensor),
+        tensor_op_index_select[env](&Tensor, i64, &Tensor),
+        tensor_op_masked_fill[env](&Tensor, &Tensor, f64),
+    ]
+);
 
 #[napi]
 pub fn cat(env: Env, tensors: Vec<&Tensor>, dim: Option<i64>) -> Result<Tensor> {
