@@ -433,6 +433,8 @@ export declare function tensorOpCeil(tensor: Tensor): TensorHandle
 
 export declare function tensorOpClamp(tensor: Tensor, min?: number | undefined | null, max?: number | undefined | null): TensorHandle
 
+export declare function tensorOpClone(tensor: Tensor): TensorHandle
+
 export declare function tensorOpContiguous(tensor: Tensor): TensorHandle
 
 export declare function tensorOpCos(tensor: Tensor): TensorHandle

@@ -110,5 +110,18 @@ test("skipFirstBatches resumes a prepared loader mid-epoch", (t) => {
   const acc = new Accelerator({ cpu: true });
   const [loader] = acc.prepare(new data.DataLoader(new data.TensorDataset({ x: arange(10) }), { batchSize: 2 }));
   const rest = acc.skipFirstBatches(loader, 3);
-  t.deepEqual([...rest].map((b) => b.x.toArray()), [[6, 7], [8, 9]]);
+  // A prepared loader frees each batch when the next is asked for: read it as it comes.
+  t.deepEqual(Array.from(rest, (b) => b.x.toArray()), [[6, 7], [8, 9]]);
+});
+
+test("a prepared loader frees each batch when the loop moves on, unless disposeBatches is false", (t) => {
+  const acc = new Accelerator({ cpu: true });
+  const dataset = new data.TensorDataset({ x: arange(6) });
+  const [freeing, keeping] = acc.prepare(
+    new data.DataLoader(dataset, { batchSize: 2 }),
+    new data.DataLoader(dataset, { batchSize: 2, disposeBatches: false }),
+  );
+  const freed = Array.from(freeing, (b) => b.x);
+  t.true(freed.every((x) => x.isDisposed));
+  t.deepEqual(Array.from(keeping, (b) => b.x).map((x) => x.toArray()), [[0, 1], [2, 3], [4, 5]]);
 });

@@ -268,3 +268,33 @@ test("device option delivers batches there; bad options throw", (t) => {
     message: /processIndex 2 is out of range for 2 process/,
   });
 });
+
+test("disposeBatches frees each batch when the loop moves on, and break keeps the current one", (t) => {
+  const dataset = numbered();
+  const seen: Tensor[][] = [];
+  const copies: Tensor[] = [];
+  for (const { x, y } of new DataLoader(dataset, { batchSize: 4, disposeBatches: true })) {
+    t.false(x.isDisposed || y.isDisposed, "the current batch is alive inside the loop");
+    seen.push([x, y]);
+    copies.push(y.clone());
+  }
+  t.true(seen.flat().every((tensor) => tensor.isDisposed), "every batch was freed, the last when the loop finished");
+  t.deepEqual(copies.map((y) => y.toArray()), [[0, 10, 20, 30], [40, 50, 60, 70], [80, 90]], "clones outlive them");
+  t.is(dataset.get(9).y.item(), 90, "the dataset itself is untouched");
+
+  let kept: Tensor | undefined;
+  for (const { y } of new DataLoader(dataset, { batchSize: 4, disposeBatches: true })) {
+    kept = y;
+    break;
+  }
+  t.deepEqual(kept?.toArray(), [0, 10, 20, 30]);
+
+  const samples = { length: 6, get: (i: number) => ({ v: i }) };
+  const collated = new DataLoader(samples, { batchSize: 2, disposeBatches: true });
+  const batches: Tensor[] = [];
+  for (const { v } of collated) batches.push(v as unknown as Tensor);
+  t.true(batches.every((v) => v.isDisposed), "default-collated batches are the loader's too");
+
+  const all = Array.from(new DataLoader(dataset, { batchSize: 4 }));
+  t.deepEqual(all.map(ids), [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]], "without the option batches stay alive");
+});

@@ -64,9 +64,11 @@ interface LoaderLike extends Stateful, Iterable<unknown> {
   length: number;
   endOfDataloader?: boolean;
   remainder?: number;
+  options?: { disposeBatches?: boolean };
   /** A copy delivering batches to `device`, sharded for this process (see data.DataLoader). */
   withOptions?(overrides: {
     device?: string;
+    disposeBatches?: boolean;
     shard?: { numProcesses: number; processIndex: number; evenBatches?: boolean; splitBatches?: boolean };
   }): LoaderLike;
 }
@@ -208,7 +210,8 @@ export class Accelerator {
       evenBatches: this.options.evenBatches ?? true,
       splitBatches: this.options.splitBatches ?? false,
     };
-    const loader = original.withOptions?.({ device: this.device, shard }) ?? original;
+    const disposeBatches = original.options?.disposeBatches ?? true;
+    const loader = original.withOptions?.({ device: this.device, shard, disposeBatches }) ?? original;
     return this.prepareLoaderIteration(loader);
   }
 

@@ -93,3 +93,12 @@ export function toDevice<B>(batch: B, device: Device, disposeMoved: boolean): B 
   }
   return batch;
 }
+
+/** Frees every tensor in `batch` (tensors, arrays and plain objects of them). */
+export function disposeTensors(batch: unknown): void {
+  if (batch instanceof Tensor) batch.dispose();
+  else if (Array.isArray(batch)) batch.forEach(disposeTensors);
+  else if (batch !== null && typeof batch === "object" && Object.getPrototypeOf(batch) === Object.prototype) {
+    Object.values(batch).forEach(disposeTensors);
+  }
+}

@@ -4,7 +4,7 @@
 import { native } from "../native.js";
 import type { NativeDataLoader } from "../../index.js";
 import type { Device } from "../tensor.js";
-import { defaultCollate, toDevice, type Collated } from "./collate.js";
+import { defaultCollate, disposeTensors, toDevice, type Collated } from "./collate.js";
 import { TensorDataset, nativeDataset, type Dataset } from "./dataset.js";
 
 /** How batches are divided between data-parallel processes (Accelerate's `BatchSamplerShard`). */
@@ -32,6 +32,15 @@ export interface DataLoaderOptions<T, B> {
   device?: Device;
   /** This process's share of every global batch. Default: one process, no sharding. */
   shard?: ShardOptions;
+  /**
+   * Free the tensors the loader made for a batch when the loop asks for the next one
+   * (or finishes), as Python frees a batch that nothing refers to any more. Breaking
+   * out of the loop keeps the current batch. Batches from a custom `collate` are
+   * yours, except copies moved to `device`. Default false here; `accelerator.prepare`
+   * turns it on unless it is set, because GPU batches are invisible to V8's garbage
+   * collector and would otherwise pile up until it happens to run.
+   */
+  disposeBatches?: boolean;
 }
 
 /** Where a loader stands: its epoch, and how many of that epoch's batches it handed out. */
@@ -156,6 +165,7 @@ export class DataLoader<T, B = Collated<T>> implements Iterable<B> {
         for (let batch = pass.nextBatch(); batch !== null; batch = pass.nextBatch()) {
           const tensors = batch;
           yield Object.fromEntries(keys.map((key, i) => [key, tensors[i]])) as B;
+          if (this.options.disposeBatches) for (const tensor of tensors) tensor.dispose();
         }
       } finally {
         pass.close();
@@ -166,9 +176,12 @@ export class DataLoader<T, B = Collated<T>> implements Iterable<B> {
     const { device } = this.options;
     const pass = this.#native.iterIndices(this.#skip);
     try {
+      const owned = this.options.disposeBatches && (this.options.collate === undefined || device !== undefined);
       for (let indices = pass.nextBatch(); indices !== null; indices = pass.nextBatch()) {
-        const batch = collate(indices.map((i) => dataset.get(i)));
-        yield device === undefined ? batch : toDevice(batch, device, this.options.collate === undefined);
+        const collated = collate(indices.map((i) => dataset.get(i)));
+        const batch = device === undefined ? collated : toDevice(collated, device, this.options.collate === undefined);
+        yield batch;
+        if (owned) disposeTensors(batch);
       }
     } finally {
       pass.close();

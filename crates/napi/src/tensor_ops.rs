@@ -99,6 +99,7 @@ tensor_ops! {
         clamp(min: Option<f64>, max: Option<f64>) => |t| ops::clamp(t, min, max),
         gelu(approximate: Option<String>) => |t| t.f_gelu(approximate.as_deref().unwrap_or("none")),
         t() => |t| t.f_transpose(-2, -1),
+        clone() => |t| t.f_to_dtype(t.kind(), false, true),
         std(dim: Option<i64>, keepdim: Option<bool>) => |t| t.f_std_dim(dim.map(|d| vec![d]).as_deref(), true, keepdim.unwrap_or(false)),
     }
 }
