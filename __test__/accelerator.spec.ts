@@ -1,6 +1,7 @@
 // The Accelerator on one process: process facts, splitting work, collectives'
 // single-process results, checkpoints of registered objects and RNG, and errors.
 import test from "ava";
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -124,4 +125,19 @@ test("a prepared loader frees each batch when the loop moves on, unless disposeB
   const freed = Array.from(freeing, (b) => b.x);
   t.true(freed.every((x) => x.isDisposed));
   t.deepEqual(Array.from(keeping, (b) => b.x).map((x) => x.toArray()), [[0, 1], [2, 3], [4, 5]]);
+});
+
+test("the CUDA allocator defaults to expandable segments unless the user configured it", (t) => {
+  const allocatorConf = (env: Record<string, string>) => {
+    const { PYTORCH_ALLOC_CONF: _a, PYTORCH_CUDA_ALLOC_CONF: _b, ...rest } = process.env;
+    const script = "await import('./ts/index.ts'); console.log(JSON.stringify([process.env.PYTORCH_ALLOC_CONF, process.env.PYTORCH_CUDA_ALLOC_CONF]))";
+    const run = spawnSync(process.execPath, ["--import", "@oxc-node/core/register", "--input-type=module", "-e", script], {
+      env: { ...rest, ...env },
+      encoding: "utf8",
+    });
+    return JSON.parse(run.stdout.trim().split("\n").pop() ?? "null");
+  };
+  t.deepEqual(allocatorConf({}), ["expandable_segments:True", null]);
+  t.deepEqual(allocatorConf({ PYTORCH_CUDA_ALLOC_CONF: "max_split_size_mb:64" }), [null, "max_split_size_mb:64"]);
+  t.deepEqual(allocatorConf({ PYTORCH_ALLOC_CONF: "expandable_segments:False" }), ["expandable_segments:False", null]);
 });

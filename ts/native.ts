@@ -23,6 +23,13 @@ function addonPath(): string {
   }
 }
 
+// The CUDA caching allocator reads this when it starts. Expandable segments fragment
+// less than fixed ones (measured on the GPT workload: a lower peak than PyTorch's
+// default), so they are our default; a value the user set, under either name, wins.
+if (process.env.PYTORCH_ALLOC_CONF === undefined && process.env.PYTORCH_CUDA_ALLOC_CONF === undefined) {
+  process.env.PYTORCH_ALLOC_CONF = "expandable_segments:True";
+}
+
 export const libtorch: LibtorchLocation = findLibtorch();
 preloadLibtorch(libtorch);
 
