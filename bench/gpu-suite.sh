@@ -2,7 +2,8 @@
 # The GPU run: CUDA tests, then each workload of shared/bench/WORKLOADS.md beside the
 # Hugging Face reference in the same command, on the same cards. Runs on a GPU host
 # inside .gpu/app through .gpu/run.sh (see README "GPUs"); writes $OUT/gpu-run.log and
-# prints the result lines. Usage: bash bench/gpu-suite.sh [tests] [gpt] [ddp] [mlp] [op]
+# prints the result lines. Usage: bash bench/gpu-suite.sh [tests] [gpt] [ddp] [ddp4] [ddp8] [mlp] [op]
+# (ddp runs the gpt workload on 2 GPUs, ddpN on N GPUs, one process per GPU).
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 out=${OUT:-/tmp}/gpu-run.log
@@ -22,9 +23,11 @@ for what in "${@:-tests gpt ddp mlp op}"; do
       gpt)
         run gpt-ours 150 "${node[@]}" bench/gpt.ts --precision bf16
         run gpt-hf 150 python3 "$ref/hf_baseline.py" --workload gpt --precision bf16 ;;
-      ddp)
-        run ddp-ours 180 node ts/cli/bin.mjs launch --num_processes 2 --main_process_port 0 --mixed_precision bf16 bench/gpt.ts --precision bf16
-        run ddp-hf 180 python3 -m accelerate.commands.launch --multi_gpu --num_processes 2 --main_process_port 29517 --mixed_precision bf16 "$ref/hf_baseline.py" --workload gpt --precision bf16 ;;
+      ddp | ddp[0-9])
+        gpus=${step#ddp}
+        gpus=${gpus:-2}
+        run "ddp$gpus-ours" 240 node ts/cli/bin.mjs launch --num_processes "$gpus" --main_process_port 0 --mixed_precision bf16 bench/gpt.ts --precision bf16
+        run "ddp$gpus-hf" 240 python3 -m accelerate.commands.launch --multi_gpu --num_processes "$gpus" --main_process_port 29517 --mixed_precision bf16 "$ref/hf_baseline.py" --workload gpt --precision bf16 ;;
       mlp)
         run mlp-fp32 150 "${node[@]}" bench/mlp.ts --precision no --reference "$ref/hf_baseline.py" --python python3
         run mlp-bf16 150 "${node[@]}" bench/mlp.ts --precision bf16 --reference "$ref/hf_baseline.py" --python python3 ;;
