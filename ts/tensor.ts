@@ -42,8 +42,11 @@ export class Tensor {
 
   constructor(handle: TensorHandle) {
     this._native = handle;
-    if (young.push(this) === 1) queueMicrotask(adoptYoung);
-    else if (young.length === YOUNG_LIMIT) adoptYoung();
+    if (young.push(this) === YOUNG_LIMIT) adoptYoung();
+    else if (!adoptionQueued) {
+      adoptionQueued = true;
+      queueMicrotask(adoptQueued);
+    }
   }
 
   /** Frees the tensor's memory now. Later calls on it throw. Idempotent. */
@@ -116,6 +119,7 @@ export interface Tensor extends NativeMethods {}
  */
 const YOUNG_LIMIT = 64;
 const young: Tensor[] = [];
+let adoptionQueued = false;
 /** What a disposed `Tensor` holds instead of its handle; the addon reads it as disposed. */
 const DISPOSED = 0xffff_ffff_ffff_ffffn as TensorHandle;
 const releasable = new BigUint64Array(4096);
@@ -131,6 +135,11 @@ function adoptYoung(): void {
     if (tensor._native !== DISPOSED) collected.register(tensor, tensor._native);
   }
   young.length = 0;
+}
+
+function adoptQueued(): void {
+  adoptionQueued = false;
+  adoptYoung();
 }
 
 function releaseCollected(): void {

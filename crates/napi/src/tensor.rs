@@ -12,7 +12,7 @@
 //! Why a BigInt: a plain number would be indistinguishable from a scalar operand.
 //!
 //! `dispose()` frees the tensor and its slot at once; the slot's generation then
-//! changes, so the stale handle (and any forged one) reads as a disposed tensor.
+//! changes, so the stale handle reads as a disposed tensor.
 
 use accelerate_core::memory::Handle;
 use napi::bindgen_prelude::{
