@@ -52,15 +52,11 @@ pub fn guarded<T>(op: &str, body: impl FnOnce() -> accelerate_core::Result<T>) -
 }
 
 pub fn report_memory(env: &Env) {
-    report_memory_raw(env.raw());
-}
-
-pub fn report_memory_raw(env: sys::napi_env) {
     let delta = memory::take_unreported_bytes(REPORT_STEP);
     if delta != 0 {
         let mut adjusted = 0;
-        // SAFETY: `env` is the live env of the calling callback or finalizer.
-        unsafe { sys::napi_adjust_external_memory(env, delta, &mut adjusted) };
+        // SAFETY: `env` is the live env of the calling callback.
+        unsafe { sys::napi_adjust_external_memory(env.raw(), delta, &mut adjusted) };
     }
 }
 

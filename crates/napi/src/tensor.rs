@@ -22,7 +22,7 @@ use napi::{check_status, sys, Env, Error, JsValue, Result, Status};
 use napi_derive::napi;
 use std::cell::{Cell, RefCell};
 
-use crate::convert::{report_memory, report_memory_raw};
+use crate::convert::report_memory;
 use crate::fast::fast_exports;
 
 fast_exports!(FAST = [dispose_tensor[env](Unknown)]);
@@ -167,7 +167,6 @@ unsafe fn create_handle(env: sys::napi_env, tensor: Tensor) -> Result<sys::napi_
         drop(remove(handle));
         return Err(Error::new(Status::GenericFailure, "could not create a tensor handle"));
     }
-    report_memory_raw(env);
     Ok(value)
 }
 
