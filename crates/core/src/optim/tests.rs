@@ -59,25 +59,27 @@ fn adamw_options() -> OptionsPatch {
     }
 }
 
+/// p1 and p2 after 3 steps of
+/// torch.optim.AdamW([p1, p2], lr=0.1, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1).
+const ADAMW_THREE_STEPS: ([f64; 6], [f64; 2]) = (
+    [
+        0.673_289_06,
+        -1.643_587_9,
+        2.613_887_5,
+        0.188_139_5,
+        0.054_435_227,
+        1.643_587_9,
+    ],
+    [0.007_791_571, -0.385_098_84],
+);
+
 #[test]
 fn adamw_matches_torch_over_three_steps() {
-    // torch.optim.AdamW([p1, p2], lr=0.1, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1), 3 steps
     let (p1, p2) = params();
     let mut opt = Optimizer::new(Algorithm::AdamW, &adamw_options(), one_group(&p1, &p2)).unwrap();
     train(&mut opt, &p1, &p2, 3);
-    assert_close(
-        &values(&p1),
-        &[
-            0.673_289_06,
-            -1.643_587_9,
-            2.613_887_5,
-            0.188_139_5,
-            0.054_435_227,
-            1.643_587_9,
-        ],
-        1e-6,
-    );
-    assert_close(&values(&p2), &[0.007_791_571, -0.385_098_84], 1e-6);
+    assert_close(&values(&p1), &ADAMW_THREE_STEPS.0, 1e-6);
+    assert_close(&values(&p2), &ADAMW_THREE_STEPS.1, 1e-6);
 }
 
 #[test]
@@ -319,19 +321,8 @@ fn fused_kernels_on_cuda_match_torch() {
         opt.step().unwrap();
     }
     assert_eq!(opt.state(0).unwrap()["step"].device(), cuda);
-    assert_close(
-        &values(&p1),
-        &[
-            0.673_289_06,
-            -1.643_587_9,
-            2.613_887_5,
-            0.188_139_5,
-            0.054_435_227,
-            1.643_587_9,
-        ],
-        1e-5,
-    );
-    assert_close(&values(&p2), &[0.007_791_571, -0.385_098_84], 1e-5);
+    assert_close(&values(&p1), &ADAMW_THREE_STEPS.0, 1e-5);
+    assert_close(&values(&p2), &ADAMW_THREE_STEPS.1, 1e-5);
 
     // SGD with nesterov momentum, all on the GPU, resumed from a state dict saved on the CPU.
     let (c1, c2) = params();
