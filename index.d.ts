@@ -7,6 +7,9 @@ export type TensorHandle = bigint & { readonly __tensorHandle: never };
 /** A tensor (or its handle) or a plain number. */
 export type TensorOrNumber = Tensor | TensorHandle | number;
 
+/** A Tensor argument of the methods ts/tensor.ts installs; they pass its handle. */
+export type TensorArg = Tensor;
+
 /** Averages one model's gradients across processes while backward runs. */
 export declare class DdpReducer {
   constructor(params: Array<Tensor>, bucketBytes: number)
@@ -129,9 +132,6 @@ export declare function autocastExit(token: number): void
 
 export declare function autocastIsEnabled(device: string): boolean
 
-/** Opens a memory scope: tensors created until `endScope` belong to it. */
-export declare function beginScope(): void
-
 export declare function cat(tensors: Array<Tensor>, dim?: number | undefined | null): Tensor
 
 /** Scales gradients so their total norm is at most `maxNorm`; returns the norm before clipping. */
@@ -179,8 +179,8 @@ export interface CudaVersions {
   nccl: number
 }
 
-/** Frees a tensor's memory and its slot now (`Tensor.dispose`). Idempotent. */
-export declare function disposeTensor(tensor: unknown): void
+/** Frees a tensor's memory and its slot now (`Tensor.dispose` passes its handle). Idempotent. */
+export declare function disposeTensor(handle: unknown): void
 
 /** Every process's `tensor` concatenated along dim 0; mismatched shapes fail everywhere. */
 export declare function distAllGather(tensor: Tensor): Tensor
@@ -206,9 +206,6 @@ export declare function distDestroy(): void
 export declare function distInit(options: ProcessGroupOptions): void
 
 export declare function distIsInitialized(): boolean
-
-/** Closes the innermost scope, disposing its tensors except `keep`; returns how many were disposed. */
-export declare function endScope(keep: Array<Tensor>): number
 
 /** Creates a tensor from raw elements of `sourceDtype`, converted to `dtype` on `device`. */
 export declare function fromBytes(bytes: Uint8Array, shape: Array<number>, sourceDtype: string, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
@@ -366,10 +363,13 @@ export declare function randint(low: number, high: number, shape: Array<number>,
 /** Standard normal samples. */
 export declare function randn(shape: Array<number>, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
-/** Called once by ts/tensor.ts: the class whose constructor takes a handle. */
-export declare function registerTensorClass(tensorClass: unknown): void
+/** Called once by ts/tensor.ts: the `Tensor` class, and the function that wraps a new handle in one. */
+export declare function registerTensorClass(tensorClass: unknown, factory: unknown): void
 
-/** Frees the slots of collected `Tensor` objects (ts/tensor.ts calls it in batches). */
+/**
+ * Frees the slots of `Tensor` objects that were collected or whose scope ended (ts/tensor.ts
+ * calls it in batches). A slot's tensor stays alive while a running call still uses it.
+ */
 export declare function releaseTensors(handles: BigUint64Array): void
 
 /** Saves model weights into `dir`, sharded above `maxShardBytes`; returns the files written. */
@@ -377,8 +377,6 @@ export declare function saveModel(dir: string, names: Array<string>, tensors: Ar
 
 /** Writes named tensors to a safetensors file, atomically. */
 export declare function saveSafetensors(path: string, names: Array<string>, tensors: Array<Tensor>, metadata?: Record<string, string> | undefined | null): void
-
-export declare function scopeDepth(): number
 
 export declare function setCpuRngState(state: Tensor): void
 
@@ -393,178 +391,178 @@ export declare function stack(tensors: Array<Tensor>, dim?: number | undefined |
 export declare function stagingDir(dir: string): string
 
 /** Back-propagates from this tensor; a non-scalar needs `gradient` of its shape. */
-export declare function tensorCallBackward(tensor: Tensor, gradient?: Tensor | undefined | null): void
+export declare function tensorCallBackward(tensor: TensorArg, gradient?: TensorArg | undefined | null): void
 
 /** The value of a one-element tensor as a number (booleans as 0 or 1). */
-export declare function tensorCallItem(tensor: Tensor): number
+export declare function tensorCallItem(tensor: TensorArg): number
 
 /** The elements in row-major order as raw bytes of this tensor's dtype (copied to the host). */
-export declare function tensorCallToBytes(tensor: Tensor): Buffer
+export declare function tensorCallToBytes(tensor: TensorArg): Buffer
 
-export declare function tensorGetDevice(tensor: Tensor): string
+export declare function tensorGetDevice(tensor: TensorArg): string
 
-export declare function tensorGetDtype(tensor: Tensor): string
+export declare function tensorGetDtype(tensor: TensorArg): string
 
 /** The accumulated gradient, or null before any backward pass reached this tensor. */
-export declare function tensorGetGrad(tensor: Tensor): TensorHandle | null
+export declare function tensorGetGrad(tensor: TensorArg): TensorHandle | null
 
-export declare function tensorGetIsDisposed(tensor: Tensor): boolean
+export declare function tensorGetIsDisposed(tensor: TensorArg): boolean
 
-export declare function tensorGetNdim(tensor: Tensor): number
+export declare function tensorGetNdim(tensor: TensorArg): number
 
-export declare function tensorGetNumel(tensor: Tensor): number
+export declare function tensorGetNumel(tensor: TensorArg): number
 
-export declare function tensorGetShape(tensor: Tensor): Array<number>
+export declare function tensorGetShape(tensor: TensorArg): Array<number>
 
-export declare function tensorListChunk(tensor: Tensor, chunks: number, dim?: number | undefined | null): Array<TensorHandle>
+export declare function tensorListChunk(tensor: TensorArg, chunks: number, dim?: number | undefined | null): Array<TensorHandle>
 
 /** Pieces of `size` (or of each size in a list) along `dim`. */
-export declare function tensorListSplit(tensor: Tensor, size: number | Array<number>, dim?: number | undefined | null): Array<TensorHandle>
+export declare function tensorListSplit(tensor: TensorArg, size: number | Array<number>, dim?: number | undefined | null): Array<TensorHandle>
 
-export declare function tensorOpAbs(tensor: Tensor): TensorHandle
+export declare function tensorOpAbs(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpAdd(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpAdd(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpArgmax(tensor: Tensor, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpArgmax(tensor: TensorArg, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
-export declare function tensorOpArgmin(tensor: Tensor, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpArgmin(tensor: TensorArg, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
-export declare function tensorOpCeil(tensor: Tensor): TensorHandle
+export declare function tensorOpCeil(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpClamp(tensor: Tensor, min?: number | undefined | null, max?: number | undefined | null): TensorHandle
+export declare function tensorOpClamp(tensor: TensorArg, min?: number | undefined | null, max?: number | undefined | null): TensorHandle
 
-export declare function tensorOpClone(tensor: Tensor): TensorHandle
+export declare function tensorOpClone(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpContiguous(tensor: Tensor): TensorHandle
+export declare function tensorOpContiguous(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpCos(tensor: Tensor): TensorHandle
+export declare function tensorOpCos(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpDetach(tensor: Tensor): TensorHandle
+export declare function tensorOpDetach(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpDiv(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpDiv(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpEq(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpEq(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpExp(tensor: Tensor): TensorHandle
+export declare function tensorOpExp(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpExpand(tensor: Tensor, shape: Array<number>): TensorHandle
+export declare function tensorOpExpand(tensor: TensorArg, shape: Array<number>): TensorHandle
 
-export declare function tensorOpFlatten(tensor: Tensor, startDim?: number | undefined | null, endDim?: number | undefined | null): TensorHandle
+export declare function tensorOpFlatten(tensor: TensorArg, startDim?: number | undefined | null, endDim?: number | undefined | null): TensorHandle
 
-export declare function tensorOpFloor(tensor: Tensor): TensorHandle
+export declare function tensorOpFloor(tensor: TensorArg): TensorHandle
 
 /** Values of this tensor taken along `dim` at the positions in `index`. */
-export declare function tensorOpGather(tensor: Tensor, dim: number, index: Tensor): TensorHandle
+export declare function tensorOpGather(tensor: TensorArg, dim: number, index: TensorArg): TensorHandle
 
-export declare function tensorOpGe(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpGe(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpGelu(tensor: Tensor, approximate?: string | undefined | null): TensorHandle
+export declare function tensorOpGelu(tensor: TensorArg, approximate?: string | undefined | null): TensorHandle
 
-export declare function tensorOpGt(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpGt(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
 /** `t[i]`: an integer selects along dim 0; a tensor of indices or a boolean mask gathers. */
-export declare function tensorOpIndex(tensor: Tensor, i: TensorOrNumber): TensorHandle
+export declare function tensorOpIndex(tensor: TensorArg, i: TensorOrNumber): TensorHandle
 
-export declare function tensorOpIndexSelect(tensor: Tensor, dim: number, index: Tensor): TensorHandle
+export declare function tensorOpIndexSelect(tensor: TensorArg, dim: number, index: TensorArg): TensorHandle
 
-export declare function tensorOpIsfinite(tensor: Tensor): TensorHandle
+export declare function tensorOpIsfinite(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpIsnan(tensor: Tensor): TensorHandle
+export declare function tensorOpIsnan(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpLe(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpLe(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpLog(tensor: Tensor): TensorHandle
+export declare function tensorOpLog(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpLogicalAnd(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpLogicalAnd(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpLogicalNot(tensor: Tensor): TensorHandle
+export declare function tensorOpLogicalNot(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpLogicalOr(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpLogicalOr(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpLogSoftmax(tensor: Tensor, dim: number): TensorHandle
+export declare function tensorOpLogSoftmax(tensor: TensorArg, dim: number): TensorHandle
 
-export declare function tensorOpLt(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpLt(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
 /** A copy with `value` where `mask` is true. */
-export declare function tensorOpMaskedFill(tensor: Tensor, mask: Tensor, value: number): TensorHandle
+export declare function tensorOpMaskedFill(tensor: TensorArg, mask: TensorArg, value: number): TensorHandle
 
 /** Matrix product with numpy semantics (1-D, 2-D and broadcast batches). */
-export declare function tensorOpMatmul(tensor: Tensor, other: Tensor): TensorHandle
+export declare function tensorOpMatmul(tensor: TensorArg, other: TensorArg): TensorHandle
 
-export declare function tensorOpMax(tensor: Tensor, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpMax(tensor: TensorArg, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
-export declare function tensorOpMaximum(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpMaximum(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpMean(tensor: Tensor, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpMean(tensor: TensorArg, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
-export declare function tensorOpMin(tensor: Tensor, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpMin(tensor: TensorArg, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
-export declare function tensorOpMinimum(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpMinimum(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpMul(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpMul(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpNarrow(tensor: Tensor, dim: number, start: number, length: number): TensorHandle
+export declare function tensorOpNarrow(tensor: TensorArg, dim: number, start: number, length: number): TensorHandle
 
-export declare function tensorOpNe(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpNe(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpNeg(tensor: Tensor): TensorHandle
+export declare function tensorOpNeg(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpPermute(tensor: Tensor, dims: Array<number>): TensorHandle
+export declare function tensorOpPermute(tensor: TensorArg, dims: Array<number>): TensorHandle
 
-export declare function tensorOpPow(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpPow(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpReciprocal(tensor: Tensor): TensorHandle
+export declare function tensorOpReciprocal(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpRelu(tensor: Tensor): TensorHandle
+export declare function tensorOpRelu(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpRemainder(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpRemainder(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpReshape(tensor: Tensor, shape: Array<number>): TensorHandle
+export declare function tensorOpReshape(tensor: TensorArg, shape: Array<number>): TensorHandle
 
-export declare function tensorOpRound(tensor: Tensor): TensorHandle
+export declare function tensorOpRound(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpRsqrt(tensor: Tensor): TensorHandle
+export declare function tensorOpRsqrt(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpSigmoid(tensor: Tensor): TensorHandle
+export declare function tensorOpSigmoid(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpSign(tensor: Tensor): TensorHandle
+export declare function tensorOpSign(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpSin(tensor: Tensor): TensorHandle
+export declare function tensorOpSin(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpSlice(tensor: Tensor, dim: number, start?: number | undefined | null, end?: number | undefined | null, step?: number | undefined | null): TensorHandle
+export declare function tensorOpSlice(tensor: TensorArg, dim: number, start?: number | undefined | null, end?: number | undefined | null, step?: number | undefined | null): TensorHandle
 
-export declare function tensorOpSoftmax(tensor: Tensor, dim: number): TensorHandle
+export declare function tensorOpSoftmax(tensor: TensorArg, dim: number): TensorHandle
 
-export declare function tensorOpSqrt(tensor: Tensor): TensorHandle
+export declare function tensorOpSqrt(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpSquare(tensor: Tensor): TensorHandle
+export declare function tensorOpSquare(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpSqueeze(tensor: Tensor, dim?: number | undefined | null): TensorHandle
+export declare function tensorOpSqueeze(tensor: TensorArg, dim?: number | undefined | null): TensorHandle
 
-export declare function tensorOpStd(tensor: Tensor, dim?: number | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpStd(tensor: TensorArg, dim?: number | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
-export declare function tensorOpSub(tensor: Tensor, other: TensorOrNumber): TensorHandle
+export declare function tensorOpSub(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpSum(tensor: Tensor, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpSum(tensor: TensorArg, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
-export declare function tensorOpT(tensor: Tensor): TensorHandle
+export declare function tensorOpT(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpTanh(tensor: Tensor): TensorHandle
+export declare function tensorOpTanh(tensor: TensorArg): TensorHandle
 
 /** A copy converted to `dtype` and/or moved to `device` (the same values when nothing changes). */
-export declare function tensorOpTo(tensor: Tensor, dtype?: string | undefined | null, device?: string | undefined | null): TensorHandle
+export declare function tensorOpTo(tensor: TensorArg, dtype?: string | undefined | null, device?: string | undefined | null): TensorHandle
 
-export declare function tensorOpTranspose(tensor: Tensor, dim0: number, dim1: number): TensorHandle
+export declare function tensorOpTranspose(tensor: TensorArg, dim0: number, dim1: number): TensorHandle
 
-export declare function tensorOpUnsqueeze(tensor: Tensor, dim: number): TensorHandle
+export declare function tensorOpUnsqueeze(tensor: TensorArg, dim: number): TensorHandle
 
-export declare function tensorOpView(tensor: Tensor, shape: Array<number>): TensorHandle
+export declare function tensorOpView(tensor: TensorArg, shape: Array<number>): TensorHandle
 
-export declare function tensorRequiresGrad(tensor: Tensor): boolean
+export declare function tensorRequiresGrad(tensor: TensorArg): boolean
 
-export declare function tensorSetRequiresGrad(tensor: Tensor, value: boolean): void
+export declare function tensorSetRequiresGrad(tensor: TensorArg, value: boolean): void
 
-/** Elements of `a` where `condition` is true, else of `b`. */
+/** Elements of `a` where `condition` is true, else of `b` (ts/tensor.ts's `where` checks `b`). */
 export declare function where(condition: Tensor, a: Tensor, b: TensorOrNumber): Tensor
 
 /** Writes a file through a temporary name renamed into place. */

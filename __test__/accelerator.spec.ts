@@ -115,12 +115,12 @@ test("skipFirstBatches resumes a prepared loader mid-epoch", (t) => {
   t.deepEqual(Array.from(rest, (b) => b.x.toArray()), [[6, 7], [8, 9]]);
 });
 
-test("a prepared loader frees each batch when the loop moves on, unless disposeBatches is false", (t) => {
+test("a prepared loader frees each batch when the loop moves on, unless stepScope and disposeBatches are false", (t) => {
   const acc = new Accelerator({ cpu: true });
   const dataset = new data.TensorDataset({ x: arange(6) });
   const [freeing, keeping] = acc.prepare(
     new data.DataLoader(dataset, { batchSize: 2 }),
-    new data.DataLoader(dataset, { batchSize: 2, disposeBatches: false }),
+    new data.DataLoader(dataset, { batchSize: 2, stepScope: false, disposeBatches: false }),
   );
   const freed = Array.from(freeing, (b) => b.x);
   t.true(freed.every((x) => x.isDisposed));

@@ -3,7 +3,7 @@
 // saves the model (to checkpoints/mnist, or the directory given as first argument).
 // Runs as is on one process, or with `accelerate launch examples/mnist.ts`.
 import { createRequire } from "node:module";
-import { Accelerator, data, nn, noGrad, optim, tensor, tidy, type Tensor } from "../ts/index.js";
+import { Accelerator, data, nn, noGrad, optim, tensor, type Tensor } from "../ts/index.js";
 
 const EPOCHS = 4;
 const BATCH = 64;
@@ -48,7 +48,8 @@ const trainLoader = new data.DataLoader(split(0, 8000), { batchSize: BATCH, shuf
 const testLoader = new data.DataLoader(split(8000, 10000), { batchSize: 500 });
 const net = model();
 const optimizer = new optim.AdamW(net.parameters(), { lr: 3e-3, weightDecay: 0.01 });
-const stepsPerEpoch = Math.floor(8000 / BATCH / accelerator.numProcesses);
+// Counted on the unsharded loader: a prepared scheduler steps once per process per step (as in HF Accelerate).
+const stepsPerEpoch = Math.floor(8000 / BATCH);
 const schedule = optim.lrScheduler.getLinearScheduleWithWarmup(optimizer, 20, EPOCHS * stepsPerEpoch);
 const [m, opt, train, test, sched] = accelerator.prepare(net, optimizer, trainLoader, testLoader, schedule);
 
@@ -61,16 +62,12 @@ for (let epoch = 1; epoch <= EPOCHS; epoch++) {
   let total = 0;
   let step = 0;
   for (const { x, y } of train) {
-    const loss = tidy(() => {
-      const l = nn.functional.crossEntropy(m.forward(x), y);
-      accelerator.backward(l);
-      return l.detach();
-    });
+    const loss = nn.functional.crossEntropy(m.forward(x), y);
+    accelerator.backward(loss);
     opt.step();
     sched.step();
     opt.zeroGrad();
     total += loss.item();
-    loss.dispose();
     step += 1;
     if (step % 10 === 0) progress(`epoch ${epoch}/${EPOCHS} · step ${step}/${train.length} · loss ${(total / step).toFixed(4)}`);
   }
@@ -80,10 +77,9 @@ for (let epoch = 1; epoch <= EPOCHS; epoch++) {
   let seen = 0;
   noGrad(() => {
     for (const { x, y } of test) {
-      const hits = tidy(() => accelerator.gatherForMetrics(m.forward(x).argmax(1).eq(y)));
+      const hits = accelerator.gatherForMetrics(m.forward(x).argmax(1).eq(y));
       correct += hits.sum().item();
       seen += hits.shape[0];
-      hits.dispose();
     }
   });
   const seconds = ((Date.now() - started) / 1000).toFixed(1);

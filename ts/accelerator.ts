@@ -12,7 +12,7 @@ import {
 import { clipGradNorm } from "./optim/clip.js";
 import { PrecisionPolicy, type GradScalerOptions, type PrecisionMode } from "./precision.js";
 import { initProcessGroup, readProcessState, shareOf, type ProcessState } from "./state.js";
-import { manualSeed, Tensor } from "./tensor.js";
+import { keep, manualSeed, Tensor } from "./tensor.js";
 
 export type MixedPrecision = PrecisionMode;
 
@@ -39,6 +39,11 @@ export interface AcceleratorOptions {
   evenBatches?: boolean;
   /** Split each loader batch between processes instead of giving each process whole batches (default false). */
   splitBatches?: boolean;
+  /**
+   * Prepared loaders free what each step made when the loop asks for the next batch
+   * (see `data.DataLoaderOptions.stepScope`; `keep()` exempts a tensor). Default true.
+   */
+  stepScope?: boolean;
 }
 
 /** What `prepare` recognises, by shape (any object with these methods works). */
@@ -64,11 +69,12 @@ interface LoaderLike extends Stateful, Iterable<unknown> {
   length: number;
   endOfDataloader?: boolean;
   remainder?: number;
-  options?: { disposeBatches?: boolean };
+  options?: { disposeBatches?: boolean; stepScope?: boolean };
   /** A copy delivering batches to `device`, sharded for this process (see data.DataLoader). */
   withOptions?(overrides: {
     device?: string;
     disposeBatches?: boolean;
+    stepScope?: boolean;
     shard?: { numProcesses: number; processIndex: number; evenBatches?: boolean; splitBatches?: boolean };
   }): LoaderLike;
 }
@@ -211,7 +217,8 @@ export class Accelerator {
       splitBatches: this.options.splitBatches ?? false,
     };
     const disposeBatches = original.options?.disposeBatches ?? true;
-    const loader = original.withOptions?.({ device: this.device, shard, disposeBatches }) ?? original;
+    const stepScope = original.options?.stepScope ?? this.options.stepScope ?? true;
+    const loader = original.withOptions?.({ device: this.device, shard, disposeBatches, stepScope }) ?? original;
     return this.prepareLoaderIteration(loader);
   }
 
@@ -276,6 +283,11 @@ export class Accelerator {
   /** True when the last step of any prepared optimizer was skipped because fp16 gradients overflowed. */
   get optimizerStepWasSkipped(): boolean {
     return [...this.skipped.values()].some(Boolean);
+  }
+
+  /** Exempts tensors from prepared loaders' step scopes and from `tidy` (see `keep`); returns its argument. */
+  keep<T extends Tensor | readonly Tensor[]>(tensors: T): T {
+    return keep(tensors);
   }
 
   /** Runs `fn` under the same autocast as prepared models' forward. */

@@ -1,6 +1,6 @@
 // accelerate-ts: the public API.
 export {
-  Tensor, tensor, zeros, ones, full, arange, randn, rand, randint, manualSeed, cat, stack, where, noGrad, isGradEnabled, tidy, liveTensors,
+  Tensor, tensor, zeros, ones, full, arange, randn, rand, randint, manualSeed, cat, stack, where, noGrad, isGradEnabled, tidy, keep, liveTensors,
 } from "./tensor.js";
 export type { DType, DTypeLike, Device, TypedArray, NestedArray, TensorData, TensorOptions } from "./tensor.js";
 export { libtorch } from "./native.js";

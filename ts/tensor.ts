@@ -39,20 +39,27 @@ type NativeMethods = { [K in keyof Native as Suffix<K, "tensorOp">]: (...args: R
 export class Tensor {
   /** @internal The native tensor's handle; operations pass it to the addon. */
   readonly _native: TensorHandle;
+  /** @internal Set by `keep()`: no scope frees this tensor. */
+  _kept = false;
 
-  constructor(handle: TensorHandle) {
-    this._native = handle;
-    if (young.push(this) === YOUNG_LIMIT) adoptYoung();
-    else if (!adoptionQueued) {
-      adoptionQueued = true;
-      queueMicrotask(adoptQueued);
+  /**
+   * Tensors are made by operations (`tensor()`, `zeros()`, `x.add(y)`, ...): a handle
+   * cannot be wrapped by hand, so no JS value can alias another tensor.
+   */
+  constructor(handle: TensorHandle, token?: typeof CONSTRUCT) {
+    if (token !== CONSTRUCT) {
+      throw new TypeError("Tensor: tensors are made by operations such as tensor(), zeros() or x.add(y), not by new Tensor()");
     }
+    this._native = handle;
+    const scope = scopes[scopes.length - 1];
+    if (scope !== undefined) scope.tensors.push(this);
+    else toGarbageCollector(this);
   }
 
   /** Frees the tensor's memory now. Later calls on it throw. Idempotent. */
   dispose(): void {
     const handle = this._native;
-    if (handle === DISPOSED) return;
+    if (handle >= FREED) return;
     (this as { _native: TensorHandle })._native = DISPOSED;
     native.disposeTensor(handle);
   }
@@ -109,30 +116,113 @@ export class Tensor {
 
 export interface Tensor extends NativeMethods {}
 
+/** Passed by this module to the constructor: only its own code wraps handles. */
+const CONSTRUCT = Symbol("Tensor.construct");
+const wrap = (handle: TensorHandle): Tensor => new Tensor(handle, CONSTRUCT);
+
 /**
- * Garbage collection. A tensor that is neither disposed nor freed by `tidy` is freed
- * when its JS object is collected: a FinalizationRegistry hands its handle back to the
- * addon, in batches. Registering costs about as much as a small operation, so new
- * tensors wait in `young` (at most YOUNG_LIMIT of them, and never past the current
- * job) and only those not disposed by then are registered. Most short-lived tensors
- * are disposed first and never pay for it.
+ * Handles of freed tensors (crates/napi/src/tensor.rs reads them): generation 2^32-1,
+ * which no live slot has, and an index saying what freed the tensor, so that a later
+ * use names it. Every handle at or above FREED is one.
+ */
+const FREED = 0xffff_ffff_0000_0000n;
+const DISPOSED = 0xffff_ffff_ffff_ffffn as TensorHandle;
+const FREED_BY_TIDY = 0xffff_ffff_ffff_fffen as TensorHandle;
+const LAST_STEP_MARK = 0xffff_fffd;
+const freedByStep = (step: number): TensorHandle => (FREED | BigInt(Math.min(step, LAST_STEP_MARK))) as TensorHandle;
+
+/**
+ * Scopes. While one is open, every new tensor belongs to the innermost one and is freed
+ * when it closes, unless kept (`keep()`) or handed on (a `tidy` passes the tensors its
+ * function returns to the enclosing scope). `tidy` opens one around its function; a
+ * prepared DataLoader opens one per step (see ts/data/loader.ts). Nothing here waits
+ * for the garbage collector, which never runs finalizers inside a synchronous loop.
+ */
+export interface Scope {
+  readonly tensors: Tensor[];
+}
+const scopes: Scope[] = [];
+
+/** Opens a scope; close it with `closeScope`. */
+export function openScope(): Scope {
+  const scope: Scope = { tensors: [] };
+  scopes.push(scope);
+  return scope;
+}
+
+/**
+ * Closes `scope`: frees its tensors but the kept ones and those in `handOn`, which move
+ * to the enclosing scope (or to the garbage collector when there is none). `step` says
+ * which step of a loader ended, for the error a later use of a freed tensor gives.
+ */
+export function closeScope(scope: Scope, options: { step?: number; handOn?: ReadonlySet<Tensor> } = {}): void {
+  const at = scopes.lastIndexOf(scope);
+  if (at < 0) return;
+  scopes.splice(at, 1);
+  const outer = at > 0 ? scopes[at - 1] : undefined;
+  const marker = options.step === undefined ? FREED_BY_TIDY : freedByStep(options.step);
+  let count = 0;
+  for (const tensor of scope.tensors) {
+    const handle = tensor._native;
+    if (handle >= FREED) continue;
+    if (tensor._kept || options.handOn?.has(tensor)) {
+      if (outer !== undefined && !tensor._kept) outer.tensors.push(tensor);
+      else toGarbageCollector(tensor);
+      continue;
+    }
+    (tensor as { _native: TensorHandle })._native = marker;
+    releasable[count++] = handle;
+    if (count === releasable.length) {
+      native.releaseTensors(releasable);
+      count = 0;
+    }
+  }
+  if (count > 0) native.releaseTensors(releasable.subarray(0, count));
+  scope.tensors.length = 0;
+}
+
+/**
+ * Exempts tensors from every scope: a tensor made inside a `tidy` or a prepared loader's
+ * step that you use later (a running sum, a list read after the loop, a best-model copy).
+ * A kept tensor is freed by `dispose()` or, failing that, by the garbage collector.
+ * Returns its argument. Parameters, buffers and anything a Module holds are kept already.
+ */
+export function keep<T extends Tensor | readonly Tensor[]>(tensors: T): T {
+  const list: readonly Tensor[] = tensors instanceof Tensor ? [tensors] : (tensors as readonly Tensor[]);
+  for (const tensor of list) tensor._kept = true;
+  return tensors;
+}
+
+/**
+ * Garbage collection, for tensors outside any scope (and kept ones). A tensor that is
+ * never disposed is freed when its JS object is collected: a FinalizationRegistry hands its
+ * handle back to the addon, in batches. Registering costs about as much as a small
+ * operation, so such tensors wait in `young` (at most YOUNG_LIMIT of them, and never past
+ * the current job) and only those not disposed by then are registered.
  */
 const YOUNG_LIMIT = 64;
 const young: Tensor[] = [];
 let adoptionQueued = false;
-/** What a disposed `Tensor` holds instead of its handle; the addon reads it as disposed. */
-const DISPOSED = 0xffff_ffff_ffff_ffffn as TensorHandle;
 const releasable = new BigUint64Array(4096);
-let releasableCount = 0;
+const collectedHandles = new BigUint64Array(4096);
+let collectedCount = 0;
 const collected = new FinalizationRegistry<TensorHandle>((handle) => {
-  if (releasableCount === 0) queueMicrotask(releaseCollected);
-  releasable[releasableCount++] = handle;
-  if (releasableCount === releasable.length) releaseCollected();
+  if (collectedCount === 0) queueMicrotask(releaseCollected);
+  collectedHandles[collectedCount++] = handle;
+  if (collectedCount === collectedHandles.length) releaseCollected();
 });
+
+function toGarbageCollector(tensor: Tensor): void {
+  if (young.push(tensor) === YOUNG_LIMIT) adoptYoung();
+  else if (!adoptionQueued) {
+    adoptionQueued = true;
+    queueMicrotask(adoptQueued);
+  }
+}
 
 function adoptYoung(): void {
   for (const tensor of young) {
-    if (tensor._native !== DISPOSED) collected.register(tensor, tensor._native);
+    if (tensor._native < FREED) collected.register(tensor, tensor._native);
   }
   young.length = 0;
 }
@@ -143,18 +233,29 @@ function adoptQueued(): void {
 }
 
 function releaseCollected(): void {
-  const count = releasableCount;
-  releasableCount = 0;
-  if (count > 0) native.releaseTensors(releasable.subarray(0, count));
+  const count = collectedCount;
+  collectedCount = 0;
+  if (count > 0) native.releaseTensors(collectedHandles.subarray(0, count));
 }
 
-/** A tensor argument as the addon takes it fastest: its handle. */
-const raw = (value: unknown): unknown => (value instanceof Tensor ? value._native : value);
-const wrapHandle = (handle: TensorHandle | null): Tensor | null => (handle === null ? null : new Tensor(handle));
+/**
+ * An argument as the addon takes it fastest: a Tensor's handle; other values as they are,
+ * except a BigInt, which the addon would read as a handle.
+ */
+const raw = (value: unknown): unknown => {
+  if (value instanceof Tensor) return value._native;
+  if (typeof value === "bigint") throw new TypeError(`expected a Tensor or a number, got the BigInt ${value}`);
+  return value;
+};
+const wrapHandle = (handle: TensorHandle | null): Tensor | null => (handle === null ? null : wrap(handle));
 
 /** Errors from argument conversion do not know the operation; name it for them. */
 function named(name: string, error: unknown): unknown {
-  if (error instanceof Error && !error.message.startsWith(`${name}:`)) error.message = `${name}: ${error.message}`;
+  if (!(error instanceof Error)) return error;
+  const message = error.message.startsWith(`${name}:`) ? error.message : `${name}: ${error.message}`;
+  // The addon reports a value that is not a tensor where one is expected as an invalid argument.
+  if ((error as { code?: unknown }).code === "InvalidArg" && !(error instanceof TypeError)) return new TypeError(message);
+  error.message = message;
   return error;
 }
 
@@ -171,7 +272,7 @@ function installNativeMethods(): void {
     if (kind === "Op") {
       prototype[name] = function (this: Tensor, a?: unknown, b?: unknown, c?: unknown, d?: unknown) {
         try {
-          return new Tensor(fn(this._native, raw(a), raw(b), raw(c), raw(d)) as TensorHandle);
+          return wrap(fn(this._native, raw(a), raw(b), raw(c), raw(d)) as TensorHandle);
         } catch (error) {
           throw named(name, error);
         }
@@ -179,7 +280,7 @@ function installNativeMethods(): void {
     } else if (kind === "List") {
       prototype[name] = function (this: Tensor, a?: unknown, b?: unknown, c?: unknown) {
         try {
-          return (fn(this._native, raw(a), raw(b), raw(c)) as TensorHandle[]).map((h) => new Tensor(h));
+          return (fn(this._native, raw(a), raw(b), raw(c)) as TensorHandle[]).map(wrap);
         } catch (error) {
           throw named(name, error);
         }
@@ -206,7 +307,7 @@ function installNativeMethods(): void {
 }
 
 installNativeMethods();
-native.registerTensorClass(Tensor);
+native.registerTensorClass(Tensor, wrap);
 
 function typedView(bytes: Buffer, dtype: string): TypedArray {
   const { buffer, byteOffset, byteLength } = bytes;
@@ -329,7 +430,15 @@ export function manualSeed(seed: number): void {
 
 export const cat = native.cat;
 export const stack = native.stack;
-export const where = native.where;
+
+/** Elements of `a` where `condition` is true, else of `b` (a tensor or a number). */
+export function where(condition: Tensor, a: Tensor, b: Tensor | number): Tensor {
+  try {
+    return native.where(condition, a, raw(b) as Tensor | number);
+  } catch (error) {
+    throw named("where", error);
+  }
+}
 
 /** Whether operations record gradients now (false inside `noGrad`). */
 export function isGradEnabled(): boolean {
@@ -359,22 +468,22 @@ function collectTensors(value: unknown, into: Tensor[], seen = new Set<unknown>(
 
 /**
  * Runs `fn` and frees every tensor created inside it that it does not return
- * (tensors found in the returned value, arrays, Maps and plain objects, are kept).
+ * (tensors found in the returned value, arrays, Maps and plain objects, are kept) or `keep()`.
  */
 export function tidy<T>(fn: () => T): T {
-  native.beginScope();
+  const scope = openScope();
   let result: T;
   try {
     result = fn();
   } catch (error) {
-    native.endScope([]);
+    closeScope(scope);
     throw error;
   }
   if (result instanceof Promise) {
-    native.endScope([]);
+    closeScope(scope);
     throw new Error("tidy: the function returned a Promise; tidy only tracks synchronous code");
   }
-  native.endScope(collectTensors(result, []));
+  closeScope(scope, { handOn: new Set(collectTensors(result, [])) });
   return result;
 }
 

@@ -7,3 +7,5 @@ export type TensorHandle = bigint & { readonly __tensorHandle: never };
 /** A tensor (or its handle) or a plain number. */
 export type TensorOrNumber = Tensor | TensorHandle | number;
 
+/** A Tensor argument of the methods ts/tensor.ts installs; they pass its handle. */
+export type TensorArg = Tensor;

@@ -3,7 +3,7 @@
 // batches are gathered (and moved to `device`) on a background Rust thread.
 import { native } from "../native.js";
 import type { NativeDataLoader } from "../../index.js";
-import type { Device } from "../tensor.js";
+import { closeScope, openScope, type Device, type Scope } from "../tensor.js";
 import { defaultCollate, disposeTensors, toDevice, type Collated } from "./collate.js";
 import { TensorDataset, nativeDataset, type Dataset } from "./dataset.js";
 
@@ -33,12 +33,18 @@ export interface DataLoaderOptions<T, B> {
   /** This process's share of every global batch. Default: one process, no sharding. */
   shard?: ShardOptions;
   /**
-   * Free the tensors the loader made for a batch when the loop asks for the next one
-   * (or finishes), as Python frees a batch that nothing refers to any more. Breaking
-   * out of the loop keeps the current batch. Batches from a custom `collate` are
-   * yours, except copies moved to `device`. Default false here; `accelerator.prepare`
-   * turns it on unless it is set, because GPU batches are invisible to V8's garbage
-   * collector and would otherwise pile up until it happens to run.
+   * Free every tensor made during a step (the batch, the forward pass, the loss, ...)
+   * when the loop asks for the next batch, or ends, or breaks; a tensor to use later
+   * is kept with `keep()` or made before the loop. Parameters, gradients, optimizer
+   * state and what a Module holds are never freed by it. Default false here;
+   * `accelerator.prepare` turns it on unless it is set, because a synchronous loop
+   * never lets the garbage collector free tensors, and V8 does not see GPU memory.
+   */
+  stepScope?: boolean;
+  /**
+   * Without `stepScope`: free the tensors the loader made for a batch when the loop asks
+   * for the next one (or finishes). Breaking out of the loop keeps the current batch.
+   * Batches from a custom `collate` are yours, except copies moved to `device`. Default false.
    */
   disposeBatches?: boolean;
 }
@@ -157,17 +163,21 @@ export class DataLoader<T, B = Collated<T>> implements Iterable<B> {
   }
 
   *[Symbol.iterator](): Generator<B, void, undefined> {
+    const steps = new StepScopes(this.options.stepScope ?? false, this.#skip);
+    const disposeBatches = (this.options.disposeBatches ?? false) && !steps.enabled;
     const { dataset } = this;
     if (dataset instanceof TensorDataset && this.options.collate === undefined) {
       const pass = this.#native.iterTensors(nativeDataset(dataset), this.#skip);
       const keys = dataset.keys;
       try {
-        for (let batch = pass.nextBatch(); batch !== null; batch = pass.nextBatch()) {
+        const next = () => pass.nextBatch();
+        for (let batch = steps.next(next); batch !== null; batch = steps.next(next)) {
           const tensors = batch;
           yield Object.fromEntries(keys.map((key, i) => [key, tensors[i]])) as B;
-          if (this.options.disposeBatches) for (const tensor of tensors) tensor.dispose();
+          if (disposeBatches) for (const tensor of tensors) tensor.dispose();
         }
       } finally {
+        steps.end();
         pass.close();
       }
       return;
@@ -176,15 +186,49 @@ export class DataLoader<T, B = Collated<T>> implements Iterable<B> {
     const { device } = this.options;
     const pass = this.#native.iterIndices(this.#skip);
     try {
-      const owned = this.options.disposeBatches && (this.options.collate === undefined || device !== undefined);
-      for (let indices = pass.nextBatch(); indices !== null; indices = pass.nextBatch()) {
+      const owned = disposeBatches && (this.options.collate === undefined || device !== undefined);
+      const next = () => pass.nextBatch();
+      for (let indices = steps.next(next); indices !== null; indices = steps.next(next)) {
         const collated = collate(indices.map((i) => dataset.get(i)));
         const batch = device === undefined ? collated : toDevice(collated, device, this.options.collate === undefined);
         yield batch;
         if (owned) disposeTensors(batch);
       }
     } finally {
+      steps.end();
       pass.close();
     }
+  }
+}
+
+/**
+ * One pass's step scopes: each step's scope opens before its batch is made and closes
+ * when the loop asks for the next batch (or leaves), freeing what the step made.
+ */
+class StepScopes {
+  readonly enabled: boolean;
+  #scope: Scope | undefined;
+  #step: number;
+
+  constructor(enabled: boolean, skipped: number) {
+    this.enabled = enabled;
+    this.#step = skipped;
+  }
+
+  /** Ends the current step, then opens the next one's scope around `fetch` (the batch's making). */
+  next<N>(fetch: () => N | null): N | null {
+    this.end();
+    if (!this.enabled) return fetch();
+    this.#step += 1;
+    this.#scope = openScope();
+    const batch = fetch();
+    if (batch === null) this.end();
+    return batch;
+  }
+
+  end(): void {
+    if (this.#scope === undefined) return;
+    closeScope(this.#scope, { step: this.#step });
+    this.#scope = undefined;
   }
 }

@@ -1,7 +1,7 @@
 // The base class of every model: finds parameters, buffers and child modules on the
 // object itself, and gives PyTorch's Module API over them (state dicts, devices, modes).
 import { native } from "../native.js";
-import { Tensor, type Device } from "../tensor.js";
+import { keep, Tensor, type Device } from "../tensor.js";
 
 /** Parameters and buffers by dotted name (`"fc1.weight"`, `"0.bias"`). */
 export type StateDict = Record<string, Tensor>;
@@ -35,7 +35,9 @@ function quoted(keys: string[]): string {
  * constructor or as class fields: a `Module` value is a child, a `Tensor` that
  * requires grad is a parameter. `registerParameter` / `registerBuffer` name tensors
  * explicitly (a buffer is state that is saved but not trained). Names follow
- * PyTorch: `fc1.weight`, `0.bias`.
+ * PyTorch: `fc1.weight`, `0.bias`. Parameters and buffers are kept (`keep()`): no
+ * `tidy` or prepared loader's step frees them once the module knows them (registered,
+ * a built-in layer's, or listed by `parameters()`, `stateDict()`, `to()`, an optimizer).
  *
  * ```ts
  * class Net extends nn.Module {
@@ -72,6 +74,7 @@ export abstract class Module {
     this.#checkName("registerParameter", name);
     if (this.#bufferNames.has(name)) throw new Error(`registerParameter: "${name}" is already a buffer`);
     this.#parameterNames.add(name);
+    if (tensor !== null) keep(tensor);
     this.#set(name, tensor);
   }
 
@@ -80,6 +83,7 @@ export abstract class Module {
     this.#checkName("registerBuffer", name);
     if (this.#parameterNames.has(name)) throw new Error(`registerBuffer: "${name}" is already a parameter`);
     this.#bufferNames.add(name);
+    if (tensor !== null) keep(tensor);
     this.#set(name, tensor);
   }
 
@@ -101,11 +105,11 @@ export abstract class Module {
         if (!(value instanceof Tensor)) {
           throw new Error(`${this.constructor.name}.${key} is registered as a ${registered} but holds a ${typeof value}`);
         }
-        (registered === "parameter" ? members.parameters : members.buffers).push([key, value]);
+        (registered === "parameter" ? members.parameters : members.buffers).push([key, keep(value)]);
       } else if (value instanceof Module) {
         members.children.push([key, value]);
       } else if (value instanceof Tensor && !value.isDisposed && value.requiresGrad) {
-        members.parameters.push([key, value]);
+        members.parameters.push([key, keep(value)]);
       }
     }
     return members;

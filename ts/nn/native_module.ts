@@ -1,7 +1,7 @@
 // The base of modules that run in the engine: a thin wrapper over a NativeLayer whose
 // parameters appear as ordinary properties sharing the engine's tensors.
 import type { NativeLayer } from "../../index.js";
-import { Tensor } from "../tensor.js";
+import { keep, Tensor } from "../tensor.js";
 import { Module } from "./module.js";
 
 const NATIVE_LAYER = Symbol("accelerate.nativeLayer");
@@ -44,7 +44,7 @@ export abstract class NativeModule extends Module {
           throw new Error(`${layer.kind}.${name}: can only be set to a Tensor of the same shape, got ${String(value)}`);
         }
         layer.setParameter(name, value);
-        current = value;
+        current = keep(value);
       },
     });
     this.registerParameter(name, initial);

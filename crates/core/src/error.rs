@@ -1,5 +1,6 @@
 //! The one error type of the engine: every fallible call names the operation.
 
+use crate::memory::FreedBy;
 use tch::TchError;
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -16,9 +17,9 @@ pub enum Error {
     /// A precondition we check ourselves (shapes, ranges, names).
     #[error("{op}: {message}")]
     Invalid { op: String, message: String },
-    /// The tensor's memory was released by `dispose()` or a `tidy` scope.
-    #[error("{op}: the tensor was disposed (by dispose() or at the end of a tidy scope)")]
-    Disposed { op: String },
+    /// The tensor's memory was released earlier; `by` says what released it.
+    #[error("{op}: {by}")]
+    Disposed { op: String, by: FreedBy },
     #[error("{op}: {source}")]
     Io { op: String, source: std::io::Error },
 }
@@ -69,7 +70,9 @@ impl Error {
     /// The operation named by this error.
     pub fn op(&self) -> &str {
         match self {
-            Error::Torch { op, .. } | Error::Invalid { op, .. } | Error::Disposed { op } | Error::Io { op, .. } => op,
+            Error::Torch { op, .. } | Error::Invalid { op, .. } | Error::Disposed { op, .. } | Error::Io { op, .. } => {
+                op
+            }
         }
     }
 }

@@ -1,19 +1,50 @@
-//! Deterministic tensor lifetime: handles that can be disposed early, nested
-//! scopes that dispose what was created inside them, and counters of what is
-//! alive (tensors and bytes) so a host runtime can report native memory to its GC.
+//! Tensors owned by a host language: handles that can be disposed early, the
+//! reason a handle was freed (so a later use can say what freed it), and
+//! counters of what is alive (tensors and bytes) so a host runtime can report
+//! native memory to its GC. Scopes that free what a block created live in the
+//! host, which knows its objects (ts/tensor.ts).
 
 use crate::{shim, Error, Result};
 use std::cell::{Ref, RefCell};
-use std::rc::{Rc, Weak};
+use std::fmt;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use tch::Tensor;
 
 static LIVE_TENSORS: AtomicI64 = AtomicI64::new(0);
 static UNREPORTED_BYTES: AtomicI64 = AtomicI64::new(0);
 
+/// What freed a tensor before a later use of it; the use's error says so, and what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreedBy {
+    /// `dispose()` or the end of a `using` block.
+    Dispose,
+    /// The end of the `tidy` call that created it.
+    Tidy,
+    /// The end of step `n` (counted from 1 in its epoch) of a prepared data loader.
+    Step(u32),
+}
+
+impl fmt::Display for FreedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FreedBy::Dispose => write!(f, "the tensor was disposed (by dispose() or at the end of a `using` block)"),
+            FreedBy::Tidy => write!(
+                f,
+                "the tensor was freed at the end of the tidy() that created it; return it from the function or keep() it to use it later"
+            ),
+            FreedBy::Step(n) => write!(
+                f,
+                "the tensor was freed at the end of step {n} by the prepared loader; keep() it to use it later, or create it before the loop"
+            ),
+        }
+    }
+}
+
 struct Slot {
     tensor: RefCell<Option<Tensor>>,
     bytes: i64,
+    freed_by: FreedBy,
 }
 
 impl Slot {
@@ -35,41 +66,36 @@ impl Drop for Slot {
 #[derive(Clone)]
 pub struct Handle(Rc<Slot>);
 
-thread_local! {
-    static SCOPES: RefCell<Vec<Vec<Weak<Slot>>>> = const { RefCell::new(Vec::new()) };
-}
-
 impl Handle {
-    /// Takes ownership of `tensor`, counts it, and records it in the innermost open scope.
+    /// Takes ownership of `tensor` and counts it.
     pub fn new(tensor: Tensor) -> Handle {
         // Only host memory is reported to the JS garbage collector: GPU memory does not
         // pressure V8's heap, and reporting it would trigger a full collection every few steps.
         let bytes = shim::host_bytes(&tensor);
-        let slot = Rc::new(Slot {
-            tensor: RefCell::new(Some(tensor)),
-            bytes,
-        });
         LIVE_TENSORS.fetch_add(1, Ordering::Relaxed);
         UNREPORTED_BYTES.fetch_add(bytes, Ordering::Relaxed);
-        SCOPES.with(|scopes| {
-            if let Some(scope) = scopes.borrow_mut().last_mut() {
-                scope.push(Rc::downgrade(&slot));
-            }
-        });
-        Handle(slot)
-    }
-
-    /// A handle whose tensor is already gone: every use fails as disposed.
-    pub fn disposed() -> Handle {
         Handle(Rc::new(Slot {
-            tensor: RefCell::new(None),
-            bytes: 0,
+            tensor: RefCell::new(Some(tensor)),
+            bytes,
+            freed_by: FreedBy::Dispose,
         }))
     }
 
-    /// Borrows the tensor for operation `op`; a disposed handle is an error naming `op`.
+    /// A handle whose tensor `by` already freed: every use fails, saying so.
+    pub fn freed(by: FreedBy) -> Handle {
+        Handle(Rc::new(Slot {
+            tensor: RefCell::new(None),
+            bytes: 0,
+            freed_by: by,
+        }))
+    }
+
+    /// Borrows the tensor for operation `op`; a freed handle is an error naming `op` and what freed it.
     pub fn get(&self, op: &str) -> Result<Ref<'_, Tensor>> {
-        Ref::filter_map(self.0.tensor.borrow(), Option::as_ref).map_err(|_| Error::Disposed { op: op.to_string() })
+        Ref::filter_map(self.0.tensor.borrow(), Option::as_ref).map_err(|_| Error::Disposed {
+            op: op.to_string(),
+            by: self.0.freed_by,
+        })
     }
 
     /// Frees the tensor now; later uses fail with a "disposed" error. Idempotent.
@@ -84,38 +110,6 @@ impl Handle {
     pub fn same_slot(&self, other: &Handle) -> bool {
         Rc::ptr_eq(&self.0, &other.0)
     }
-}
-
-/// Opens a scope: handles created until the matching `end_scope` belong to it.
-pub fn begin_scope() {
-    SCOPES.with(|scopes| scopes.borrow_mut().push(Vec::new()));
-}
-
-/// Closes the innermost scope, disposing every handle created in it except those
-/// in `keep`, which move to the enclosing scope (if any). Returns how many were disposed.
-pub fn end_scope(keep: &[Handle]) -> usize {
-    let created = SCOPES.with(|scopes| scopes.borrow_mut().pop()).unwrap_or_default();
-    let mut disposed = 0;
-    let mut kept = Vec::new();
-    for weak in created {
-        let Some(slot) = weak.upgrade() else { continue };
-        if keep.iter().any(|k| Rc::ptr_eq(&k.0, &slot)) {
-            kept.push(weak);
-        } else if slot.tensor.borrow().is_some() {
-            slot.release();
-            disposed += 1;
-        }
-    }
-    SCOPES.with(|scopes| {
-        if let Some(parent) = scopes.borrow_mut().last_mut() {
-            parent.extend(kept);
-        }
-    });
-    disposed
-}
-
-pub fn scope_depth() -> usize {
-    SCOPES.with(|scopes| scopes.borrow().len())
 }
 
 /// Tensors currently owned by handles (not yet disposed or collected).
@@ -139,27 +133,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scope_disposes_what_it_did_not_keep() {
+    fn dispose_frees_and_later_use_names_the_operation() {
         let before = live_tensors();
-        begin_scope();
         let a = Handle::new(Tensor::from_slice(&[1.0f32, 2.0]));
-        let b = Handle::new(Tensor::from_slice(&[3.0f32]));
-        assert_eq!(end_scope(std::slice::from_ref(&a)), 1);
-        assert!(!a.is_disposed());
-        assert!(b.is_disposed());
-        assert!(matches!(b.get("add"), Err(Error::Disposed { .. })));
-        drop((a, b));
+        let shared = a.clone();
+        assert_eq!(live_tensors(), before + 1);
+        a.dispose();
+        assert!(shared.is_disposed(), "clones share the slot");
         assert_eq!(live_tensors(), before);
+        let err = a.get("add").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("add: the tensor was disposed"), "{err}");
     }
 
     #[test]
-    fn nested_scope_hands_kept_tensors_to_parent() {
-        begin_scope();
-        begin_scope();
-        let inner = Handle::new(Tensor::from_slice(&[1i64]));
-        end_scope(std::slice::from_ref(&inner));
-        assert!(!inner.is_disposed());
-        end_scope(&[]);
-        assert!(inner.is_disposed());
+    fn a_freed_handle_says_what_freed_it() {
+        let step = Handle::freed(FreedBy::Step(12));
+        let err = step.get("mul").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.starts_with("mul: the tensor was freed at the end of step 12 by the prepared loader; keep()"),
+            "{err}"
+        );
+        let tidy = Handle::freed(FreedBy::Tidy);
+        assert!(matches!(
+            tidy.get("sum"),
+            Err(Error::Disposed { by: FreedBy::Tidy, .. })
+        ));
     }
 }

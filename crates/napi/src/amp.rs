@@ -101,7 +101,7 @@ impl GradScalerCore {
 
     /// `loss` times the scale, as a new tensor.
     #[napi]
-    pub fn scale(&mut self, env: Env, loss: &Tensor) -> Result<Tensor> {
+    pub fn scale(&mut self, env: Env, loss: Tensor) -> Result<Tensor> {
         guarded("scaleLoss", || {
             let scaled = self.inner.scale(&*loss.handle.get("scaleLoss")?)?;
             Ok(wrap(&env, scaled))
@@ -110,14 +110,14 @@ impl GradScalerCore {
 
     /// Unscales the gradients of `params` in place, once per step.
     #[napi]
-    pub fn unscale(&mut self, params: Vec<&Tensor>) -> Result<()> {
+    pub fn unscale(&mut self, params: Vec<Tensor>) -> Result<()> {
         let inner = &mut self.inner;
         guarded("unscale", || with_all("unscale", &params, |ps| inner.unscale(ps)))
     }
 
     /// Unscales if needed; whether the optimizer over `params` may step (no inf/NaN).
     #[napi]
-    pub fn should_step(&mut self, params: Vec<&Tensor>) -> Result<bool> {
+    pub fn should_step(&mut self, params: Vec<Tensor>) -> Result<bool> {
         let inner = &mut self.inner;
         guarded("step", || with_all("step", &params, |ps| inner.should_step(ps)))
     }

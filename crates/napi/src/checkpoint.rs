@@ -16,7 +16,7 @@ pub struct NamedTensors {
     pub tensors: Vec<Tensor>,
 }
 
-fn named(op: &str, names: Vec<String>, tensors: &[&Tensor]) -> accelerate_core::Result<Vec<(String, tch::Tensor)>> {
+fn named(op: &str, names: Vec<String>, tensors: &[Tensor]) -> accelerate_core::Result<Vec<(String, tch::Tensor)>> {
     if names.len() != tensors.len() {
         return Err(accelerate_core::Error::invalid(
             op,
@@ -43,7 +43,7 @@ fn unzip(env: &Env, list: Vec<(String, tch::Tensor)>) -> NamedTensors {
 pub fn save_safetensors(
     path: String,
     names: Vec<String>,
-    tensors: Vec<&Tensor>,
+    tensors: Vec<Tensor>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
     guarded("saveSafetensors", || {
@@ -69,7 +69,7 @@ pub fn load_safetensors(env: Env, path: String) -> Result<NamedTensors> {
 
 /// Saves model weights into `dir`, sharded above `maxShardBytes`; returns the files written.
 #[napi]
-pub fn save_model(dir: String, names: Vec<String>, tensors: Vec<&Tensor>, max_shard_bytes: f64) -> Result<Vec<String>> {
+pub fn save_model(dir: String, names: Vec<String>, tensors: Vec<Tensor>, max_shard_bytes: f64) -> Result<Vec<String>> {
     guarded("saveModel", || {
         checkpoint::save_model(
             Path::new(&dir),
@@ -122,7 +122,7 @@ pub fn cpu_rng_state(env: Env) -> Result<Tensor> {
 }
 
 #[napi]
-pub fn set_cpu_rng_state(state: &Tensor) -> Result<()> {
+pub fn set_cpu_rng_state(state: Tensor) -> Result<()> {
     guarded("setCpuRngState", || {
         shim::set_cpu_rng_state(&*state.handle.get("setCpuRngState")?)
     })
@@ -134,7 +134,7 @@ pub fn cuda_rng_state(env: Env, index: u32) -> Result<Tensor> {
 }
 
 #[napi]
-pub fn set_cuda_rng_state(index: u32, state: &Tensor) -> Result<()> {
+pub fn set_cuda_rng_state(index: u32, state: Tensor) -> Result<()> {
     guarded("setCudaRngState", || {
         shim::set_cuda_rng_state(index as usize, &*state.handle.get("setCudaRngState")?)
     })

@@ -94,7 +94,7 @@ pub fn with_operand<T>(
 /// Borrows every tensor of `list` for `op` and calls `f` with plain references.
 pub fn with_all<T>(
     op: &str,
-    list: &[&Tensor],
+    list: &[Tensor],
     f: impl FnOnce(&[&tch::Tensor]) -> accelerate_core::Result<T>,
 ) -> accelerate_core::Result<T> {
     let borrowed = list

@@ -25,7 +25,7 @@ pub struct NativeTensorDataset {
 impl NativeTensorDataset {
     /// Holds (shares, does not copy) `tensors`, named by `names` in the same order.
     #[napi(constructor)]
-    pub fn new(names: Vec<String>, tensors: Vec<&Tensor>) -> Result<NativeTensorDataset> {
+    pub fn new(names: Vec<String>, tensors: Vec<Tensor>) -> Result<NativeTensorDataset> {
         guarded("TensorDataset", || {
             if names.len() != tensors.len() {
                 return Err(Error::invalid(

@@ -67,7 +67,7 @@ fn reduce_kind(op: &str, name: &str) -> accelerate_core::Result<Reduce> {
 
 /// `tensor` reduced across processes, as a new tensor on every process.
 #[napi]
-pub fn dist_all_reduce(env: Env, tensor: &Tensor, reduction: String) -> Result<Tensor> {
+pub fn dist_all_reduce(env: Env, tensor: Tensor, reduction: String) -> Result<Tensor> {
     guarded("reduce", || {
         let how = reduce_kind("reduce", &reduction)?;
         Ok(wrap(
@@ -79,7 +79,7 @@ pub fn dist_all_reduce(env: Env, tensor: &Tensor, reduction: String) -> Result<T
 
 /// Every process's `tensor` concatenated along dim 0; mismatched shapes fail everywhere.
 #[napi]
-pub fn dist_all_gather(env: Env, tensor: &Tensor) -> Result<Tensor> {
+pub fn dist_all_gather(env: Env, tensor: Tensor) -> Result<Tensor> {
     guarded("gather", || {
         Ok(wrap(&env, dist::all_gather("gather", &*tensor.handle.get("gather")?)?))
     })
@@ -87,7 +87,7 @@ pub fn dist_all_gather(env: Env, tensor: &Tensor) -> Result<Tensor> {
 
 /// Overwrites `tensor` with process `root`'s values.
 #[napi]
-pub fn dist_broadcast(tensor: &Tensor, root: u32) -> Result<()> {
+pub fn dist_broadcast(tensor: Tensor, root: u32) -> Result<()> {
     guarded("broadcast", || {
         let mut t = tensor.handle.get("broadcast")?.shallow_clone();
         dist::broadcast_("broadcast", &mut t, root as usize)
@@ -112,7 +112,7 @@ pub fn dist_barrier() -> Result<()> {
 
 /// Copies process 0's values of `params` to every process.
 #[napi]
-pub fn dist_broadcast_parameters(params: Vec<&Tensor>) -> Result<()> {
+pub fn dist_broadcast_parameters(params: Vec<Tensor>) -> Result<()> {
     guarded("prepare", || {
         let params = params
             .iter()
@@ -131,7 +131,7 @@ pub struct DdpReducer {
 #[napi]
 impl DdpReducer {
     #[napi(constructor)]
-    pub fn new(params: Vec<&Tensor>, bucket_bytes: f64) -> Result<Self> {
+    pub fn new(params: Vec<Tensor>, bucket_bytes: f64) -> Result<Self> {
         guarded("prepare", || {
             let params = params
                 .iter()

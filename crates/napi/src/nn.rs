@@ -209,7 +209,7 @@ impl NativeLayer {
     }
 
     #[napi]
-    pub fn forward(&self, env: Env, x: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward(&self, env: Env, x: Tensor, train: bool) -> Result<Tensor> {
         let op = self.layer.name();
         guarded(op, || Ok(wrap(&env, self.layer.forward(&*x.handle.get(op)?, train)?)))
     }
@@ -233,7 +233,7 @@ impl NativeLayer {
 
     /// Makes own parameter `name` share `value` (same shape), e.g. to tie weights.
     #[napi]
-    pub fn set_parameter(&self, name: String, value: &Tensor) -> Result<()> {
+    pub fn set_parameter(&self, name: String, value: Tensor) -> Result<()> {
         guarded("setParameter", || {
             self.layer.set_parameter(&name, &*value.handle.get("setParameter")?)
         })

@@ -11,8 +11,8 @@ use crate::tensor::Tensor;
 #[napi]
 pub fn nn_cross_entropy(
     env: Env,
-    logits: &Tensor,
-    target: &Tensor,
+    logits: Tensor,
+    target: Tensor,
     reduction: Option<String>,
     label_smoothing: Option<f64>,
     ignore_index: Option<i64>,
@@ -33,7 +33,7 @@ pub fn nn_cross_entropy(
 }
 
 #[napi]
-pub fn nn_mse_loss(env: Env, input: &Tensor, target: &Tensor, reduction: Option<String>) -> Result<Tensor> {
+pub fn nn_mse_loss(env: Env, input: Tensor, target: Tensor, reduction: Option<String>) -> Result<Tensor> {
     const OP: &str = "mseLoss";
     guarded(OP, || {
         let reduction = f::reduction(OP, reduction.as_deref().unwrap_or("mean"))?;
@@ -43,26 +43,26 @@ pub fn nn_mse_loss(env: Env, input: &Tensor, target: &Tensor, reduction: Option<
 }
 
 #[napi]
-pub fn nn_softmax(env: Env, x: &Tensor, dim: i64) -> Result<Tensor> {
+pub fn nn_softmax(env: Env, x: Tensor, dim: i64) -> Result<Tensor> {
     guarded("softmax", || {
         Ok(wrap(&env, f::softmax(&*x.handle.get("softmax")?, dim)?))
     })
 }
 
 #[napi]
-pub fn nn_log_softmax(env: Env, x: &Tensor, dim: i64) -> Result<Tensor> {
+pub fn nn_log_softmax(env: Env, x: Tensor, dim: i64) -> Result<Tensor> {
     guarded("logSoftmax", || {
         Ok(wrap(&env, f::log_softmax(&*x.handle.get("logSoftmax")?, dim)?))
     })
 }
 
 #[napi]
-pub fn nn_relu(env: Env, x: &Tensor) -> Result<Tensor> {
+pub fn nn_relu(env: Env, x: Tensor) -> Result<Tensor> {
     guarded("relu", || Ok(wrap(&env, f::relu(&*x.handle.get("relu")?)?)))
 }
 
 #[napi]
-pub fn nn_gelu(env: Env, x: &Tensor, approximate: Option<String>) -> Result<Tensor> {
+pub fn nn_gelu(env: Env, x: Tensor, approximate: Option<String>) -> Result<Tensor> {
     guarded("gelu", || {
         let approximate = approximate.as_deref().unwrap_or("none");
         Ok(wrap(&env, f::gelu(&*x.handle.get("gelu")?, approximate)?))
@@ -70,7 +70,7 @@ pub fn nn_gelu(env: Env, x: &Tensor, approximate: Option<String>) -> Result<Tens
 }
 
 #[napi]
-pub fn nn_dropout(env: Env, x: &Tensor, p: f64, training: bool) -> Result<Tensor> {
+pub fn nn_dropout(env: Env, x: Tensor, p: f64, training: bool) -> Result<Tensor> {
     guarded("dropout", || {
         Ok(wrap(&env, f::dropout(&*x.handle.get("dropout")?, p, training)?))
     })
@@ -80,10 +80,10 @@ pub fn nn_dropout(env: Env, x: &Tensor, p: f64, training: bool) -> Result<Tensor
 #[allow(clippy::too_many_arguments)]
 pub fn nn_scaled_dot_product_attention(
     env: Env,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    attn_mask: Option<&Tensor>,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Option<Tensor>,
     dropout_p: Option<f64>,
     is_causal: Option<bool>,
     scale: Option<f64>,
@@ -91,7 +91,7 @@ pub fn nn_scaled_dot_product_attention(
     const OP: &str = "scaledDotProductAttention";
     guarded(OP, || {
         let (q, k, v) = (q.handle.get(OP)?, k.handle.get(OP)?, v.handle.get(OP)?);
-        let mask = attn_mask.map(|m| m.handle.get(OP)).transpose()?;
+        let mask = attn_mask.as_ref().map(|m| m.handle.get(OP)).transpose()?;
         let out = f::scaled_dot_product_attention(
             &q,
             &k,
@@ -106,17 +106,17 @@ pub fn nn_scaled_dot_product_attention(
 }
 
 #[napi]
-pub fn nn_linear(env: Env, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+pub fn nn_linear(env: Env, x: Tensor, weight: Tensor, bias: Option<Tensor>) -> Result<Tensor> {
     const OP: &str = "linear";
     guarded(OP, || {
-        let bias = bias.map(|b| b.handle.get(OP)).transpose()?;
+        let bias = bias.as_ref().map(|b| b.handle.get(OP)).transpose()?;
         let out = f::linear(&*x.handle.get(OP)?, &*weight.handle.get(OP)?, bias.as_deref())?;
         Ok(wrap(&env, out))
     })
 }
 
 #[napi]
-pub fn nn_init_kaiming_uniform(t: &Tensor, a: f64, mode: String, nonlinearity: String) -> Result<()> {
+pub fn nn_init_kaiming_uniform(t: Tensor, a: f64, mode: String, nonlinearity: String) -> Result<()> {
     const OP: &str = "kaimingUniform_";
     guarded(OP, || {
         init::kaiming_uniform_(&*t.handle.get(OP)?, a, init::FanMode::parse(OP, &mode)?, &nonlinearity)
@@ -124,7 +124,7 @@ pub fn nn_init_kaiming_uniform(t: &Tensor, a: f64, mode: String, nonlinearity: S
 }
 
 #[napi]
-pub fn nn_init_kaiming_normal(t: &Tensor, a: f64, mode: String, nonlinearity: String) -> Result<()> {
+pub fn nn_init_kaiming_normal(t: Tensor, a: f64, mode: String, nonlinearity: String) -> Result<()> {
     const OP: &str = "kaimingNormal_";
     guarded(OP, || {
         init::kaiming_normal_(&*t.handle.get(OP)?, a, init::FanMode::parse(OP, &mode)?, &nonlinearity)
@@ -132,31 +132,31 @@ pub fn nn_init_kaiming_normal(t: &Tensor, a: f64, mode: String, nonlinearity: St
 }
 
 #[napi]
-pub fn nn_init_xavier_uniform(t: &Tensor, gain: f64) -> Result<()> {
+pub fn nn_init_xavier_uniform(t: Tensor, gain: f64) -> Result<()> {
     guarded("xavierUniform_", || {
         init::xavier_uniform_(&*t.handle.get("xavierUniform_")?, gain)
     })
 }
 
 #[napi]
-pub fn nn_init_xavier_normal(t: &Tensor, gain: f64) -> Result<()> {
+pub fn nn_init_xavier_normal(t: Tensor, gain: f64) -> Result<()> {
     guarded("xavierNormal_", || {
         init::xavier_normal_(&*t.handle.get("xavierNormal_")?, gain)
     })
 }
 
 #[napi]
-pub fn nn_init_normal(t: &Tensor, mean: f64, std: f64) -> Result<()> {
+pub fn nn_init_normal(t: Tensor, mean: f64, std: f64) -> Result<()> {
     guarded("normal_", || init::normal_(&*t.handle.get("normal_")?, mean, std))
 }
 
 #[napi]
-pub fn nn_init_uniform(t: &Tensor, low: f64, high: f64) -> Result<()> {
+pub fn nn_init_uniform(t: Tensor, low: f64, high: f64) -> Result<()> {
     guarded("uniform_", || init::uniform_(&*t.handle.get("uniform_")?, low, high))
 }
 
 #[napi]
-pub fn nn_init_constant(t: &Tensor, value: f64) -> Result<()> {
+pub fn nn_init_constant(t: Tensor, value: f64) -> Result<()> {
     guarded("constant_", || init::constant_(&*t.handle.get("constant_")?, value))
 }
 

@@ -10,7 +10,7 @@ use crate::tensor::Tensor;
 
 /// Copies `sources[i]` into `targets[i]` (named `keys[i]`) after checking every shape.
 #[napi]
-pub fn nn_load_in_place(keys: Vec<String>, targets: Vec<&Tensor>, sources: Vec<&Tensor>) -> Result<()> {
+pub fn nn_load_in_place(keys: Vec<String>, targets: Vec<Tensor>, sources: Vec<Tensor>) -> Result<()> {
     const OP: &str = "loadStateDict";
     guarded(OP, || {
         if keys.len() != targets.len() || keys.len() != sources.len() {
@@ -34,7 +34,7 @@ pub fn nn_load_in_place(keys: Vec<String>, targets: Vec<&Tensor>, sources: Vec<&
 
 /// Moves each tensor (and its gradient) to `device`, in place.
 #[napi]
-pub fn nn_move_in_place(tensors: Vec<&Tensor>, device: String) -> Result<()> {
+pub fn nn_move_in_place(tensors: Vec<Tensor>, device: String) -> Result<()> {
     guarded("to", || {
         let device = parse_device("to", Some(&device))?;
         with_all("to", &tensors, |ts| param::move_in_place(ts, device))
@@ -43,6 +43,6 @@ pub fn nn_move_in_place(tensors: Vec<&Tensor>, device: String) -> Result<()> {
 
 /// Drops each tensor's gradient (`grad` becomes null).
 #[napi]
-pub fn nn_clear_grads(tensors: Vec<&Tensor>) -> Result<()> {
+pub fn nn_clear_grads(tensors: Vec<Tensor>) -> Result<()> {
     guarded("zeroGrad", || with_all("zeroGrad", &tensors, param::clear_grads))
 }

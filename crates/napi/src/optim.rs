@@ -83,7 +83,7 @@ impl OptimizerCore {
     #[napi(constructor)]
     pub fn new(
         algorithm: String,
-        params: Vec<&Tensor>,
+        params: Vec<Tensor>,
         group_sizes: Vec<u32>,
         options: OptimizerOptions,
         group_options: Vec<OptimizerOptions>,
@@ -116,7 +116,7 @@ impl OptimizerCore {
 
     /// Adds a param group; options it does not set come from the constructor's.
     #[napi]
-    pub fn add_param_group(&mut self, params: Vec<&Tensor>, options: OptimizerOptions) -> Result<()> {
+    pub fn add_param_group(&mut self, params: Vec<Tensor>, options: OptimizerOptions) -> Result<()> {
         let op = format!("{}.addParamGroup", self.inner.name());
         guarded(&op, || {
             let params = params
@@ -186,7 +186,7 @@ impl OptimizerCore {
     pub fn load_state_dict(
         &mut self,
         keys: Vec<String>,
-        tensors: Vec<&Tensor>,
+        tensors: Vec<Tensor>,
         param_groups: Vec<ParamGroupState>,
     ) -> Result<()> {
         let op = format!("{}.loadStateDict", self.inner.name());
@@ -212,7 +212,7 @@ impl OptimizerCore {
 
 /// Scales gradients so their total norm is at most `maxNorm`; returns the norm before clipping.
 #[napi]
-pub fn clip_grad_norm(params: Vec<&Tensor>, max_norm: f64, norm_type: f64, error_if_nonfinite: bool) -> Result<f64> {
+pub fn clip_grad_norm(params: Vec<Tensor>, max_norm: f64, norm_type: f64, error_if_nonfinite: bool) -> Result<f64> {
     guarded("clipGradNorm", || {
         with_all("clipGradNorm", &params, |ts| {
             optim::clip_grad_norm(ts, max_norm, norm_type, error_if_nonfinite)
@@ -222,7 +222,7 @@ pub fn clip_grad_norm(params: Vec<&Tensor>, max_norm: f64, norm_type: f64, error
 
 /// Clamps every gradient element into [-value, value].
 #[napi]
-pub fn clip_grad_value(params: Vec<&Tensor>, value: f64) -> Result<()> {
+pub fn clip_grad_value(params: Vec<Tensor>, value: f64) -> Result<()> {
     guarded("clipGradValue", || {
         with_all("clipGradValue", &params, |ts| optim::clip_grad_value(ts, value))
     })

@@ -1,12 +1,10 @@
-//! Process-wide switches and facts: seeding, grad mode, memory scopes, CUDA.
+//! Process-wide switches and facts: seeding, grad mode, live tensors, CUDA.
 
 use accelerate_core::{cuda, device, memory, tensor};
 use napi::Result;
 
 use crate::convert::guarded;
 use napi_derive::napi;
-
-use crate::tensor::Tensor;
 
 #[napi]
 pub fn manual_seed(seed: i64) -> Result<()> {
@@ -25,24 +23,6 @@ pub fn set_grad_enabled(enabled: bool) -> bool {
 #[napi]
 pub fn is_grad_enabled() -> bool {
     tensor::is_grad_enabled()
-}
-
-/// Opens a memory scope: tensors created until `endScope` belong to it.
-#[napi]
-pub fn begin_scope() {
-    memory::begin_scope();
-}
-
-/// Closes the innermost scope, disposing its tensors except `keep`; returns how many were disposed.
-#[napi]
-pub fn end_scope(keep: Vec<&Tensor>) -> Result<u32> {
-    let keep: Vec<memory::Handle> = keep.iter().map(|t| t.handle.clone()).collect();
-    Ok(memory::end_scope(&keep) as u32)
-}
-
-#[napi]
-pub fn scope_depth() -> u32 {
-    memory::scope_depth() as u32
 }
 
 /// Tensors alive now (created and neither disposed nor garbage-collected).

@@ -2,21 +2,29 @@
 //! per-thread table; JS knows it by a handle, a BigInt made of the slot's index
 //! and generation. The TS `Tensor` class (ts/tensor.ts) holds the handle, passes
 //! it back on every call, and returns it (`releaseTensors`) when the JS object is
-//! garbage-collected. Hot operations return the bare handle (`TensorHandle`) for
-//! TS to wrap; other bindings return `Tensor`, built here by calling the
-//! registered TS class. Arguments accept a handle or a `Tensor` object.
+//! garbage-collected or its scope ends. Hot operations return the bare handle
+//! (`TensorHandle`) for TS to wrap; other bindings return `Tensor`, built here by
+//! calling the factory that TS registered.
 //!
 //! Why not napi externals or napi-rs classes: every napi object with a finalizer
 //! costs a weak reference and a finalizer queue entry in Node, over a microsecond
 //! per operation; a JS `FinalizationRegistry` entry costs about a tenth of that.
 //! Why a BigInt: a plain number would be indistinguishable from a scalar operand.
 //!
-//! `dispose()` frees the tensor and its slot at once; the slot's generation then
-//! changes, so the stale handle reads as a disposed tensor.
+//! Handles cannot be forged: a `Tensor` argument must be an object of the registered
+//! class (checked with `instanceof`); a bare handle is accepted only as a `TensorArg`,
+//! which only the op-table methods take, and TS passes them handles of real tensors
+//! only (its `raw()` refuses a BigInt from the user). A converted argument holds its
+//! own reference to the slot's tensor, so JS code that runs while a binding converts
+//! its arguments (a getter that disposes a tensor) cannot free what the call uses:
+//! that tensor reads as disposed instead.
+//!
+//! `dispose()` frees the tensor and its slot at once; JS then holds a marker handle
+//! (generation `u32::MAX`, never a live slot's) whose index says what freed it.
 
-use accelerate_core::memory::Handle;
+use accelerate_core::memory::{FreedBy, Handle};
 use napi::bindgen_prelude::{
-    BigUint64Array, FromNapiRef, FromNapiValue, ToNapiValue, TypeName, Unknown, ValidateNapiValue, ValueType,
+    BigUint64Array, FromNapiValue, ToNapiValue, TypeName, Unknown, ValidateNapiValue, ValueType,
 };
 use napi::{check_status, sys, Env, Error, JsValue, Result, Status};
 use napi_derive::napi;
@@ -27,8 +35,21 @@ use crate::fast::fast_exports;
 
 fast_exports!(FAST = [dispose_tensor[env](Unknown)]);
 
+/// A tensor argument or result. As an argument: a JS `Tensor` object (never a bare handle).
+#[derive(Clone)]
 pub struct Tensor {
     pub(crate) handle: Handle,
+}
+
+/// A tensor argument of the op-table methods (crates/napi/src/tensor_ops.rs, tensor_api.rs):
+/// a handle, which TS passes for the receiver and for operands it checked, or a `Tensor`.
+pub struct TensorArg(pub(crate) Tensor);
+
+impl std::ops::Deref for TensorArg {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        &self.0
+    }
 }
 
 /// A tensor returned to JS as its bare handle, for TS to wrap.
@@ -104,23 +125,37 @@ impl Table {
 
 thread_local! {
     static TABLE: RefCell<Table> = RefCell::new(Table::default());
+    /// The TS `Tensor` class (for `instanceof`) and the factory that wraps a new handle in one.
     static TENSOR_CLASS: Cell<sys::napi_ref> = const { Cell::new(std::ptr::null_mut()) };
-    /// What a stale handle resolves to: a tensor whose every use fails as disposed.
-    static DISPOSED: &'static Tensor = Box::leak(Box::new(Tensor { handle: Handle::disposed() }));
+    static TENSOR_FACTORY: Cell<sys::napi_ref> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Marker handles that JS holds for freed tensors: generation `u32::MAX` (never a live
+/// slot's) and an index saying what freed it (ts/tensor.ts writes them).
+const MARKER_GENERATION: u32 = u32::MAX;
+const MARKER_DISPOSED: u32 = u32::MAX;
+const MARKER_TIDY: u32 = u32::MAX - 1;
+
+fn freed_by(handle: u64) -> FreedBy {
+    let (index, generation) = split(handle);
+    match (generation, index as u32) {
+        (MARKER_GENERATION, MARKER_TIDY) => FreedBy::Tidy,
+        (MARKER_GENERATION, step) if step != MARKER_DISPOSED => FreedBy::Step(step),
+        _ => FreedBy::Dispose,
+    }
 }
 
 fn insert(tensor: Tensor) -> u64 {
     TABLE.with(|table| table.borrow_mut().insert(tensor))
 }
 
-fn lookup(handle: u64) -> &'static Tensor {
-    let found = TABLE.with(|table| {
-        // SAFETY: chunks never move, and a slot's tensor is taken only by `remove`, which
-        // runs in `dispose_tensor` and `release_tensors`; neither runs while another
-        // binding holds this reference.
-        table.borrow().get(handle).map(|t| unsafe { &*(t as *const Tensor) })
-    });
-    found.unwrap_or_else(|| DISPOSED.with(|d| *d))
+/// The tensor behind `handle`, as a new reference to its slot (alive however long the
+/// caller needs it); a freed or unknown handle gives a tensor whose uses say what freed it.
+fn lookup(handle: u64) -> Tensor {
+    let found = TABLE.with(|table| table.borrow().get(handle).cloned());
+    found.unwrap_or_else(|| Tensor {
+        handle: Handle::freed(freed_by(handle)),
+    })
 }
 
 /// Takes a tensor out of the table. Dropped by the caller, outside the table's borrow:
@@ -129,7 +164,8 @@ fn remove(handle: u64) -> Option<Tensor> {
     TABLE.with(|table| table.borrow_mut().remove(handle))
 }
 
-/// Frees the slots of collected `Tensor` objects (ts/tensor.ts calls it in batches).
+/// Frees the slots of `Tensor` objects that were collected or whose scope ended (ts/tensor.ts
+/// calls it in batches). A slot's tensor stays alive while a running call still uses it.
 #[napi]
 pub fn release_tensors(env: Env, handles: BigUint64Array) {
     for &handle in handles.iter() {
@@ -138,10 +174,10 @@ pub fn release_tensors(env: Env, handles: BigUint64Array) {
     report_memory(&env);
 }
 
-/// Frees a tensor's memory and its slot now (`Tensor.dispose`). Idempotent.
+/// Frees a tensor's memory and its slot now (`Tensor.dispose` passes its handle). Idempotent.
 #[napi]
-pub fn dispose_tensor(env: Env, tensor: Unknown) -> Result<()> {
-    let handle = unsafe { handle_of(env.raw(), tensor.raw()) }?;
+pub fn dispose_tensor(env: Env, handle: Unknown) -> Result<()> {
+    let handle = unsafe { bare_handle(env.raw(), handle.raw()) }?;
     if let Some(tensor) = remove(handle) {
         tensor.handle.dispose();
     }
@@ -149,14 +185,31 @@ pub fn dispose_tensor(env: Env, tensor: Unknown) -> Result<()> {
     Ok(())
 }
 
-/// Called once by ts/tensor.ts: the class whose constructor takes a handle.
+/// Called once by ts/tensor.ts: the `Tensor` class, and the function that wraps a new handle in one.
 #[napi]
-pub fn register_tensor_class(env: Env, tensor_class: Unknown) -> Result<()> {
-    let mut class_ref = std::ptr::null_mut();
-    // SAFETY: the class belongs to this env; the reference keeps it for the process.
-    check_status!(unsafe { sys::napi_create_reference(env.raw(), tensor_class.raw(), 1, &mut class_ref) })?;
-    TENSOR_CLASS.with(|c| c.set(class_ref));
+pub fn register_tensor_class(env: Env, tensor_class: Unknown, factory: Unknown) -> Result<()> {
+    for (value, cell) in [(tensor_class, &TENSOR_CLASS), (factory, &TENSOR_FACTORY)] {
+        let mut reference = std::ptr::null_mut();
+        // SAFETY: the value belongs to this env; the reference keeps it for the process.
+        check_status!(unsafe { sys::napi_create_reference(env.raw(), value.raw(), 1, &mut reference) })?;
+        cell.with(|c| c.set(reference));
+    }
     Ok(())
+}
+
+fn registered(
+    env: sys::napi_env,
+    cell: &'static std::thread::LocalKey<Cell<sys::napi_ref>>,
+) -> Result<sys::napi_value> {
+    let reference = cell.with(Cell::get);
+    if reference.is_null() {
+        return Err(Error::from_reason(
+            "the Tensor class was not registered (import accelerate-ts, not the .node file)",
+        ));
+    }
+    let mut value = std::ptr::null_mut();
+    check_status!(unsafe { sys::napi_get_reference_value(env, reference, &mut value) })?;
+    Ok(value)
 }
 
 unsafe fn create_handle(env: sys::napi_env, tensor: Tensor) -> Result<sys::napi_value> {
@@ -176,26 +229,60 @@ fn type_of(env: sys::napi_env, value: sys::napi_value) -> Result<ValueType> {
     Ok(ValueType::from(kind))
 }
 
-/// The handle in `value`: a bare handle, or a TS `Tensor` (whose `_native` property holds one).
-unsafe fn handle_of(env: sys::napi_env, value: sys::napi_value) -> Result<u64> {
+fn not_a_tensor(given: ValueType) -> Error {
+    Error::new(Status::InvalidArg, format!("expected a Tensor, got {given}"))
+}
+
+/// The handle in a BigInt, which must fit 64 bits.
+unsafe fn bare_handle(env: sys::napi_env, value: sys::napi_value) -> Result<u64> {
     let given = type_of(env, value)?;
-    let mut value = value;
-    if given == ValueType::Object {
-        check_status!(unsafe { sys::napi_get_named_property(env, value, c"_native".as_ptr(), &mut value) })?;
-    }
-    if type_of(env, value)? != ValueType::BigInt {
-        return Err(Error::new(
-            Status::InvalidArg,
-            format!("expected a Tensor, got {given}"),
-        ));
+    if given != ValueType::BigInt {
+        return Err(not_a_tensor(given));
     }
     let (mut handle, mut lossless) = (0, false);
     check_status!(unsafe { sys::napi_get_value_bigint_uint64(env, value, &mut handle, &mut lossless) })?;
+    if !lossless {
+        return Err(not_a_tensor(given));
+    }
     Ok(handle)
 }
 
-unsafe fn tensor_ref(env: sys::napi_env, value: sys::napi_value) -> Result<&'static Tensor> {
-    Ok(lookup(unsafe { handle_of(env, value) }?))
+/// The handle held by a JS `Tensor` object; anything else (a look-alike object too) is an error.
+unsafe fn object_handle(env: sys::napi_env, value: sys::napi_value) -> Result<u64> {
+    let given = type_of(env, value)?;
+    if given != ValueType::Object {
+        return Err(not_a_tensor(given));
+    }
+    let mut is_tensor = false;
+    check_status!(unsafe { sys::napi_instanceof(env, value, registered(env, &TENSOR_CLASS)?, &mut is_tensor) })?;
+    if !is_tensor {
+        return Err(not_a_tensor(given));
+    }
+    let mut handle = std::ptr::null_mut();
+    check_status!(unsafe { sys::napi_get_named_property(env, value, c"_native".as_ptr(), &mut handle) })?;
+    unsafe { bare_handle(env, handle) }
+}
+
+impl FromNapiValue for Tensor {
+    unsafe fn from_napi_value(env: sys::napi_env, napi_val: sys::napi_value) -> Result<Self> {
+        Ok(lookup(unsafe { object_handle(env, napi_val) }?))
+    }
+}
+
+impl FromNapiValue for TensorArg {
+    unsafe fn from_napi_value(env: sys::napi_env, napi_val: sys::napi_value) -> Result<Self> {
+        let handle = match type_of(env, napi_val)? {
+            ValueType::BigInt => unsafe { bare_handle(env, napi_val) }?,
+            _ => unsafe { object_handle(env, napi_val) }?,
+        };
+        Ok(TensorArg(lookup(handle)))
+    }
+}
+
+impl ValidateNapiValue for Tensor {
+    unsafe fn validate(env: sys::napi_env, napi_val: sys::napi_value) -> Result<sys::napi_value> {
+        unsafe { object_handle(env, napi_val) }.map(|_| std::ptr::null_mut())
+    }
 }
 
 impl ToNapiValue for TensorHandle {
@@ -215,18 +302,13 @@ impl TypeName for TensorHandle {
 
 impl ToNapiValue for Tensor {
     unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
-        let class_ref = TENSOR_CLASS.with(Cell::get);
-        if class_ref.is_null() {
-            return Err(Error::from_reason(
-                "the Tensor class was not registered (import accelerate-ts, not the .node file)",
-            ));
-        }
+        let factory = registered(env, &TENSOR_FACTORY)?;
         let handle = unsafe { create_handle(env, val)? };
-        let mut class = std::ptr::null_mut();
-        check_status!(unsafe { sys::napi_get_reference_value(env, class_ref, &mut class) })?;
+        let mut undefined = std::ptr::null_mut();
+        check_status!(unsafe { sys::napi_get_undefined(env, &mut undefined) })?;
         let mut instance = std::ptr::null_mut();
         let args = [handle];
-        check_status!(unsafe { sys::napi_new_instance(env, class, 1, args.as_ptr(), &mut instance) })?;
+        check_status!(unsafe { sys::napi_call_function(env, undefined, factory, 1, args.as_ptr(), &mut instance) })?;
         Ok(instance)
     }
 }
@@ -240,30 +322,18 @@ impl TypeName for Tensor {
     }
 }
 
-impl TypeName for &Tensor {
+impl TypeName for TensorArg {
     fn type_name() -> &'static str {
         "Tensor"
     }
     fn value_type() -> ValueType {
-        ValueType::Object
+        ValueType::Unknown
     }
 }
 
-impl FromNapiRef for Tensor {
-    unsafe fn from_napi_ref(env: sys::napi_env, napi_val: sys::napi_value) -> Result<&'static Self> {
-        unsafe { tensor_ref(env, napi_val) }
-    }
-}
-
-impl ValidateNapiValue for &Tensor {
-    unsafe fn validate(env: sys::napi_env, napi_val: sys::napi_value) -> Result<sys::napi_value> {
-        unsafe { tensor_ref(env, napi_val) }.map(|_| std::ptr::null_mut())
-    }
-}
-
-/// An operand: a Tensor or a plain number, told apart with one type check.
+/// An operand of the op-table methods: a Tensor (or its handle) or a plain number.
 pub enum TensorOrNumber {
-    Tensor(&'static Tensor),
+    Tensor(TensorArg),
     Number(f64),
 }
 
@@ -272,7 +342,7 @@ impl FromNapiValue for TensorOrNumber {
         if type_of(env, napi_val)? == ValueType::Number {
             return Ok(TensorOrNumber::Number(unsafe { f64::from_napi_value(env, napi_val)? }));
         }
-        unsafe { tensor_ref(env, napi_val) }
+        unsafe { TensorArg::from_napi_value(env, napi_val) }
             .map(TensorOrNumber::Tensor)
             .map_err(|_| Error::new(Status::InvalidArg, "expected a Tensor or a number".to_string()))
     }

@@ -11,57 +11,57 @@ use napi_derive::napi;
 
 use crate::convert::{guarded, handle, handles, parse_device, parse_dtype, with_operand, wrap};
 use crate::fast::fast_exports;
-use crate::tensor::{Tensor, TensorHandle, TensorOrNumber};
+use crate::tensor::{Tensor, TensorArg, TensorHandle, TensorOrNumber};
 
 fast_exports!(FAST = [
-    tensor_get_shape(&Tensor),
-    tensor_get_dtype(&Tensor),
-    tensor_get_device(&Tensor),
-    tensor_get_ndim(&Tensor),
-    tensor_get_numel(&Tensor),
-    tensor_get_is_disposed(&Tensor),
-    tensor_get_grad[env](&Tensor),
-    tensor_requires_grad(&Tensor),
-    tensor_set_requires_grad(&Tensor, bool),
-    tensor_call_item(&Tensor),
-    tensor_call_backward(&Tensor, Option<&Tensor>),
-    tensor_op_to[env](&Tensor, Option<String>, Option<String>),
-    tensor_op_index[env](&Tensor, TensorOrNumber),
+    tensor_get_shape(TensorArg),
+    tensor_get_dtype(TensorArg),
+    tensor_get_device(TensorArg),
+    tensor_get_ndim(TensorArg),
+    tensor_get_numel(TensorArg),
+    tensor_get_is_disposed(TensorArg),
+    tensor_get_grad[env](TensorArg),
+    tensor_requires_grad(TensorArg),
+    tensor_set_requires_grad(TensorArg, bool),
+    tensor_call_item(TensorArg),
+    tensor_call_backward(TensorArg, Option<TensorArg>),
+    tensor_op_to[env](TensorArg, Option<String>, Option<String>),
+    tensor_op_index[env](TensorArg, TensorOrNumber),
 ]);
 
 #[napi]
-pub fn tensor_get_shape(tensor: &Tensor) -> Result<Vec<i64>> {
+pub fn tensor_get_shape(tensor: TensorArg) -> Result<Vec<i64>> {
     guarded("shape", || Ok(tensor.handle.get("shape")?.size()))
 }
 
 #[napi]
-pub fn tensor_get_dtype(tensor: &Tensor) -> Result<&'static str> {
+pub fn tensor_get_dtype(tensor: TensorArg) -> Result<&'static str> {
     guarded("dtype", || Ok(dtype::name(tensor.handle.get("dtype")?.kind())))
 }
 
 #[napi]
-pub fn tensor_get_device(tensor: &Tensor) -> Result<String> {
+pub fn tensor_get_device(tensor: TensorArg) -> Result<String> {
     guarded("device", || Ok(device::name(tensor.handle.get("device")?.device())))
 }
 
 #[napi]
-pub fn tensor_get_ndim(tensor: &Tensor) -> Result<i64> {
+pub fn tensor_get_ndim(tensor: TensorArg) -> Result<i64> {
     guarded("ndim", || Ok(tensor.handle.get("ndim")?.dim() as i64))
 }
 
 #[napi]
-pub fn tensor_get_numel(tensor: &Tensor) -> Result<i64> {
+pub fn tensor_get_numel(tensor: TensorArg) -> Result<i64> {
     guarded("numel", || Ok(tensor.handle.get("numel")?.numel() as i64))
 }
 
 #[napi]
-pub fn tensor_get_is_disposed(tensor: &Tensor) -> Result<bool> {
+pub fn tensor_get_is_disposed(tensor: TensorArg) -> Result<bool> {
     Ok(tensor.handle.is_disposed())
 }
 
 /// The accumulated gradient, or null before any backward pass reached this tensor.
 #[napi]
-pub fn tensor_get_grad(env: Env, tensor: &Tensor) -> Result<Option<TensorHandle>> {
+pub fn tensor_get_grad(env: Env, tensor: TensorArg) -> Result<Option<TensorHandle>> {
     guarded("grad", || {
         let g = ops::unary("grad", &*tensor.handle.get("grad")?, |t| t.f_grad())?;
         Ok(g.defined().then(|| handle(&env, g)))
@@ -69,14 +69,14 @@ pub fn tensor_get_grad(env: Env, tensor: &Tensor) -> Result<Option<TensorHandle>
 }
 
 #[napi]
-pub fn tensor_requires_grad(tensor: &Tensor) -> Result<bool> {
+pub fn tensor_requires_grad(tensor: TensorArg) -> Result<bool> {
     guarded("requiresGrad", || {
         Ok(tensor.handle.get("requiresGrad")?.requires_grad())
     })
 }
 
 #[napi]
-pub fn tensor_set_requires_grad(tensor: &Tensor, value: bool) -> Result<()> {
+pub fn tensor_set_requires_grad(tensor: TensorArg, value: bool) -> Result<()> {
     guarded("requiresGrad", || {
         let t = tensor.handle.get("requiresGrad")?;
         ops::unary("requiresGrad", &t, |t| t.f_set_requires_grad(value)).map(drop)
@@ -85,13 +85,13 @@ pub fn tensor_set_requires_grad(tensor: &Tensor, value: bool) -> Result<()> {
 
 /// The value of a one-element tensor as a number (booleans as 0 or 1).
 #[napi]
-pub fn tensor_call_item(tensor: &Tensor) -> Result<f64> {
+pub fn tensor_call_item(tensor: TensorArg) -> Result<f64> {
     guarded("item", || core_tensor::item(&*tensor.handle.get("item")?))
 }
 
 /// The elements in row-major order as raw bytes of this tensor's dtype (copied to the host).
 #[napi]
-pub fn tensor_call_to_bytes(tensor: &Tensor) -> Result<Buffer> {
+pub fn tensor_call_to_bytes(tensor: TensorArg) -> Result<Buffer> {
     guarded("toBytes", || {
         Ok(core_tensor::to_bytes("toBytes", &*tensor.handle.get("toBytes")?)?.into())
     })
@@ -99,7 +99,7 @@ pub fn tensor_call_to_bytes(tensor: &Tensor) -> Result<Buffer> {
 
 /// Back-propagates from this tensor; a non-scalar needs `gradient` of its shape.
 #[napi]
-pub fn tensor_call_backward(tensor: &Tensor, gradient: Option<&Tensor>) -> Result<()> {
+pub fn tensor_call_backward(tensor: TensorArg, gradient: Option<TensorArg>) -> Result<()> {
     guarded("backward", || {
         let t = tensor.handle.get("backward")?;
         match gradient {
@@ -111,7 +111,12 @@ pub fn tensor_call_backward(tensor: &Tensor, gradient: Option<&Tensor>) -> Resul
 
 /// A copy converted to `dtype` and/or moved to `device` (the same values when nothing changes).
 #[napi]
-pub fn tensor_op_to(env: Env, tensor: &Tensor, dtype: Option<String>, device: Option<String>) -> Result<TensorHandle> {
+pub fn tensor_op_to(
+    env: Env,
+    tensor: TensorArg,
+    dtype: Option<String>,
+    device: Option<String>,
+) -> Result<TensorHandle> {
     guarded("to", || {
         let t = tensor.handle.get("to")?;
         let kind = parse_dtype("to", dtype.as_deref(), t.kind())?;
@@ -125,7 +130,7 @@ pub fn tensor_op_to(env: Env, tensor: &Tensor, dtype: Option<String>, device: Op
 
 /// `t[i]`: an integer selects along dim 0; a tensor of indices or a boolean mask gathers.
 #[napi]
-pub fn tensor_op_index(env: Env, tensor: &Tensor, i: TensorOrNumber) -> Result<TensorHandle> {
+pub fn tensor_op_index(env: Env, tensor: TensorArg, i: TensorOrNumber) -> Result<TensorHandle> {
     guarded("index", || {
         let t = tensor.handle.get("index")?;
         Ok(handle(&env, with_operand("index", &i, |i| ops::index(&t, i))?))
@@ -136,7 +141,7 @@ pub fn tensor_op_index(env: Env, tensor: &Tensor, i: TensorOrNumber) -> Result<T
 #[napi]
 pub fn tensor_list_split(
     env: Env,
-    tensor: &Tensor,
+    tensor: TensorArg,
     size: Either<i64, Vec<i64>>,
     dim: Option<i64>,
 ) -> Result<Vec<TensorHandle>> {
@@ -153,7 +158,7 @@ pub fn tensor_list_split(
 }
 
 #[napi]
-pub fn tensor_list_chunk(env: Env, tensor: &Tensor, chunks: i64, dim: Option<i64>) -> Result<Vec<TensorHandle>> {
+pub fn tensor_list_chunk(env: Env, tensor: TensorArg, chunks: i64, dim: Option<i64>) -> Result<Vec<TensorHandle>> {
     guarded("chunk", || {
         Ok(handles(
             &env,

@@ -10,7 +10,7 @@ use napi_derive::napi;
 
 use crate::convert::{dims, guarded, handle, with_all, with_operand, wrap};
 use crate::fast::fast_exports;
-use crate::tensor::{Tensor, TensorHandle, TensorOrNumber};
+use crate::tensor::{Tensor, TensorArg, TensorHandle, TensorOrNumber};
 
 macro_rules! tensor_ops {
     (
@@ -21,7 +21,7 @@ macro_rules! tensor_ops {
     ) => { paste::paste! {
         $(
             #[napi]
-            pub fn [<tensor_op_ $u>](env: Env, tensor: &Tensor) -> Result<TensorHandle> {
+            pub fn [<tensor_op_ $u>](env: Env, tensor: TensorArg) -> Result<TensorHandle> {
                 guarded(stringify!($u), || {
                     let t = tensor.handle.get(stringify!($u))?;
                     Ok(handle(&env, ops::unary(stringify!($u), &t, |t| t.$uf())?))
@@ -30,7 +30,7 @@ macro_rules! tensor_ops {
         )*
         $(
             #[napi]
-            pub fn [<tensor_op_ $b>](env: Env, tensor: &Tensor, other: TensorOrNumber) -> Result<TensorHandle> {
+            pub fn [<tensor_op_ $b>](env: Env, tensor: TensorArg, other: TensorOrNumber) -> Result<TensorHandle> {
                 guarded(stringify!($b), || {
                     let a = tensor.handle.get(stringify!($b))?;
                     let out = with_operand(stringify!($b), &other, |b| ops::binary(stringify!($b), &a, b, |a, b| a.$bf(b)))?;
@@ -40,7 +40,7 @@ macro_rules! tensor_ops {
         )*
         $(
             #[napi]
-            pub fn [<tensor_op_ $r>](env: Env, tensor: &Tensor, dim: Option<Either<i64, Vec<i64>>>, keepdim: Option<bool>) -> Result<TensorHandle> {
+            pub fn [<tensor_op_ $r>](env: Env, tensor: TensorArg, dim: Option<Either<i64, Vec<i64>>>, keepdim: Option<bool>) -> Result<TensorHandle> {
                 guarded(stringify!($r), || {
                     let t = tensor.handle.get(stringify!($r))?;
                     let dims = dims(dim);
@@ -50,7 +50,7 @@ macro_rules! tensor_ops {
         )*
         $(
             #[napi]
-            pub fn [<tensor_op_ $m>](env: Env, tensor: &Tensor, $($arg: $ty),*) -> Result<TensorHandle> {
+            pub fn [<tensor_op_ $m>](env: Env, tensor: TensorArg, $($arg: $ty),*) -> Result<TensorHandle> {
                 guarded(stringify!($m), || {
                     let $t = tensor.handle.get(stringify!($m))?;
                     Ok(handle(&env, ops::unary(stringify!($m), &$t, |$t| $body)?))
@@ -58,10 +58,10 @@ macro_rules! tensor_ops {
             }
         )*
         fast_exports!(FAST_TABLE = [
-            $( [<tensor_op_ $u>][env](&Tensor), )*
-            $( [<tensor_op_ $b>][env](&Tensor, TensorOrNumber), )*
-            $( [<tensor_op_ $r>][env](&Tensor, Option<Either<i64, Vec<i64>>>, Option<bool>), )*
-            $( [<tensor_op_ $m>][env](&Tensor $(, $ty)*), )*
+            $( [<tensor_op_ $u>][env](TensorArg), )*
+            $( [<tensor_op_ $b>][env](TensorArg, TensorOrNumber), )*
+            $( [<tensor_op_ $r>][env](TensorArg, Option<Either<i64, Vec<i64>>>, Option<bool>), )*
+            $( [<tensor_op_ $m>][env](TensorArg $(, $ty)*), )*
         ]);
     } };
 }
@@ -106,7 +106,7 @@ tensor_ops! {
 
 /// Matrix product with numpy semantics (1-D, 2-D and broadcast batches).
 #[napi]
-pub fn tensor_op_matmul(env: Env, tensor: &Tensor, other: &Tensor) -> Result<TensorHandle> {
+pub fn tensor_op_matmul(env: Env, tensor: TensorArg, other: TensorArg) -> Result<TensorHandle> {
     guarded("matmul", || {
         Ok(handle(
             &env,
@@ -119,8 +119,8 @@ pub fn tensor_op_matmul(env: Env, tensor: &Tensor, other: &Tensor) -> Result<Ten
 fn with_tensor(
     env: &Env,
     op: &str,
-    tensor: &Tensor,
-    other: &Tensor,
+    tensor: TensorArg,
+    other: TensorArg,
     f: impl FnOnce(&tch::Tensor, &tch::Tensor) -> std::result::Result<tch::Tensor, tch::TchError>,
 ) -> Result<TensorHandle> {
     guarded(op, || {
@@ -131,18 +131,18 @@ fn with_tensor(
 
 /// Values of this tensor taken along `dim` at the positions in `index`.
 #[napi]
-pub fn tensor_op_gather(env: Env, tensor: &Tensor, dim: i64, index: &Tensor) -> Result<TensorHandle> {
+pub fn tensor_op_gather(env: Env, tensor: TensorArg, dim: i64, index: TensorArg) -> Result<TensorHandle> {
     with_tensor(&env, "gather", tensor, index, |t, i| t.f_gather(dim, i, false))
 }
 
 #[napi]
-pub fn tensor_op_index_select(env: Env, tensor: &Tensor, dim: i64, index: &Tensor) -> Result<TensorHandle> {
+pub fn tensor_op_index_select(env: Env, tensor: TensorArg, dim: i64, index: TensorArg) -> Result<TensorHandle> {
     with_tensor(&env, "index_select", tensor, index, |t, i| t.f_index_select(dim, i))
 }
 
 /// A copy with `value` where `mask` is true.
 #[napi]
-pub fn tensor_op_masked_fill(env: Env, tensor: &Tensor, mask: &Tensor, value: f64) -> Result<TensorHandle> {
+pub fn tensor_op_masked_fill(env: Env, tensor: TensorArg, mask: TensorArg, value: f64) -> Result<TensorHandle> {
     with_tensor(&env, "masked_fill", tensor, mask, |t, m| {
         t.f_masked_fill(m, ops::scalar(value))
     })
@@ -150,15 +150,15 @@ pub fn tensor_op_masked_fill(env: Env, tensor: &Tensor, mask: &Tensor, value: f6
 
 fast_exports!(
     FAST_EXTRA = [
-        tensor_op_matmul[env](&Tensor, &Tensor),
-        tensor_op_gather[env](&Tensor, i64, &Tensor),
-        tensor_op_index_select[env](&Tensor, i64, &Tensor),
-        tensor_op_masked_fill[env](&Tensor, &Tensor, f64),
+        tensor_op_matmul[env](TensorArg, TensorArg),
+        tensor_op_gather[env](TensorArg, i64, TensorArg),
+        tensor_op_index_select[env](TensorArg, i64, TensorArg),
+        tensor_op_masked_fill[env](TensorArg, TensorArg, f64),
     ]
 );
 
 #[napi]
-pub fn cat(env: Env, tensors: Vec<&Tensor>, dim: Option<i64>) -> Result<Tensor> {
+pub fn cat(env: Env, tensors: Vec<Tensor>, dim: Option<i64>) -> Result<Tensor> {
     guarded("cat", || {
         Ok(wrap(
             &env,
@@ -168,7 +168,7 @@ pub fn cat(env: Env, tensors: Vec<&Tensor>, dim: Option<i64>) -> Result<Tensor> 
 }
 
 #[napi]
-pub fn stack(env: Env, tensors: Vec<&Tensor>, dim: Option<i64>) -> Result<Tensor> {
+pub fn stack(env: Env, tensors: Vec<Tensor>, dim: Option<i64>) -> Result<Tensor> {
     guarded("stack", || {
         Ok(wrap(
             &env,
@@ -177,9 +177,9 @@ pub fn stack(env: Env, tensors: Vec<&Tensor>, dim: Option<i64>) -> Result<Tensor
     })
 }
 
-/// Elements of `a` where `condition` is true, else of `b`.
+/// Elements of `a` where `condition` is true, else of `b` (ts/tensor.ts's `where` checks `b`).
 #[napi(js_name = "where")]
-pub fn where_(env: Env, condition: &Tensor, a: &Tensor, b: TensorOrNumber) -> Result<Tensor> {
+pub fn where_(env: Env, condition: Tensor, a: Tensor, b: TensorOrNumber) -> Result<Tensor> {
     guarded("where", || {
         let (c, a) = (condition.handle.get("where")?, a.handle.get("where")?);
         Ok(wrap(&env, with_operand("where", &b, |b| ops::where_(&c, &a, b))?))
