@@ -231,7 +231,10 @@ export interface GradScalerState {
 
 export declare function isGradEnabled(): boolean
 
-/** Tensors alive now (created and neither disposed nor garbage-collected). */
+/**
+ * Tensors alive now (created and neither disposed nor garbage-collected); frees the
+ * collected ones first.
+ */
 export declare function liveTensors(): number
 
 export declare function loadModel(dir: string): NamedTensors
@@ -367,8 +370,8 @@ export declare function randn(shape: Array<number>, dtype?: string | undefined |
 export declare function registerTensorClass(tensorClass: unknown, factory: unknown): void
 
 /**
- * Frees the slots of `Tensor` objects that were collected or whose scope ended (ts/tensor.ts
- * calls it in batches). A slot's tensor stays alive while a running call still uses it.
+ * Frees the slots of `Tensor` objects whose scope ended (ts/tensor.ts calls it in batches).
+ * A slot's tensor stays alive while a running call still uses it.
  */
 export declare function releaseTensors(handles: BigUint64Array): void
 
@@ -561,6 +564,15 @@ export declare function tensorOpView(tensor: TensorArg, shape: Array<number>): T
 export declare function tensorRequiresGrad(tensor: TensorArg): boolean
 
 export declare function tensorSetRequiresGrad(tensor: TensorArg, value: boolean): void
+
+/**
+ * Hands `tensors` (JS `Tensor` objects that no scope will free) to the garbage collector:
+ * each gets a weak reference, and every so often a sweep frees the slots whose object was
+ * collected. Unlike a FinalizationRegistry or a Node-API finalizer, which wait for the event
+ * loop, the collector clears a weak reference while it runs, so a synchronous loop that drops
+ * tensors frees them as it goes.
+ */
+export declare function watchTensors(tensors: Array<unknown>): void
 
 /** Elements of `a` where `condition` is true, else of `b` (ts/tensor.ts's `where` checks `b`). */
 export declare function where(condition: Tensor, a: Tensor, b: TensorOrNumber): Tensor

@@ -197,6 +197,24 @@ test.serial("tensors nobody disposes are freed once the garbage collector drops 
   t.deepEqual(kept.map((x) => x.sum().item()), [0, 800, 1600, 2400, 3200, 4000, 4800, 5600, 6400, 7200]);
 });
 
+test.serial("tensors dropped inside one synchronous loop are freed during it, not when it ends", (t) => {
+  // The issue's measurement: 160 000 tidy results dropped used to leave 160 000 live tensors.
+  let most = 0;
+  for (let i = 0; i < 100_000; i++) {
+    tidy(() => tensor([1, 2, 3, 4]).mul(tensor([2, 2, 2, 2])).sum());
+    if (i % 1000 === 0) most = Math.max(most, liveTensors());
+  }
+  t.true(most < 5_000, `at most ${most} tensors were alive at once`);
+  // 64 KiB each, 1.25 GiB in all: host bytes reported to V8 make it collect in time.
+  const start = process.memoryUsage().rss;
+  let peak = 0;
+  for (let i = 0; i < 10_000; i++) {
+    ones([16_384]).mul(2);
+    if (i % 500 === 0) peak = Math.max(peak, process.memoryUsage().rss - start);
+  }
+  t.true(peak < 400 * 2 ** 20, `RSS rose by at most ${(peak / 2 ** 20).toFixed(0)} MiB`);
+});
+
 test("a number or a foreign object where a tensor is expected throws", (t) => {
   const a = ones([2, 2]);
   t.throws(() => a.matmul(3 as unknown as Tensor), { message: /^matmul: expected a Tensor, got Number/ });

@@ -3,7 +3,7 @@
 // One process per GPU; for `ddp` start it with `accelerate launch --num_processes 2`.
 //   node --import @oxc-node/core/register bench/gpt.ts [--precision bf16] [--steps 30] [--warmup 5] [--batch 8]
 import { parseArgs } from "node:util";
-import { Accelerator, data, manualSeed, optim, randint, tidy, type MixedPrecision, type Tensor } from "../ts/index.js";
+import { Accelerator, data, manualSeed, optim, randint, type MixedPrecision, type Tensor } from "../ts/index.js";
 import { GPT, GPT2_SMALL } from "./models/gpt.js";
 
 const { values } = parseArgs({
@@ -49,13 +49,9 @@ for (const { x, y } of loader) {
   const timed = step >= warmup;
   const t0 = now();
   if (timed) host.data += t0 - mark;
-  let t1 = 0;
-  const loss = tidy(() => {
-    const l = model.forward(x, y);
-    t1 = now();
-    accelerator.backward(l);
-    return l.detach();
-  });
+  const loss = model.forward(x, y);
+  const t1 = now();
+  accelerator.backward(loss);
   const t2 = now();
   opt.step();
   opt.zeroGrad();
@@ -65,7 +61,7 @@ for (const { x, y } of loader) {
     host.backward += t2 - t1;
     host.step += mark - t2;
   }
-  curve.push(loss); // read at the end: reading now would wait for the GPU every step
+  curve.push(accelerator.keep(loss.detach())); // read at the end: reading now would wait for the GPU every step
   if (step === steps + warmup - 1) lastLoss = accelerator.reduce(loss, "mean").item();
   step += 1;
 }

@@ -7,7 +7,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { Accelerator, data, libtorch, nn, optim, randint, randn, tidy, type MixedPrecision } from "../ts/index.js";
+import { Accelerator, data, libtorch, nn, optim, randint, randn, type MixedPrecision } from "../ts/index.js";
 
 const { values } = parseArgs({
   options: {
@@ -35,15 +35,11 @@ let step = 0;
 let last = 0;
 for (const { x, y } of loader) {
   if (step === warmup) started = process.hrtime.bigint();
-  const loss = tidy(() => {
-    const l = nn.functional.crossEntropy(model.forward(x), y);
-    accelerator.backward(l);
-    return l.detach();
-  });
+  const loss = nn.functional.crossEntropy(model.forward(x), y);
+  accelerator.backward(loss);
   opt.step();
   opt.zeroGrad();
   if (step === steps + warmup - 1) last = loss.item(); // also waits for the GPU
-  loss.dispose();
   step += 1;
 }
 const seconds = Number(process.hrtime.bigint() - started) / 1e9;

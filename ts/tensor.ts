@@ -195,22 +195,16 @@ export function keep<T extends Tensor | readonly Tensor[]>(tensors: T): T {
 
 /**
  * Garbage collection, for tensors outside any scope (and kept ones). A tensor that is
- * never disposed is freed when its JS object is collected: a FinalizationRegistry hands its
- * handle back to the addon, in batches. Registering costs about as much as a small
- * operation, so such tensors wait in `young` (at most YOUNG_LIMIT of them, and never past
- * the current job) and only those not disposed by then are registered.
+ * never disposed is freed after its JS object is collected: the addon holds a weak
+ * reference to it and frees the slots of collected objects as it goes, during a
+ * synchronous loop too (crates/napi/src/tensor.rs, `watchTensors`). Watching costs about
+ * as much as a small operation, so such tensors wait in `young` (at most YOUNG_LIMIT of
+ * them, and never past the current job) and only those not freed by then are watched.
  */
 const YOUNG_LIMIT = 64;
 const young: Tensor[] = [];
 let adoptionQueued = false;
 const releasable = new BigUint64Array(4096);
-const collectedHandles = new BigUint64Array(4096);
-let collectedCount = 0;
-const collected = new FinalizationRegistry<TensorHandle>((handle) => {
-  if (collectedCount === 0) queueMicrotask(releaseCollected);
-  collectedHandles[collectedCount++] = handle;
-  if (collectedCount === collectedHandles.length) releaseCollected();
-});
 
 function toGarbageCollector(tensor: Tensor): void {
   if (young.push(tensor) === YOUNG_LIMIT) adoptYoung();
@@ -221,21 +215,14 @@ function toGarbageCollector(tensor: Tensor): void {
 }
 
 function adoptYoung(): void {
-  for (const tensor of young) {
-    if (tensor._native < FREED) collected.register(tensor, tensor._native);
-  }
+  const alive = young.filter((tensor) => tensor._native < FREED);
   young.length = 0;
+  if (alive.length > 0) native.watchTensors(alive);
 }
 
 function adoptQueued(): void {
   adoptionQueued = false;
   adoptYoung();
-}
-
-function releaseCollected(): void {
-  const count = collectedCount;
-  collectedCount = 0;
-  if (count > 0) native.releaseTensors(collectedHandles.subarray(0, count));
 }
 
 /**
@@ -487,7 +474,7 @@ export function tidy<T>(fn: () => T): T {
   return result;
 }
 
-/** How many tensors are alive (created and neither disposed nor garbage-collected). */
+/** How many tensors are alive (created and neither disposed nor garbage-collected; collected ones are freed first). */
 export function liveTensors(): number {
   return native.liveTensors();
 }

@@ -1,9 +1,10 @@
 //! Process-wide switches and facts: seeding, grad mode, live tensors, CUDA.
 
 use accelerate_core::{cuda, device, memory, tensor};
-use napi::Result;
+use napi::{Env, Result};
 
 use crate::convert::guarded;
+use crate::tensor::free_collected;
 use napi_derive::napi;
 
 #[napi]
@@ -25,10 +26,12 @@ pub fn is_grad_enabled() -> bool {
     tensor::is_grad_enabled()
 }
 
-/// Tensors alive now (created and neither disposed nor garbage-collected).
+/// Tensors alive now (created and neither disposed nor garbage-collected); frees the
+/// collected ones first.
 #[napi]
-pub fn live_tensors() -> i64 {
-    memory::live_tensors()
+pub fn live_tensors(env: Env) -> Result<i64> {
+    free_collected(&env)?;
+    Ok(memory::live_tensors())
 }
 
 #[napi]

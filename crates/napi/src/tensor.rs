@@ -58,68 +58,105 @@ pub struct TensorHandle(pub(crate) Tensor);
 struct Slot {
     generation: u32,
     tensor: Option<Tensor>,
+    /// A weak reference to the JS object holding this slot's handle, once it is watched.
+    weak: sys::napi_ref,
 }
 
-/// Slots live in fixed-size chunks that never move, so a reference handed to a
-/// binding stays valid while the table grows.
-const CHUNK: usize = 1024;
+/// What leaves the table with a slot: its tensor, and its weak reference (if watched),
+/// which the caller deletes with its env.
+struct Removed {
+    tensor: Tensor,
+    weak: sys::napi_ref,
+}
 
 #[derive(Default)]
 struct Table {
-    chunks: Vec<Box<[Slot; CHUNK]>>,
-    len: usize,
+    slots: Vec<Slot>,
     free: Vec<u32>,
+    /// Slots with a weak reference now; how many were watched since the last sweep, and
+    /// how many more make the next sweep due.
+    watched: usize,
+    watched_since_sweep: usize,
+    next_sweep: usize,
 }
 
 fn split(handle: u64) -> (usize, u32) {
     ((handle & 0xffff_ffff) as usize, (handle >> 32) as u32)
 }
 
-impl Table {
-    fn slot(&self, index: usize) -> Option<&Slot> {
-        (index < self.len).then(|| &self.chunks[index / CHUNK][index % CHUNK])
-    }
+/// Watched tensors between sweeps, at least: a sweep visits every slot, so sweeping only
+/// after as many new watches as there are watched slots keeps its cost per tensor constant.
+const SWEEP_EVERY: usize = 1024;
 
-    fn slot_mut(&mut self, index: usize) -> Option<&mut Slot> {
-        (index < self.len).then(|| &mut self.chunks[index / CHUNK][index % CHUNK])
+impl Table {
+    fn live_slot(&mut self, handle: u64) -> Option<&mut Slot> {
+        let (index, generation) = split(handle);
+        let slot = self.slots.get_mut(index)?;
+        (slot.generation == generation && slot.tensor.is_some()).then_some(slot)
     }
 
     fn insert(&mut self, tensor: Tensor) -> u64 {
         let index = match self.free.pop() {
             Some(index) => index as usize,
             None => {
-                if self.len == self.chunks.len() * CHUNK {
-                    self.chunks.push(Box::new(std::array::from_fn(|_| Slot {
-                        generation: 0,
-                        tensor: None,
-                    })));
-                }
-                self.len += 1;
-                self.len - 1
+                self.slots.push(Slot {
+                    generation: 0,
+                    tensor: None,
+                    weak: std::ptr::null_mut(),
+                });
+                self.slots.len() - 1
             }
         };
-        let slot = &mut self.chunks[index / CHUNK][index % CHUNK];
+        let slot = &mut self.slots[index];
         slot.tensor = Some(tensor);
         (u64::from(slot.generation) << 32) | index as u64
     }
 
     fn get(&self, handle: u64) -> Option<&Tensor> {
         let (index, generation) = split(handle);
-        let slot = self.slot(index)?;
+        let slot = self.slots.get(index)?;
         (slot.generation == generation).then_some(slot.tensor.as_ref()?)
     }
 
-    fn remove(&mut self, handle: u64) -> Option<Tensor> {
-        let (index, generation) = split(handle);
-        let slot = self.slot_mut(index)?;
-        if slot.generation != generation {
-            return None;
-        }
+    fn remove(&mut self, handle: u64) -> Option<Removed> {
+        let (index, _) = split(handle);
+        let slot = self.live_slot(handle)?;
         let tensor = slot.tensor.take()?;
-        // Never u32::MAX: JS marks disposed tensors with an all-ones handle.
+        let weak = std::mem::replace(&mut slot.weak, std::ptr::null_mut());
+        // Never u32::MAX: that generation marks freed tensors in JS.
         slot.generation = (slot.generation + 1) % u32::MAX;
+        if !weak.is_null() {
+            self.watched -= 1;
+        }
         self.free.push(index as u32);
-        Some(tensor)
+        Some(Removed { tensor, weak })
+    }
+
+    /// Gives the slot of `handle` the weak reference `weak`; returns it back if the slot is
+    /// gone (or already watched), for the caller to delete.
+    fn watch(&mut self, handle: u64, weak: sys::napi_ref) -> Option<sys::napi_ref> {
+        let Some(slot) = self.live_slot(handle).filter(|slot| slot.weak.is_null()) else {
+            return Some(weak);
+        };
+        slot.weak = weak;
+        self.watched += 1;
+        self.watched_since_sweep += 1;
+        None
+    }
+
+    fn sweep_due(&self) -> bool {
+        self.watched_since_sweep >= self.next_sweep.max(SWEEP_EVERY)
+    }
+
+    /// The handles and weak references of every watched slot; starts a new sweep period,
+    /// as long as there are watched slots now (what the sweep frees only shortens it).
+    fn take_watched(&mut self) -> Vec<(u64, sys::napi_ref)> {
+        self.watched_since_sweep = 0;
+        self.next_sweep = self.watched;
+        let watched = self.slots.iter().enumerate().filter(|(_, slot)| !slot.weak.is_null());
+        watched
+            .map(|(index, slot)| ((u64::from(slot.generation) << 32) | index as u64, slot.weak))
+            .collect()
     }
 }
 
@@ -158,27 +195,105 @@ fn lookup(handle: u64) -> Tensor {
     })
 }
 
-/// Takes a tensor out of the table. Dropped by the caller, outside the table's borrow:
-/// freeing a tensor runs libtorch code, never this table's.
-fn remove(handle: u64) -> Option<Tensor> {
-    TABLE.with(|table| table.borrow_mut().remove(handle))
+/// Takes a tensor out of the table and deletes its weak reference. The tensor is returned
+/// to be dropped outside the table's borrow: freeing a tensor runs libtorch code, never this table's.
+fn remove(env: sys::napi_env, handle: u64) -> Option<Tensor> {
+    let removed = TABLE.with(|table| table.borrow_mut().remove(handle))?;
+    if !removed.weak.is_null() {
+        // SAFETY: the reference was made in this env and is deleted once: `remove` cleared it.
+        unsafe { sys::napi_delete_reference(env, removed.weak) };
+    }
+    Some(removed.tensor)
 }
 
-/// Frees the slots of `Tensor` objects that were collected or whose scope ended (ts/tensor.ts
-/// calls it in batches). A slot's tensor stays alive while a running call still uses it.
+/// Frees the slots of `Tensor` objects whose scope ended (ts/tensor.ts calls it in batches).
+/// A slot's tensor stays alive while a running call still uses it.
 #[napi]
 pub fn release_tensors(env: Env, handles: BigUint64Array) {
     for &handle in handles.iter() {
-        drop(remove(handle));
+        drop(remove(env.raw(), handle));
     }
     report_memory(&env);
+}
+
+/// Hands `tensors` (JS `Tensor` objects that no scope will free) to the garbage collector:
+/// each gets a weak reference, and every so often a sweep frees the slots whose object was
+/// collected. Unlike a FinalizationRegistry or a Node-API finalizer, which wait for the event
+/// loop, the collector clears a weak reference while it runs, so a synchronous loop that drops
+/// tensors frees them as it goes.
+#[napi]
+pub fn watch_tensors(env: Env, tensors: Vec<Unknown>) -> Result<()> {
+    for tensor in tensors {
+        let handle = unsafe { object_handle(env.raw(), tensor.raw()) }?;
+        let mut weak = std::ptr::null_mut();
+        // SAFETY: a live object of this env; a reference count of 0 makes the reference weak.
+        check_status!(unsafe { sys::napi_create_reference(env.raw(), tensor.raw(), 0, &mut weak) })?;
+        if let Some(unused) = TABLE.with(|table| table.borrow_mut().watch(handle, weak)) {
+            // SAFETY: just created in this env, and stored nowhere.
+            unsafe { sys::napi_delete_reference(env.raw(), unused) };
+        }
+    }
+    if collector_ran(env.raw())? || TABLE.with(|table| table.borrow().sweep_due()) {
+        sweep(env.raw());
+    }
+    report_memory(&env);
+    Ok(())
+}
+
+/// Frees the watched tensors collected since the last sweep, if the collector ran since.
+pub fn free_collected(env: &Env) -> Result<()> {
+    if collector_ran(env.raw())? {
+        sweep(env.raw());
+        report_memory(env);
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// A weak reference to an object nothing else holds: once it reads empty, the garbage
+    /// collector ran (and may have collected watched tensors) since it was made.
+    static COLLECTOR_PROBE: Cell<sys::napi_ref> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Whether the garbage collector ran since the last call that answered yes (then a new probe is set).
+fn collector_ran(env: sys::napi_env) -> Result<bool> {
+    let probe = COLLECTOR_PROBE.with(Cell::get);
+    if !probe.is_null() {
+        let mut object = std::ptr::null_mut();
+        // SAFETY: the probe is a live reference of this env, deleted only below.
+        check_status!(unsafe { sys::napi_get_reference_value(env, probe, &mut object) })?;
+        if !object.is_null() {
+            return Ok(false);
+        }
+        // SAFETY: as above; it is replaced right after.
+        unsafe { sys::napi_delete_reference(env, probe) };
+    }
+    let (mut object, mut fresh) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: a new object of this env; a reference count of 0 makes the reference weak.
+    check_status!(unsafe { sys::napi_create_object(env, &mut object) })?;
+    check_status!(unsafe { sys::napi_create_reference(env, object, 0, &mut fresh) })?;
+    COLLECTOR_PROBE.with(|p| p.set(fresh));
+    Ok(!probe.is_null())
+}
+
+/// Frees the watched slots whose JS object the garbage collector has collected.
+fn sweep(env: sys::napi_env) {
+    for (handle, weak) in TABLE.with(|table| table.borrow_mut().take_watched()) {
+        let mut object = std::ptr::null_mut();
+        // SAFETY: `weak` is a live reference of this env: only `remove` deletes it, and a
+        // removed slot is no longer in the list taken above, which runs no JS.
+        let status = unsafe { sys::napi_get_reference_value(env, weak, &mut object) };
+        if status == sys::Status::napi_ok && object.is_null() {
+            drop(remove(env, handle));
+        }
+    }
 }
 
 /// Frees a tensor's memory and its slot now (`Tensor.dispose` passes its handle). Idempotent.
 #[napi]
 pub fn dispose_tensor(env: Env, handle: Unknown) -> Result<()> {
     let handle = unsafe { bare_handle(env.raw(), handle.raw()) }?;
-    if let Some(tensor) = remove(handle) {
+    if let Some(tensor) = remove(env.raw(), handle) {
         tensor.handle.dispose();
     }
     report_memory(&env);
@@ -217,7 +332,7 @@ unsafe fn create_handle(env: sys::napi_env, tensor: Tensor) -> Result<sys::napi_
     let mut value = std::ptr::null_mut();
     let status = unsafe { sys::napi_create_bigint_uint64(env, handle, &mut value) };
     if status != sys::Status::napi_ok {
-        drop(remove(handle));
+        drop(remove(env, handle));
         return Err(Error::new(Status::GenericFailure, "could not create a tensor handle"));
     }
     Ok(value)
