@@ -2,8 +2,9 @@
 // Packs what `npm publish` would publish, the napi-rs way, into a folder: one
 // platform package per native addon built here (`napi artifacts`: the .node into
 // a copy of npm/<platform>/) and the root package, whose package.json gains an
-// optionalDependency on each of them (what `napi prepublish` writes). The checkout
-// itself is not modified. Plain JS, like provision.mjs.
+// optionalDependency on each of them (what `napi prepublish` writes), and whose
+// binding types point at dist/ instead of ts/. The checkout itself is not
+// modified. Plain JS, like provision.mjs.
 //   node ts/setup/pack-release.mjs OUT_DIR    prints the tarballs' paths as JSON
 import { spawnSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -53,6 +54,9 @@ function main() {
   const rootStage = join(stage, "root");
   mkdirSync(rootStage);
   for (const file of [...manifest.files, "README.md"]) cpSync(join(root, file), join(rootStage, file), { recursive: true });
+  // The generated binding types import the checkout's sources (./ts/tensor.js); the package ships their compiled .d.ts.
+  const bindingTypes = join(rootStage, "index.d.ts");
+  writeFileSync(bindingTypes, readFileSync(bindingTypes, "utf8").replaceAll('from "./ts/', 'from "./dist/'));
   for (const field of DEVELOPMENT_FIELDS) delete manifest[field];
   manifest.optionalDependencies = Object.fromEntries(platforms.map((platform) => [`${manifest.name}-${platform}`, manifest.version]));
   writeFileSync(join(rootStage, "package.json"), `${JSON.stringify(manifest, null, 2)}\n`);
