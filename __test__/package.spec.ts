@@ -8,13 +8,14 @@ import test from "ava";
 import { spawnSync, type SpawnSyncReturns } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { delimiter, join } from "node:path";
+import { delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const addon = join(root, "accelerate.linux-x64-gnu.node");
 const work = mkdtempSync(join(tmpdir(), "accelerate-package-"));
 const project = join(work, "project");
+const accelerateBin = join(project, "node_modules", ".bin", "accelerate");
 
 /** The README's Install section's code blocks whose first line names a file: `// app.mjs (...)`. */
 function readmeFiles(): Map<string, string> {
@@ -139,10 +140,14 @@ serial("a .ts with decorators and `using`, in a folder with nothing installed, u
       "console.log(`total ${new Probe().total()}`);",
     ].join("\n"),
   );
-  const bin = join(project, "node_modules", ".bin", "accelerate");
-  const r = run(bin, ["launch", "--cpu", "--num_processes", "1", "features.ts"], elsewhere);
+  const r = run(accelerateBin, ["launch", "--cpu", "--num_processes", "1", "features.ts"], elsewhere);
   t.is(r.status, 0, output(r));
   t.regex(r.stdout, /sum 9\n[\s\S]*calling total\n[\s\S]*total 12/);
+  // The same hooks without the launcher, as the README says.
+  writeFileSync(join(project, "features.ts"), readFileSync(join(elsewhere, "features.ts")));
+  const direct = run("node", ["--import", "accelerate-ts/register", "features.ts"]);
+  t.is(direct.status, 0, output(direct));
+  t.regex(direct.stdout, /total 12/);
 });
 
 serial("npx accelerate install-libtorch finds the libtorch already there; --dry_run shows the pip command", (t) => {
@@ -158,6 +163,36 @@ serial("accelerate config with stdin from a pipe says it needs a terminal and su
   const r = spawnSync("npx", ["accelerate", "config"], { cwd: project, env, encoding: "utf8", input: "MULTI_CPU\n", timeout: 60_000 });
   t.is(r.status, 1, output(r));
   t.regex(r.stdout + r.stderr, /needs? a terminal[\s\S]*accelerate config default/);
+});
+
+serial("a libtorch of another version is named and refused: LIBTORCH's is an error, a project virtualenv's is skipped", (t) => {
+  const fakeTorch = (dir: string, version: string): void => {
+    mkdirSync(join(dir, "lib"), { recursive: true });
+    writeFileSync(join(dir, "lib", "libtorch_cpu.so"), "");
+    writeFileSync(join(dir, "version.py"), `__version__ = '${version}'\n`);
+  };
+  const old = join(work, "old-torch");
+  fakeTorch(old, "2.5.1+cpu");
+  const refused = spawnSync("node", ["app.mjs"], { cwd: project, env: { ...env, LIBTORCH: old }, encoding: "utf8" });
+  t.is(refused.status, 1, output(refused));
+  t.regex(refused.stderr, /LIBTORCH=\S+old-torch \(libtorch 2\.5\.1\+cpu; accelerate-ts needs 2\.11\.0\)/);
+  t.regex(refused.stderr, /npx accelerate install-libtorch[\s\S]*pip install torch==2\.11\.0 --index-url https:\/\/download\.pytorch\.org\/whl\/cpu[\s\S]*pip install torch==2\.11\.0 /);
+
+  const venv = join(work, "venv-project", ".venv");
+  mkdirSync(venv, { recursive: true });
+  writeFileSync(join(venv, "pyvenv.cfg"), "home = /usr/bin\n");
+  fakeTorch(join(venv, "lib", "python3.11", "site-packages", "torch"), "2.4.0");
+  const skipped = run(accelerateBin, ["env"], dirname(venv));
+  t.is(skipped.status, 0, output(skipped));
+  t.regex(skipped.stdout, /- torch version: 2\.11\./, "the cache's libtorch, not the project's 2.4.0");
+});
+
+serial("ACCELERATE_TS_NATIVE_LIBRARY_PATH picks the addon; a path with no file there is an error naming the variable", (t) => {
+  const chosen = spawnSync("npx", ["accelerate", "env"], { cwd: project, env: { ...env, ACCELERATE_TS_NATIVE_LIBRARY_PATH: addon }, encoding: "utf8" });
+  t.regex(chosen.stdout, new RegExp(`- native addon: ${addon.replaceAll(".", "\\.")} \\(from ACCELERATE_TS_NATIVE_LIBRARY_PATH\\)`), output(chosen));
+  const missing = spawnSync("node", ["app.mjs"], { cwd: project, env: { ...env, ACCELERATE_TS_NATIVE_LIBRARY_PATH: "/nowhere/accelerate.node" }, encoding: "utf8" });
+  t.is(missing.status, 1, output(missing));
+  t.regex(missing.stderr, /ACCELERATE_TS_NATIVE_LIBRARY_PATH=\/nowhere\/accelerate\.node, but there is no file/);
 });
 
 // Runs only when every test passed: a failed run leaves the project for inspection.
