@@ -9,7 +9,7 @@ export const TORCH_VERSION = "2.11.0";
 /** The releases the addon links against: any 2.11.x (their C++ ABI is the same). */
 const COMPATIBLE = /^2\.11\./;
 
-export type LibtorchSource = "LIBTORCH" | "python3" | "project virtualenv" | "cache";
+export type LibtorchSource = "LIBTORCH" | "active virtualenv" | "project virtualenv" | "cache" | "python3";
 
 export interface LibtorchLocation {
   /** The torch directory holding `lib/` (and `include/`). */
@@ -83,11 +83,12 @@ interface Candidate {
   source: LibtorchSource;
 }
 
+/** Candidates in order, cheapest first: only the last one starts a process (python3). */
 function candidates(searched: string[]): Candidate[] {
   const list: Candidate[] = [];
-  const fromPython = python3TorchDir();
-  if (fromPython) list.push({ dir: fromPython, source: "python3" });
-  else searched.push("python3 (no torch module, or no python3)");
+  const active = [process.env.VIRTUAL_ENV, process.env.CONDA_PREFIX].filter((prefix): prefix is string => !!prefix);
+  for (const prefix of active) for (const dir of virtualenvTorchDirs(prefix)) list.push({ dir, source: "active virtualenv" });
+  if (active.length === 0) searched.push("an active virtualenv or conda environment (none)");
   const venvs = projectVirtualenvs();
   for (const venv of venvs) for (const dir of virtualenvTorchDirs(venv)) list.push({ dir, source: "project virtualenv" });
   if (venvs.length === 0) searched.push("a .venv or venv in this folder or its parents (none)");
@@ -97,18 +98,35 @@ function candidates(searched: string[]): Candidate[] {
   return list;
 }
 
+/** The candidate as a location when it holds libtorch 2.11; otherwise notes why not in `searched`. */
+function usable({ dir, source }: Candidate, searched: string[]): LibtorchLocation | undefined {
+  if (!hasLibtorch(dir)) {
+    searched.push(`${source} ${dir} (no lib/${libraryName("torch_cpu")})`);
+    return undefined;
+  }
+  const version = libtorchVersion(dir);
+  if (version !== undefined && !COMPATIBLE.test(version)) {
+    searched.push(`${source} ${dir} (torch ${version}, not ${TORCH_VERSION})`);
+    return undefined;
+  }
+  return { dir, source, version };
+}
+
 function notFound(searched: string[]): Error {
   return new Error(
     `accelerate-ts: libtorch ${TORCH_VERSION} was not found. Searched: ${searched.join("; ")}.\n` +
       "Install it with one of:\n" +
       `  ${INSTALL_COMMANDS.accelerate}   (into ${cachedVirtualenv()}; CPU or CUDA 13 chosen by nvidia-smi)\n` +
-      `  ${INSTALL_COMMANDS.cpu}   (CPU only, about 200 MB, into the active python3)\n` +
-      `  ${INSTALL_COMMANDS.cuda13}   (CUDA 13.0, PyPI's default build, about 4 GB)\n` +
+      `  ${INSTALL_COMMANDS.cpu}   (CPU only, into the active python3)\n` +
+      `  ${INSTALL_COMMANDS.cuda13}   (CUDA 13.0, PyPI's default build, about 3.7 GB installed)\n` +
       `or set LIBTORCH to a libtorch ${TORCH_VERSION} directory (one with lib/${libraryName("torch_cpu")}).`,
   );
 }
 
-/** Searches `LIBTORCH`, then the active python3's torch, a project virtualenv, and the cache; the first 2.11 wins. */
+/**
+ * Searches `LIBTORCH`, then the active virtualenv or conda environment, a project
+ * virtualenv, the cache, and last the python3 on PATH; the first libtorch 2.11 wins.
+ */
 export function findLibtorch(): LibtorchLocation {
   const fromEnv = process.env.LIBTORCH;
   if (fromEnv) {
@@ -121,18 +139,14 @@ export function findLibtorch(): LibtorchLocation {
     return { dir: fromEnv, source: "LIBTORCH", version };
   }
   const searched = ["LIBTORCH (not set)"];
-  for (const { dir, source } of candidates(searched)) {
-    if (!hasLibtorch(dir)) {
-      searched.push(`${source} ${dir} (no lib/${libraryName("torch_cpu")})`);
-      continue;
-    }
-    const version = libtorchVersion(dir);
-    if (version !== undefined && !COMPATIBLE.test(version)) {
-      searched.push(`${source} ${dir} (torch ${version}, not ${TORCH_VERSION})`);
-      continue;
-    }
-    return { dir, source, version };
+  for (const candidate of candidates(searched)) {
+    const found = usable(candidate, searched);
+    if (found) return found;
   }
+  const fromPython = python3TorchDir();
+  const found = fromPython === undefined ? undefined : usable({ dir: fromPython, source: "python3" }, searched);
+  if (found) return found;
+  if (fromPython === undefined) searched.push("python3 (no torch module, or no python3)");
   throw notFound(searched);
 }
 

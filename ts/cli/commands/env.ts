@@ -9,9 +9,10 @@ import { defaultConfigPath } from "../config-file.js";
 
 const SOURCE_REASONS: Record<LibtorchSource, string> = {
   LIBTORCH: "the LIBTORCH environment variable points there",
-  python3: "the torch module of the active python3",
+  "active virtualenv": "the activated virtualenv or conda environment (VIRTUAL_ENV, CONDA_PREFIX)",
   "project virtualenv": "a .venv or venv in this folder or a parent",
   cache: "the cache that `npx accelerate install-libtorch` (or a checkout's `npm run setup`) fills",
+  python3: "the torch module of the python3 on PATH",
 };
 
 /** The CUDA release torch's version.py names (wheels have it). */

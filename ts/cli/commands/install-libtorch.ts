@@ -30,7 +30,7 @@ function run(command: string, args: string[], dryRun: boolean): void {
 export default defineCommand({
   meta: { name: "install-libtorch", description: `Install libtorch ${TORCH_VERSION} (the torch wheel) into accelerate-ts's cache` },
   args: {
-    variant: { type: "string", valueHint: "cpu|cuda", description: "cpu (about 200 MB) or cuda (CUDA 13, about 4 GB); default: cuda when nvidia-smi sees a GPU" },
+    variant: { type: "string", valueHint: "cpu|cuda", description: "cpu or cuda (CUDA 13, about 3.7 GB installed); default: cuda when nvidia-smi sees a GPU" },
     force: { type: "boolean", description: `Install even when a libtorch ${TORCH_VERSION} is already found` },
     dry_run: { type: "boolean", description: "Print the commands without running them" },
   },
