@@ -4,7 +4,10 @@
 // a copy of npm/<platform>/) and the root package, whose package.json gains an
 // optionalDependency on each of them (what `napi prepublish` writes), and whose
 // binding types point at dist/ instead of ts/. The checkout itself is not
-// modified. Plain JS, like provision.mjs.
+// modified. `napi artifacts` and `napi prepublish` themselves refuse to run
+// unless every target in napi.targets is built ("Missing artifacts for configured
+// targets: aarch64-unknown-linux-gnu ..."), and here only linux-x64-gnu is, so
+// this script takes their two steps for the targets that are. Plain JS, like provision.mjs.
 //   node ts/setup/pack-release.mjs OUT_DIR    prints the tarballs' paths as JSON
 import { spawnSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
