@@ -14,7 +14,6 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const require = createRequire(import.meta.url);
-const TYPESCRIPT_EXTENSIONS = { ".js": ".ts", ".mjs": ".mts" };
 
 /** Where this package's entry point is: compiled (`dist/index.js`) or, in a checkout, `ts/index.ts`. */
 function packageEntry() {
@@ -28,10 +27,9 @@ function packageEntry() {
  * @param {string | undefined} parentURL
  */
 function typescriptSibling(specifier, parentURL) {
-  if (parentURL === undefined || !/^\.{1,2}\//.test(specifier)) return undefined;
-  const extension = /** @type {keyof typeof TYPESCRIPT_EXTENSIONS | undefined} */ (Object.keys(TYPESCRIPT_EXTENSIONS).find((ext) => specifier.endsWith(ext)));
-  if (extension === undefined) return undefined;
-  const candidate = new URL(specifier.slice(0, -extension.length) + TYPESCRIPT_EXTENSIONS[extension], parentURL);
+  const javascript = /\.(m?)js$/.exec(specifier);
+  if (parentURL === undefined || javascript === null || !/^\.{1,2}\//.test(specifier)) return undefined;
+  const candidate = new URL(`${specifier.slice(0, javascript.index)}.${javascript[1]}ts`, parentURL);
   return existsSync(fileURLToPath(candidate)) ? candidate.href : undefined;
 }
 
