@@ -1,4 +1,6 @@
-// The `accelerate` command: subcommands config, launch, env and test.
+#!/usr/bin/env node
+// The `accelerate` command: subcommands config, launch, env, test and install-libtorch.
+// The installed package runs its compiled form directly; a checkout runs it through ts/cli/bin.mjs.
 import { readFileSync } from "node:fs";
 import { defineCommand, runCommand, runMain } from "citty";
 import { consola, LogLevels } from "consola";
@@ -14,6 +16,7 @@ export const accelerate = defineCommand({
     launch: () => import("./commands/launch.js").then((m) => m.default),
     env: () => import("./commands/env.js").then((m) => m.default),
     test: () => import("./commands/test.js").then((m) => m.default),
+    "install-libtorch": () => import("./commands/install-libtorch.js").then((m) => m.default),
   },
 });
 

@@ -24,18 +24,12 @@ export interface LaunchResult extends RunOutcome {
   port: number;
 }
 
-/** The loader that lets a rank run TypeScript, resolved from this package's own dependencies (on first use). */
-function typescriptLoader(): string {
-  try {
-    return import.meta.resolve("@oxc-node/core/register");
-  } catch (error) {
-    throw new Error(`accelerate-ts: cannot find @oxc-node/core, which runs TypeScript scripts: ${(error as Error).message}`);
-  }
-}
+/** The module that lets a rank run TypeScript; it sits beside this file in ts/ and in dist/. */
+const typescriptRegister = new URL("./typescript-register.mjs", import.meta.url).href;
 
-/** `node --import <loader> script args`: runs .ts, .js and .mjs scripts alike. */
+/** `node --import <typescript hooks> script args`: runs .ts, .mts, .js and .mjs scripts alike, from any folder. */
 export function nodeCommand(script: string, args: string[]): { command: string; args: string[] } {
-  return { command: process.execPath, args: ["--import", typescriptLoader(), script, ...args] };
+  return { command: process.execPath, args: ["--import", typescriptRegister, script, ...args] };
 }
 
 /** The absolute path of `script`, or an Error saying where it was looked for. */

@@ -25,6 +25,13 @@ const questionnaire = defineCommand({
   args: configFileArg,
   async run({ args }) {
     const path = args.config_file || defaultConfigPath();
+    if (!process.stdin.isTTY) {
+      // consola's prompts cannot read a pipe: Node would exit (code 13) waiting for an answer.
+      throw new Error(
+        "accelerate config: the questions need a terminal, and stdin is not one. " +
+          "Run `accelerate config default` (optionally with --mixed_precision bf16 or fp16) to write a config without questions, then edit it if needed.",
+      );
+    }
     consola.info("Compute environment: this machine (LOCAL_MACHINE)");
     const config = await askClusterConfig(terminalAsk, await detectCudaDevices()).catch((error: unknown) => {
       // consola rejects a prompt cancelled with Ctrl-C.

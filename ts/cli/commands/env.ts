@@ -4,23 +4,22 @@ import { existsSync, readFileSync } from "node:fs";
 import { availableParallelism, release, totalmem } from "node:os";
 import { join } from "node:path";
 import { defineCommand } from "citty";
+import type { LibtorchSource } from "../../libtorch.js";
 import { defaultConfigPath } from "../config-file.js";
 
-const SOURCE_REASONS = {
+const SOURCE_REASONS: Record<LibtorchSource, string> = {
   LIBTORCH: "the LIBTORCH environment variable points there",
-  cache: "the cached virtualenv that `npm run setup` fills",
-  python3: "the torch module of the active python3",
-} as const;
+  "active virtualenv": "the activated virtualenv or conda environment (VIRTUAL_ENV, CONDA_PREFIX)",
+  "project virtualenv": "a .venv or venv in this folder or a parent",
+  cache: "the cache that `npx accelerate install-libtorch` (or a checkout's `npm run setup`) fills",
+  python3: "the torch module of the python3 on PATH",
+};
 
-/** `__version__` and `cuda` from torch's version.py, when it sits next to lib/ (wheels have it). */
-function torchVersion(dir: string): { version?: string; cuda?: string } {
+/** The CUDA release torch's version.py names (wheels have it). */
+function torchCuda(dir: string): string | undefined {
   const path = join(dir, "version.py");
-  if (!existsSync(path)) return {};
-  const text = readFileSync(path, "utf8");
-  return {
-    version: /^__version__\s*=\s*['"]([^'"]+)['"]/m.exec(text)?.[1],
-    cuda: /^cuda\s*(?::[^=]*)?=\s*['"]([^'"]+)['"]/m.exec(text)?.[1],
-  };
+  if (!existsSync(path)) return undefined;
+  return /^cuda\s*(?::[^=]*)?=\s*['"]([^'"]+)['"]/m.exec(readFileSync(path, "utf8"))?.[1];
 }
 
 async function libtorchLines(): Promise<string[]> {
@@ -31,14 +30,15 @@ async function libtorchLines(): Promise<string[]> {
   } catch (error) {
     return [`- libtorch: NOT FOUND: ${(error as Error).message}`];
   }
-  const { version, cuda } = torchVersion(location.dir);
+  const cuda = torchCuda(location.dir);
   const lines = [
     `- libtorch: ${location.dir}`,
     `  found through ${location.source} (${SOURCE_REASONS[location.source]})`,
-    `- torch version: ${version ?? "unknown (no version.py)"}${cuda ? ` (built for CUDA ${cuda})` : ""}`,
+    `- torch version: ${location.version ?? "unknown (no version.py or build-version)"}${cuda ? ` (built for CUDA ${cuda})` : ""}`,
   ];
   try {
-    const { native } = await import("../../native.js");
+    const { addon, native } = await import("../../native.js");
+    lines.push(`- native addon: ${addon.path} (${addon.source === "checkout" ? "this checkout's build" : `from ${addon.source}`})`);
     const available = native.cudaIsAvailable();
     lines.push(`- CUDA available: ${available ? `yes, ${native.cudaDeviceCount()} device(s)` : "no"}`);
     if (available) {

@@ -5,7 +5,8 @@ import { defineCommand } from "citty";
 import { consola } from "consola";
 import { launchScript } from "./launch.js";
 
-const selfCheck = fileURLToPath(new URL("../self-check.ts", import.meta.url));
+// self-check.ts in a checkout, self-check.js in the installed (compiled) package: the same extension as this file.
+const selfCheck = fileURLToPath(new URL(`../self-check${import.meta.url.endsWith(".ts") ? ".ts" : ".js"}`, import.meta.url));
 
 export default defineCommand({
   meta: { name: "test", description: "Check that accelerate-ts runs here, on the configured number of processes" },
