@@ -343,6 +343,10 @@ function flatten(data: NestedArray<number | boolean>, shape: number[]): (number 
   const walk = (node: NestedArray<number | boolean>, dim: number, path: string) => {
     if (dim === shape.length) {
       if (Array.isArray(node)) throw new Error(`tensor: ragged nested array: ${path} has more dimensions than [0]`);
+      if (typeof node !== "number" && typeof node !== "boolean") {
+        throw new TypeError(`tensor: ${path} is ${node === null ? "null" : `a ${typeof node}`}; tensor data holds numbers or booleans`);
+      }
+      if (out.length > 0 && typeof node !== typeof out[0]) throw new TypeError(`tensor: ${path} mixes numbers and booleans`);
       out.push(node);
       return;
     }
