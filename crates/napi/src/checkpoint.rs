@@ -105,7 +105,13 @@ pub fn clean_staging(dir: String, op: Option<String>) -> Result<Vec<String>> {
 #[napi]
 pub fn save_model(dir: String, names: Vec<String>, tensors: Vec<Tensor>, max_shard_bytes: f64) -> Result<Vec<String>> {
     guarded("saveModel", || {
-        let max_shard_bytes = crate::int::judge("saveModel", "maxShardSize", max_shard_bytes, 1, crate::int::MAX_SAFE as i64)?;
+        let max_shard_bytes = crate::int::judge(
+            "saveModel",
+            "maxShardSize",
+            max_shard_bytes,
+            1,
+            crate::int::MAX_SAFE as i64,
+        )?;
         checkpoint::save_model(
             Path::new(&dir),
             &named("saveModel", names, &tensors)?,

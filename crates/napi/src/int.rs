@@ -78,10 +78,16 @@ pub fn judge(op: &str, name: &str, value: f64, min: i64, max: i64) -> Result<i64
         }
     };
     if !value.is_finite() || value.fract() != 0.0 || value.abs() > MAX_SAFE {
-        return Err(Error::invalid(op, format!("{name} must be {}, got {}", range(), js(value))));
+        return Err(Error::invalid(
+            op,
+            format!("{name} must be {}, got {}", range(), js(value)),
+        ));
     }
     if value < min as f64 || value > max as f64 {
-        return Err(Error::invalid(op, format!("{name} must be {}, got {}", range(), js(value))));
+        return Err(Error::invalid(
+            op,
+            format!("{name} must be {}, got {}", range(), js(value)),
+        ));
     }
     Ok(value as i64)
 }

@@ -10,8 +10,8 @@ use napi::bindgen_prelude::Either;
 use napi::{Env, Result};
 use napi_derive::napi;
 
-use crate::int::{Int, Ints};
 use crate::convert::{guarded, parse_device, parse_dtype, wrap};
+use crate::int::{Int, Ints};
 use crate::tensor::Tensor;
 
 // Functional ops, initialisers and parameter state live beside this file.

@@ -26,7 +26,10 @@ pub fn nn_cross_entropy(
             &t,
             reduction,
             label_smoothing.unwrap_or(0.0),
-            ignore_index.map(|i| i.get(OP, "ignoreIndex")).transpose()?.unwrap_or(-100),
+            ignore_index
+                .map(|i| i.get(OP, "ignoreIndex"))
+                .transpose()?
+                .unwrap_or(-100),
         )?;
         Ok(wrap(&env, out))
     })

@@ -140,19 +140,11 @@ pub fn tensor_op_index(env: Env, tensor: TensorArg, i: TensorOrNumber) -> Result
 
 /// Pieces of `size` (or of each size in a list) along `dim`.
 #[napi]
-pub fn tensor_list_split(
-    env: Env,
-    tensor: TensorArg,
-    size: Dims,
-    dim: Option<Int>,
-) -> Result<Vec<TensorHandle>> {
+pub fn tensor_list_split(env: Env, tensor: TensorArg, size: Dims, dim: Option<Int>) -> Result<Vec<TensorHandle>> {
     guarded("split", || {
         let sizes = size.get("split", "size")?;
         let dim = dim.checked("split", "dim")?.unwrap_or(0);
-        Ok(handles(
-            &env,
-            ops::split(&*tensor.handle.get("split")?, &sizes, dim)?,
-        ))
+        Ok(handles(&env, ops::split(&*tensor.handle.get("split")?, &sizes, dim)?))
     })
 }
 
@@ -161,10 +153,7 @@ pub fn tensor_list_chunk(env: Env, tensor: TensorArg, chunks: Int, dim: Option<I
     guarded("chunk", || {
         let chunks = chunks.positive("chunk", "chunks")?;
         let dim = dim.checked("chunk", "dim")?.unwrap_or(0);
-        Ok(handles(
-            &env,
-            ops::chunk(&*tensor.handle.get("chunk")?, chunks, dim)?,
-        ))
+        Ok(handles(&env, ops::chunk(&*tensor.handle.get("chunk")?, chunks, dim)?))
     })
 }
 

@@ -8,8 +8,8 @@ use napi::{Env, Result};
 use napi_derive::napi;
 
 use crate::convert::{guarded, handle, with_all, with_operand, wrap};
-use crate::int::{Checked, Dims, Int, Ints};
 use crate::fast::fast_exports;
+use crate::int::{Checked, Dims, Int, Ints};
 use crate::tensor::{Tensor, TensorArg, TensorHandle, TensorOrNumber};
 
 macro_rules! tensor_ops {
@@ -164,10 +164,7 @@ fast_exports!(
 pub fn cat(env: Env, tensors: Vec<Tensor>, dim: Option<Int>) -> Result<Tensor> {
     guarded("cat", || {
         let dim = dim.checked("cat", "dim")?.unwrap_or(0);
-        Ok(wrap(
-            &env,
-            with_all("cat", &tensors, |ts| ops::cat(ts, dim))?,
-        ))
+        Ok(wrap(&env, with_all("cat", &tensors, |ts| ops::cat(ts, dim))?))
     })
 }
 
@@ -175,10 +172,7 @@ pub fn cat(env: Env, tensors: Vec<Tensor>, dim: Option<Int>) -> Result<Tensor> {
 pub fn stack(env: Env, tensors: Vec<Tensor>, dim: Option<Int>) -> Result<Tensor> {
     guarded("stack", || {
         let dim = dim.checked("stack", "dim")?.unwrap_or(0);
-        Ok(wrap(
-            &env,
-            with_all("stack", &tensors, |ts| ops::stack(ts, dim))?,
-        ))
+        Ok(wrap(&env, with_all("stack", &tensors, |ts| ops::stack(ts, dim))?))
     })
 }
 

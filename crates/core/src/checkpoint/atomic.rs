@@ -107,13 +107,19 @@ pub fn clean_staging(op: &str, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = owner_of(&target_name, &name) else { continue };
+        let Some(pid) = owner_of(&target_name, &name) else {
+            continue;
+        };
         if pid != me && process_is_alive(pid) {
             continue;
         }
         let path = entry.path();
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        let result = if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        let result = if is_dir {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
         result.map_err(|e| io_error(op, e, &path))?;
         removed.push(path);
     }
@@ -198,8 +204,14 @@ mod tests {
         fs::create_dir_all(&other).map_err(io)?;
         fs::write(other.join("cat.jpg"), b"meow").map_err(io)?;
         for target in [&file, &other] {
-            let err = staging_dir("saveState", target).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(err.starts_with("saveState: ") && err.contains("not a checkpoint directory"), "{err}");
+            let err = staging_dir("saveState", target)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.starts_with("saveState: ") && err.contains("not a checkpoint directory"),
+                "{err}"
+            );
             let staging = root.join("filled");
             fs::create_dir_all(&staging).map_err(io)?;
             assert!(commit_staging("saveState", &staging, target).is_err());

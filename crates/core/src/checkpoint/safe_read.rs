@@ -74,7 +74,10 @@ pub fn open_regular(op: &str, path: &Path) -> Result<(File, u64)> {
         return Err(failure(
             op,
             path,
-            format!("is {}; checkpoint files must be regular files", kind_of(meta.file_type())),
+            format!(
+                "is {}; checkpoint files must be regular files",
+                kind_of(meta.file_type())
+            ),
         ));
     }
     Ok((file, meta.len()))
@@ -95,9 +98,12 @@ pub fn read_regular(op: &str, path: &Path, limit: u64) -> Result<Vec<u8>> {
     bytes
         .try_reserve_exact(capacity)
         .map_err(|_| failure(op, path, format!("cannot allocate {size} bytes to read it")))?;
-    file.take(size)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(op, std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))))?;
+    file.take(size).read_to_end(&mut bytes).map_err(|e| {
+        Error::io(
+            op,
+            std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display())),
+        )
+    })?;
     if bytes.len() as u64 != size {
         return Err(failure(op, path, "changed size while it was read"));
     }
@@ -108,7 +114,9 @@ pub fn read_regular(op: &str, path: &Path, limit: u64) -> Result<Vec<u8>> {
 /// lies inside `dir` too (a checkpoint copied with its links), never out of it.
 pub fn resolve_inside(op: &str, dir: &Path, name: &str) -> Result<PathBuf> {
     let path = entry_path(op, dir, name)?;
-    let is_link = fs::symlink_metadata(&path).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+    let is_link = fs::symlink_metadata(&path)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false);
     if !is_link {
         return Ok(path);
     }
@@ -116,7 +124,11 @@ pub fn resolve_inside(op: &str, dir: &Path, name: &str) -> Result<PathBuf> {
     let root = fs::canonicalize(dir).map_err(io)?;
     let target = fs::canonicalize(&path).map_err(io)?;
     if !target.starts_with(&root) {
-        return Err(failure(op, &path, "is a symbolic link that leaves the checkpoint directory"));
+        return Err(failure(
+            op,
+            &path,
+            "is a symbolic link that leaves the checkpoint directory",
+        ));
     }
     Ok(target)
 }
@@ -162,7 +174,10 @@ mod tests {
 
         let started = Instant::now();
         let out = message(read_inside("loadState", &ckpt, "out.json", JSON_LIMIT));
-        assert!(out.contains("out.json") && out.contains("leaves the checkpoint directory"), "{out}");
+        assert!(
+            out.contains("out.json") && out.contains("leaves the checkpoint directory"),
+            "{out}"
+        );
         assert!(!out.contains("root:x"), "{out}");
         let zero = message(read_inside("loadState", &ckpt, "zero.json", JSON_LIMIT));
         assert!(zero.contains("zero.json"), "{zero}");
@@ -172,7 +187,10 @@ mod tests {
         assert!(dev.contains("/dev/zero") && dev.contains("character device"), "{dev}");
         for bad in ["../secret.json", "/etc/passwd", "a/b.json", "", ".."] {
             let m = message(read_inside("loadModel", &ckpt, bad, JSON_LIMIT));
-            assert!(m.starts_with("loadModel:") && m.contains("not a plain file name"), "{bad}: {m}");
+            assert!(
+                m.starts_with("loadModel:") && m.contains("not a plain file name"),
+                "{bad}: {m}"
+            );
         }
         assert!(started.elapsed() < Duration::from_secs(2));
 

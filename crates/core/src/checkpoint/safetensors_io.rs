@@ -137,7 +137,8 @@ fn decode(op: &str, path: &Path, bytes: &[u8]) -> Result<Vec<(String, Tensor)>> 
     })?;
     let mut out = Vec::new();
     for (name, view) in file.tensors() {
-        let kind = to_kind(op, &name, view.dtype()).map_err(|e| Error::invalid(op, format!("{}: {e}", path.display())))?;
+        let kind =
+            to_kind(op, &name, view.dtype()).map_err(|e| Error::invalid(op, format!("{}: {e}", path.display())))?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = crate::tensor::from_bytes(op, view.data(), &shape, kind, kind, Device::Cpu)
             .map_err(|e| Error::invalid(op, format!("{}: {e}", path.display())))?;
@@ -176,7 +177,11 @@ fn rename_path(e: Error, target: &Path, given: &Path) -> Error {
     let rest = text.strip_prefix(&format!("{op}: ")).unwrap_or(&text);
     Error::invalid(
         op,
-        rest.replacen(&target.display().to_string(), &format!("{} (→ {})", given.display(), target.display()), 1),
+        rest.replacen(
+            &target.display().to_string(),
+            &format!("{} (→ {})", given.display(), target.display()),
+            1,
+        ),
     )
 }
 

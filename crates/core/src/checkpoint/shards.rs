@@ -1,8 +1,8 @@
 //! Model weights as Hugging Face writes them: `model.safetensors`, or shards
 //! `model-00001-of-0000N.safetensors` plus `model.safetensors.index.json`.
 
-use super::safetensors_io::serialize;
 use super::safe_read::{entry_path, read_inside, shorten, JSON_LIMIT};
+use super::safetensors_io::serialize;
 use super::{load_safetensors_in, write_atomically};
 use crate::{dtype, Error, Result};
 use serde_json::{json, Map, Value};
@@ -129,7 +129,11 @@ pub fn load_model(dir: &Path) -> Result<Vec<(String, Tensor)>> {
         let file = file.as_str().ok_or_else(|| {
             Error::invalid(
                 op,
-                format!("{}: the entry for {:?} is not a file name", index_path.display(), shorten(name)),
+                format!(
+                    "{}: the entry for {:?} is not a file name",
+                    index_path.display(),
+                    shorten(name)
+                ),
             )
         })?;
         entry_path(op, dir, file)?;
