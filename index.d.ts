@@ -10,6 +10,13 @@ export type TensorOrNumber = Tensor | TensorHandle | number;
 /** A Tensor argument of the methods ts/tensor.ts installs; they pass its handle. */
 export type TensorArg = Tensor;
 
+/** An integer argument (size, dim, count, seed); the addon refuses NaN, fractions and unsafe integers, naming the argument. */
+export type Int = number;
+/** Integer arguments, as `Int`. */
+export type Ints = number[];
+/** One dim or several. */
+export type Dims = number | number[];
+
 /** Averages one model's gradients across processes while backward runs. */
 export declare class DdpReducer {
   constructor(params: Array<Tensor>, bucketBytes: number)
@@ -38,19 +45,19 @@ export declare class GradScalerCore {
 }
 
 export declare class NativeDataLoader {
-  constructor(datasetLength: number, options: NativeLoaderOptions)
+  constructor(datasetLength: Int, options: NativeLoaderOptions)
   /** Batches this process gets per epoch. */
   get length(): number
   get remainder(): number
   get totalBatchSize(): number
   get endOfDataloader(): boolean
-  setEpoch(epoch: number): void
+  setEpoch(epoch: Int): void
   state(): NativeLoaderState
   loadState(state: NativeLoaderState): void
   /** Starts a pass that yields the dataset indices of each batch. */
-  iterIndices(skip: number): NativeIndexIterator
+  iterIndices(skip: Int): NativeIndexIterator
   /** Starts a pass whose batches a background thread gathers from `dataset`. */
-  iterTensors(dataset: NativeTensorDataset, skip: number): NativeTensorIterator
+  iterTensors(dataset: NativeTensorDataset, skip: Int): NativeTensorIterator
 }
 
 export declare class NativeIndexIterator {
@@ -60,18 +67,18 @@ export declare class NativeIndexIterator {
 }
 
 export declare class NativeLayer {
-  static linear(inFeatures: number, outFeatures: number, bias: boolean, dtype?: string | undefined | null, device?: string | undefined | null): NativeLayer
-  static conv2d(inChannels: number, outChannels: number, kernelSize: Array<number>, stride: Array<number>, padding: Array<number> | string, dilation: Array<number>, groups: number, bias: boolean, dtype?: string | undefined | null, device?: string | undefined | null): NativeLayer
-  static maxPool2d(kernelSize: Array<number>, stride: Array<number>, padding: Array<number>, dilation: Array<number>, ceilMode: boolean): NativeLayer
-  static embedding(numEmbeddings: number, embeddingDim: number, dtype?: string | undefined | null, device?: string | undefined | null): NativeLayer
-  static layerNorm(normalizedShape: Array<number>, eps: number, elementwiseAffine: boolean, bias: boolean, dtype?: string | undefined | null, device?: string | undefined | null): NativeLayer
+  static linear(inFeatures: Int, outFeatures: Int, bias: boolean, dtype?: string | undefined | null, device?: string | undefined | null): NativeLayer
+  static conv2d(inChannels: Int, outChannels: Int, kernelSize: Ints, stride: Ints, padding: Ints | string, dilation: Ints, groups: Int, bias: boolean, dtype?: string | undefined | null, device?: string | undefined | null): NativeLayer
+  static maxPool2d(kernelSize: Ints, stride: Ints, padding: Ints, dilation: Ints, ceilMode: boolean): NativeLayer
+  static embedding(numEmbeddings: Int, embeddingDim: Int, dtype?: string | undefined | null, device?: string | undefined | null): NativeLayer
+  static layerNorm(normalizedShape: Ints, eps: number, elementwiseAffine: boolean, bias: boolean, dtype?: string | undefined | null, device?: string | undefined | null): NativeLayer
   static dropout(p: number): NativeLayer
   static relu(): NativeLayer
   static gelu(approximate: string): NativeLayer
-  static flatten(startDim: number, endDim: number): NativeLayer
+  static flatten(startDim: Int, endDim: Int): NativeLayer
   /** Runs `layers` in order in one native call; they stay shared with their own wrappers. */
   static sequential(layers: Array<NativeLayer>): NativeLayer
-  static causalSelfAttention(dim: number, heads: number, dropout: number, qkv: NativeLayer, proj: NativeLayer): NativeLayer
+  static causalSelfAttention(dim: Int, heads: Int, dropout: number, qkv: NativeLayer, proj: NativeLayer): NativeLayer
   /** The PyTorch class name of this layer. */
   get kind(): string
   forward(x: Tensor, train: boolean): Tensor
@@ -132,7 +139,10 @@ export declare function autocastExit(token: number): void
 
 export declare function autocastIsEnabled(device: string): boolean
 
-export declare function cat(tensors: Array<Tensor>, dim?: number | undefined | null): Tensor
+export declare function cat(tensors: Array<Tensor>, dim?: Int | undefined | null): Tensor
+
+/** Removes what interrupted saves of `dir` left beside it; returns the paths removed. */
+export declare function cleanStaging(dir: string, op?: string | undefined | null): Array<string>
 
 /** Scales gradients so their total norm is at most `maxNorm`; returns the norm before clipping. */
 export declare function clipGradNorm(params: Array<Tensor>, maxNorm: number, normType: number, errorIfNonfinite: boolean): number
@@ -208,9 +218,9 @@ export declare function distInit(options: ProcessGroupOptions): void
 export declare function distIsInitialized(): boolean
 
 /** Creates a tensor from raw elements of `sourceDtype`, converted to `dtype` on `device`. */
-export declare function fromBytes(bytes: Uint8Array, shape: Array<number>, sourceDtype: string, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
+export declare function fromBytes(bytes: Uint8Array, shape: Ints, sourceDtype: string, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
-export declare function full(shape: Array<number>, value: number, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
+export declare function full(shape: Ints, value: number, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
 export interface GradScalerOptions {
   initScale?: number
@@ -241,7 +251,13 @@ export declare function loadModel(dir: string): NamedTensors
 
 export declare function loadSafetensors(path: string): NamedTensors
 
-export declare function manualSeed(seed: number): void
+/**
+ * Reads the safetensors file `name` of checkpoint directory `dir`: only a regular file
+ * inside it (a symbolic link out, a FIFO or a device is refused).
+ */
+export declare function loadSafetensorsIn(dir: string, name: string): NamedTensors
+
+export declare function manualSeed(seed: Int): void
 
 export interface MemoryStats {
   /** Bytes held by tensors now. */
@@ -258,12 +274,12 @@ export interface NamedTensors {
 }
 
 export interface NativeLoaderOptions {
-  batchSize: number
+  batchSize: Int
   shuffle: boolean
   dropLast: boolean
-  seed: number
-  numProcesses: number
-  processIndex: number
+  seed: Int
+  numProcesses: Int
+  processIndex: Int
   splitBatches: boolean
   evenBatches: boolean
   device?: string
@@ -277,7 +293,7 @@ export interface NativeLoaderState {
 /** Drops each tensor's gradient (`grad` becomes null). */
 export declare function nnClearGrads(tensors: Array<Tensor>): void
 
-export declare function nnCrossEntropy(logits: Tensor, target: Tensor, reduction?: string | undefined | null, labelSmoothing?: number | undefined | null, ignoreIndex?: number | undefined | null): Tensor
+export declare function nnCrossEntropy(logits: Tensor, target: Tensor, reduction?: string | undefined | null, labelSmoothing?: number | undefined | null, ignoreIndex?: Int | undefined | null): Tensor
 
 export declare function nnDropout(x: Tensor, p: number, training: boolean): Tensor
 
@@ -305,7 +321,7 @@ export declare function nnLinear(x: Tensor, weight: Tensor, bias?: Tensor | unde
 /** Copies `sources[i]` into `targets[i]` (named `keys[i]`) after checking every shape. */
 export declare function nnLoadInPlace(keys: Array<string>, targets: Array<Tensor>, sources: Array<Tensor>): void
 
-export declare function nnLogSoftmax(x: Tensor, dim: number): Tensor
+export declare function nnLogSoftmax(x: Tensor, dim: Int): Tensor
 
 /** Moves each tensor (and its gradient) to `device`, in place. */
 export declare function nnMoveInPlace(tensors: Array<Tensor>, device: string): void
@@ -316,9 +332,9 @@ export declare function nnRelu(x: Tensor): Tensor
 
 export declare function nnScaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, attnMask?: Tensor | undefined | null, dropoutP?: number | undefined | null, isCausal?: boolean | undefined | null, scale?: number | undefined | null): Tensor
 
-export declare function nnSoftmax(x: Tensor, dim: number): Tensor
+export declare function nnSoftmax(x: Tensor, dim: Int): Tensor
 
-export declare function ones(shape: Array<number>, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
+export declare function ones(shape: Ints, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
 /** Hyperparameters of a param group; each optimizer takes its own subset. */
 export interface OptimizerOptions {
@@ -358,13 +374,19 @@ export interface ProcessGroupOptions {
 }
 
 /** Uniform samples in [0, 1). */
-export declare function rand(shape: Array<number>, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
+export declare function rand(shape: Ints, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
 /** Integers drawn uniformly from `[low, high)`, int64 unless `dtype` says otherwise. */
-export declare function randint(low: number, high: number, shape: Array<number>, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
+export declare function randint(low: Int, high: Int, shape: Ints, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
 /** Standard normal samples. */
-export declare function randn(shape: Array<number>, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
+export declare function randn(shape: Ints, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
+
+/**
+ * The bytes of the (JSON) file `name` of checkpoint directory `dir`, under the same
+ * rules as `loadSafetensorsIn`, at most 256 MiB.
+ */
+export declare function readCheckpointFile(dir: string, name: string, op?: string | undefined | null): Buffer
 
 /** Called once by ts/tensor.ts: the `Tensor` class, and the function that wraps a new handle in one. */
 export declare function registerTensorClass(tensorClass: unknown, factory: unknown): void
@@ -388,7 +410,7 @@ export declare function setCudaRngState(index: number, state: Tensor): void
 /** Turns gradient recording on or off; returns the previous setting. */
 export declare function setGradEnabled(enabled: boolean): boolean
 
-export declare function stack(tensors: Array<Tensor>, dim?: number | undefined | null): Tensor
+export declare function stack(tensors: Array<Tensor>, dim?: Int | undefined | null): Tensor
 
 /** An empty directory beside `dir` to fill, then `commitStagingDir(staging, dir)`. */
 export declare function stagingDir(dir: string): string
@@ -417,18 +439,18 @@ export declare function tensorGetNumel(tensor: TensorArg): number
 
 export declare function tensorGetShape(tensor: TensorArg): Array<number>
 
-export declare function tensorListChunk(tensor: TensorArg, chunks: number, dim?: number | undefined | null): Array<TensorHandle>
+export declare function tensorListChunk(tensor: TensorArg, chunks: Int, dim?: Int | undefined | null): Array<TensorHandle>
 
 /** Pieces of `size` (or of each size in a list) along `dim`. */
-export declare function tensorListSplit(tensor: TensorArg, size: number | Array<number>, dim?: number | undefined | null): Array<TensorHandle>
+export declare function tensorListSplit(tensor: TensorArg, size: Dims, dim?: Int | undefined | null): Array<TensorHandle>
 
 export declare function tensorOpAbs(tensor: TensorArg): TensorHandle
 
 export declare function tensorOpAdd(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpArgmax(tensor: TensorArg, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpArgmax(tensor: TensorArg, dim?: Dims | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
-export declare function tensorOpArgmin(tensor: TensorArg, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpArgmin(tensor: TensorArg, dim?: Dims | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
 export declare function tensorOpCeil(tensor: TensorArg): TensorHandle
 
@@ -448,14 +470,14 @@ export declare function tensorOpEq(tensor: TensorArg, other: TensorOrNumber): Te
 
 export declare function tensorOpExp(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpExpand(tensor: TensorArg, shape: Array<number>): TensorHandle
+export declare function tensorOpExpand(tensor: TensorArg, shape: Ints): TensorHandle
 
-export declare function tensorOpFlatten(tensor: TensorArg, startDim?: number | undefined | null, endDim?: number | undefined | null): TensorHandle
+export declare function tensorOpFlatten(tensor: TensorArg, startDim?: Int | undefined | null, endDim?: Int | undefined | null): TensorHandle
 
 export declare function tensorOpFloor(tensor: TensorArg): TensorHandle
 
 /** Values of this tensor taken along `dim` at the positions in `index`. */
-export declare function tensorOpGather(tensor: TensorArg, dim: number, index: TensorArg): TensorHandle
+export declare function tensorOpGather(tensor: TensorArg, dim: Int, index: TensorArg): TensorHandle
 
 export declare function tensorOpGe(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
@@ -466,7 +488,7 @@ export declare function tensorOpGt(tensor: TensorArg, other: TensorOrNumber): Te
 /** `t[i]`: an integer selects along dim 0; a tensor of indices or a boolean mask gathers. */
 export declare function tensorOpIndex(tensor: TensorArg, i: TensorOrNumber): TensorHandle
 
-export declare function tensorOpIndexSelect(tensor: TensorArg, dim: number, index: TensorArg): TensorHandle
+export declare function tensorOpIndexSelect(tensor: TensorArg, dim: Int, index: TensorArg): TensorHandle
 
 export declare function tensorOpIsfinite(tensor: TensorArg): TensorHandle
 
@@ -482,7 +504,7 @@ export declare function tensorOpLogicalNot(tensor: TensorArg): TensorHandle
 
 export declare function tensorOpLogicalOr(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpLogSoftmax(tensor: TensorArg, dim: number): TensorHandle
+export declare function tensorOpLogSoftmax(tensor: TensorArg, dim: Int): TensorHandle
 
 export declare function tensorOpLt(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
@@ -492,25 +514,25 @@ export declare function tensorOpMaskedFill(tensor: TensorArg, mask: TensorArg, v
 /** Matrix product with numpy semantics (1-D, 2-D and broadcast batches). */
 export declare function tensorOpMatmul(tensor: TensorArg, other: TensorArg): TensorHandle
 
-export declare function tensorOpMax(tensor: TensorArg, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpMax(tensor: TensorArg, dim?: Dims | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
 export declare function tensorOpMaximum(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpMean(tensor: TensorArg, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpMean(tensor: TensorArg, dim?: Dims | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
-export declare function tensorOpMin(tensor: TensorArg, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpMin(tensor: TensorArg, dim?: Dims | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
 export declare function tensorOpMinimum(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
 export declare function tensorOpMul(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpNarrow(tensor: TensorArg, dim: number, start: number, length: number): TensorHandle
+export declare function tensorOpNarrow(tensor: TensorArg, dim: Int, start: Int, length: Int): TensorHandle
 
 export declare function tensorOpNe(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
 export declare function tensorOpNeg(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpPermute(tensor: TensorArg, dims: Array<number>): TensorHandle
+export declare function tensorOpPermute(tensor: TensorArg, dims: Ints): TensorHandle
 
 export declare function tensorOpPow(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
@@ -520,7 +542,7 @@ export declare function tensorOpRelu(tensor: TensorArg): TensorHandle
 
 export declare function tensorOpRemainder(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpReshape(tensor: TensorArg, shape: Array<number>): TensorHandle
+export declare function tensorOpReshape(tensor: TensorArg, shape: Ints): TensorHandle
 
 export declare function tensorOpRound(tensor: TensorArg): TensorHandle
 
@@ -532,21 +554,21 @@ export declare function tensorOpSign(tensor: TensorArg): TensorHandle
 
 export declare function tensorOpSin(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpSlice(tensor: TensorArg, dim: number, start?: number | undefined | null, end?: number | undefined | null, step?: number | undefined | null): TensorHandle
+export declare function tensorOpSlice(tensor: TensorArg, dim: Int, start?: Int | undefined | null, end?: Int | undefined | null, step?: Int | undefined | null): TensorHandle
 
-export declare function tensorOpSoftmax(tensor: TensorArg, dim: number): TensorHandle
+export declare function tensorOpSoftmax(tensor: TensorArg, dim: Int): TensorHandle
 
 export declare function tensorOpSqrt(tensor: TensorArg): TensorHandle
 
 export declare function tensorOpSquare(tensor: TensorArg): TensorHandle
 
-export declare function tensorOpSqueeze(tensor: TensorArg, dim?: number | undefined | null): TensorHandle
+export declare function tensorOpSqueeze(tensor: TensorArg, dim?: Int | undefined | null): TensorHandle
 
-export declare function tensorOpStd(tensor: TensorArg, dim?: number | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpStd(tensor: TensorArg, dim?: Int | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
 export declare function tensorOpSub(tensor: TensorArg, other: TensorOrNumber): TensorHandle
 
-export declare function tensorOpSum(tensor: TensorArg, dim?: number | Array<number> | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
+export declare function tensorOpSum(tensor: TensorArg, dim?: Dims | undefined | null, keepdim?: boolean | undefined | null): TensorHandle
 
 export declare function tensorOpT(tensor: TensorArg): TensorHandle
 
@@ -555,11 +577,11 @@ export declare function tensorOpTanh(tensor: TensorArg): TensorHandle
 /** A copy converted to `dtype` and/or moved to `device` (the same values when nothing changes). */
 export declare function tensorOpTo(tensor: TensorArg, dtype?: string | undefined | null, device?: string | undefined | null): TensorHandle
 
-export declare function tensorOpTranspose(tensor: TensorArg, dim0: number, dim1: number): TensorHandle
+export declare function tensorOpTranspose(tensor: TensorArg, dim0: Int, dim1: Int): TensorHandle
 
-export declare function tensorOpUnsqueeze(tensor: TensorArg, dim: number): TensorHandle
+export declare function tensorOpUnsqueeze(tensor: TensorArg, dim: Int): TensorHandle
 
-export declare function tensorOpView(tensor: TensorArg, shape: Array<number>): TensorHandle
+export declare function tensorOpView(tensor: TensorArg, shape: Ints): TensorHandle
 
 export declare function tensorRequiresGrad(tensor: TensorArg): boolean
 
@@ -580,4 +602,4 @@ export declare function where(condition: Tensor, a: Tensor, b: TensorOrNumber): 
 /** Writes a file through a temporary name renamed into place. */
 export declare function writeFileAtomic(path: string, data: string | Buffer): void
 
-export declare function zeros(shape: Array<number>, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
+export declare function zeros(shape: Ints, dtype?: string | undefined | null, device?: string | undefined | null): Tensor

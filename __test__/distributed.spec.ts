@@ -92,3 +92,11 @@ test("saveState on 2 processes writes one checkpoint with each process's RNG sta
   t.true(a.same && b.same, "each process resumes its own random stream");
   t.deepEqual(a.weight, b.weight);
 });
+
+test("the rendezvous store of a single-machine run listens on 127.0.0.1 only, read from /proc/net/tcp during the run", async (t) => {
+  const ranks = await runRanks("../fixtures/dist/listening.ts", 2);
+  for (const r of ranks) t.is(r.code, 0, r.stderr);
+  const main = ranks.map((r) => parse(r.stdout)).find((out) => out.rank === 0);
+  // /proc/net/tcp writes IPv4 addresses as little-endian hex: 127.0.0.1 is 0100007F.
+  t.deepEqual(main.listening, ["tcp 0100007F"], "one IPv4 loopback socket, no 0.0.0.0 or [::]");
+});

@@ -1,7 +1,8 @@
 // Checkpoint files from TypeScript: safetensors, Hugging Face-style sharded model
 // weights, and state dicts (nested plain data with tensors) split into
 // safetensors + JSON so any object with stateDict()/loadStateDict() can be saved.
-import { existsSync, readFileSync } from "node:fs";
+import { lstatSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import { native } from "./native.js";
 import { Tensor } from "./tensor.js";
 
@@ -80,9 +81,153 @@ export function saveStateFiles(base: string, state: StateValue): void {
   native.writeFileAtomic(`${base}.json`, `${JSON.stringify(structure, null, 2)}\n`);
 }
 
-export function loadStateFiles(base: string): StateValue {
-  const file = `${base}.json`;
-  const structure: unknown = JSON.parse(readFileSync(file, "utf8"));
-  const tensorFile = `${base}.safetensors`;
-  return join_(structure, existsSync(tensorFile) ? loadSafetensors(tensorFile) : {}, file);
+/** Whether `path` exists, without following a symbolic link (a dangling one exists too). */
+function present(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Parses the JSON file `name` of checkpoint directory `dir`. Only a regular file inside
+ * `dir` is read (crates/core/src/checkpoint/safe_read.rs), at most 256 MiB; an error
+ * names the file and never quotes it (a checkpoint may come from someone else).
+ */
+export function readCheckpointJson(dir: string, name: string, op = "loadState"): unknown {
+  const text = native.readCheckpointFile(dir, name, op).toString("utf8");
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    throw new Error(`${op}: ${join(dir, name)} is not valid JSON`);
+  }
+}
+
+/** Loads what `saveStateFiles` saved as `base` (a path inside a checkpoint directory), reading only regular files inside it. */
+export function loadStateFiles(base: string, op = "loadState"): StateValue {
+  const dir = dirname(base);
+  const name = basename(base);
+  const structure = readCheckpointJson(dir, `${name}.json`, op);
+  const tensorFile = `${name}.safetensors`;
+  const tensors = present(join(dir, tensorFile)) ? loadSafetensorsIn(dir, tensorFile) : {};
+  try {
+    return join_(structure, tensors, join(dir, `${name}.json`));
+  } catch (error) {
+    for (const t of Object.values(tensors)) t.dispose();
+    throw error;
+  }
+}
+
+/** Reads the safetensors file `name` of checkpoint directory `dir` (only a regular file inside it). */
+export function loadSafetensorsIn(dir: string, name: string): Record<string, Tensor> {
+  const { names, tensors } = native.loadSafetensorsIn(dir, name);
+  return Object.fromEntries(names.map((n, i) => [n, tensors[i]]));
+}
+
+/** Removes the staging directories and temporary files that interrupted saves of `dir` left beside it. */
+export function cleanStaging(dir: string, op = "loadState"): string[] {
+  return native.cleanStaging(dir, op);
+}
+
+/** What `saveState` writes in `accelerator_state.json`. */
+export interface CheckpointMeta {
+  step: number;
+  saveIteration: number;
+  customObjects: number;
+}
+
+/** How many objects of each kind a checkpoint carries, and which process reads it. */
+export interface CheckpointLayout {
+  models: number;
+  optimizers: number;
+  schedulers: number;
+  loaders: number;
+  customObjects: number;
+  processIndex: number;
+}
+
+/** Everything a checkpoint holds, read and checked, not yet applied. */
+export interface StagedCheckpoint {
+  meta: CheckpointMeta;
+  models: Record<string, Tensor>[];
+  optimizers: StateValue[];
+  schedulers: StateValue[];
+  loaders: StateValue[];
+  customObjects: StateValue[];
+  scaler: unknown;
+  rng: Record<string, Tensor> | undefined;
+  /** Frees the tensors read (after applying them, or when giving up). */
+  dispose(): void;
+}
+
+function checkCount(op: string, file: string, meta: Record<string, unknown>, key: keyof CheckpointMeta): number {
+  const value = meta[key];
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
+    throw new Error(`${op}: ${file} has "${key}" ${typeof value === "number" ? value : `of type ${value === null ? "null" : typeof value}`}; it must be a non-negative integer`);
+  }
+  return value;
+}
+
+/** Reads and checks `accelerator_state.json` of checkpoint `dir`. */
+export function readCheckpointMeta(dir: string, op = "loadState"): CheckpointMeta {
+  const file = join(dir, "accelerator_state.json");
+  if (!present(file)) throw new Error(`${op}: ${dir} is not a checkpoint written by saveState (no accelerator_state.json)`);
+  const meta = readCheckpointJson(dir, "accelerator_state.json", op);
+  if (meta === null || typeof meta !== "object" || Array.isArray(meta)) throw new Error(`${op}: ${file} is not a JSON object`);
+  const record = meta as Record<string, unknown>;
+  return {
+    step: checkCount(op, file, record, "step"),
+    saveIteration: checkCount(op, file, record, "saveIteration"),
+    customObjects: checkCount(op, file, record, "customObjects"),
+  };
+}
+
+/**
+ * Reads a whole checkpoint written by `saveState` before anything is applied: every
+ * file is opened under the rules of `readCheckpointJson`, parsed and checked, so that a
+ * bad file fails the load while the model, optimizers and the rest are still untouched.
+ * On failure the tensors already read are freed.
+ */
+export function readCheckpoint(dir: string, layout: CheckpointLayout, op = "loadState"): StagedCheckpoint {
+  const read: Tensor[] = [];
+  const track = <T extends StateValue | Record<string, Tensor>>(value: T): T => {
+    collect(value as StateValue, read);
+    return value;
+  };
+  const suffix = (i: number) => (i === 0 ? "" : `_${i}`);
+  const times = <T>(n: number, f: (i: number) => T): T[] => Array.from({ length: n }, (_, i) => f(i));
+  try {
+    const meta = readCheckpointMeta(dir, op);
+    if (meta.customObjects !== layout.customObjects) {
+      throw new Error(`${op}: the checkpoint holds ${meta.customObjects} registered objects, but ${layout.customObjects} are registered now`);
+    }
+    const models = times(layout.models, (i) => track(loadSafetensorsIn(dir, `model${suffix(i)}.safetensors`)));
+    const states = (prefix: string, n: number, name: (i: number) => string = (i) => `${prefix}${suffix(i)}`) =>
+      times(n, (i) => track(loadStateFiles(join(dir, name(i)), op)));
+    const optimizers = states("optimizer", layout.optimizers);
+    const schedulers = states("scheduler", layout.schedulers);
+    const loaders = states("dl_state_dict", layout.loaders);
+    const customObjects = states("custom_checkpoint", layout.customObjects, (i) => `custom_checkpoint_${i}`);
+    const scaler = present(join(dir, "scaler.json")) ? readCheckpointJson(dir, "scaler.json", op) : undefined;
+    const rngName = `random_states_${layout.processIndex}.safetensors`;
+    const rng = present(join(dir, rngName)) ? track(loadSafetensorsIn(dir, rngName)) : undefined;
+    if (rng !== undefined && !(rng.cpu instanceof Tensor)) throw new Error(`${op}: ${join(dir, rngName)} holds no "cpu" generator state`);
+    return {
+      meta, models, optimizers, schedulers, loaders, customObjects, scaler, rng,
+      dispose: () => {
+        for (const t of read) t.dispose();
+      },
+    };
+  } catch (error) {
+    for (const t of read) t.dispose();
+    throw error;
+  }
+}
+
+function collect(value: StateValue, into: Tensor[]): void {
+  if (value instanceof Tensor) into.push(value);
+  else if (Array.isArray(value)) for (const v of value) collect(v, into);
+  else if (value !== null && typeof value === "object") for (const v of Object.values(value)) collect(v, into);
 }

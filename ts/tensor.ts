@@ -343,6 +343,10 @@ function flatten(data: NestedArray<number | boolean>, shape: number[]): (number 
   const walk = (node: NestedArray<number | boolean>, dim: number, path: string) => {
     if (dim === shape.length) {
       if (Array.isArray(node)) throw new Error(`tensor: ragged nested array: ${path} has more dimensions than [0]`);
+      if (typeof node !== "number" && typeof node !== "boolean") {
+        throw new TypeError(`tensor: ${path} is ${node === null ? "null" : `a ${typeof node}`}; tensor data holds numbers or booleans`);
+      }
+      if (out.length > 0 && typeof node !== typeof out[0]) throw new TypeError(`tensor: ${path} mixes numbers and booleans`);
       out.push(node);
       return;
     }
@@ -366,57 +370,68 @@ export function tensor(data: TensorData, options: TensorOptions & { shape?: numb
     const match = TYPED_DTYPE.find(([ctor]) => data instanceof ctor);
     if (!match) throw new Error(`tensor: unsupported typed array ${data.constructor.name}`);
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    return native.fromBytes(bytes, options.shape ?? [data.length], match[1], dtype, device);
+    return namedCall("tensor", () => native.fromBytes(bytes, options.shape ?? [data.length], match[1], dtype, device));
   }
   const shape = shapeOf(data);
   const flat = flatten(data, shape);
   if (flat.length > 0 && typeof flat[0] === "boolean") {
     const bytes = Uint8Array.from(flat, (v) => (v ? 1 : 0));
-    return native.fromBytes(bytes, options.shape ?? shape, "bool", dtype, device);
+    return namedCall("tensor", () => native.fromBytes(bytes, options.shape ?? shape, "bool", dtype, device));
   }
   const values = Float64Array.from(flat as number[]);
   const inferred = values.every(Number.isInteger) ? "int64" : "float32";
   const bytes = new Uint8Array(values.buffer);
-  return native.fromBytes(bytes, options.shape ?? shape, "float64", dtype ?? inferred, device);
+  return namedCall("tensor", () => native.fromBytes(bytes, options.shape ?? shape, "float64", dtype ?? inferred, device));
+}
+
+/** Runs a free function's native call so that a conversion error names the operation, as methods do. */
+function namedCall<T>(name: string, call: () => T): T {
+  try {
+    return call();
+  } catch (error) {
+    throw named(name, error);
+  }
 }
 
 export function zeros(shape: number[], options: TensorOptions = {}): Tensor {
-  return native.zeros(shape, options.dtype, options.device);
+  return namedCall("zeros", () => native.zeros(shape, options.dtype, options.device));
 }
 
 export function ones(shape: number[], options: TensorOptions = {}): Tensor {
-  return native.ones(shape, options.dtype, options.device);
+  return namedCall("ones", () => native.ones(shape, options.dtype, options.device));
 }
 
 export function full(shape: number[], value: number, options: TensorOptions = {}): Tensor {
-  return native.full(shape, value, options.dtype, options.device);
+  return namedCall("full", () => native.full(shape, value, options.dtype, options.device));
 }
 
 /** `arange(end)` or `arange(start, end, step)`. */
 export function arange(start: number, end?: number, step = 1, options: TensorOptions = {}): Tensor {
-  return end === undefined
-    ? native.arange(0, start, step, options.dtype, options.device)
-    : native.arange(start, end, step, options.dtype, options.device);
+  return namedCall("arange", () =>
+    end === undefined
+      ? native.arange(0, start, step, options.dtype, options.device)
+      : native.arange(start, end, step, options.dtype, options.device),
+  );
 }
 
 export function randn(shape: number[], options: TensorOptions = {}): Tensor {
-  return native.randn(shape, options.dtype, options.device);
+  return namedCall("randn", () => native.randn(shape, options.dtype, options.device));
 }
 
 export function rand(shape: number[], options: TensorOptions = {}): Tensor {
-  return native.rand(shape, options.dtype, options.device);
+  return namedCall("rand", () => native.rand(shape, options.dtype, options.device));
 }
 
 export function randint(low: number, high: number, shape: number[], options: TensorOptions = {}): Tensor {
-  return native.randint(low, high, shape, options.dtype, options.device);
+  return namedCall("randint", () => native.randint(low, high, shape, options.dtype, options.device));
 }
 
 export function manualSeed(seed: number): void {
-  native.manualSeed(seed);
+  namedCall("manualSeed", () => native.manualSeed(seed));
 }
 
-export const cat = native.cat;
-export const stack = native.stack;
+export const cat = (tensors: Tensor[], dim?: number): Tensor => namedCall("cat", () => native.cat(tensors, dim));
+export const stack = (tensors: Tensor[], dim?: number): Tensor => namedCall("stack", () => native.stack(tensors, dim));
 
 /** Elements of `a` where `condition` is true, else of `b` (a tensor or a number). */
 export function where(condition: Tensor, a: Tensor, b: Tensor | number): Tensor {

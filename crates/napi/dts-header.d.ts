@@ -9,3 +9,10 @@ export type TensorOrNumber = Tensor | TensorHandle | number;
 
 /** A Tensor argument of the methods ts/tensor.ts installs; they pass its handle. */
 export type TensorArg = Tensor;
+
+/** An integer argument (size, dim, count, seed); the addon refuses NaN, fractions and unsafe integers, naming the argument. */
+export type Int = number;
+/** Integer arguments, as `Int`. */
+export type Ints = number[];
+/** One dim or several. */
+export type Dims = number | number[];

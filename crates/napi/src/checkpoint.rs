@@ -67,10 +67,51 @@ pub fn load_safetensors(env: Env, path: String) -> Result<NamedTensors> {
     })
 }
 
+/// Reads the safetensors file `name` of checkpoint directory `dir`: only a regular file
+/// inside it (a symbolic link out, a FIFO or a device is refused).
+#[napi]
+pub fn load_safetensors_in(env: Env, dir: String, name: String) -> Result<NamedTensors> {
+    guarded("loadState", || {
+        Ok(unzip(
+            &env,
+            checkpoint::load_safetensors_in("loadState", Path::new(&dir), &name)?,
+        ))
+    })
+}
+
+/// The bytes of the (JSON) file `name` of checkpoint directory `dir`, under the same
+/// rules as `loadSafetensorsIn`, at most 256 MiB.
+#[napi]
+pub fn read_checkpoint_file(dir: String, name: String, op: Option<String>) -> Result<Buffer> {
+    let op = op.unwrap_or_else(|| "loadState".to_string());
+    guarded(&op, || {
+        Ok(checkpoint::read_inside(&op, Path::new(&dir), &name, checkpoint::JSON_LIMIT)?.into())
+    })
+}
+
+/// Removes what interrupted saves of `dir` left beside it; returns the paths removed.
+#[napi]
+pub fn clean_staging(dir: String, op: Option<String>) -> Result<Vec<String>> {
+    let op = op.unwrap_or_else(|| "loadState".to_string());
+    guarded(&op, || {
+        Ok(checkpoint::clean_staging(&op, Path::new(&dir))?
+            .into_iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect())
+    })
+}
+
 /// Saves model weights into `dir`, sharded above `maxShardBytes`; returns the files written.
 #[napi]
 pub fn save_model(dir: String, names: Vec<String>, tensors: Vec<Tensor>, max_shard_bytes: f64) -> Result<Vec<String>> {
     guarded("saveModel", || {
+        let max_shard_bytes = crate::int::judge(
+            "saveModel",
+            "maxShardSize",
+            max_shard_bytes,
+            1,
+            crate::int::MAX_SAFE as i64,
+        )?;
         checkpoint::save_model(
             Path::new(&dir),
             &named("saveModel", names, &tensors)?,

@@ -4,7 +4,6 @@
 use accelerate_core::memory::{self, Handle};
 use accelerate_core::tensor::ops::Operand;
 use accelerate_core::{device, dtype, Error};
-use napi::bindgen_prelude::Either;
 use napi::{sys, Env};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -40,13 +39,38 @@ pub fn to_js(err: Error) -> napi::Error {
     napi::Error::from_reason(message)
 }
 
-/// Runs a binding body so that neither an error nor a Rust panic can abort Node.
+/// What a caught panic said, as the detail of a named error. tch panics with libtorch's
+/// message wrapped in `Result::unwrap()`'s; only its first line is kept (the rest is a
+/// C++ backtrace).
+pub fn panic_detail(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    let text = text
+        .strip_prefix("called `Result::unwrap()` on an `Err` value: ")
+        .unwrap_or(text);
+    let text = text.strip_prefix("Torch(\"").unwrap_or(text);
+    // Debug-formatted, so libtorch's line breaks are the two characters `\n`.
+    let first = text.split("\\n").next().unwrap_or("");
+    let first = first.lines().next().unwrap_or("").trim().trim_end_matches("\")");
+    if first.is_empty() {
+        "the native code failed without a message (please report it)".to_string()
+    } else {
+        first.chars().take(300).collect()
+    }
+}
+
+/// Runs a binding body so that neither an error nor a Rust panic can abort Node;
+/// a panic becomes an error naming the operation and what the panic said.
 pub fn guarded<T>(op: &str, body: impl FnOnce() -> accelerate_core::Result<T>) -> napi::Result<T> {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(result) => result.map_err(to_js),
-        Err(_) => Err(napi::Error::from_reason(format!(
-            "{}: internal error (a Rust panic was caught)",
-            js_name(op)
+        Err(payload) => Err(napi::Error::from_reason(format!(
+            "{}: {}",
+            js_name(op),
+            panic_detail(payload.as_ref())
         ))),
     }
 }
@@ -111,12 +135,4 @@ pub fn parse_dtype(op: &str, name: Option<&str>, default: tch::Kind) -> accelera
 
 pub fn parse_device(op: &str, name: Option<&str>) -> accelerate_core::Result<tch::Device> {
     name.map_or(Ok(tch::Device::Cpu), |n| device::parse(op, n))
-}
-
-/// One dim, a list of dims, or none (all).
-pub fn dims(d: Option<Either<i64, Vec<i64>>>) -> Option<Vec<i64>> {
-    d.map(|d| match d {
-        Either::A(one) => vec![one],
-        Either::B(many) => many,
-    })
 }

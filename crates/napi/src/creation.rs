@@ -6,17 +6,19 @@ use napi_derive::napi;
 use tch::Kind;
 
 use crate::convert::{guarded, parse_device, parse_dtype, wrap};
+use crate::int::{Int, Ints};
 use crate::tensor::Tensor;
 
 fn filled(
     env: &Env,
     op: &str,
-    shape: Vec<i64>,
+    shape: Ints,
     fill: Fill,
     dtype: Option<String>,
     device: Option<String>,
 ) -> Result<Tensor> {
     guarded(op, || {
+        let shape = shape.sizes(op, "shape")?;
         let kind = parse_dtype(op, dtype.as_deref(), Kind::Float)?;
         Ok(wrap(
             env,
@@ -26,29 +28,29 @@ fn filled(
 }
 
 #[napi]
-pub fn zeros(env: Env, shape: Vec<i64>, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
+pub fn zeros(env: Env, shape: Ints, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
     filled(&env, "zeros", shape, Fill::Zeros, dtype, device)
 }
 
 #[napi]
-pub fn ones(env: Env, shape: Vec<i64>, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
+pub fn ones(env: Env, shape: Ints, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
     filled(&env, "ones", shape, Fill::Ones, dtype, device)
 }
 
 #[napi]
-pub fn full(env: Env, shape: Vec<i64>, value: f64, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
+pub fn full(env: Env, shape: Ints, value: f64, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
     filled(&env, "full", shape, Fill::Value(value), dtype, device)
 }
 
 /// Standard normal samples.
 #[napi]
-pub fn randn(env: Env, shape: Vec<i64>, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
+pub fn randn(env: Env, shape: Ints, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
     filled(&env, "randn", shape, Fill::Normal, dtype, device)
 }
 
 /// Uniform samples in [0, 1).
 #[napi]
-pub fn rand(env: Env, shape: Vec<i64>, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
+pub fn rand(env: Env, shape: Ints, dtype: Option<String>, device: Option<String>) -> Result<Tensor> {
     filled(&env, "rand", shape, Fill::Uniform, dtype, device)
 }
 
@@ -80,13 +82,15 @@ pub fn arange(
 #[napi]
 pub fn randint(
     env: Env,
-    low: i64,
-    high: i64,
-    shape: Vec<i64>,
+    low: Int,
+    high: Int,
+    shape: Ints,
     dtype: Option<String>,
     device: Option<String>,
 ) -> Result<Tensor> {
     guarded("randint", || {
+        let (low, high) = (low.get("randint", "low")?, high.get("randint", "high")?);
+        let shape = shape.sizes("randint", "shape")?;
         let kind = parse_dtype("randint", dtype.as_deref(), Kind::Int64)?;
         Ok(wrap(
             &env,

@@ -8,12 +8,12 @@ use napi::{Env, Result};
 use napi_derive::napi;
 
 use crate::convert::{guarded, wrap_all};
+use crate::int::Int;
 use crate::tensor::Tensor;
 
 /// A count from JS (a size, an index, an epoch), which must not be negative.
-fn count(op: &str, name: &str, value: i64) -> accelerate_core::Result<usize> {
-    usize::try_from(value)
-        .map_err(|_| Error::invalid(op, format!("{name} must be a non-negative integer, got {value}")))
+fn count(op: &str, name: &str, value: impl Into<Int>) -> accelerate_core::Result<usize> {
+    value.into().count(op, name)
 }
 
 #[napi(js_name = "NativeTensorDataset")]
@@ -56,14 +56,14 @@ impl NativeTensorDataset {
     }
 }
 
-#[napi(object)]
+#[napi(object, object_to_js = false)]
 pub struct NativeLoaderOptions {
-    pub batch_size: i64,
+    pub batch_size: Int,
     pub shuffle: bool,
     pub drop_last: bool,
-    pub seed: i64,
-    pub num_processes: i64,
-    pub process_index: i64,
+    pub seed: Int,
+    pub num_processes: Int,
+    pub process_index: Int,
     pub split_batches: bool,
     pub even_batches: bool,
     pub device: Option<String>,
@@ -83,7 +83,7 @@ pub struct NativeDataLoader {
 #[napi]
 impl NativeDataLoader {
     #[napi(constructor)]
-    pub fn new(dataset_length: i64, options: NativeLoaderOptions) -> Result<NativeDataLoader> {
+    pub fn new(dataset_length: Int, options: NativeLoaderOptions) -> Result<NativeDataLoader> {
         const OP: &str = "DataLoader";
         guarded(OP, || {
             let spec = SamplerSpec {
@@ -91,7 +91,7 @@ impl NativeDataLoader {
                 drop_last: options.drop_last,
                 shuffle: options.shuffle,
                 // Seeds are bit patterns: a negative JS seed is as good as any.
-                seed: options.seed as u64,
+                seed: options.seed.count(OP, "seed")? as u64,
                 shard: Shard {
                     num_processes: count(OP, "numProcesses", options.num_processes)?,
                     process_index: count(OP, "processIndex", options.process_index)?,
@@ -129,7 +129,7 @@ impl NativeDataLoader {
     }
 
     #[napi]
-    pub fn set_epoch(&self, epoch: i64) -> Result<()> {
+    pub fn set_epoch(&self, epoch: Int) -> Result<()> {
         guarded("setEpoch", || {
             self.inner.set_epoch(count("setEpoch", "epoch", epoch)? as u64);
             Ok(())
@@ -158,7 +158,7 @@ impl NativeDataLoader {
 
     /// Starts a pass that yields the dataset indices of each batch.
     #[napi]
-    pub fn iter_indices(&self, skip: i64) -> Result<NativeIndexIterator> {
+    pub fn iter_indices(&self, skip: Int) -> Result<NativeIndexIterator> {
         guarded("DataLoader", || {
             Ok(NativeIndexIterator {
                 inner: self.inner.iter_indices(count("DataLoader", "skip", skip)?),
@@ -168,7 +168,7 @@ impl NativeDataLoader {
 
     /// Starts a pass whose batches a background thread gathers from `dataset`.
     #[napi]
-    pub fn iter_tensors(&self, dataset: &NativeTensorDataset, skip: i64) -> Result<NativeTensorIterator> {
+    pub fn iter_tensors(&self, dataset: &NativeTensorDataset, skip: Int) -> Result<NativeTensorIterator> {
         guarded("DataLoader", || {
             let skip = count("DataLoader", "skip", skip)?;
             Ok(NativeTensorIterator {

@@ -75,7 +75,7 @@ pub unsafe fn call<R: ToNapiValue>(
         catch_unwind(AssertUnwindSafe(|| {
             body(&mut args).and_then(|r| unsafe { R::to_napi_value(env, r) })
         }))
-        .unwrap_or_else(|_| Err(Error::from_reason("internal error (a Rust panic was caught)")))
+        .unwrap_or_else(|payload| Err(Error::from_reason(crate::convert::panic_detail(payload.as_ref()))))
     } else {
         Err(Error::from_reason("could not read the arguments"))
     };
@@ -113,9 +113,19 @@ macro_rules! fast_exports {
 }
 pub(crate) use fast_exports;
 
+/// Every binding catches panics and throws them as errors naming the operation
+/// (`convert::guarded`, `call`), so the default hook's report on stderr, with a
+/// libtorch backtrace, would only repeat that error. `ACCELERATE_DEBUG_PANICS=1` keeps it.
+fn quiet_panics() {
+    if std::env::var_os("ACCELERATE_DEBUG_PANICS").is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
+}
+
 /// Replaces the napi-rs exports of the fast functions with their direct callbacks.
 #[napi(module_exports)]
 pub fn install_fast_exports(env: Env, exports: napi::bindgen_prelude::Object) -> Result<()> {
+    quiet_panics();
     let tables = [
         crate::tensor_ops::FAST_TABLE,
         crate::tensor_ops::FAST_EXTRA,

@@ -8,6 +8,7 @@ mod creation;
 mod data;
 mod dist;
 mod fast;
+mod int;
 mod nn;
 mod optim;
 mod runtime;

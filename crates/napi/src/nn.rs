@@ -11,6 +11,7 @@ use napi::{Env, Result};
 use napi_derive::napi;
 
 use crate::convert::{guarded, parse_device, parse_dtype, wrap};
+use crate::int::{Int, Ints};
 use crate::tensor::Tensor;
 
 // Functional ops, initialisers and parameter state live beside this file.
@@ -32,7 +33,8 @@ fn placement(op: &str, dtype: Option<String>, device: Option<String>) -> acceler
 }
 
 /// `[h, w]` from one number or a pair.
-fn pair(op: &str, what: &str, v: &[i64]) -> accelerate_core::Result<[i64; 2]> {
+fn pair(op: &str, what: &str, v: &Ints) -> accelerate_core::Result<[i64; 2]> {
+    let v = v.get(op, what)?;
     match *v {
         [a] => Ok([a, a]),
         [a, b] => Ok([a, b]),
@@ -51,13 +53,15 @@ fn native(op: &str, make: impl FnOnce() -> accelerate_core::Result<Rc<dyn Layer>
 impl NativeLayer {
     #[napi(factory)]
     pub fn linear(
-        in_features: i64,
-        out_features: i64,
+        in_features: Int,
+        out_features: Int,
         bias: bool,
         dtype: Option<String>,
         device: Option<String>,
     ) -> Result<NativeLayer> {
         native("Linear", || {
+            let in_features = in_features.positive("Linear", "inFeatures")?;
+            let out_features = out_features.positive("Linear", "outFeatures")?;
             let at = placement("Linear", dtype, device)?;
             Ok(Rc::new(core_nn::Linear::new(in_features, out_features, bias, at)?))
         })
@@ -66,13 +70,13 @@ impl NativeLayer {
     #[napi(factory, js_name = "conv2d")]
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d(
-        in_channels: i64,
-        out_channels: i64,
-        kernel_size: Vec<i64>,
-        stride: Vec<i64>,
-        padding: Either<Vec<i64>, String>,
-        dilation: Vec<i64>,
-        groups: i64,
+        in_channels: Int,
+        out_channels: Int,
+        kernel_size: Ints,
+        stride: Ints,
+        padding: Either<Ints, String>,
+        dilation: Ints,
+        groups: Int,
         bias: bool,
         dtype: Option<String>,
         device: Option<String>,
@@ -88,9 +92,11 @@ impl NativeLayer {
                 stride: pair(OP, "stride", &stride)?,
                 padding,
                 dilation: pair(OP, "dilation", &dilation)?,
-                groups,
+                groups: groups.positive(OP, "groups")?,
                 bias,
             };
+            let in_channels = in_channels.positive(OP, "inChannels")?;
+            let out_channels = out_channels.positive(OP, "outChannels")?;
             let at = placement(OP, dtype, device)?;
             Ok(Rc::new(core_nn::Conv2d::new(in_channels, out_channels, config, at)?))
         })
@@ -98,10 +104,10 @@ impl NativeLayer {
 
     #[napi(factory, js_name = "maxPool2d")]
     pub fn max_pool2d(
-        kernel_size: Vec<i64>,
-        stride: Vec<i64>,
-        padding: Vec<i64>,
-        dilation: Vec<i64>,
+        kernel_size: Ints,
+        stride: Ints,
+        padding: Ints,
+        dilation: Ints,
         ceil_mode: bool,
     ) -> Result<NativeLayer> {
         const OP: &str = "MaxPool2d";
@@ -118,12 +124,14 @@ impl NativeLayer {
 
     #[napi(factory)]
     pub fn embedding(
-        num_embeddings: i64,
-        embedding_dim: i64,
+        num_embeddings: Int,
+        embedding_dim: Int,
         dtype: Option<String>,
         device: Option<String>,
     ) -> Result<NativeLayer> {
         native("Embedding", || {
+            let num_embeddings = num_embeddings.positive("Embedding", "numEmbeddings")?;
+            let embedding_dim = embedding_dim.positive("Embedding", "embeddingDim")?;
             let at = placement("Embedding", dtype, device)?;
             Ok(Rc::new(core_nn::Embedding::new(num_embeddings, embedding_dim, at)?))
         })
@@ -131,7 +139,7 @@ impl NativeLayer {
 
     #[napi(factory)]
     pub fn layer_norm(
-        normalized_shape: Vec<i64>,
+        normalized_shape: Ints,
         eps: f64,
         elementwise_affine: bool,
         bias: bool,
@@ -139,6 +147,7 @@ impl NativeLayer {
         device: Option<String>,
     ) -> Result<NativeLayer> {
         native("LayerNorm", || {
+            let normalized_shape = normalized_shape.get("LayerNorm", "normalizedShape")?;
             let at = placement("LayerNorm", dtype, device)?;
             Ok(Rc::new(core_nn::LayerNorm::new(
                 normalized_shape,
@@ -168,10 +177,12 @@ impl NativeLayer {
     }
 
     #[napi(factory)]
-    pub fn flatten(start_dim: i64, end_dim: i64) -> NativeLayer {
-        NativeLayer {
-            layer: Rc::new(core_nn::Flatten { start_dim, end_dim }),
-        }
+    pub fn flatten(start_dim: Int, end_dim: Int) -> Result<NativeLayer> {
+        native("Flatten", || {
+            let start_dim = start_dim.get("Flatten", "startDim")?;
+            let end_dim = end_dim.get("Flatten", "endDim")?;
+            Ok(Rc::new(core_nn::Flatten { start_dim, end_dim }))
+        })
     }
 
     /// Runs `layers` in order in one native call; they stay shared with their own wrappers.
@@ -185,13 +196,15 @@ impl NativeLayer {
 
     #[napi(factory)]
     pub fn causal_self_attention(
-        dim: i64,
-        heads: i64,
+        dim: Int,
+        heads: Int,
         dropout: f64,
         qkv: &NativeLayer,
         proj: &NativeLayer,
     ) -> Result<NativeLayer> {
         native("CausalSelfAttention", || {
+            let dim = dim.positive("CausalSelfAttention", "dim")?;
+            let heads = heads.positive("CausalSelfAttention", "heads")?;
             Ok(Rc::new(core_nn::CausalSelfAttention::from_parts(
                 dim,
                 heads,

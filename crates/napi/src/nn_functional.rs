@@ -15,7 +15,7 @@ pub fn nn_cross_entropy(
     target: Tensor,
     reduction: Option<String>,
     label_smoothing: Option<f64>,
-    ignore_index: Option<i64>,
+    ignore_index: Option<crate::int::Int>,
 ) -> Result<Tensor> {
     const OP: &str = "crossEntropy";
     guarded(OP, || {
@@ -26,7 +26,10 @@ pub fn nn_cross_entropy(
             &t,
             reduction,
             label_smoothing.unwrap_or(0.0),
-            ignore_index.unwrap_or(-100),
+            ignore_index
+                .map(|i| i.get(OP, "ignoreIndex"))
+                .transpose()?
+                .unwrap_or(-100),
         )?;
         Ok(wrap(&env, out))
     })
@@ -43,15 +46,17 @@ pub fn nn_mse_loss(env: Env, input: Tensor, target: Tensor, reduction: Option<St
 }
 
 #[napi]
-pub fn nn_softmax(env: Env, x: Tensor, dim: i64) -> Result<Tensor> {
+pub fn nn_softmax(env: Env, x: Tensor, dim: crate::int::Int) -> Result<Tensor> {
     guarded("softmax", || {
+        let dim = dim.get("softmax", "dim")?;
         Ok(wrap(&env, f::softmax(&*x.handle.get("softmax")?, dim)?))
     })
 }
 
 #[napi]
-pub fn nn_log_softmax(env: Env, x: Tensor, dim: i64) -> Result<Tensor> {
+pub fn nn_log_softmax(env: Env, x: Tensor, dim: crate::int::Int) -> Result<Tensor> {
     guarded("logSoftmax", || {
+        let dim = dim.get("logSoftmax", "dim")?;
         Ok(wrap(&env, f::log_softmax(&*x.handle.get("logSoftmax")?, dim)?))
     })
 }

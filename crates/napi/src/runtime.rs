@@ -8,9 +8,9 @@ use crate::tensor::free_collected;
 use napi_derive::napi;
 
 #[napi]
-pub fn manual_seed(seed: i64) -> Result<()> {
+pub fn manual_seed(seed: crate::int::Int) -> Result<()> {
     guarded("manualSeed", || {
-        tensor::manual_seed(seed);
+        tensor::manual_seed(seed.get("manualSeed", "seed")?);
         Ok(())
     })
 }

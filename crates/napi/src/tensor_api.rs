@@ -5,12 +5,13 @@
 
 use accelerate_core::tensor::{self as core_tensor, ops};
 use accelerate_core::{device, dtype};
-use napi::bindgen_prelude::{Buffer, Either};
+use napi::bindgen_prelude::Buffer;
 use napi::{Env, Result};
 use napi_derive::napi;
 
 use crate::convert::{guarded, handle, handles, parse_device, parse_dtype, with_operand, wrap};
 use crate::fast::fast_exports;
+use crate::int::{Checked, Dims, Int};
 use crate::tensor::{Tensor, TensorArg, TensorHandle, TensorOrNumber};
 
 fast_exports!(FAST = [
@@ -139,31 +140,20 @@ pub fn tensor_op_index(env: Env, tensor: TensorArg, i: TensorOrNumber) -> Result
 
 /// Pieces of `size` (or of each size in a list) along `dim`.
 #[napi]
-pub fn tensor_list_split(
-    env: Env,
-    tensor: TensorArg,
-    size: Either<i64, Vec<i64>>,
-    dim: Option<i64>,
-) -> Result<Vec<TensorHandle>> {
+pub fn tensor_list_split(env: Env, tensor: TensorArg, size: Dims, dim: Option<Int>) -> Result<Vec<TensorHandle>> {
     guarded("split", || {
-        let sizes = match size {
-            Either::A(one) => vec![one],
-            Either::B(many) => many,
-        };
-        Ok(handles(
-            &env,
-            ops::split(&*tensor.handle.get("split")?, &sizes, dim.unwrap_or(0))?,
-        ))
+        let sizes = size.get("split", "size")?;
+        let dim = dim.checked("split", "dim")?.unwrap_or(0);
+        Ok(handles(&env, ops::split(&*tensor.handle.get("split")?, &sizes, dim)?))
     })
 }
 
 #[napi]
-pub fn tensor_list_chunk(env: Env, tensor: TensorArg, chunks: i64, dim: Option<i64>) -> Result<Vec<TensorHandle>> {
+pub fn tensor_list_chunk(env: Env, tensor: TensorArg, chunks: Int, dim: Option<Int>) -> Result<Vec<TensorHandle>> {
     guarded("chunk", || {
-        Ok(handles(
-            &env,
-            ops::chunk(&*tensor.handle.get("chunk")?, chunks, dim.unwrap_or(0))?,
-        ))
+        let chunks = chunks.positive("chunk", "chunks")?;
+        let dim = dim.checked("chunk", "dim")?.unwrap_or(0);
+        Ok(handles(&env, ops::chunk(&*tensor.handle.get("chunk")?, chunks, dim)?))
     })
 }
 
@@ -172,12 +162,13 @@ pub fn tensor_list_chunk(env: Env, tensor: TensorArg, chunks: i64, dim: Option<i
 pub fn from_bytes(
     env: Env,
     bytes: &[u8],
-    shape: Vec<i64>,
+    shape: crate::int::Ints,
     source_dtype: String,
     dtype: Option<String>,
     device: Option<String>,
 ) -> Result<Tensor> {
     guarded("tensor", || {
+        let shape = shape.shape("tensor", "shape")?;
         let source = accelerate_core::dtype::parse("tensor", &source_dtype)?;
         let target = parse_dtype("tensor", dtype.as_deref(), source)?;
         let device = parse_device("tensor", device.as_deref())?;

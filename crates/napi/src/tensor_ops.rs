@@ -4,12 +4,12 @@
 //! in error messages come from the core.
 
 use accelerate_core::tensor::ops::{self, Reduction};
-use napi::bindgen_prelude::Either;
 use napi::{Env, Result};
 use napi_derive::napi;
 
-use crate::convert::{dims, guarded, handle, with_all, with_operand, wrap};
+use crate::convert::{guarded, handle, with_all, with_operand, wrap};
 use crate::fast::fast_exports;
+use crate::int::{Checked, Dims, Int, Ints};
 use crate::tensor::{Tensor, TensorArg, TensorHandle, TensorOrNumber};
 
 macro_rules! tensor_ops {
@@ -40,10 +40,10 @@ macro_rules! tensor_ops {
         )*
         $(
             #[napi]
-            pub fn [<tensor_op_ $r>](env: Env, tensor: TensorArg, dim: Option<Either<i64, Vec<i64>>>, keepdim: Option<bool>) -> Result<TensorHandle> {
+            pub fn [<tensor_op_ $r>](env: Env, tensor: TensorArg, dim: Option<Dims>, keepdim: Option<bool>) -> Result<TensorHandle> {
                 guarded(stringify!($r), || {
                     let t = tensor.handle.get(stringify!($r))?;
-                    let dims = dims(dim);
+                    let dims = dim.map(|d| d.get(stringify!($r), "dim")).transpose()?;
                     Ok(handle(&env, ops::reduce(stringify!($r), &t, dims.as_deref(), keepdim.unwrap_or(false), Reduction::$rk)?))
                 })
             }
@@ -52,6 +52,7 @@ macro_rules! tensor_ops {
             #[napi]
             pub fn [<tensor_op_ $m>](env: Env, tensor: TensorArg, $($arg: $ty),*) -> Result<TensorHandle> {
                 guarded(stringify!($m), || {
+                    $( let $arg = Checked::checked($arg, stringify!($m), stringify!($arg))?; )*
                     let $t = tensor.handle.get(stringify!($m))?;
                     Ok(handle(&env, ops::unary(stringify!($m), &$t, |$t| $body)?))
                 })
@@ -60,7 +61,7 @@ macro_rules! tensor_ops {
         fast_exports!(FAST_TABLE = [
             $( [<tensor_op_ $u>][env](TensorArg), )*
             $( [<tensor_op_ $b>][env](TensorArg, TensorOrNumber), )*
-            $( [<tensor_op_ $r>][env](TensorArg, Option<Either<i64, Vec<i64>>>, Option<bool>), )*
+            $( [<tensor_op_ $r>][env](TensorArg, Option<Dims>, Option<bool>), )*
             $( [<tensor_op_ $m>][env](TensorArg $(, $ty)*), )*
         ]);
     } };
@@ -84,23 +85,23 @@ tensor_ops! {
         sum => Sum, mean => Mean, max => Max, min => Min, argmax => Argmax, argmin => Argmin,
     }
     with_args {
-        reshape(shape: Vec<i64>) => |t| t.f_reshape(&shape),
-        view(shape: Vec<i64>) => |t| t.f_view(shape.as_slice()),
-        permute(dims: Vec<i64>) => |t| t.f_permute(&dims),
-        transpose(dim0: i64, dim1: i64) => |t| t.f_transpose(dim0, dim1),
-        squeeze(dim: Option<i64>) => |t| match dim { Some(d) => t.f_squeeze_dim(d), None => t.f_squeeze() },
-        unsqueeze(dim: i64) => |t| t.f_unsqueeze(dim),
-        flatten(start_dim: Option<i64>, end_dim: Option<i64>) => |t| t.f_flatten(start_dim.unwrap_or(0), end_dim.unwrap_or(-1)),
-        expand(shape: Vec<i64>) => |t| t.f_expand(&shape, false),
-        slice(dim: i64, start: Option<i64>, end: Option<i64>, step: Option<i64>) => |t| t.f_slice(dim, start, end, step.unwrap_or(1)),
-        narrow(dim: i64, start: i64, length: i64) => |t| t.f_narrow(dim, start, length),
-        softmax(dim: i64) => |t| t.f_softmax(dim, None::<tch::Kind>),
-        log_softmax(dim: i64) => |t| t.f_log_softmax(dim, None::<tch::Kind>),
+        reshape(shape: Ints) => |t| t.f_reshape(&shape),
+        view(shape: Ints) => |t| t.f_view(shape.as_slice()),
+        permute(dims: Ints) => |t| t.f_permute(&dims),
+        transpose(dim0: Int, dim1: Int) => |t| t.f_transpose(dim0, dim1),
+        squeeze(dim: Option<Int>) => |t| match dim { Some(d) => t.f_squeeze_dim(d), None => t.f_squeeze() },
+        unsqueeze(dim: Int) => |t| t.f_unsqueeze(dim),
+        flatten(start_dim: Option<Int>, end_dim: Option<Int>) => |t| t.f_flatten(start_dim.unwrap_or(0), end_dim.unwrap_or(-1)),
+        expand(shape: Ints) => |t| t.f_expand(&shape, false),
+        slice(dim: Int, start: Option<Int>, end: Option<Int>, step: Option<Int>) => |t| t.f_slice(dim, start, end, step.unwrap_or(1)),
+        narrow(dim: Int, start: Int, length: Int) => |t| t.f_narrow(dim, start, length),
+        softmax(dim: Int) => |t| t.f_softmax(dim, None::<tch::Kind>),
+        log_softmax(dim: Int) => |t| t.f_log_softmax(dim, None::<tch::Kind>),
         clamp(min: Option<f64>, max: Option<f64>) => |t| ops::clamp(t, min, max),
         gelu(approximate: Option<String>) => |t| t.f_gelu(approximate.as_deref().unwrap_or("none")),
         t() => |t| t.f_transpose(-2, -1),
         clone() => |t| t.f_to_dtype(t.kind(), false, true),
-        std(dim: Option<i64>, keepdim: Option<bool>) => |t| t.f_std_dim(dim.map(|d| vec![d]).as_deref(), true, keepdim.unwrap_or(false)),
+        std(dim: Option<Int>, keepdim: Option<bool>) => |t| t.f_std_dim(dim.map(|d| vec![d]).as_deref(), true, keepdim.unwrap_or(false)),
     }
 }
 
@@ -131,12 +132,14 @@ fn with_tensor(
 
 /// Values of this tensor taken along `dim` at the positions in `index`.
 #[napi]
-pub fn tensor_op_gather(env: Env, tensor: TensorArg, dim: i64, index: TensorArg) -> Result<TensorHandle> {
+pub fn tensor_op_gather(env: Env, tensor: TensorArg, dim: Int, index: TensorArg) -> Result<TensorHandle> {
+    let dim = guarded("gather", || dim.get("gather", "dim"))?;
     with_tensor(&env, "gather", tensor, index, |t, i| t.f_gather(dim, i, false))
 }
 
 #[napi]
-pub fn tensor_op_index_select(env: Env, tensor: TensorArg, dim: i64, index: TensorArg) -> Result<TensorHandle> {
+pub fn tensor_op_index_select(env: Env, tensor: TensorArg, dim: Int, index: TensorArg) -> Result<TensorHandle> {
+    let dim = guarded("indexSelect", || dim.get("index_select", "dim"))?;
     with_tensor(&env, "index_select", tensor, index, |t, i| t.f_index_select(dim, i))
 }
 
@@ -151,29 +154,25 @@ pub fn tensor_op_masked_fill(env: Env, tensor: TensorArg, mask: TensorArg, value
 fast_exports!(
     FAST_EXTRA = [
         tensor_op_matmul[env](TensorArg, TensorArg),
-        tensor_op_gather[env](TensorArg, i64, TensorArg),
-        tensor_op_index_select[env](TensorArg, i64, TensorArg),
+        tensor_op_gather[env](TensorArg, Int, TensorArg),
+        tensor_op_index_select[env](TensorArg, Int, TensorArg),
         tensor_op_masked_fill[env](TensorArg, TensorArg, f64),
     ]
 );
 
 #[napi]
-pub fn cat(env: Env, tensors: Vec<Tensor>, dim: Option<i64>) -> Result<Tensor> {
+pub fn cat(env: Env, tensors: Vec<Tensor>, dim: Option<Int>) -> Result<Tensor> {
     guarded("cat", || {
-        Ok(wrap(
-            &env,
-            with_all("cat", &tensors, |ts| ops::cat(ts, dim.unwrap_or(0)))?,
-        ))
+        let dim = dim.checked("cat", "dim")?.unwrap_or(0);
+        Ok(wrap(&env, with_all("cat", &tensors, |ts| ops::cat(ts, dim))?))
     })
 }
 
 #[napi]
-pub fn stack(env: Env, tensors: Vec<Tensor>, dim: Option<i64>) -> Result<Tensor> {
+pub fn stack(env: Env, tensors: Vec<Tensor>, dim: Option<Int>) -> Result<Tensor> {
     guarded("stack", || {
-        Ok(wrap(
-            &env,
-            with_all("stack", &tensors, |ts| ops::stack(ts, dim.unwrap_or(0)))?,
-        ))
+        let dim = dim.checked("stack", "dim")?.unwrap_or(0);
+        Ok(wrap(&env, with_all("stack", &tensors, |ts| ops::stack(ts, dim))?))
     })
 }
 

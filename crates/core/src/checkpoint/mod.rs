@@ -2,9 +2,11 @@
 //! model files with their index, and whole checkpoint directories replaced atomically.
 
 mod atomic;
+pub mod safe_read;
 mod safetensors_io;
 mod shards;
 
-pub use atomic::{commit_staging, staging_dir, write_atomically};
-pub use safetensors_io::{load_safetensors, save_safetensors};
+pub use atomic::{check_replaceable, clean_staging, commit_staging, staging_dir, write_atomically, CHECKPOINT_MARKER};
+pub use safe_read::{read_inside, JSON_LIMIT};
+pub use safetensors_io::{load_safetensors, load_safetensors_in, save_safetensors};
 pub use shards::{load_model, save_model};

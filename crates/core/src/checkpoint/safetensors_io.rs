@@ -1,5 +1,6 @@
 //! Reading and writing safetensors files (what Python's `safetensors` reads and writes).
 
+use super::safe_read::{read_inside, read_regular};
 use super::write_atomically;
 use crate::{Error, Result};
 use safetensors::tensor::{Dtype, SafeTensors, View};
@@ -103,25 +104,85 @@ pub fn save_safetensors(
     write_atomically(op, path, &serialize(op, tensors, metadata)?)
 }
 
-/// Reads every tensor of a safetensors file onto the CPU, sorted by name.
+/// What is wrong with a safetensors file, without quoting its contents.
+fn describe(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::InvalidHeader => "its header is not UTF-8".into(),
+        E::InvalidHeaderStart => "its header does not start with `{`".into(),
+        E::InvalidHeaderDeserialization | E::JsonError(_) => "its header is not valid safetensors JSON".into(),
+        E::HeaderTooLarge => "its header is larger than 100 MB".into(),
+        E::HeaderTooSmall => "it is shorter than the 8-byte header length".into(),
+        E::InvalidHeaderLength => "its header length runs past the end of the file".into(),
+        E::TensorNotFound(name) => format!("tensor {:?} is missing", super::safe_read::shorten(name)),
+        E::TensorInvalidInfo => "a tensor's shape, dtype and offsets disagree".into(),
+        E::InvalidOffset(name) => format!(
+            "the offsets of tensor {:?} are invalid",
+            super::safe_read::shorten(name)
+        ),
+        E::IoError(e) => format!("cannot be read: {e}"),
+        E::InvalidTensorView(..) => "a tensor's data does not match its shape and dtype".into(),
+        E::MetadataIncompleteBuffer => "its tensors do not cover the data exactly (truncated or padded file)".into(),
+        E::ValidationOverflow => "a tensor's declared size overflows".into(),
+    }
+}
+
+/// Decodes safetensors bytes read from `path` onto the CPU, sorted by name.
+fn decode(op: &str, path: &Path, bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
+    let file = SafeTensors::deserialize(bytes).map_err(|e| {
+        Error::invalid(
+            op,
+            format!("{} is not a valid safetensors file: {}", path.display(), describe(&e)),
+        )
+    })?;
+    let mut out = Vec::new();
+    for (name, view) in file.tensors() {
+        let kind =
+            to_kind(op, &name, view.dtype()).map_err(|e| Error::invalid(op, format!("{}: {e}", path.display())))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = crate::tensor::from_bytes(op, view.data(), &shape, kind, kind, Device::Cpu)
+            .map_err(|e| Error::invalid(op, format!("{}: {e}", path.display())))?;
+        out.push((name, t));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Reads every tensor of a safetensors file onto the CPU, sorted by name. `path` may be
+/// a symbolic link (the caller chose it), but must end at a regular file.
 pub fn load_safetensors(op: &str, path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let bytes = std::fs::read(path).map_err(|e| {
+    let target = std::fs::canonicalize(path).map_err(|e| {
         Error::io(
             op,
             std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display())),
         )
     })?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::invalid(op, format!("{} is not a valid safetensors file: {e}", path.display())))?;
-    let mut out = Vec::new();
-    for (name, view) in file.tensors() {
-        let kind = to_kind(op, &name, view.dtype())?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let t = crate::tensor::from_bytes(op, view.data(), &shape, kind, kind, Device::Cpu)?;
-        out.push((name, t));
+    let bytes = read_regular(op, &target, u64::MAX).map_err(|e| rename_path(e, &target, path))?;
+    decode(op, path, &bytes)
+}
+
+/// Reads the safetensors file `name` of checkpoint directory `dir` (only a regular file inside it).
+pub fn load_safetensors_in(op: &str, dir: &Path, name: &str) -> Result<Vec<(String, Tensor)>> {
+    let bytes = read_inside(op, dir, name, u64::MAX)?;
+    decode(op, &dir.join(name), &bytes)
+}
+
+/// Names the path the caller gave in an error about its resolved target.
+fn rename_path(e: Error, target: &Path, given: &Path) -> Error {
+    if target == given {
+        return e;
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    let op = e.op().to_string();
+    let text = e.to_string();
+    let rest = text.strip_prefix(&format!("{op}: ")).unwrap_or(&text);
+    Error::invalid(
+        op,
+        rest.replacen(
+            &target.display().to_string(),
+            &format!("{} (→ {})", given.display(), target.display()),
+            1,
+        ),
+    )
 }
 
 #[cfg(test)]

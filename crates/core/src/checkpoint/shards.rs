@@ -1,8 +1,9 @@
 //! Model weights as Hugging Face writes them: `model.safetensors`, or shards
 //! `model-00001-of-0000N.safetensors` plus `model.safetensors.index.json`.
 
+use super::safe_read::{entry_path, read_inside, shorten, JSON_LIMIT};
 use super::safetensors_io::serialize;
-use super::{load_safetensors, write_atomically};
+use super::{load_safetensors_in, write_atomically};
 use crate::{dtype, Error, Result};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -89,38 +90,70 @@ pub fn save_model(dir: &Path, tensors: &[(String, Tensor)], max_shard_bytes: u64
     Ok(written)
 }
 
-/// Loads the weights saved in `dir`, sharded or not, onto the CPU.
+fn present(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+/// Loads the weights saved in `dir`, sharded or not, onto the CPU. Reads only regular
+/// files inside `dir`: an index entry naming `..`, an absolute path or a subdirectory is refused.
 pub fn load_model(dir: &Path) -> Result<Vec<(String, Tensor)>> {
     let op = "loadModel";
     let index_path = dir.join(INDEX);
-    if !index_path.exists() {
-        if !dir.join(SINGLE).exists() {
+    if !present(&index_path) {
+        if !present(&dir.join(SINGLE)) {
             return Err(Error::invalid(
                 op,
                 format!("{} holds neither {SINGLE} nor {INDEX}", dir.display()),
             ));
         }
-        return load_safetensors(op, &dir.join(SINGLE));
+        return load_safetensors_in(op, dir, SINGLE);
     }
-    let text = fs::read_to_string(&index_path).map_err(|e| Error::io(op, e))?;
-    let index: Value =
-        serde_json::from_str(&text).map_err(|e| Error::invalid(op, format!("{}: {e}", index_path.display())))?;
+    let bytes = read_inside(op, dir, INDEX, JSON_LIMIT)?;
+    let index: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::invalid(
+            op,
+            format!(
+                "{} is not valid JSON (line {}, column {})",
+                index_path.display(),
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
     let weight_map = index
         .get("weight_map")
         .and_then(Value::as_object)
         .ok_or_else(|| Error::invalid(op, format!("{} has no weight_map", index_path.display())))?;
-    let mut files: Vec<&str> = weight_map.values().filter_map(Value::as_str).collect();
+    let mut files = Vec::new();
+    for (name, file) in weight_map {
+        let file = file.as_str().ok_or_else(|| {
+            Error::invalid(
+                op,
+                format!(
+                    "{}: the entry for {:?} is not a file name",
+                    index_path.display(),
+                    shorten(name)
+                ),
+            )
+        })?;
+        entry_path(op, dir, file)?;
+        files.push(file);
+    }
     files.sort_unstable();
     files.dedup();
     let mut out = Vec::new();
     for file in files {
-        out.extend(load_safetensors(op, &dir.join(file))?);
+        out.extend(load_safetensors_in(op, dir, file)?);
     }
     for name in weight_map.keys() {
         if !out.iter().any(|(n, _)| n == name) {
             return Err(Error::invalid(
                 op,
-                format!("\"{name}\" is listed in {INDEX} but missing from its shard"),
+                format!(
+                    "{}: {:?} is listed but missing from its shard",
+                    index_path.display(),
+                    shorten(name)
+                ),
             ));
         }
     }

@@ -40,9 +40,32 @@ pub struct Loader {
     progress: Arc<Mutex<Progress>>,
 }
 
+/// Each epoch's order and batches are held in memory (16 bytes a sample and 24 a
+/// batch); a dataset whose epoch cannot be allocated is refused here rather than
+/// aborting the process when the first epoch starts.
+fn check_epoch_fits(dataset_len: usize, batch_size: usize) -> Result<()> {
+    let batches = dataset_len / batch_size.max(1) + 1;
+    let bytes = dataset_len
+        .checked_mul(16)
+        .and_then(|b| b.checked_add(batches.checked_mul(24)?))
+        .filter(|&b| b <= isize::MAX as usize);
+    let fits = bytes.is_some_and(|bytes| Vec::<u8>::new().try_reserve_exact(bytes).is_ok());
+    if fits {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        OP,
+        format!(
+            "a dataset of {dataset_len} samples needs {} GiB for each epoch's order, which cannot be allocated; use a smaller dataset or shard it",
+            (dataset_len as f64 * 16.0 / (1u64 << 30) as f64).ceil()
+        ),
+    ))
+}
+
 impl Loader {
     pub fn new(dataset_len: usize, spec: SamplerSpec, device: Option<Device>) -> Result<Loader> {
         spec.validate(OP)?;
+        check_epoch_fits(dataset_len, spec.batch_size)?;
         Ok(Loader {
             dataset_len,
             spec,

@@ -35,6 +35,22 @@ pub fn from_bytes(op: &str, bytes: &[u8], shape: &[i64], source: Kind, target: K
             ),
         ));
     }
+    if source == Kind::Double && !dtype::is_floating(target) && target != Kind::Bool {
+        for chunk in bytes.chunks_exact(8) {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(chunk);
+            check_fill(op, f64::from_le_bytes(raw), target).map_err(|_| {
+                Error::invalid(
+                    op,
+                    format!(
+                        "the value {} cannot be converted to {} without overflow",
+                        f64::from_le_bytes(raw),
+                        dtype::name(target)
+                    ),
+                )
+            })?;
+        }
+    }
     let t = Tensor::f_from_data_size(bytes, shape, source).map_err(|e| Error::torch(op, vec![shape.to_vec()], e))?;
     convert(op, t, target, device)
 }
@@ -66,7 +82,10 @@ pub fn filled(op: &str, shape: &[i64], fill: Fill, kind: Kind, device: Device) -
     let result = match fill {
         Fill::Zeros => Tensor::f_zeros(shape, options),
         Fill::Ones => Tensor::f_ones(shape, options),
-        Fill::Value(v) => Tensor::f_full(shape, ops::scalar(v), options),
+        Fill::Value(v) => {
+            check_fill(op, v, kind)?;
+            Tensor::f_full(shape, ops::scalar(v), options)
+        }
         Fill::Normal | Fill::Uniform if !dtype::is_floating(kind) => {
             return Err(Error::invalid(
                 op,
@@ -79,12 +98,63 @@ pub fn filled(op: &str, shape: &[i64], fill: Fill, kind: Kind, device: Device) -
     result.map_err(|e| Error::torch(op, vec![shape.to_vec()], e))
 }
 
+/// Refuses a fill value that `kind` cannot hold, as PyTorch's `full` does ("value
+/// cannot be converted to type uint8_t without overflow"), instead of wrapping it.
+pub fn check_fill(op: &str, value: f64, kind: Kind) -> Result<()> {
+    let range = match kind {
+        Kind::Uint8 => Some((0.0, 255.0)),
+        Kind::Int8 => Some((-128.0, 127.0)),
+        Kind::Int16 => Some((-32768.0, 32767.0)),
+        Kind::Int => Some((-2147483648.0, 2147483647.0)),
+        Kind::Int64 => Some((-9.223372036854776e18, 9.223372036854775e18)),
+        Kind::Half => Some((-65504.0, 65504.0)),
+        Kind::BFloat16 | Kind::Float => Some((-3.4028234663852886e38, 3.4028234663852886e38)),
+        _ => None,
+    };
+    let Some((low, high)) = range else { return Ok(()) };
+    let is_float = dtype::is_floating(kind);
+    let fits = if is_float {
+        !value.is_finite() || (low..=high).contains(&value)
+    } else {
+        value.is_finite() && (low..=high).contains(&value.trunc())
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        op,
+        format!(
+            "the fill value {value} cannot be converted to {} without overflow",
+            dtype::name(kind)
+        ),
+    ))
+}
+
 /// Values from `start` up to (not including) `end` by `step`.
 pub fn arange(start: f64, end: f64, step: f64, kind: Kind, device: Device) -> Result<Tensor> {
     if step == 0.0 || !step.is_finite() {
         return Err(Error::invalid(
             "arange",
             format!("step must be a finite non-zero number, got {step}"),
+        ));
+    }
+    if !start.is_finite() || !end.is_finite() {
+        return Err(Error::invalid(
+            "arange",
+            format!("start and end must be finite numbers, got {start} and {end}"),
+        ));
+    }
+    if (end - start) * step < 0.0 {
+        return Err(Error::invalid(
+            "arange",
+            format!("step {step} never leads from start {start} to end {end}; use a step of the other sign"),
+        ));
+    }
+    let count = ((end - start) / step).ceil();
+    if count > (1u64 << 53) as f64 {
+        return Err(Error::invalid(
+            "arange",
+            format!("[{start}, {end}) by {step} has {count} elements, too many to allocate"),
         ));
     }
     Tensor::f_arange_start_step(ops::scalar(start), ops::scalar(end), ops::scalar(step), (kind, device))
