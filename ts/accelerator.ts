@@ -1,20 +1,24 @@
-// The Accelerator facade: one object a training loop talks to. It holds the
-// process state, gradient-accumulation state and the prepared objects, and
-// delegates numerics to the core (collectives, checkpoints, clipping).
-import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { join } from "node:path";
-import { loadSafetensors, loadStateFiles, saveSafetensors, saveStateFiles, saveWeights, type StateValue } from "./checkpoint.js";
-import type { DdpReducer } from "../index.js";
-import { native } from "./native.js";
+// The Accelerator facade: the one object a training loop talks to. It composes the
+// process state, the precision policy, a strategy (ts/strategy/), the gradient-accumulation
+// state, the prepared objects and a checkpointer, and dispatches to them.
+import { saveWeights } from "./checkpoint.js";
+import { Checkpointer } from "./checkpointing.js";
 import {
   broadcast, broadcastObject, gather, gatherObject, padAcrossProcesses, reduce, waitForEveryone, type PadOptions, type TensorTree,
 } from "./collectives.js";
-import { clipGradNorm } from "./optim/clip.js";
+import { GradientState } from "./gradient-state.js";
+import { native } from "./native.js";
 import { PrecisionPolicy, type GradScalerOptions, type PrecisionMode } from "./precision.js";
+import {
+  PreparedObjects, hasMethods, isLoader, isModel, isOptimizer, isScheduler, wrapWith,
+  type LoaderLike, type ModelLike, type OptimizerLike, type SchedulerLike, type Stateful,
+} from "./prepared.js";
 import { initProcessGroup, readProcessState, shareOf, type ProcessState } from "./state.js";
+import { createStrategy, type Strategy } from "./strategy/index.js";
 import { keep, manualSeed, Tensor } from "./tensor.js";
 
 export type MixedPrecision = PrecisionMode;
+export type { Stateful } from "./prepared.js";
 
 export interface AcceleratorOptions {
   /** "bf16" or "fp16" autocast in prepared models' forward (fp16 with dynamic loss scaling); default "no". */
@@ -46,84 +50,57 @@ export interface AcceleratorOptions {
   stepScope?: boolean;
 }
 
-/** What `prepare` recognises, by shape (any object with these methods works). */
-export interface Stateful {
-  stateDict(): StateValue | Record<string, unknown>;
-  loadStateDict(state: never): void;
-}
-interface ModelLike extends Stateful {
-  forward(...args: never[]): unknown;
-  parameters(): Tensor[];
-  to(device: string): unknown;
-}
-interface OptimizerLike extends Stateful {
-  step(): void;
-  zeroGrad(setToNone?: boolean): void;
-  paramGroups?: readonly { readonly params: readonly Tensor[] }[];
-}
-interface SchedulerLike extends Stateful {
-  step(): void;
-  getLastLr(): number[];
-}
-interface LoaderLike extends Stateful, Iterable<unknown> {
-  length: number;
-  endOfDataloader?: boolean;
-  remainder?: number;
-  options?: { disposeBatches?: boolean; stepScope?: boolean };
-  /** A copy delivering batches to `device`, sharded for this process (see data.DataLoader). */
-  withOptions?(overrides: {
-    device?: string;
-    disposeBatches?: boolean;
-    stepScope?: boolean;
-    shard?: { numProcesses: number; processIndex: number; evenBatches?: boolean; splitBatches?: boolean };
-  }): LoaderLike;
-}
-
-const has = (obj: unknown, ...methods: string[]): boolean =>
-  obj !== null && typeof obj === "object" && methods.every((m) => typeof (obj as Record<string, unknown>)[m] === "function");
-const isScheduler = (o: unknown): o is SchedulerLike => has(o, "step", "getLastLr", "stateDict");
-const isOptimizer = (o: unknown): o is OptimizerLike => !isScheduler(o) && has(o, "step", "zeroGrad", "stateDict");
-const isModel = (o: unknown): o is ModelLike => has(o, "forward", "parameters", "to", "stateDict");
-const isLoader = (o: unknown): o is LoaderLike =>
-  o !== null && typeof o === "object" && typeof (o as Record<symbol, unknown>)[Symbol.iterator] === "function" && has(o, "stateDict");
-
 export class Accelerator {
   readonly state: ProcessState;
   readonly mixedPrecision: MixedPrecision;
   /** Autocast and fp16 loss scaling (see ts/precision.ts). */
   readonly precision: PrecisionPolicy;
-  readonly gradientAccumulationSteps: number;
-  /** False on micro-steps that only accumulate gradients (see `accumulate`). */
-  syncGradients = true;
-  /** Micro-steps counted by `accumulate`, saved and restored with the state. */
-  step = 0;
-  /** Checkpoints written by automatic naming. */
-  saveIteration = 0;
-  private readonly options: AcceleratorOptions;
-  private readonly models: ModelLike[] = [];
-  private readonly optimizers: OptimizerLike[] = [];
-  private readonly schedulers: SchedulerLike[] = [];
-  private readonly loaders: LoaderLike[] = [];
-  private readonly customObjects: Stateful[] = [];
-  private readonly reducers: DdpReducer[] = [];
-  private activeLoader: LoaderLike | undefined;
-  /** Whether each optimizer's last step was skipped (fp16 overflow). */
-  private readonly skipped = new Map<OptimizerLike, boolean>();
+  /** How models and gradients are spread over the processes (see ts/strategy/). */
+  readonly strategy: Strategy;
+  readonly gradientState: GradientState;
+  readonly #options: AcceleratorOptions;
+  readonly #prepared = new PreparedObjects();
+  readonly #checkpointer: Checkpointer;
+  /** Whether each prepared optimizer's last step was skipped (fp16 overflow). */
+  readonly #skipped = new Map<OptimizerLike, boolean>();
 
   constructor(options: AcceleratorOptions = {}) {
     const steps = options.gradientAccumulationSteps ?? Number(process.env.ACCELERATE_GRADIENT_ACCUMULATION_STEPS ?? 1);
-    if (!Number.isInteger(steps) || steps < 1) throw new Error(`Accelerator: gradientAccumulationSteps must be a positive integer, got ${steps}`);
     const precision = options.mixedPrecision ?? (process.env.ACCELERATE_MIXED_PRECISION as MixedPrecision | undefined) ?? "no";
     if (!["no", "fp16", "bf16"].includes(precision)) throw new Error(`Accelerator: mixedPrecision must be "no", "fp16" or "bf16", got "${precision}"`);
-    this.options = options;
+    this.gradientState = new GradientState(steps);
+    this.#options = options;
     this.state = readProcessState(options);
     initProcessGroup(this.state, (options.timeout ?? 1800) * 1000);
     this.mixedPrecision = precision;
     this.precision = new PrecisionPolicy(precision, this.state.device, options.gradScaler);
-    this.gradientAccumulationSteps = steps;
+    this.strategy = createStrategy(this.state, options);
+    const parts = { state: this.state, prepared: this.#prepared, precision: this.precision, gradientState: this.gradientState, strategy: this.strategy };
+    this.#checkpointer = new Checkpointer(parts, options);
     if (options.seed !== undefined) this.setSeed(options.seed);
   }
 
+  get gradientAccumulationSteps(): number {
+    return this.gradientState.accumulationSteps;
+  }
+  /** False on micro-steps that only accumulate gradients (see `accumulate`). */
+  get syncGradients(): boolean {
+    return this.gradientState.syncGradients;
+  }
+  set syncGradients(value: boolean) {
+    this.gradientState.syncGradients = value;
+  }
+  /** Micro-steps counted by `accumulate`, saved and restored with the state. */
+  get step(): number {
+    return this.gradientState.step;
+  }
+  set step(value: number) {
+    this.gradientState.step = value;
+  }
+  /** Checkpoints written by automatic naming. */
+  get saveIteration(): number {
+    return this.#checkpointer.saveIteration;
+  }
   get device(): string {
     return this.state.device;
   }
@@ -147,124 +124,116 @@ export class Accelerator {
   }
 
   /**
-   * Makes models, optimizers, schedulers and data loaders ready for this run and
-   * returns them in order: models, optimizers and schedulers adapted in place, data
-   * loaders as copies that deliver this process's shard on `device`. Anything else is returned unchanged.
+   * Makes models, optimizers, schedulers and data loaders ready for this run and returns
+   * them in order: models adapted in place, optimizers and schedulers wrapped (their
+   * `step`/`zeroGrad` follow accumulation and fp16 skipping; everything else is the
+   * original object's), data loaders as copies that deliver this process's shard on
+   * `device`. Anything else is returned unchanged.
    */
   prepare<T extends unknown[]>(...objects: T): T {
     const prepared = objects.map((obj) => {
-      if (isModel(obj)) this.prepareModel(obj);
-      else if (isOptimizer(obj)) this.prepareOptimizer(obj);
-      else if (isLoader(obj)) return this.prepareLoader(obj);
+      if (isModel(obj)) return this.#prepareModel(obj);
+      if (isOptimizer(obj)) return this.#prepareOptimizer(obj);
+      if (isLoader(obj)) return this.#prepareLoader(obj);
       return obj;
     });
-    for (const obj of prepared) if (isScheduler(obj)) this.prepareScheduler(obj);
-    return prepared as T;
+    return prepared.map((obj) => (isScheduler(obj) ? this.#prepareScheduler(obj) : obj)) as T;
   }
 
-  /** Moves the model to the device and, with several processes, gives every process process 0's parameters. */
-  private prepareModel(model: ModelLike): void {
-    if (this.models.includes(model)) return;
+  /** Moves the model to the device; the strategy then sets it up across processes. */
+  #prepareModel(model: ModelLike): ModelLike {
+    if (this.#prepared.models.includes(model)) return model;
     model.to(this.device);
-    if (this.numProcesses > 1) {
-      native.distBroadcastParameters(model.parameters());
-      this.reducers.push(new native.DdpReducer(model.parameters(), this.options.bucketBytes ?? 25 * 2 ** 20));
-    }
+    this.strategy.setupModel(model);
     this.precision.wrapModel(model);
-    this.models.push(model);
+    this.#prepared.models.push(model);
+    return model;
   }
 
   /**
-   * step() and zeroGrad() do nothing on micro-steps that only accumulate gradients;
-   * with fp16, step() unscales and is skipped when a gradient is inf or NaN.
+   * The optimizer, wrapped: step() and zeroGrad() do nothing on micro-steps that only
+   * accumulate gradients; with fp16, step() unscales and is skipped when a gradient is inf or NaN.
    */
-  private prepareOptimizer(optimizer: OptimizerLike): void {
-    if (this.optimizers.includes(optimizer)) return;
-    const step = optimizer.step.bind(optimizer);
-    const zeroGrad = optimizer.zeroGrad.bind(optimizer);
-    optimizer.step = () => {
-      if (!this.syncGradients) return;
-      this.skipped.set(optimizer, !this.precision.step(this.optimizerParams(optimizer), step));
-    };
-    optimizer.zeroGrad = (setToNone?: boolean) => {
-      if (this.syncGradients) zeroGrad(setToNone);
-    };
-    this.optimizers.push(optimizer);
+  #prepareOptimizer(optimizer: OptimizerLike): OptimizerLike {
+    const known = [...this.#prepared.unwrapped].find(([, original]) => original === optimizer);
+    if (known) return known[0];
+    const wrapped: OptimizerLike = wrapWith(optimizer, {
+      step: () => {
+        if (!this.syncGradients) return;
+        this.#skipped.set(wrapped, !this.precision.step(this.#optimizerParams(optimizer), () => optimizer.step()));
+      },
+      zeroGrad: (setToNone?: boolean) => {
+        if (this.syncGradients) optimizer.zeroGrad(setToNone);
+      },
+    });
+    this.#prepared.optimizers.push(wrapped);
+    this.#prepared.unwrapped.set(wrapped, optimizer);
+    return wrapped;
   }
 
   /**
-   * The schedule advances only with real optimizer steps (none when any optimizer skipped),
-   * once per process unless batches are split, since its length counts the unsharded loader's batches (HF semantics).
+   * The scheduler, wrapped: it advances only with real optimizer steps (none when any optimizer
+   * skipped), once per process unless batches are split, since its length counts the unsharded
+   * loader's batches (HF semantics).
    */
-  private prepareScheduler(scheduler: SchedulerLike): void {
-    if (this.schedulers.includes(scheduler)) return;
-    const step = scheduler.step.bind(scheduler);
-    scheduler.step = () => {
-      if (!this.syncGradients || this.optimizerStepWasSkipped) return;
-      const times = this.options.splitBatches ? 1 : this.numProcesses;
-      for (let i = 0; i < times; i++) step();
-    };
-    this.schedulers.push(scheduler);
+  #prepareScheduler(scheduler: SchedulerLike): SchedulerLike {
+    if (this.#prepared.schedulers.includes(scheduler)) return scheduler;
+    const wrapped = wrapWith(scheduler, {
+      step: () => {
+        if (!this.syncGradients || this.optimizerStepWasSkipped) return;
+        const times = this.#options.splitBatches ? 1 : this.numProcesses;
+        for (let i = 0; i < times; i++) scheduler.step();
+      },
+    });
+    this.#prepared.schedulers.push(wrapped);
+    return wrapped;
   }
 
-  /** Iterating a prepared loader makes it the active one, which `accumulate` and `gatherForMetrics` consult. */
-  private prepareLoader(original: LoaderLike): LoaderLike {
-    if (this.loaders.includes(original)) return original;
+  /** A copy of the loader that delivers this process's shard on the device, with step scopes. */
+  #prepareLoader(original: LoaderLike): LoaderLike {
+    if (this.#prepared.loaders.includes(original)) return original;
     const shard = {
       numProcesses: this.numProcesses,
       processIndex: this.processIndex,
-      evenBatches: this.options.evenBatches ?? true,
-      splitBatches: this.options.splitBatches ?? false,
+      evenBatches: this.#options.evenBatches ?? true,
+      splitBatches: this.#options.splitBatches ?? false,
     };
     const disposeBatches = original.options?.disposeBatches ?? true;
-    const stepScope = original.options?.stepScope ?? this.options.stepScope ?? true;
+    const stepScope = original.options?.stepScope ?? this.#options.stepScope ?? true;
     const loader = original.withOptions?.({ device: this.device, shard, disposeBatches, stepScope }) ?? original;
-    return this.prepareLoaderIteration(loader);
+    return this.#iterateAsActive(loader);
   }
 
   /** Iterating `loader` makes it the active one, which `accumulate` and `gatherForMetrics` consult. */
-  private prepareLoaderIteration(loader: LoaderLike): LoaderLike {
+  #iterateAsActive(loader: LoaderLike): LoaderLike {
     const iterate = loader[Symbol.iterator].bind(loader);
-    const self = this;
-    loader[Symbol.iterator] = function* () {
-      const outer = self.activeLoader;
-      self.activeLoader = loader;
-      try {
-        yield* { [Symbol.iterator]: iterate };
-      } finally {
-        self.activeLoader = outer;
-      }
-    };
-    this.loaders.push(loader);
+    const gradientState = this.gradientState;
+    loader[Symbol.iterator] = () => gradientState.iterateAsActive(loader, iterate);
+    this.#prepared.loaders.push(loader);
     return loader;
   }
 
   /**
-   * Backpropagates `loss`, divided for gradient accumulation and scaled for fp16, and on
-   * steps that sync averages the prepared models' gradients across processes. Use instead of `loss.backward()`.
+   * Backpropagates `loss`, divided for gradient accumulation and scaled for fp16; on steps
+   * that sync, the strategy makes the gradients final (averaged across processes). Use
+   * instead of `loss.backward()`.
    */
   backward(loss: Tensor): void {
     const divided = this.gradientAccumulationSteps === 1 ? loss : loss.div(this.gradientAccumulationSteps);
     const scaled = this.precision.scaleLoss(divided);
-    for (const reducer of this.reducers) reducer.prepare(this.syncGradients);
+    this.strategy.beforeBackward(this.syncGradients);
     try {
       scaled.backward();
     } finally {
       if (scaled !== loss) scaled.dispose();
       if (divided !== loss) divided.dispose();
     }
-    for (const reducer of this.reducers) reducer.finish();
+    this.strategy.afterBackward();
   }
 
   /** Runs one micro-step: gradients sync (and optimizers step) every `gradientAccumulationSteps` calls and at the end of the loader. */
   accumulate<R>(_model: unknown, fn: () => R): R {
-    if (this.activeLoader?.endOfDataloader) {
-      this.step = 0;
-      this.syncGradients = true;
-    } else {
-      this.step += 1;
-      this.syncGradients = this.step % this.gradientAccumulationSteps === 0;
-    }
+    this.gradientState.beginMicroStep();
     return fn();
   }
 
@@ -272,17 +241,17 @@ export class Accelerator {
   clipGradNorm(parameters: Iterable<Tensor> | Tensor, maxNorm: number, normType = 2): number {
     const list = parameters instanceof Tensor ? [parameters] : [...parameters];
     this.unscaleGradients(list);
-    return clipGradNorm(list, maxNorm, normType);
+    return this.strategy.clipGradNorm(list, maxNorm, normType);
   }
 
   /** fp16: divides the gradients by the loss scale now (once per step); other modes: nothing. */
   unscaleGradients(parameters?: Tensor[]): void {
-    this.precision.unscale(parameters ?? this.optimizers.flatMap((o) => this.optimizerParams(o)));
+    this.precision.unscale(parameters ?? this.#prepared.optimizers.flatMap((o) => this.#optimizerParams(o)));
   }
 
   /** True when the last step of any prepared optimizer was skipped because fp16 gradients overflowed. */
   get optimizerStepWasSkipped(): boolean {
-    return [...this.skipped.values()].some(Boolean);
+    return [...this.#skipped.values()].some(Boolean);
   }
 
   /** Exempts tensors from prepared loaders' step scopes and from `tidy` (see `keep`); returns its argument. */
@@ -295,9 +264,9 @@ export class Accelerator {
     return this.precision.autocast(fn);
   }
 
-  private optimizerParams(optimizer: OptimizerLike): Tensor[] {
+  #optimizerParams(optimizer: OptimizerLike): Tensor[] {
     if (optimizer.paramGroups) return optimizer.paramGroups.flatMap((g) => [...g.params]);
-    return this.models.flatMap((m) => m.parameters());
+    return this.#prepared.models.flatMap((m) => m.parameters());
   }
 
   /** Concatenates tensors (or nested arrays/records of them) from every process along dim 0. */
@@ -311,7 +280,7 @@ export class Accelerator {
    */
   gatherForMetrics<T extends TensorTree>(tree: T): T {
     const gathered = gather(tree);
-    const remainder = this.activeLoader?.endOfDataloader ? (this.activeLoader.remainder ?? 0) : 0;
+    const remainder = this.gradientState.remainder;
     if (remainder <= 0) return gathered;
     const truncate = (node: TensorTree): TensorTree => {
       if (node instanceof Tensor) return node.shape[0] > remainder ? node.slice(0, 0, remainder) : node;
@@ -359,9 +328,9 @@ export class Accelerator {
 
   /** Forgets the prepared objects and returns cached GPU memory to the driver. */
   freeMemory(): void {
-    for (const list of [this.models, this.optimizers, this.schedulers, this.loaders, this.reducers]) list.length = 0;
-    this.activeLoader = undefined;
-    this.step = 0;
+    this.#prepared.clear();
+    this.strategy.reset();
+    this.gradientState.reset();
     if (this.device.startsWith("cuda")) native.cudaEmptyCache();
   }
 
@@ -381,7 +350,7 @@ export class Accelerator {
 
   /** Ends the run: leaves the process group after all processes arrive. */
   endTraining(): void {
-    this.reducers.length = 0;
+    this.strategy.reset();
     if (native.distIsInitialized()) native.distDestroy();
   }
 
@@ -420,7 +389,7 @@ export class Accelerator {
    */
   skipFirstBatches<L extends { skipFirstBatches(n: number): L }>(loader: L, numBatches: number): L {
     const skipping = loader.skipFirstBatches(numBatches);
-    if (isLoader(skipping)) return this.prepareLoaderIteration(skipping as unknown as LoaderLike) as unknown as L;
+    if (isLoader(skipping)) return this.#iterateAsActive(skipping) as unknown as L;
     return skipping;
   }
 
@@ -435,35 +404,20 @@ export class Accelerator {
 
   /** Saves a model's weights as `model.safetensors`, or shards with an index above `maxShardSize`. */
   saveModel(model: { stateDict(): Record<string, Tensor> }, dir: string, options: { maxShardSize?: number | string } = {}): string[] {
-    if (!this.isMainProcess) return [];
-    return saveWeights(model.stateDict(), dir, options.maxShardSize ?? "10GB");
+    if (!this.strategy.writesSharedState) return [];
+    return saveWeights(this.strategy.fullStateDict(model), dir, options.maxShardSize ?? "10GB");
+  }
+
+  /** The model's full state dict (names to tensors), whatever the strategy (HF's `get_state_dict`). */
+  getStateDict(model: { stateDict(): Record<string, Tensor> }): Record<string, Tensor> {
+    return this.strategy.fullStateDict(model);
   }
 
   /** Adds objects with stateDict()/loadStateDict() to what saveState/loadState carry. */
   registerForCheckpointing(...objects: unknown[]): void {
-    const bad = objects.flatMap((o, i) => (has(o, "stateDict", "loadStateDict") ? [] : [i]));
+    const bad = objects.flatMap((o, i) => (hasMethods(o, "stateDict", "loadStateDict") ? [] : [i]));
     if (bad.length > 0) throw new Error(`registerForCheckpointing: objects at positions ${bad.join(", ")} lack stateDict() and loadStateDict()`);
-    this.customObjects.push(...(objects as Stateful[]));
-  }
-
-  private checkpointDir(dir: string | undefined, op: string): string {
-    if (dir !== undefined) return dir;
-    if (this.options.automaticCheckpointNaming && this.options.projectDir) {
-      const next = join(this.options.projectDir, "checkpoints", `checkpoint_${this.saveIteration}`);
-      if (existsSync(next)) throw new Error(`${op}: ${next} already exists; automatic naming never overwrites a checkpoint`);
-      return next;
-    }
-    throw new Error(`${op}: give a directory, or construct the Accelerator with projectDir and automaticCheckpointNaming`);
-  }
-
-  private latestCheckpoint(op: string): string {
-    const root = join(this.options.projectDir ?? "", "checkpoints");
-    const found = existsSync(root)
-      ? readdirSync(root).map((n) => /^checkpoint_(\d+)$/.exec(n)).filter((m): m is RegExpExecArray => m !== null)
-      : [];
-    if (found.length === 0) throw new Error(`${op}: no checkpoint_N directory in ${root}`);
-    found.sort((a, b) => Number(a[1]) - Number(b[1]));
-    return join(root, found[found.length - 1][0]);
+    this.#prepared.customObjects.push(...(objects as Stateful[]));
   }
 
   /**
@@ -471,77 +425,14 @@ export class Accelerator {
    * and RNG states into `dir`, atomically (a crash leaves the previous checkpoint intact).
    */
   saveState(dir?: string): string {
-    const target = this.checkpointDir(dir, "saveState");
-    // The main process writes the shared state into a staging directory; every process
-    // adds its own RNG state there; the main process then swaps it in for the old one.
-    let staging = this.isMainProcess ? native.stagingDir(target) : "";
-    staging = broadcastObject(staging);
-    try {
-      if (this.isMainProcess) this.writeSharedState(staging);
-      const rng: Record<string, Tensor> = { cpu: native.cpuRngState() };
-      if (this.device.startsWith("cuda")) rng.cuda = native.cudaRngState(this.cudaIndex());
-      saveSafetensors(join(staging, `random_states_${this.processIndex}.safetensors`), rng);
-    } catch (error) {
-      if (this.isMainProcess) rmSync(staging, { recursive: true, force: true });
-      throw error;
-    }
-    waitForEveryone();
-    if (this.isMainProcess) native.commitStagingDir(staging, target);
-    waitForEveryone();
-    this.saveIteration += 1;
-    if (this.isMainProcess) this.pruneCheckpoints();
-    return target;
+    return this.#checkpointer.save(dir);
   }
 
-  private writeSharedState(staging: string): void {
-    const suffix = (i: number) => (i === 0 ? "" : `_${i}`);
-    this.models.forEach((m, i) => saveSafetensors(join(staging, `model${suffix(i)}.safetensors`), m.stateDict() as Record<string, Tensor>));
-    this.optimizers.forEach((o, i) => saveStateFiles(join(staging, `optimizer${suffix(i)}`), o.stateDict() as StateValue));
-    this.schedulers.forEach((s, i) => saveStateFiles(join(staging, `scheduler${suffix(i)}`), s.stateDict() as StateValue));
-    this.loaders.forEach((l, i) => saveStateFiles(join(staging, `dl_state_dict${suffix(i)}`), l.stateDict() as StateValue));
-    this.customObjects.forEach((c, i) => saveStateFiles(join(staging, `custom_checkpoint_${i}`), c.stateDict() as StateValue));
-    const scaler = this.precision.stateDict();
-    if (scaler) native.writeFileAtomic(join(staging, "scaler.json"), `${JSON.stringify(scaler)}\n`);
-    native.writeFileAtomic(
-      join(staging, "accelerator_state.json"),
-      `${JSON.stringify({ step: this.step, saveIteration: this.saveIteration + 1, customObjects: this.customObjects.length })}\n`,
-    );
-  }
-
-  private pruneCheckpoints(): void {
-    const limit = this.options.totalLimit;
-    if (!this.options.automaticCheckpointNaming || !this.options.projectDir || limit === undefined) return;
-    const root = join(this.options.projectDir, "checkpoints");
-    const all = readdirSync(root).filter((n) => /^checkpoint_\d+$/.test(n)).sort((a, b) => Number(a.slice(11)) - Number(b.slice(11)));
-    for (const old of all.slice(0, Math.max(0, all.length - limit))) rmSync(join(root, old), { recursive: true, force: true });
-  }
-
-  /** Restores everything `saveState` saved (latest automatic checkpoint when `dir` is omitted). */
+  /**
+   * Restores everything `saveState` saved (latest automatic checkpoint when `dir` is omitted).
+   * Every file is read and checked before anything changes.
+   */
   loadState(dir?: string): void {
-    const source = dir ?? this.latestCheckpoint("loadState");
-    if (!existsSync(source)) throw new Error(`loadState: ${source} does not exist`);
-    const suffix = (i: number) => (i === 0 ? "" : `_${i}`);
-    const metaFile = join(source, "accelerator_state.json");
-    if (!existsSync(metaFile)) throw new Error(`loadState: ${source} is not a checkpoint written by saveState (no accelerator_state.json)`);
-    const meta = JSON.parse(readFileSync(metaFile, "utf8")) as { step: number; saveIteration: number; customObjects: number };
-    if (meta.customObjects !== this.customObjects.length) {
-      throw new Error(`loadState: the checkpoint holds ${meta.customObjects} registered objects, but ${this.customObjects.length} are registered now`);
-    }
-    const loadInto = (obj: Stateful, base: string) => obj.loadStateDict(loadStateFiles(base) as never);
-    this.models.forEach((m, i) => m.loadStateDict(loadSafetensors(join(source, `model${suffix(i)}.safetensors`)) as never));
-    this.optimizers.forEach((o, i) => loadInto(o, join(source, `optimizer${suffix(i)}`)));
-    this.schedulers.forEach((s, i) => loadInto(s, join(source, `scheduler${suffix(i)}`)));
-    this.loaders.forEach((l, i) => loadInto(l, join(source, `dl_state_dict${suffix(i)}`)));
-    this.customObjects.forEach((c, i) => loadInto(c, join(source, `custom_checkpoint_${i}`)));
-    const scalerFile = join(source, "scaler.json");
-    if (existsSync(scalerFile)) this.precision.loadStateDict(JSON.parse(readFileSync(scalerFile, "utf8")));
-    const rngFile = join(source, `random_states_${this.processIndex}.safetensors`);
-    if (existsSync(rngFile)) {
-      const rng = loadSafetensors(rngFile);
-      native.setCpuRngState(rng.cpu);
-      if (rng.cuda && this.device.startsWith("cuda")) native.setCudaRngState(this.cudaIndex(), rng.cuda);
-    }
-    this.step = meta.step;
-    this.saveIteration = meta.saveIteration;
+    this.#checkpointer.load(dir);
   }
 }

@@ -1,0 +1,180 @@
+// saveState/loadState for an Accelerator: which files a checkpoint holds and who writes
+// them, automatic checkpoint naming and pruning, atomic saves and all-or-nothing loads.
+// The file formats live in ts/checkpoint.ts; the layout is documented in RELIABILITY.md.
+import { existsSync, readdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { cleanStaging, readCheckpoint, saveSafetensors, saveStateFiles, type StateValue } from "./checkpoint.js";
+import { broadcastObject, waitForEveryone } from "./collectives.js";
+import type { GradientState } from "./gradient-state.js";
+import { native } from "./native.js";
+import type { PrecisionPolicy, GradScalerStateDict } from "./precision.js";
+import type { PreparedObjects } from "./prepared.js";
+import type { ProcessState } from "./state.js";
+import type { Strategy } from "./strategy/index.js";
+import { Optimizer } from "./optim/optimizer.js";
+import { Tensor } from "./tensor.js";
+
+export interface CheckpointingOptions {
+  /** Where `saveState()` without a directory writes, with `automaticCheckpointNaming`. */
+  projectDir?: string;
+  automaticCheckpointNaming?: boolean;
+  /** With automatic naming, keep at most this many checkpoints (oldest deleted). */
+  totalLimit?: number;
+}
+
+/** What a checkpoint restores besides the prepared objects. */
+export interface CheckpointParts {
+  state: ProcessState;
+  prepared: PreparedObjects;
+  precision: PrecisionPolicy;
+  gradientState: GradientState;
+  strategy: Strategy;
+}
+
+const suffix = (i: number) => (i === 0 ? "" : `_${i}`);
+
+export class Checkpointer {
+  /** Checkpoints written by automatic naming. */
+  saveIteration = 0;
+  readonly #options: CheckpointingOptions;
+  readonly #parts: CheckpointParts;
+
+  constructor(parts: CheckpointParts, options: CheckpointingOptions) {
+    this.#parts = parts;
+    this.#options = options;
+  }
+
+  get #device(): string {
+    return this.#parts.state.device;
+  }
+
+  get #cudaIndex(): number {
+    return Number(this.#device.split(":")[1] ?? 0);
+  }
+
+  #target(dir: string | undefined, op: string): string {
+    if (dir !== undefined) return dir;
+    const { automaticCheckpointNaming, projectDir } = this.#options;
+    if (automaticCheckpointNaming && projectDir) {
+      const next = join(projectDir, "checkpoints", `checkpoint_${this.saveIteration}`);
+      if (existsSync(next)) throw new Error(`${op}: ${next} already exists; automatic naming never overwrites a checkpoint`);
+      return next;
+    }
+    throw new Error(`${op}: give a directory, or construct the Accelerator with projectDir and automaticCheckpointNaming`);
+  }
+
+  #latest(op: string): string {
+    const root = join(this.#options.projectDir ?? "", "checkpoints");
+    const found = existsSync(root)
+      ? readdirSync(root).map((n) => /^checkpoint_(\d+)$/.exec(n)).filter((m): m is RegExpExecArray => m !== null)
+      : [];
+    if (found.length === 0) throw new Error(`${op}: no checkpoint_N directory in ${root}`);
+    found.sort((a, b) => Number(a[1]) - Number(b[1]));
+    return join(root, found[found.length - 1][0]);
+  }
+
+  /**
+   * Saves models, optimizers, schedulers, data loader positions, registered objects and RNG
+   * states into `dir`, atomically (a crash leaves the previous checkpoint intact).
+   */
+  save(dir?: string): string {
+    const target = this.#target(dir, "saveState");
+    const { state, strategy } = this.#parts;
+    // The writing process stages the shared state; every process adds its own RNG state
+    // there; the writer then swaps the staging directory in for the old checkpoint.
+    let staging = strategy.writesSharedState ? native.stagingDir(target) : "";
+    staging = broadcastObject(staging);
+    try {
+      if (strategy.writesSharedState) this.#writeShared(staging);
+      const rng: Record<string, Tensor> = { cpu: native.cpuRngState() };
+      if (this.#device.startsWith("cuda")) rng.cuda = native.cudaRngState(this.#cudaIndex);
+      saveSafetensors(join(staging, `random_states_${state.processIndex}.safetensors`), rng);
+    } catch (error) {
+      if (strategy.writesSharedState) rmSync(staging, { recursive: true, force: true });
+      throw error;
+    }
+    waitForEveryone();
+    if (strategy.writesSharedState) native.commitStagingDir(staging, target);
+    waitForEveryone();
+    this.saveIteration += 1;
+    if (strategy.writesSharedState) this.#prune();
+    return target;
+  }
+
+  #writeShared(staging: string): void {
+    const { prepared, precision, gradientState, strategy } = this.#parts;
+    prepared.models.forEach((m, i) =>
+      saveSafetensors(join(staging, `model${suffix(i)}.safetensors`), strategy.fullStateDict(m as unknown as { stateDict(): Record<string, Tensor> })),
+    );
+    const files = (prefix: string, objects: { stateDict(): unknown }[], name = (i: number) => `${prefix}${suffix(i)}`) =>
+      objects.forEach((o, i) => saveStateFiles(join(staging, name(i)), o.stateDict() as StateValue));
+    files("optimizer", prepared.optimizers);
+    files("scheduler", prepared.schedulers);
+    files("dl_state_dict", prepared.loaders);
+    files("custom_checkpoint", prepared.customObjects, (i) => `custom_checkpoint_${i}`);
+    const scaler = precision.stateDict();
+    if (scaler) native.writeFileAtomic(join(staging, "scaler.json"), `${JSON.stringify(scaler)}\n`);
+    const meta = { step: gradientState.step, saveIteration: this.saveIteration + 1, customObjects: prepared.customObjects.length };
+    native.writeFileAtomic(join(staging, "accelerator_state.json"), `${JSON.stringify(meta)}\n`);
+  }
+
+  #prune(): void {
+    const { totalLimit, automaticCheckpointNaming, projectDir } = this.#options;
+    if (!automaticCheckpointNaming || !projectDir || totalLimit === undefined) return;
+    const root = join(projectDir, "checkpoints");
+    const all = readdirSync(root).filter((n) => /^checkpoint_\d+$/.test(n)).sort((a, b) => Number(a.slice(11)) - Number(b.slice(11)));
+    for (const old of all.slice(0, Math.max(0, all.length - totalLimit))) rmSync(join(root, old), { recursive: true, force: true });
+  }
+
+  /**
+   * Restores everything `save` saved (the latest automatic checkpoint when `dir` is
+   * omitted). Every file is read and checked first; nothing changes unless all of it loads.
+   */
+  load(dir?: string): void {
+    const source = dir ?? this.#latest("loadState");
+    if (!existsSync(source)) throw new Error(`loadState: ${source} does not exist`);
+    cleanStaging(source);
+    const { state, prepared, precision, gradientState } = this.#parts;
+    const staged = readCheckpoint(source, {
+      models: prepared.models.length,
+      optimizers: prepared.optimizers.length,
+      schedulers: prepared.schedulers.length,
+      loaders: prepared.loaders.length,
+      customObjects: prepared.customObjects.length,
+      processIndex: state.processIndex,
+    });
+    let applied = false;
+    try {
+      prepared.models.forEach((m, i) => m.loadStateDict(staged.models[i] as never));
+      const apply = (objects: { loadStateDict(state: never): void }[], states: StateValue[]) =>
+        objects.forEach((o, i) => o.loadStateDict(states[i] as never));
+      apply(prepared.optimizers, staged.optimizers);
+      apply(prepared.schedulers, staged.schedulers);
+      apply(prepared.loaders, staged.loaders);
+      apply(prepared.customObjects, staged.customObjects);
+      if (staged.scaler !== undefined) precision.loadStateDict(staged.scaler as GradScalerStateDict);
+      if (staged.rng) {
+        native.setCpuRngState(staged.rng.cpu);
+        if (staged.rng.cuda && this.#device.startsWith("cuda")) native.setCudaRngState(this.#cudaIndex, staged.rng.cuda);
+      }
+      gradientState.step = staged.meta.step;
+      this.saveIteration = staged.meta.saveIteration;
+      applied = true;
+    } finally {
+      if (!applied) staged.dispose();
+    }
+    // Models, the engine's optimizers and the RNG copied what they read; other objects may keep theirs.
+    const copied = [...staged.models.flatMap(Object.values), ...Object.values(staged.rng ?? {})];
+    prepared.optimizers.forEach((o, i) => {
+      if (prepared.unwrapped.get(o) instanceof Optimizer) copied.push(...tensorsIn(staged.optimizers[i]));
+    });
+    for (const tensor of copied) tensor.dispose();
+  }
+}
+
+function tensorsIn(value: StateValue, into: Tensor[] = []): Tensor[] {
+  if (value instanceof Tensor) into.push(value);
+  else if (Array.isArray(value)) for (const v of value) tensorsIn(v, into);
+  else if (value !== null && typeof value === "object") for (const v of Object.values(value)) tensorsIn(v, into);
+  return into;
+}
