@@ -116,6 +116,8 @@ export declare class OptimizerCore {
   addParamGroup(params: Array<Tensor>, options: OptimizerOptions): void
   step(): void
   zeroGrad(setToNone: boolean): void
+  /** Bytes of per-parameter state (moments, momentum buffers) this optimizer holds. */
+  get stateBytes(): number
   get numGroups(): number
   /** All hyperparameters of group `group`. */
   groupOptions(group: number): OptimizerOptions
@@ -123,6 +125,23 @@ export declare class OptimizerCore {
   setGroupOptions(group: number, options: OptimizerOptions): void
   stateDict(): OptimizerStateLists
   loadStateDict(keys: Array<string>, tensors: Array<Tensor>, paramGroups: Array<ParamGroupState>): void
+}
+
+export declare class ZeroCore {
+  /** Partitions `optimizer`'s parameters across the process group (`stage` 1 or 2). */
+  constructor(optimizer: OptimizerCore, stage: number)
+  get stage(): number
+  /** Stage 2, after a synchronising backward: gradients into this process's partitions. */
+  reduceGradients(): void
+  clipGradNorm(maxNorm: number, normType: number): number
+  step(optimizer: OptimizerCore): void
+  consolidateState(optimizer: OptimizerCore): void
+  releaseState(optimizer: OptimizerCore): void
+  takeState(optimizer: OptimizerCore): void
+  /** Bytes of optimizer state (the partitions' moments and master copies) this process holds. */
+  get optimizerStateBytes(): number
+  /** Bytes of partition gradients held now (stage 2, between backward and step). */
+  get gradientBytes(): number
 }
 
 /** `[start, end)` by `step`; int64 when all three are integers, else float32. */

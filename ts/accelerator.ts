@@ -14,7 +14,7 @@ import {
   type LoaderLike, type ModelLike, type OptimizerLike, type SchedulerLike, type Stateful,
 } from "./prepared.js";
 import { initProcessGroup, readProcessState, shareOf, type ProcessState } from "./state.js";
-import { createStrategy, type Strategy } from "./strategy/index.js";
+import { createStrategy, type DeepSpeedPlugin, type FsdpPlugin, type Strategy } from "./strategy/index.js";
 import { keep, manualSeed, Tensor } from "./tensor.js";
 
 export type MixedPrecision = PrecisionMode;
@@ -48,7 +48,22 @@ export interface AcceleratorOptions {
    * (see `data.DataLoaderOptions.stepScope`; `keep()` exempts a tensor). Default true.
    */
   stepScope?: boolean;
+  /** ZeRO through DeepSpeed's settings: `{ zeroStage: 1 | 2 }` (see ts/strategy/zero.ts). */
+  deepspeedPlugin?: DeepSpeedPlugin;
+  /** ZeRO through FSDP's settings: `{ reshardAfterForward: false }` is stage 2. */
+  fsdpPlugin?: FsdpPlugin;
 }
+
+/** Bytes of training state this process holds (see `stateBytes`). */
+export interface StateBytes {
+  parameters: number;
+  gradients: number;
+  optimizerState: number;
+}
+
+const ELEMENT_BYTES: Record<string, number> = {
+  float32: 4, float64: 8, float16: 2, bfloat16: 2, int64: 8, int32: 4, bool: 1, uint8: 1,
+};
 
 export class Accelerator {
   readonly state: ProcessState;
@@ -74,7 +89,7 @@ export class Accelerator {
     initProcessGroup(this.state, (options.timeout ?? 1800) * 1000);
     this.mixedPrecision = precision;
     this.precision = new PrecisionPolicy(precision, this.state.device, options.gradScaler);
-    this.strategy = createStrategy(this.state, options);
+    this.strategy = createStrategy(this.state, { ...options, mixedPrecision: precision });
     const parts = { state: this.state, prepared: this.#prepared, precision: this.precision, gradientState: this.gradientState, strategy: this.strategy };
     this.#checkpointer = new Checkpointer(parts, options);
     if (options.seed !== undefined) this.setSeed(options.seed);
@@ -157,14 +172,17 @@ export class Accelerator {
   #prepareOptimizer(optimizer: OptimizerLike): OptimizerLike {
     const known = [...this.#prepared.unwrapped].find(([, original]) => original === optimizer);
     if (known) return known[0];
+    const hooks = this.strategy.setupOptimizer(optimizer);
+    const step = hooks ? () => hooks.step() : () => optimizer.step();
     const wrapped: OptimizerLike = wrapWith(optimizer, {
       step: () => {
         if (!this.syncGradients) return;
-        this.#skipped.set(wrapped, !this.precision.step(this.#optimizerParams(optimizer), () => optimizer.step()));
+        this.#skipped.set(wrapped, !this.precision.step(this.#optimizerParams(optimizer), step));
       },
       zeroGrad: (setToNone?: boolean) => {
         if (this.syncGradients) optimizer.zeroGrad(setToNone);
       },
+      ...(hooks && { stateDict: () => hooks.stateDict(), loadStateDict: (state: unknown) => hooks.loadStateDict(state) }),
     });
     this.#prepared.optimizers.push(wrapped);
     this.#prepared.unwrapped.set(wrapped, optimizer);
@@ -252,6 +270,21 @@ export class Accelerator {
   /** True when the last step of any prepared optimizer was skipped because fp16 gradients overflowed. */
   get optimizerStepWasSkipped(): boolean {
     return [...this.#skipped.values()].some(Boolean);
+  }
+
+  /**
+   * Bytes of parameters (of prepared models), gradients (their `.grad`, plus ZeRO-2's
+   * partitions) and optimizer state (of prepared optimizers; ZeRO: this process's partition
+   * and its master copy) that this process holds now, counted from live tensors.
+   */
+  stateBytes(): StateBytes {
+    const bytes = (t: Tensor | null) => (t === null ? 0 : t.numel * ELEMENT_BYTES[t.dtype]);
+    const params = [...new Set(this.#prepared.models.flatMap((m) => m.parameters()))];
+    return {
+      parameters: params.reduce((sum, p) => sum + bytes(p), 0),
+      gradients: params.reduce((sum, p) => sum + bytes(p.grad), 0) + this.strategy.partitionGradientBytes(),
+      optimizerState: this.#prepared.optimizers.reduce((sum, o) => sum + this.strategy.optimizerStateBytes(this.#prepared.unwrapped.get(o) ?? o), 0),
+    };
   }
 
   /** Exempts tensors from prepared loaders' step scopes and from `tidy` (see `keep`); returns its argument. */

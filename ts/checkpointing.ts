@@ -84,8 +84,10 @@ export class Checkpointer {
     // there; the writer then swaps the staging directory in for the old checkpoint.
     let staging = strategy.writesSharedState ? native.stagingDir(target) : "";
     staging = broadcastObject(staging);
+    // Every process takes the optimizers' state dicts: a partitioned (ZeRO) optimizer gathers its whole state.
+    const optimizerStates = this.#parts.prepared.optimizers.map((o) => o.stateDict() as StateValue);
     try {
-      if (strategy.writesSharedState) this.#writeShared(staging);
+      if (strategy.writesSharedState) this.#writeShared(staging, optimizerStates);
       const rng: Record<string, Tensor> = { cpu: native.cpuRngState() };
       if (this.#device.startsWith("cuda")) rng.cuda = native.cudaRngState(this.#cudaIndex);
       saveSafetensors(join(staging, `random_states_${state.processIndex}.safetensors`), rng);
@@ -101,14 +103,14 @@ export class Checkpointer {
     return target;
   }
 
-  #writeShared(staging: string): void {
+  #writeShared(staging: string, optimizerStates: StateValue[]): void {
     const { prepared, precision, gradientState, strategy } = this.#parts;
     prepared.models.forEach((m, i) =>
       saveSafetensors(join(staging, `model${suffix(i)}.safetensors`), strategy.fullStateDict(m as unknown as { stateDict(): Record<string, Tensor> })),
     );
     const files = (prefix: string, objects: { stateDict(): unknown }[], name = (i: number) => `${prefix}${suffix(i)}`) =>
       objects.forEach((o, i) => saveStateFiles(join(staging, name(i)), o.stateDict() as StateValue));
-    files("optimizer", prepared.optimizers);
+    optimizerStates.forEach((state, i) => saveStateFiles(join(staging, `optimizer${suffix(i)}`), state));
     files("scheduler", prepared.schedulers);
     files("dl_state_dict", prepared.loaders);
     files("custom_checkpoint", prepared.customObjects, (i) => `custom_checkpoint_${i}`);

@@ -5,7 +5,8 @@ export {
 export type { DType, DTypeLike, Device, TypedArray, NestedArray, TensorData, TensorOptions } from "./tensor.js";
 export { libtorch } from "./native.js";
 export { Accelerator } from "./accelerator.js";
-export type { AcceleratorOptions, MixedPrecision } from "./accelerator.js";
+export type { AcceleratorOptions, MixedPrecision, StateBytes } from "./accelerator.js";
+export type { DeepSpeedPlugin, FsdpPlugin } from "./strategy/index.js";
 export type { GradScalerOptions } from "./precision.js";
 export * as data from "./data/index.js";
 export * as nn from "./nn/index.js";

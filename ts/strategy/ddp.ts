@@ -8,7 +8,7 @@ import type { ProcessState } from "../state.js";
 import { SingleProcess } from "./strategy.js";
 
 export class DataParallel extends SingleProcess {
-  override readonly name = "ddp";
+  override readonly name: "ddp" | "zero" = "ddp";
   readonly #bucketBytes: number;
   readonly #reducers: DdpReducer[] = [];
 

@@ -15,5 +15,6 @@ mod runtime;
 mod tensor;
 mod tensor_api;
 mod tensor_ops;
+mod zero;
 
 pub use tensor::{Tensor, TensorHandle};

@@ -140,6 +140,12 @@ impl OptimizerCore {
         guarded("zeroGrad", || self.inner.zero_grad(set_to_none))
     }
 
+    /// Bytes of per-parameter state (moments, momentum buffers) this optimizer holds.
+    #[napi(getter)]
+    pub fn state_bytes(&self) -> f64 {
+        self.inner.state_bytes() as f64
+    }
+
     #[napi(getter)]
     pub fn num_groups(&self) -> u32 {
         self.inner.groups().len() as u32

@@ -12,6 +12,7 @@ extern "C" {
     fn acc_allreduce(group: *mut c_void, tensor: *const C_tensor, op: i32) -> i32;
     fn acc_broadcast(group: *mut c_void, tensor: *const C_tensor, root: i32) -> i32;
     fn acc_allgather_into(group: *mut c_void, output: *const C_tensor, input: *const C_tensor) -> i32;
+    fn acc_reduce_scatter_into(group: *mut c_void, output: *const C_tensor, input: *const C_tensor, op: i32) -> i32;
     fn acc_barrier(group: *mut c_void) -> i32;
 }
 
@@ -152,6 +153,49 @@ pub fn all_gather(op: &str, t: &Tensor) -> Result<Tensor> {
         })
     })?;
     output.f_to_device(t.device()).map_err(Error::on(op, &t))
+}
+
+/// Fills `output` (this process's slice) with the reduction across processes of its slice of
+/// `input` (world size × `output`'s length, rank-major). Both contiguous, on the group's device.
+pub fn reduce_scatter_into(op: &str, output: &Tensor, input: &Tensor, how: Reduce) -> Result<()> {
+    with_group(op, |g| {
+        if input.numel() != output.numel() * g.world_size {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "reduce-scatter input has {} elements, expected {} × {}",
+                    input.numel(),
+                    g.world_size,
+                    output.numel()
+                ),
+            ));
+        }
+        // SAFETY: the group and tensors outlive the blocking call.
+        check(op, unsafe {
+            acc_reduce_scatter_into(g.raw, output.as_ptr(), input.as_ptr(), how as i32)
+        })
+    })
+}
+
+/// Fills `output` (world size × `input`'s length) with every process's `input`, rank-major.
+pub fn all_gather_into(op: &str, output: &Tensor, input: &Tensor) -> Result<()> {
+    with_group(op, |g| {
+        if output.numel() != input.numel() * g.world_size {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "all-gather output has {} elements, expected {} × {}",
+                    output.numel(),
+                    g.world_size,
+                    input.numel()
+                ),
+            ));
+        }
+        // SAFETY: the group and tensors outlive the blocking call.
+        check(op, unsafe {
+            acc_allgather_into(g.raw, output.as_ptr(), input.as_ptr())
+        })
+    })
 }
 
 /// Every process's bytes, in rank order (lengths may differ).

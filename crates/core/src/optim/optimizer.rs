@@ -147,6 +147,24 @@ impl Optimizer {
         self.state.get(index)
     }
 
+    /// Replaces the state of parameter `index` (a partitioned optimizer lends it whole state to save).
+    pub fn set_param_state(&mut self, index: usize, state: ParamState) {
+        if let Some(slot) = self.state.get_mut(index) {
+            *slot = state;
+        }
+    }
+
+    /// Bytes of per-parameter state (moments, momentum buffers, step counts) held now.
+    pub fn state_bytes(&self) -> i64 {
+        let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as i64;
+        self.state.iter().flat_map(|s| s.values()).map(bytes).sum()
+    }
+
+    /// Takes the state of parameter `index`, leaving it empty.
+    pub fn take_param_state(&mut self, index: usize) -> ParamState {
+        self.state.get_mut(index).map(std::mem::take).unwrap_or_default()
+    }
+
     fn group_index(&self, op: &str, group: usize) -> Result<usize> {
         if group < self.groups.len() {
             return Ok(group);

@@ -1,0 +1,364 @@
+//! ZeRO stages 1 and 2 (Rajbhandari et al., 2020) for one optimizer. Each param group's
+//! parameters are laid end to end in one flat buffer, padded to a multiple of the world
+//! size; this process owns one contiguous partition of it, keeps the optimizer state for
+//! that partition only (and a copy of its parameters, the master partition), updates it,
+//! and all-gathers the updated partitions back into every parameter. Stage 1 takes its
+//! gradient partition from whole gradients averaged by data parallelism; stage 2
+//! reduce-scatters the gradients straight into the partition after backward and frees the
+//! whole ones. The optimizer itself keeps the hyperparameters (schedulers change them
+//! there); its per-parameter state stays empty except while a checkpoint is written or read.
+
+use super::collectives::{all_gather_into, all_reduce, reduce_scatter_into, Reduce};
+use super::group::world;
+use crate::optim::{kernels, AmpInputs, Optimizer, ParamState, Slot};
+use crate::{Error, Result};
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroStage {
+    /// Optimizer state partitioned.
+    One = 1,
+    /// Optimizer state and gradients partitioned.
+    Two = 2,
+}
+
+impl ZeroStage {
+    pub fn parse(op: &str, stage: u32) -> Result<ZeroStage> {
+        match stage {
+            1 => Ok(ZeroStage::One),
+            2 => Ok(ZeroStage::Two),
+            other => Err(Error::invalid(
+                op,
+                format!("zeroStage {other} is not available; stages 1 and 2 are"),
+            )),
+        }
+    }
+}
+
+/// One param group's flat layout and this process's partition of it.
+struct Partition {
+    params: Vec<Tensor>,
+    /// Where each parameter starts in the flat buffer.
+    offsets: Vec<i64>,
+    /// The flat buffer's length, a multiple of the world size.
+    padded: i64,
+    /// This process's slice of the parameters (the master copy the update runs on).
+    master: Tensor,
+    /// This process's slice of the averaged gradients (stage 2, between backward and step).
+    grad: Option<Tensor>,
+    state: ParamState,
+}
+
+pub struct ZeroOptimizer {
+    stage: ZeroStage,
+    rank: i64,
+    world: i64,
+    partitions: Vec<Partition>,
+}
+
+fn bytes(t: &Tensor) -> i64 {
+    (t.numel() * t.kind().elt_size_in_bytes()) as i64
+}
+
+fn fail(op: &str) -> impl Fn(tch::TchError) -> Error + '_ {
+    move |e| Error::torch(op, vec![], e)
+}
+
+impl Partition {
+    fn new(op: &str, params: &[Tensor], rank: i64, world: i64) -> Result<Partition> {
+        let mut offsets = Vec::with_capacity(params.len());
+        let mut total = 0i64;
+        for p in params {
+            offsets.push(total);
+            total += p.numel() as i64;
+        }
+        let padded = ((total + world - 1) / world).max(1) * world;
+        let flat = Self::flatten(op, params, padded, |_, p| Ok(p.shallow_clone()))?;
+        let len = padded / world;
+        let master = flat
+            .f_narrow(0, rank * len, len)
+            .and_then(|t| t.f_detach_copy())
+            .map_err(fail(op))?;
+        Ok(Partition {
+            params: params.iter().map(Tensor::shallow_clone).collect(),
+            offsets,
+            padded,
+            master,
+            grad: None,
+            state: ParamState::new(),
+        })
+    }
+
+    fn len(&self) -> i64 {
+        self.master.numel() as i64
+    }
+
+    /// The parameters' `pick`ed tensors (zeros where it gives none) end to end, zero-padded to `padded`.
+    fn flatten(
+        op: &str,
+        params: &[Tensor],
+        padded: i64,
+        pick: impl Fn(usize, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let first = params
+            .first()
+            .ok_or_else(|| Error::invalid(op, "a param group without parameters"))?;
+        let options = (first.kind(), first.device());
+        let mut pieces = Vec::with_capacity(params.len() + 1);
+        let mut total = 0i64;
+        for (i, p) in params.iter().enumerate() {
+            let t = pick(i, p)?;
+            let piece = if t.defined() {
+                t.f_reshape([-1])
+            } else {
+                Tensor::f_zeros([p.numel() as i64], options)
+            };
+            pieces.push(piece.and_then(|t| t.f_to_kind(options.0)).map_err(fail(op))?);
+            total += p.numel() as i64;
+        }
+        if padded > total {
+            pieces.push(Tensor::f_zeros([padded - total], options).map_err(fail(op))?);
+        }
+        Tensor::f_cat(&pieces, 0).map_err(fail(op))
+    }
+
+    /// The whole, averaged gradients' slice for this process: reduce-scattered (stage 2, when
+    /// `reduce`), or cut from gradients data parallelism already averaged (stage 1).
+    fn gradient_slice(&self, op: &str, rank: i64, reduce: bool) -> Result<Tensor> {
+        let flat = Self::flatten(op, &self.params, self.padded, |_, p| p.f_grad().map_err(fail(op)))?;
+        if reduce {
+            let out = flat
+                .f_new_empty([self.len()], (flat.kind(), flat.device()))
+                .map_err(fail(op))?;
+            reduce_scatter_into(op, &out, &flat, Reduce::Mean)?;
+            return Ok(out);
+        }
+        flat.f_narrow(0, rank * self.len(), self.len())
+            .and_then(|t| t.f_contiguous())
+            .map_err(fail(op))
+    }
+
+    /// Copies every process's master partition back into the parameters.
+    fn gather_parameters(&self, op: &str) -> Result<()> {
+        let full = self
+            .master
+            .f_new_empty([self.padded], (self.master.kind(), self.master.device()))
+            .map_err(fail(op))?;
+        all_gather_into(op, &full, &self.master)?;
+        let _guard = tch::no_grad_guard();
+        for (p, &offset) in self.params.iter().zip(&self.offsets) {
+            let piece = full
+                .f_narrow(0, offset, p.numel() as i64)
+                .and_then(|t| t.f_view(p.size().as_slice()))
+                .map_err(fail(op))?;
+            let mut target = p.shallow_clone();
+            target.f_copy_(&piece).map_err(fail(op))?;
+        }
+        Ok(())
+    }
+}
+
+impl ZeroOptimizer {
+    /// Partitions `optimizer`'s param groups across the processes of the process group.
+    pub fn new(optimizer: &Optimizer, stage: ZeroStage) -> Result<ZeroOptimizer> {
+        let op = format!("{} (ZeRO stage {})", optimizer.name(), stage as u8);
+        let (rank, world) = world();
+        let partitions = optimizer
+            .groups()
+            .iter()
+            .map(|g| Partition::new(&op, &g.params, rank as i64, world as i64))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ZeroOptimizer {
+            stage,
+            rank: rank as i64,
+            world: world as i64,
+            partitions,
+        })
+    }
+
+    pub fn stage(&self) -> ZeroStage {
+        self.stage
+    }
+
+    /// Stage 2, after a backward pass that synchronises: reduce-scatters the gradients into
+    /// this process's partitions and frees the whole gradients. Stage 1: nothing.
+    pub fn reduce_gradients(&mut self) -> Result<()> {
+        if self.stage != ZeroStage::Two {
+            return Ok(());
+        }
+        let op = "backward (ZeRO stage 2)";
+        for part in &mut self.partitions {
+            part.grad = Some(part.gradient_slice(op, self.rank, true)?);
+            let params: Vec<&Tensor> = part.params.iter().collect();
+            kernels::zero_grads(op, &params, true)?;
+        }
+        Ok(())
+    }
+
+    /// The total `norm_type` norm of the averaged gradients across processes (stage 2 reads the
+    /// partitions), and, when it exceeds `max_norm`, scales them down to it. Returns the norm before.
+    pub fn clip_grad_norm(&mut self, max_norm: f64, norm_type: f64) -> Result<f64> {
+        let op = "clipGradNorm (ZeRO stage 2)";
+        let grads: Vec<&Tensor> = self.partitions.iter().filter_map(|p| p.grad.as_ref()).collect();
+        if grads.is_empty() {
+            return Ok(0.0);
+        }
+        let infinite = norm_type.is_infinite();
+        let mut local = Tensor::f_zeros([], (Kind::Double, grads[0].device())).map_err(fail(op))?;
+        for g in &grads {
+            let g = g.f_to_kind(Kind::Double).map_err(fail(op))?;
+            let part = if infinite {
+                g.f_abs().and_then(|a| a.f_max()).map_err(fail(op))?
+            } else {
+                g.f_abs()
+                    .and_then(|a| a.f_pow_tensor_scalar(norm_type))
+                    .and_then(|a| a.f_sum(Kind::Double))
+                    .map_err(fail(op))?
+            };
+            local = if infinite {
+                local.f_maximum(&part)
+            } else {
+                local.f_add(&part)
+            }
+            .map_err(fail(op))?;
+        }
+        let total = all_reduce(op, &local, if infinite { Reduce::Max } else { Reduce::Sum })?;
+        let total = total.f_double_value(&[]).map_err(fail(op))?;
+        let total = if infinite { total } else { total.powf(1.0 / norm_type) };
+        let coefficient = max_norm / (total + 1e-6);
+        if coefficient < 1.0 {
+            for part in &mut self.partitions {
+                if let Some(g) = part.grad.as_mut() {
+                    let _scaled = g.f_mul_scalar_(coefficient).map_err(fail(op))?;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Updates this process's partitions with `optimizer`'s hyperparameters, then gathers every
+    /// process's partitions into the parameters.
+    pub fn step(&mut self, optimizer: &Optimizer, amp: AmpInputs) -> Result<()> {
+        let op = format!("{}.step (ZeRO stage {})", optimizer.name(), self.stage as u8);
+        for (part, group) in self.partitions.iter_mut().zip(optimizer.groups()) {
+            let grad = match part.grad.take() {
+                Some(g) => g,
+                None if self.stage == ZeroStage::Two => continue,
+                None => part.gradient_slice(&op, self.rank, false)?,
+            };
+            let master = part.master.shallow_clone();
+            let mut slots = [Slot {
+                param: &master,
+                grad,
+                state: &mut part.state,
+            }];
+            crate::optim::apply_update(&op, optimizer.algorithm(), &group.hyper, &mut slots, amp)?;
+            part.gather_parameters(&op)?;
+        }
+        Ok(())
+    }
+
+    /// Gathers the whole per-parameter state into `optimizer` (as an unpartitioned optimizer
+    /// holds it), for a state dict; every process must call it. `release_state` drops it again.
+    pub fn consolidate_state(&self, optimizer: &mut Optimizer) -> Result<()> {
+        let op = format!("{}.stateDict (ZeRO)", optimizer.name());
+        let mut index = 0;
+        for part in &self.partitions {
+            let mut whole: Vec<(String, Tensor)> = Vec::new();
+            for (name, t) in &part.state {
+                if t.dim() == 0 {
+                    whole.push((name.clone(), t.shallow_clone()));
+                    continue;
+                }
+                let full = t
+                    .f_new_empty([part.padded], (t.kind(), t.device()))
+                    .map_err(fail(&op))?;
+                all_gather_into(&op, &full, t)?;
+                whole.push((name.clone(), full));
+            }
+            for (p, &offset) in part.params.iter().zip(&part.offsets) {
+                let mut state = ParamState::new();
+                for (name, t) in &whole {
+                    let piece = if t.dim() == 0 || t.numel() as i64 != part.padded {
+                        t.f_detach_copy()
+                    } else {
+                        t.f_narrow(0, offset, p.numel() as i64)
+                            .and_then(|x| x.f_view(p.size().as_slice()))
+                    };
+                    state.insert(name.clone(), piece.map_err(fail(&op))?);
+                }
+                optimizer.set_param_state(index, state);
+                index += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties `optimizer`'s per-parameter state (after `consolidate_state`).
+    pub fn release_state(&self, optimizer: &mut Optimizer) {
+        for index in 0..optimizer.num_params() {
+            optimizer.set_param_state(index, ParamState::new());
+        }
+    }
+
+    /// Takes this process's partition of the whole state that `optimizer` just loaded from a
+    /// checkpoint (saved on any number of processes), and empties `optimizer`'s; the master
+    /// partitions are copied afresh from the parameters, which the checkpoint restored first.
+    pub fn take_state(&mut self, optimizer: &mut Optimizer) -> Result<()> {
+        let op = format!("{}.loadStateDict (ZeRO)", optimizer.name());
+        let mut index = 0;
+        for part in &mut self.partitions {
+            let states: Vec<ParamState> = (index..index + part.params.len())
+                .map(|i| optimizer.take_param_state(i))
+                .collect();
+            index += part.params.len();
+            let mut sliced = ParamState::new();
+            let names: Vec<String> = states.iter().flat_map(|s| s.keys().cloned()).collect();
+            for name in names {
+                if sliced.contains_key(&name) {
+                    continue;
+                }
+                let scalar = states.iter().find_map(|s| s.get(&name)).is_some_and(|t| t.dim() == 0);
+                if scalar {
+                    if let Some(t) = states.iter().find_map(|s| s.get(&name)) {
+                        sliced.insert(name.clone(), t.f_detach_copy().map_err(fail(&op))?);
+                    }
+                    continue;
+                }
+                let full = Partition::flatten(&op, &part.params, part.padded, |i, _| {
+                    Ok(states[i].get(&name).map_or_else(Tensor::new, Tensor::shallow_clone))
+                })?;
+                let mine = full
+                    .f_narrow(0, self.rank * part.len(), part.len())
+                    .and_then(|t| t.f_detach_copy())
+                    .map_err(fail(&op))?;
+                sliced.insert(name, mine);
+            }
+            part.state = sliced;
+            // The parameters were loaded before the optimizer: the master copy follows them.
+            let flat = Partition::flatten(&op, &part.params, part.padded, |_, p| Ok(p.shallow_clone()))?;
+            part.master = flat
+                .f_narrow(0, self.rank * part.len(), part.len())
+                .and_then(|t| t.f_detach_copy())
+                .map_err(fail(&op))?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of optimizer state this process holds: the partitions' state and master copies.
+    pub fn optimizer_state_bytes(&self) -> i64 {
+        self.partitions
+            .iter()
+            .map(|p| bytes(&p.master) + p.state.values().map(bytes).sum::<i64>())
+            .sum()
+    }
+
+    /// Bytes of partition gradients held now (stage 2, between backward and step).
+    pub fn gradient_bytes(&self) -> i64 {
+        self.partitions.iter().filter_map(|p| p.grad.as_ref()).map(bytes).sum()
+    }
+
+    pub fn world_size(&self) -> i64 {
+        self.world
+    }
+}
