@@ -14,8 +14,8 @@ export class JsonlTracker implements GeneralTracker {
   constructor(runName: string, loggingDir: string) {
     this.logDir = join(loggingDir, runName);
     mkdirSync(this.logDir, { recursive: true });
+    // Appended to, not replaced: a resumed run continues its predecessor's file.
     this.path = join(this.logDir, "metrics.jsonl");
-    writeFileSync(this.path, "");
   }
 
   storeInitConfiguration(config: TrackerConfig): void {
