@@ -53,15 +53,13 @@ const stepsPerEpoch = Math.floor(8000 / BATCH);
 const schedule = optim.lrScheduler.getLinearScheduleWithWarmup(optimizer, 20, EPOCHS * stepsPerEpoch);
 const [m, opt, train, test, sched] = accelerator.prepare(net, optimizer, trainLoader, testLoader, schedule);
 
-const progress = (text: string) => {
-  if (accelerator.isLocalMainProcess && process.stdout.isTTY) process.stdout.write(`\r${text}`);
-};
 const started = Date.now();
 for (let epoch = 1; epoch <= EPOCHS; epoch++) {
   m.train();
   let total = 0;
   let step = 0;
-  for (const { x, y } of train) {
+  const bar = accelerator.progress(train, { desc: `epoch ${epoch}/${EPOCHS}` });
+  for (const { x, y } of bar) {
     const loss = nn.functional.crossEntropy(m.forward(x), y);
     accelerator.backward(loss);
     opt.step();
@@ -69,9 +67,8 @@ for (let epoch = 1; epoch <= EPOCHS; epoch++) {
     opt.zeroGrad();
     total += loss.item();
     step += 1;
-    if (step % 10 === 0) progress(`epoch ${epoch}/${EPOCHS} · step ${step}/${train.length} · loss ${(total / step).toFixed(4)}`);
+    if (step % 10 === 0) bar.update({ loss: total / step });
   }
-  progress("");
   m.eval();
   let correct = 0;
   let seen = 0;

@@ -16,6 +16,8 @@ import {
 import { initProcessGroup, readProcessState, shareOf, type ProcessState } from "./state.js";
 import { createStrategy, type DeepSpeedPlugin, type FsdpPlugin, type Strategy } from "./strategy/index.js";
 import { keep, manualSeed, Tensor } from "./tensor.js";
+import { progress, type Progress, type ProgressOptions } from "./progress.js";
+import { TrackerSet, type GeneralTracker, type LogValues, type LogWith, type TrackerConfig } from "./tracking/index.js";
 
 export type MixedPrecision = PrecisionMode;
 export type { Stateful } from "./prepared.js";
@@ -30,8 +32,10 @@ export interface AcceleratorOptions {
   cpu?: boolean;
   /** Seeds every RNG at construction (same as `setSeed`). */
   seed?: number;
-  /** Where `saveState()` without a directory writes, with `automaticCheckpointNaming`. */
+  /** Where `saveState()` without a directory writes, with `automaticCheckpointNaming`, and where trackers write. */
   projectDir?: string;
+  /** Trackers that `initTrackers` starts and `log` writes to, on the main process: "jsonl", "tensorboard", "all" or your `GeneralTracker`s. */
+  logWith?: LogWith;
   automaticCheckpointNaming?: boolean;
   /** With automatic naming, keep at most this many checkpoints (oldest deleted). */
   totalLimit?: number;
@@ -78,6 +82,7 @@ export class Accelerator {
   readonly #checkpointer: Checkpointer;
   /** Whether each prepared optimizer's last step was skipped (fp16 overflow). */
   readonly #skipped = new Map<OptimizerLike, boolean>();
+  readonly #trackers: TrackerSet;
 
   constructor(options: AcceleratorOptions = {}) {
     const steps = options.gradientAccumulationSteps ?? Number(process.env.ACCELERATE_GRADIENT_ACCUMULATION_STEPS ?? 1);
@@ -92,6 +97,7 @@ export class Accelerator {
     this.strategy = createStrategy(this.state, { ...options, mixedPrecision: precision });
     const parts = { state: this.state, prepared: this.#prepared, precision: this.precision, gradientState: this.gradientState, strategy: this.strategy };
     this.#checkpointer = new Checkpointer(parts, options);
+    this.#trackers = new TrackerSet(options.logWith, options.projectDir, this.state.processIndex === 0);
     if (options.seed !== undefined) this.setSeed(options.seed);
   }
 
@@ -333,9 +339,11 @@ export class Accelerator {
     return padAcrossProcesses(tree, options);
   }
 
-  /** Every process's JSON value, in rank order. */
-  gatherObject<V>(value: V): V[] {
-    return gatherObject(value);
+  /** Every process's JSON value in rank order; arrays are concatenated (HF's `gather_object` flattens one level). */
+  gatherObject<V>(value: readonly V[]): V[];
+  gatherObject<V>(value: V): V[];
+  gatherObject<V>(value: V | readonly V[]): V[] {
+    return gatherObject<V>(value as V);
   }
 
   /** Process `from`'s JSON value on every process. */
@@ -381,8 +389,29 @@ export class Accelerator {
     return Number(this.device.split(":")[1] ?? 0);
   }
 
-  /** Ends the run: leaves the process group after all processes arrive. */
+  /** Starts the `logWith` trackers for run `projectName` (a folder under `projectDir`) and records `config` (main process only). */
+  initTrackers(projectName: string, config?: TrackerConfig): void {
+    this.#trackers.init(projectName, config);
+  }
+
+  /** Logs `values` to every started tracker at `step` (default: the number of earlier `log` calls); main process only. */
+  log(values: LogValues, options: { step?: number } = {}): void {
+    this.#trackers.log(values, options.step);
+  }
+
+  /** The started tracker named `name` (undefined off the main process). */
+  getTracker(name: string): GeneralTracker | undefined {
+    return this.#trackers.get(name);
+  }
+
+  /** A progress bar over `iterable` drawn on the main process only (see `progress`). */
+  progress<T>(iterable: Iterable<T>, options: ProgressOptions = {}): Progress<T> {
+    return progress(iterable, { enabled: this.isMainProcess, ...options });
+  }
+
+  /** Ends the run: finishes the trackers and leaves the process group after all processes arrive. */
   endTraining(): void {
+    this.#trackers.finish();
     this.strategy.reset();
     if (native.distIsInitialized()) native.distDestroy();
   }

@@ -59,16 +59,28 @@ export function broadcast(t: Tensor, from = 0): Tensor {
   return t;
 }
 
-/** Every process's JSON value, in rank order. */
-export function gatherObject<T>(value: T): T[] {
+/** Every process's JSON value, one entry per process, in rank order. */
+function allGatherJson<T>(value: T): T[] {
   if (!distributed()) return [value];
   const parts = native.distAllGatherBytes(Buffer.from(JSON.stringify(value) ?? "null"));
   return parts.map((b) => JSON.parse(b.toString("utf8")) as T);
 }
 
+/**
+ * Every process's JSON value in rank order. Arrays are concatenated, as HF's
+ * `gather_object` flattens one level: `gatherObject([rank])` is `[0, 1]` on 2 processes.
+ * Any other value gives one entry per process (HF would iterate it).
+ */
+export function gatherObject<T>(value: readonly T[]): T[];
+export function gatherObject<T>(value: T): T[];
+export function gatherObject<T>(value: T | readonly T[]): T[] {
+  const all = allGatherJson(value);
+  return Array.isArray(value) ? (all as T[][]).flat(1) : (all as T[]);
+}
+
 /** Process `from`'s JSON value, on every process. */
 export function broadcastObject<T>(value: T, from = 0): T {
-  const all = gatherObject(value);
+  const all = allGatherJson(value);
   if (!Number.isInteger(from) || from < 0 || from >= all.length) {
     throw new Error(`broadcastObject: from must be a process index below ${all.length}, got ${from}`);
   }

@@ -9,6 +9,9 @@ export type { AcceleratorOptions, MixedPrecision, StateBytes } from "./accelerat
 export type { DeepSpeedPlugin, FsdpPlugin } from "./strategy/index.js";
 export type { GradScalerOptions } from "./precision.js";
 export * as data from "./data/index.js";
+export { progress, Progress, type ProgressOptions, type Postfix } from "./progress.js";
+export * as tracking from "./tracking/index.js";
+export type { GeneralTracker, LogValues, LogWith, TrackerConfig, TrackerName } from "./tracking/index.js";
 export * as nn from "./nn/index.js";
 export * as optim from "./optim/index.js";
 export { notebookLauncher, NotebookLaunchError, type NotebookLauncherOptions } from "./launch/notebook.js";

@@ -118,6 +118,7 @@ const IGNORED_KEYS: Record<string, Check<unknown>> = {
   tpu_zone: nullable(string),
   command_file: nullable(string),
   commands: (value) => value,
+  dynamo_backend: nullable(string),
   ...Object.fromEntries(
     ["dynamo_config", "deepspeed_config", "fsdp_config", "megatron_lm_config", "fp8_config", "ipex_config", "mpirun_config", "parallelism_config"].map(
       (key) => [
@@ -161,8 +162,20 @@ export function suggestName(name: string, known: Iterable<string>): string | und
   return bestDistance <= Math.max(2, Math.floor(name.length / 4)) ? best : undefined;
 }
 
-/** Validates parsed file contents; `source` names the file in error messages. */
-export function parseClusterConfig(raw: unknown, source: string): ClusterConfig {
+/** Whether an ignored key's value asks for something (not null, false, "no"/"NO", empty, or a mapping of such). */
+function asksForSomething(value: unknown): boolean {
+  if (value === null || value === undefined || value === false || value === "" || value === "no" || value === "NO") return false;
+  if (Array.isArray(value)) return value.length > 0;
+  if (isMapping(value)) return Object.values(value).some(asksForSomething);
+  return true;
+}
+
+/**
+ * Validates parsed file contents; `source` names the file in error messages.
+ * Keys of Hugging Face's format that accelerate-ts does not apply, and whose value
+ * asks for something (`dynamo_backend: INDUCTOR`, an `ipex_config`), are added to `unused`.
+ */
+export function parseClusterConfig(raw: unknown, source: string, unused: string[] = []): ClusterConfig {
   const where = `config file ${source}`;
   if (raw === null || raw === undefined) return {};
   if (!isMapping(raw)) throw new Error(`${where}: expected a mapping of keys to values, got ${describe(raw)}`);
@@ -177,6 +190,7 @@ export function parseClusterConfig(raw: unknown, source: string): ClusterConfig 
     try {
       const checked = check(value);
       if (known) config[key] = checked;
+      else if (asksForSomething(value)) unused.push(key);
     } catch (error) {
       if (!(error instanceof Expected)) throw error;
       throw new Error(`${where}: "${key}" must be ${error.message}, got ${describe(value)}`);
@@ -196,7 +210,7 @@ export function defaultConfigPath(env: NodeJS.ProcessEnv = process.env): string 
   return join(hfHome, "accelerate", "default_config.yaml");
 }
 
-export function readClusterConfig(path: string): ClusterConfig {
+export function readClusterConfig(path: string, unused: string[] = []): ClusterConfig {
   if (!existsSync(path)) {
     throw new Error(`config file ${path} does not exist; create it with \`accelerate config\` or \`accelerate config default\``);
   }
@@ -207,17 +221,27 @@ export function readClusterConfig(path: string): ClusterConfig {
   } catch (error) {
     throw new Error(`config file ${path}: not valid ${path.endsWith(".json") ? "JSON" : "YAML"}: ${(error as Error).message}`);
   }
-  return parseClusterConfig(raw, path);
+  return parseClusterConfig(raw, path, unused);
 }
 
 /**
  * The config a command should use: `explicitPath` (which must exist) or the
  * default file when there is one; undefined when neither.
  */
-export function loadClusterConfig(explicitPath: string | undefined, env: NodeJS.ProcessEnv = process.env): { path: string; config: ClusterConfig } | undefined {
-  if (explicitPath) return { path: explicitPath, config: readClusterConfig(explicitPath) };
-  const path = defaultConfigPath(env);
-  return existsSync(path) ? { path, config: readClusterConfig(path) } : undefined;
+export function loadClusterConfig(
+  explicitPath: string | undefined,
+  env: NodeJS.ProcessEnv = process.env,
+): { path: string; config: ClusterConfig; unused: string[] } | undefined {
+  const path = explicitPath || defaultConfigPath(env);
+  if (!explicitPath && !existsSync(path)) return undefined;
+  const unused: string[] = [];
+  return { path, config: readClusterConfig(path, unused), unused };
+}
+
+/** The one-line notice for keys of HF's format that this run does not apply, or undefined when there are none. */
+export function unusedKeysNotice(loaded: { path: string; unused: string[] } | undefined): string | undefined {
+  if (loaded === undefined || loaded.unused.length === 0) return undefined;
+  return `config file ${loaded.path}: not used by accelerate-ts: ${loaded.unused.join(", ")}`;
 }
 
 /** The file's text: keys in a stable order, JSON for a .json path, YAML otherwise. */

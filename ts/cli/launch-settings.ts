@@ -21,7 +21,10 @@ export const DEFAULT_MAIN_PROCESS_PORT = 29500;
 
 export interface ResolvedLaunch {
   plan: LaunchPlan;
-  /** Flags that took a built-in default, as `--flag value`, for HF's "values were not passed" warning. */
+  /**
+   * Settings that took a default the user might not expect, as `--flag value`: only the
+   * number of processes, which follows the GPUs found (one machine and no mixed precision are what one expects).
+   */
   defaulted: string[];
 }
 
@@ -44,18 +47,12 @@ export async function resolveLaunchPlan(
   let numProcesses = flag("num_processes") ?? config.num_processes;
   if (numProcesses === undefined) {
     numProcesses = useCpu ? 1 : Math.max(1, await cudaDevices());
-    defaulted.push(`--num_processes ${numProcesses}`);
+    // One CPU process is what --cpu suggests; a count that follows the GPUs found may surprise.
+    if (!useCpu) defaulted.push(`--num_processes ${numProcesses}`);
   }
   let numMachines = flag("num_machines") ?? config.num_machines;
-  if (numMachines === undefined) {
-    numMachines = 1;
-    defaulted.push("--num_machines 1");
-  }
-  let mixedPrecision = flag("mixed_precision") ?? config.mixed_precision;
-  if (mixedPrecision === undefined) {
-    mixedPrecision = "no";
-    defaulted.push("--mixed_precision no");
-  }
+  numMachines ??= 1;
+  const mixedPrecision = flag("mixed_precision") ?? config.mixed_precision ?? "no";
   const plan: LaunchPlan = {
     numProcesses,
     numMachines,

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The `accelerate` command: subcommands config, launch, env, test and install-libtorch.
 // The installed package runs its compiled form directly; a checkout runs it through ts/cli/bin.mjs.
+import "./color.js";
 import { readFileSync } from "node:fs";
 import { defineCommand, runCommand, runMain } from "citty";
 import { consola, LogLevels } from "consola";

@@ -5,7 +5,7 @@ import { native } from "../native.js";
 import type { NativeDataLoader } from "../../index.js";
 import { closeScope, openScope, type Device, type Scope } from "../tensor.js";
 import { defaultCollate, disposeTensors, toDevice, type Collated } from "./collate.js";
-import { TensorDataset, nativeDataset, type Dataset } from "./dataset.js";
+import { TensorDataset, nativeDataset, type DatasetLike } from "./dataset.js";
 
 /** How batches are divided between data-parallel processes (Accelerate's `BatchSamplerShard`). */
 export interface ShardOptions {
@@ -62,7 +62,7 @@ function checkCount(name: string, value: number, min: number): number {
   return value;
 }
 
-function createNative<T, B>(dataset: Dataset<T>, options: DataLoaderOptions<T, B>): NativeDataLoader {
+function createNative<T, B>(dataset: DatasetLike<T>, options: DataLoaderOptions<T, B>): NativeDataLoader {
   const shard = options.shard ?? { numProcesses: 1, processIndex: 0 };
   return new native.NativeDataLoader(checkCount("the dataset length", dataset.length, 0), {
     batchSize: checkCount("batchSize", options.batchSize ?? 1, 1),
@@ -84,12 +84,12 @@ function createNative<T, B>(dataset: Dataset<T>, options: DataLoaderOptions<T, B
  * loop starts the epoch again, unless `loadStateDict` set a resume point.
  */
 export class DataLoader<T, B = Collated<T>> implements Iterable<B> {
-  readonly dataset: Dataset<T>;
+  readonly dataset: DatasetLike<T>;
   readonly options: Readonly<DataLoaderOptions<T, B>>;
   #native: NativeDataLoader;
   #skip = 0;
 
-  constructor(dataset: Dataset<T>, options: DataLoaderOptions<T, B> = {}) {
+  constructor(dataset: DatasetLike<T>, options: DataLoaderOptions<T, B> = {}) {
     this.dataset = dataset;
     this.options = { ...options };
     this.#native = createNative(dataset, this.options);

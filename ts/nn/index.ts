@@ -9,3 +9,5 @@ export { CausalSelfAttention } from "./attention.js";
 export type { CausalSelfAttentionOptions } from "./attention.js";
 export * as functional from "./functional.js";
 export * as init from "./init.js";
+export * as utils from "./utils.js";
+export type { PadSequenceOptions } from "./utils.js";

@@ -63,6 +63,7 @@ function ensureLibtorch() {
   }
   ensureCudaHeaders();
   ensurePythonSafetensors();
+  ensurePythonTensorboard();
   return { ...process.env, LIBTORCH_USE_PYTORCH: "1", PATH: `${join(venv, "bin")}:${process.env.PATH}` };
 }
 
@@ -83,6 +84,14 @@ function ensurePythonSafetensors() {
   if (probe.status === 0) return;
   say("installing Python's safetensors and numpy into the torch virtualenv (for the checkpoint interoperability tests)");
   run(join(venv, "bin", "pip"), ["install", "--no-input", "--disable-pip-version-check", "safetensors", "numpy"]);
+}
+
+/** Python's `tensorboard`, whose event reader the tracker tests use to read our event files back. */
+function ensurePythonTensorboard() {
+  const probe = spawnSync(join(venv, "bin", "python"), ["-c", "import tensorboard"], { stdio: "ignore" });
+  if (probe.status === 0) return;
+  say("installing Python's tensorboard into the torch virtualenv (for the TensorBoard event file tests)");
+  run(join(venv, "bin", "pip"), ["install", "--no-input", "--disable-pip-version-check", "tensorboard"]);
 }
 
 function pythonVersion() {

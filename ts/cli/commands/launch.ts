@@ -5,7 +5,8 @@ import { consola } from "consola";
 import { launchRanks, nodeCommand, resolveScript } from "../../launch/launch.js";
 import { PortInUseError } from "../../launch/port.js";
 import { describeFailure, exitCodeOf } from "../../launch/supervisor.js";
-import { loadClusterConfig } from "../config-file.js";
+import { loadClusterConfig, unusedKeysNotice } from "../config-file.js";
+import { colorEnvForRanks } from "../color.js";
 import { splitLaunchArgv } from "../launch-argv.js";
 import { resolveLaunchPlan, type LaunchFlags } from "../launch-settings.js";
 
@@ -33,9 +34,21 @@ export async function detectCudaDevices(): Promise<number> {
   }
 }
 
+/**
+ * Ranks' output reaches the user through pipes, so tell them whether it ends on a
+ * terminal, and its width: `ACCELERATE_TTY` (1 or 0) and `ACCELERATE_COLUMNS`, read by `progress`.
+ */
+export function terminalEnv(stream: { isTTY?: boolean; columns?: number } = process.stderr): Record<string, string> {
+  const env: Record<string, string> = { ACCELERATE_TTY: stream.isTTY ? "1" : "0" };
+  if (stream.isTTY && stream.columns) env.ACCELERATE_COLUMNS = String(stream.columns);
+  return env;
+}
+
 /** Launches `scriptPath` with `flags` (+ config file); returns the exit code to end with. */
 export async function launchScript(flags: LaunchFlags, scriptPath: string, scriptArgs: string[], who: string): Promise<number> {
   const loaded = loadClusterConfig(flags.config_file);
+  const notice = unusedKeysNotice(loaded);
+  if (notice !== undefined) consola.warn(`${who}: ${notice}`);
   const { plan, defaulted } = await resolveLaunchPlan(flags, loaded?.config, detectCudaDevices, who);
   if (loaded === undefined && defaulted.length > 0) {
     consola.warn(
@@ -46,6 +59,7 @@ export async function launchScript(flags: LaunchFlags, scriptPath: string, scrip
   let result;
   try {
     result = await launchRanks(plan, () => nodeCommand(scriptPath, scriptArgs), {
+      baseEnv: { ...colorEnvForRanks(), ...terminalEnv() },
       portHint: "pass --main_process_port 0 to pick a free one",
       warn: (message) => consola.warn(`${who}: ${message}`),
     });

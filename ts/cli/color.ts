@@ -1,0 +1,29 @@
+// Whether the CLI writes ANSI colours: only to a terminal, never when NO_COLOR is
+// set, always when FORCE_COLOR is (not "0"). Imported first by main.ts, because
+// consola and citty decide once, when they load, from NO_COLOR and FORCE_COLOR.
+
+/** The CLI's colour decision for `stream` under `env`. */
+export function useColor(env: NodeJS.ProcessEnv = process.env, stream: { isTTY?: boolean } = process.stdout): boolean {
+  if (env.FORCE_COLOR !== undefined && env.FORCE_COLOR !== "0" && env.FORCE_COLOR !== "false") return true;
+  if (env.NO_COLOR !== undefined && env.NO_COLOR !== "") return false;
+  return stream.isTTY === true && env.TERM !== "dumb";
+}
+
+const userEnv = { NO_COLOR: process.env.NO_COLOR, FORCE_COLOR: process.env.FORCE_COLOR };
+if (useColor()) {
+  delete process.env.NO_COLOR;
+} else {
+  process.env.NO_COLOR = "1";
+  // consola would still colour under CI or FORCE_COLOR=0.
+  delete process.env.FORCE_COLOR;
+}
+
+/** NO_COLOR and FORCE_COLOR as the user set them, for the ranks (which decide for themselves). */
+export function colorEnvForRanks(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const key of ["NO_COLOR", "FORCE_COLOR"] as const) {
+    if (userEnv[key] === undefined) delete env[key];
+    else env[key] = userEnv[key];
+  }
+  return env;
+}
