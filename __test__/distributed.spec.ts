@@ -43,6 +43,17 @@ test("2 processes with batch 8 train to the same parameters as 1 process with ba
   single.losses.forEach((l: number, i: number) => t.true(Math.abs(l - a.losses[i]) < 1e-5, `loss ${i}`));
 });
 
+test("loss.backward() instead of accelerator.backward(loss) on 2 processes: the step throws, naming the fix", async (t) => {
+  const ranks = await runRanks("../fixtures/dist/plain-backward.ts", 2);
+  for (const r of ranks) t.is(r.code, 0, r.stderr);
+  for (const r of ranks) {
+    t.is(
+      parse(r.stdout).error,
+      "step: the gradients come from loss.backward(), which does not average them across the 2 processes; call accelerator.backward(loss) instead",
+    );
+  }
+});
+
 test("gradient accumulation on 2 processes matches one big batch", async (t) => {
   // 2 processes × batch 4 × 2 accumulation steps = 1 process × batch 16 per optimizer step.
   const [two, one] = [await runRanks("../fixtures/dist/train-mlp.ts", 2, ["4", "6", "2"]), await runRanks("../fixtures/dist/train-mlp.ts", 1, ["16", "3"])];

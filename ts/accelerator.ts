@@ -183,7 +183,9 @@ export class Accelerator {
     const wrapped: OptimizerLike = wrapWith(optimizer, {
       step: () => {
         if (!this.syncGradients) return;
-        this.#skipped.set(wrapped, !this.precision.step(this.#optimizerParams(optimizer), step));
+        const params = this.#optimizerParams(optimizer);
+        this.strategy.beforeStep(params);
+        this.#skipped.set(wrapped, !this.precision.step(params, step));
       },
       zeroGrad: (setToNone?: boolean) => {
         if (this.syncGradients) optimizer.zeroGrad(setToNone);

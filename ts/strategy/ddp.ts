@@ -5,12 +5,15 @@ import type { DdpReducer } from "../../index.js";
 import { native } from "../native.js";
 import type { ModelLike } from "../prepared.js";
 import type { ProcessState } from "../state.js";
+import type { Tensor } from "../tensor.js";
 import { SingleProcess } from "./strategy.js";
 
 export class DataParallel extends SingleProcess {
   override readonly name: "ddp" | "zero" = "ddp";
   readonly #bucketBytes: number;
   readonly #reducers: DdpReducer[] = [];
+  /** Whether `accelerator.backward` ran since the last optimizer step. */
+  #backwardSinceStep = false;
 
   constructor(state: ProcessState, bucketBytes: number) {
     super(state);
@@ -23,7 +26,27 @@ export class DataParallel extends SingleProcess {
   }
 
   override beforeBackward(sync: boolean): void {
+    this.markBackward();
     for (const reducer of this.#reducers) reducer.prepare(sync);
+  }
+
+  /** Records that `accelerator.backward` ran (for `beforeStep`). */
+  protected markBackward(): void {
+    this.#backwardSinceStep = true;
+  }
+
+  /**
+   * Gradients from `loss.backward()` are this process's alone; stepping on them would let the
+   * processes' models drift apart without a word, so that is an Error.
+   */
+  override beforeStep(parameters: Tensor[]): void {
+    const computed = this.#backwardSinceStep || !parameters.some((p) => p.grad !== null);
+    this.#backwardSinceStep = false;
+    if (computed) return;
+    throw new Error(
+      `step: the gradients come from loss.backward(), which does not average them across the ${this.state.numProcesses} processes; ` +
+        "call accelerator.backward(loss) instead",
+    );
   }
 
   override afterBackward(): void {

@@ -24,6 +24,8 @@ export interface Strategy {
   beforeBackward(sync: boolean): void;
   /** After each backward pass: gradients are final (averaged across processes, when synced). */
   afterBackward(): void;
+  /** Before a prepared optimizer steps over `parameters`: throws if their gradients cannot be right. */
+  beforeStep(parameters: Tensor[]): void;
   /** Clips the gradients of `parameters` to a total norm of `maxNorm` across processes; returns the norm before. */
   clipGradNorm(parameters: Tensor[], maxNorm: number, normType: number): number;
   /** Whether this process writes the model, optimizer and other shared files of a checkpoint. */
@@ -60,6 +62,8 @@ export class SingleProcess implements Strategy {
   beforeBackward(_sync: boolean): void {}
 
   afterBackward(): void {}
+
+  beforeStep(_parameters: Tensor[]): void {}
 
   /** Gradients are whole and (under data parallelism) identical on every process, so the local norm is global. */
   clipGradNorm(parameters: Tensor[], maxNorm: number, normType: number): number {

@@ -61,6 +61,7 @@ export class ZeroRedundancy extends DataParallel {
   override beforeBackward(sync: boolean): void {
     this.#synced = sync;
     if (this.stage === 1) super.beforeBackward(sync);
+    else this.markBackward();
   }
 
   override afterBackward(): void {
