@@ -15,9 +15,20 @@ export interface LaunchFlags {
   gradient_accumulation_steps?: string;
   gpu_ids?: string;
   config_file?: string;
+  use_deepspeed?: boolean;
+  zero_stage?: string;
 }
 
 export const DEFAULT_MAIN_PROCESS_PORT = 29500;
+
+/** `--use_deepspeed [--zero_stage N]` (HF's flags): the ZeRO stage, 2 by default; 0 without `--use_deepspeed`. */
+function zeroStage(flags: LaunchFlags, who: string): number {
+  if (flags.zero_stage !== undefined && !flags.use_deepspeed) throw new Error(`${who}: --zero_stage needs --use_deepspeed`);
+  if (!flags.use_deepspeed) return 0;
+  const stage = Number(flags.zero_stage ?? 2);
+  if (![1, 2].includes(stage)) throw new Error(`${who}: --zero_stage must be 1 or 2 (stage 3 is not available yet), got ${flags.zero_stage}`);
+  return stage;
+}
 
 export interface ResolvedLaunch {
   plan: LaunchPlan;
@@ -63,6 +74,7 @@ export async function resolveLaunchPlan(
     useCpu,
     gradientAccumulationSteps: flag("gradient_accumulation_steps") ?? config.gradient_accumulation_steps ?? 1,
     gpuIds: flag("gpu_ids") ?? config.gpu_ids,
+    zeroStage: zeroStage(flags, who),
   };
   return { plan, defaulted };
 }

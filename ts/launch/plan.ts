@@ -20,6 +20,8 @@ export interface LaunchPlan {
   gradientAccumulationSteps: number;
   /** "all" or a comma-separated list of GPU ids, exported as CUDA_VISIBLE_DEVICES. */
   gpuIds?: string;
+  /** ZeRO stage (0: plain data parallelism), exported as HF's ACCELERATE_USE_DEEPSPEED / ACCELERATE_DEEPSPEED_ZERO_STAGE. */
+  zeroStage?: number;
 }
 
 /** Ranks this machine starts. */
@@ -93,6 +95,7 @@ export function rankEnvironment(
     ACCELERATE_USE_CPU: String(plan.useCpu),
     ACCELERATE_GRADIENT_ACCUMULATION_STEPS: String(plan.gradientAccumulationSteps),
   });
+  if (plan.zeroStage) Object.assign(env, { ACCELERATE_USE_DEEPSPEED: "true", ACCELERATE_DEEPSPEED_ZERO_STAGE: String(plan.zeroStage) });
   // Without this, each rank's intra-op pool would use every core and the ranks would fight over them.
   if (base.OMP_NUM_THREADS === undefined || base.OMP_NUM_THREADS === "") {
     env.OMP_NUM_THREADS = String(Math.max(1, Math.floor(cpus / local)));

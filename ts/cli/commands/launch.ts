@@ -20,6 +20,8 @@ export const launchArgs = {
   cpu: { type: "boolean", description: "Train on the CPU even when GPUs are present" },
   gradient_accumulation_steps: { type: "string", valueHint: "N", description: "Micro-batches per optimizer step (default 1)" },
   gpu_ids: { type: "string", valueHint: "all|0,1,...", description: "GPUs this machine uses (sets CUDA_VISIBLE_DEVICES)" },
+  use_deepspeed: { type: "boolean", description: "Shard with ZeRO (DeepSpeed's dialect; see docs/zero.md)" },
+  zero_stage: { type: "string", valueHint: "1|2", description: "ZeRO stage with --use_deepspeed (default 2)" },
   config_file: { type: "string", valueHint: "PATH", description: "Config file to read (default: $HF_HOME/accelerate/default_config.yaml if present)" },
 } as const satisfies ArgsDef;
 
