@@ -337,6 +337,9 @@ export declare function nnInitXavierUniform(t: Tensor, gain: number): void
 
 export declare function nnLinear(x: Tensor, weight: Tensor, bias?: Tensor | undefined | null): Tensor
 
+/** Linear layer and cross-entropy in one, in chunks of rows (mean over rows not ignored). */
+export declare function nnLinearCrossEntropy(input: Tensor, weight: Tensor, targets: Tensor, ignoreIndex?: Int | undefined | null, chunkRows?: Int | undefined | null): Tensor
+
 /** Copies `sources[i]` into `targets[i]` (named `keys[i]`) after checking every shape. */
 export declare function nnLoadInPlace(keys: Array<string>, targets: Array<Tensor>, sources: Array<Tensor>): void
 

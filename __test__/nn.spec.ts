@@ -7,7 +7,7 @@
 //   def wave(n, k, s=1.0): return (torch.arange(n, dtype=torch.float32) * k).sin() * s
 //   def r(t): return [round(v, 6) for v in t.detach().flatten().tolist()]
 import test, { type ExecutionContext } from "ava";
-import { Tensor, arange, manualSeed, nn, noGrad, ones, randn, tensor, tidy, zeros } from "../ts/index.js";
+import { Tensor, arange, full, manualSeed, nn, noGrad, ones, randint, randn, tensor, tidy, where, zeros } from "../ts/index.js";
 
 const F = nn.functional;
 
@@ -427,4 +427,32 @@ test("modules built inside tidy() survive it when returned", (t) => {
   const y = noGrad(() => model.forward(ones([1, 2])));
   t.false(y.requiresGrad);
   t.deepEqual(y.shape, [1, 2]);
+});
+
+test("linearCrossEntropy equals crossEntropy(linear(x, W), y) in value and gradients, in any chunking", (t) => {
+  manualSeed(3);
+  const reference = (x: Tensor, w: Tensor, y: Tensor) =>
+    nn.functional.crossEntropy(x.matmul(w.t()).reshape([-1, w.shape[0]]), y.reshape([-1]), { ignoreIndex: 7 });
+  const x0 = randn([3, 5, 16]);
+  const w0 = randn([40, 16]);
+  const y = randint(0, 40, [3, 5]);
+  const targets = where(y.eq(3), full([3, 5], 7, { dtype: "int64" }), y); // some rows ignored
+  const grads = (loss: (x: Tensor, w: Tensor) => Tensor) => {
+    const [x, w] = [x0.clone(), w0.clone()];
+    x.requiresGrad = true;
+    w.requiresGrad = true;
+    const value = loss(x, w);
+    value.backward();
+    return { value: value.item(), x: x.grad?.toTypedArray() as Float32Array, w: w.grad?.toTypedArray() as Float32Array };
+  };
+  const want = grads((x, w) => reference(x, w, targets));
+  const worst = (a: Float32Array, b: Float32Array) => Math.max(...Array.from(a, (v, i) => Math.abs(v - b[i])));
+  for (const chunkRows of [1, 4, 15, 1000]) {
+    const got = grads((x, w) => nn.functional.linearCrossEntropy(x, w, targets, { ignoreIndex: 7, chunkRows }));
+    t.true(Math.abs(got.value - want.value) < 1e-5, `chunkRows ${chunkRows}: loss ${got.value} vs ${want.value}`);
+    t.true(worst(got.x, want.x) < 1e-5, `chunkRows ${chunkRows}: input gradient`);
+    t.true(worst(got.w, want.w) < 1e-5, `chunkRows ${chunkRows}: weight gradient`);
+  }
+  t.throws(() => nn.functional.linearCrossEntropy(x0, randn([40, 8]), targets), { message: /^linearCrossEntropy: input has 16 features but weight expects 8/ });
+  t.throws(() => nn.functional.linearCrossEntropy(x0, w0, targets, { chunkRows: 0 }), { message: /^linearCrossEntropy: chunkRows must be positive, got 0/ });
 });

@@ -9,6 +9,8 @@ import { GPT, GPT2_SMALL } from "./models/gpt.js";
 const { values } = parseArgs({
   options: {
     precision: { type: "string", default: "bf16" },
+    "fused-loss": { type: "boolean", default: false },
+    "loss-chunk": { type: "string", default: "1024" },
     steps: { type: "string", default: "30" },
     warmup: { type: "string", default: "5" },
     batch: { type: "string", default: "8" },
@@ -23,7 +25,7 @@ manualSeed(0);
 const n = batch * accelerator.numProcesses * (steps + warmup);
 const tokens = randint(0, GPT2_SMALL.vocab, [n, sequence + 1]);
 const dataset = new data.TensorDataset({ x: tokens.slice(1, 0, sequence).contiguous(), y: tokens.slice(1, 1).contiguous() });
-const net = new GPT({ ...GPT2_SMALL, layers: Number(values.layers) });
+const net = new GPT({ ...GPT2_SMALL, layers: Number(values.layers) }, { fusedLoss: values["fused-loss"], lossChunkRows: Number(values["loss-chunk"]) });
 const params = net.parameters().reduce((sum, p) => sum + p.numel, 0);
 const [model, opt, loader] = accelerator.prepare(
   net,
@@ -73,7 +75,7 @@ const first = losses[0];
 if (accelerator.isMainProcess) {
   console.log(
     JSON.stringify({
-      system: "accelerate-ts", workload: "gpt", precision: values.precision, processes: accelerator.numProcesses, params,
+      system: "accelerate-ts", workload: "gpt", precision: values.precision, fused_loss: values["fused-loss"] ? Number(values["loss-chunk"]) : false, processes: accelerator.numProcesses, params,
       batch_per_process: batch, steps, seconds: Math.round(seconds * 1e4) / 1e4,
       tokens_per_s_total: Math.round((batch * sequence * steps * accelerator.numProcesses) / seconds),
       step_ms: Math.round((1e6 * seconds) / steps) / 1e3, peak_mem_gib: Math.round((memory.peak / 2 ** 30) * 1e3) / 1e3,

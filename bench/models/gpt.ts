@@ -42,10 +42,15 @@ export class GPT extends nn.Module {
   readonly ln: nn.LayerNorm;
   readonly head: nn.Linear;
   private readonly vocab: number;
+  /** Head and loss through `linearCrossEntropy` (the logits never exist whole). */
+  private readonly fusedLoss: boolean;
+  private readonly lossChunkRows: number;
 
-  constructor(config: GPTConfig = GPT2_SMALL) {
+  constructor(config: GPTConfig = GPT2_SMALL, options: { fusedLoss?: boolean; lossChunkRows?: number } = {}) {
     super();
     this.vocab = config.vocab;
+    this.fusedLoss = options.fusedLoss ?? false;
+    this.lossChunkRows = options.lossChunkRows ?? 1024;
     this.tok = new nn.Embedding(config.vocab, config.width);
     this.pos = new nn.Embedding(config.context, config.width);
     this.blocks = new nn.ModuleList(Array.from({ length: config.layers }, () => new Block(config.width, config.heads)));
@@ -63,7 +68,9 @@ export class GPT extends nn.Module {
     let x = tidy(() => this.tok.forward(tokens).add(this.pos.forward(arange(time, undefined, 1, { device: tokens.device }))));
     for (const block of this.blocks) x = tidy(() => block.forward(x));
     return tidy(() => {
-      const logits = this.head.forward(this.ln.forward(x));
+      const features = this.ln.forward(x);
+      if (this.fusedLoss) return nn.functional.linearCrossEntropy(features, this.head.weight, targets, { chunkRows: this.lossChunkRows });
+      const logits = this.head.forward(features);
       return nn.functional.crossEntropy(logits.view([-1, this.vocab]), targets.view([-1]));
     });
   }

@@ -20,6 +20,22 @@ export function crossEntropy(logits: Tensor, target: Tensor, options: CrossEntro
   return native.nnCrossEntropy(logits, target, options.reduction, options.labelSmoothing, options.ignoreIndex);
 }
 
+/**
+ * `crossEntropy(linear(input, weight), targets)` (mean over the rows whose target is not
+ * `ignoreIndex`, no bias) computed `chunkRows` rows at a time, so the `[rows, classes]`
+ * logits and their gradient never exist whole: for a language model's output head.
+ * `input` is `[..., features]`, `weight` `[classes, features]`, `targets` class indices of
+ * `input`'s leading shape.
+ */
+export function linearCrossEntropy(
+  input: Tensor,
+  weight: Tensor,
+  targets: Tensor,
+  options: { ignoreIndex?: number; chunkRows?: number } = {},
+): Tensor {
+  return native.nnLinearCrossEntropy(input, weight, targets, options.ignoreIndex, options.chunkRows);
+}
+
 /** Mean squared error; `input` and `target` must have the same shape. */
 export function mseLoss(input: Tensor, target: Tensor, options: { reduction?: Reduction } = {}): Tensor {
   return native.nnMseLoss(input, target, options.reduction);

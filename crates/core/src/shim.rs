@@ -13,6 +13,14 @@ extern "C" {
     fn acc_set_cuda_rng_state(index: i64, state: *const C_tensor) -> i32;
     fn acc_backward(output: *const C_tensor, gradient: *const C_tensor) -> i32;
     fn acc_host_bytes(tensor: *const C_tensor) -> i64;
+    fn acc_linear_cross_entropy(
+        input: *const C_tensor,
+        weight: *const C_tensor,
+        targets: *const C_tensor,
+        ignore_index: i64,
+        chunk_rows: i64,
+        out: *mut *mut C_tensor,
+    ) -> i32;
 }
 
 /// Bytes of host memory `tensor` holds (0 for a tensor on a GPU).
@@ -47,6 +55,30 @@ pub(crate) fn owned(op: &str, status: i32, ptr: *mut C_tensor) -> Result<Tensor>
     }
     // SAFETY: on success the shim stored a fresh heap at::Tensor, which tch now owns.
     Ok(unsafe { Tensor::from_ptr(ptr) })
+}
+
+/// The mean cross-entropy of `input @ weight^T` against class indices `targets`, computed
+/// `chunk_rows` rows at a time (shim/fused_loss.cpp), with its own backward.
+pub fn linear_cross_entropy(
+    input: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    ignore_index: i64,
+    chunk_rows: i64,
+) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    // SAFETY: live tensors for the call; `out` is a valid out-pointer.
+    let status = unsafe {
+        acc_linear_cross_entropy(
+            input.as_ptr(),
+            weight.as_ptr(),
+            targets.as_ptr(),
+            ignore_index,
+            chunk_rows,
+            &mut out,
+        )
+    };
+    owned("linearCrossEntropy", status, out)
 }
 
 /// The default CPU generator's state (a uint8 tensor).

@@ -35,6 +35,31 @@ pub fn nn_cross_entropy(
     })
 }
 
+/// Linear layer and cross-entropy in one, in chunks of rows (mean over rows not ignored).
+#[napi]
+pub fn nn_linear_cross_entropy(
+    env: Env,
+    input: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    ignore_index: Option<crate::int::Int>,
+    chunk_rows: Option<crate::int::Int>,
+) -> Result<Tensor> {
+    const OP: &str = "linearCrossEntropy";
+    guarded(OP, || {
+        let ignore_index = ignore_index
+            .map(|i| i.get(OP, "ignoreIndex"))
+            .transpose()?
+            .unwrap_or(-100);
+        let chunk_rows = chunk_rows.map(|i| i.get(OP, "chunkRows")).transpose()?.unwrap_or(1024);
+        let (x, w, t) = (input.handle.get(OP)?, weight.handle.get(OP)?, targets.handle.get(OP)?);
+        Ok(wrap(
+            &env,
+            f::linear_cross_entropy(&x, &w, &t, ignore_index, chunk_rows)?,
+        ))
+    })
+}
+
 #[napi]
 pub fn nn_mse_loss(env: Env, input: Tensor, target: Tensor, reduction: Option<String>) -> Result<Tensor> {
     const OP: &str = "mseLoss";
