@@ -161,6 +161,7 @@ const section =
     const checked: Record<string, unknown> = {};
     for (const [key, entry] of Object.entries(value)) {
       if (Object.hasOwn(rules.applied, key)) {
+        if (entry === null) continue;
         try {
           checked[key] = rules.applied[key](entry);
         } catch (error) {
@@ -295,7 +296,8 @@ export function parseClusterConfig(raw: unknown, source: string, unused: string[
     }
     try {
       const checked = check(value);
-      if (known) config[key] = checked;
+      // An empty section (HF writes `fsdp_config: {}`) says nothing.
+      if (known && !(isMapping(checked) && Object.keys(checked).length === 0)) config[key] = checked;
       else if (asksForSomething(value)) unused.push(key);
     } catch (error) {
       if (!(error instanceof Expected)) throw error;
