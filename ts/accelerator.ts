@@ -14,7 +14,8 @@ import {
   type LoaderLike, type ModelLike, type OptimizerLike, type SchedulerLike, type Stateful,
 } from "./prepared.js";
 import { initProcessGroup, readProcessState, shareOf, type ProcessState } from "./state.js";
-import { createStrategy, type DeepSpeedPlugin, type FsdpPlugin, type Strategy } from "./strategy/index.js";
+import { fillBatchSizes } from "./strategy/deepspeed-config.js";
+import { createStrategy, strategyConfigOf, type DeepSpeedPlugin, type FsdpPlugin, type Strategy, type StrategyConfig } from "./strategy/index.js";
 import { keep, manualSeed, Tensor } from "./tensor.js";
 import { progress, type Progress, type ProgressOptions } from "./progress.js";
 import { TrackerSet, type GeneralTracker, type LogValues, type LogWith, type TrackerConfig } from "./tracking/index.js";
@@ -52,7 +53,7 @@ export interface AcceleratorOptions {
    * (see `data.DataLoaderOptions.stepScope`; `keep()` exempts a tensor). Default true.
    */
   stepScope?: boolean;
-  /** ZeRO through DeepSpeed's settings: `{ zeroStage: 1 | 2 }` (see ts/strategy/zero.ts). */
+  /** ZeRO through DeepSpeed's settings: `{ zeroStage: 1 | 2 }` or a DeepSpeed config (`hfDsConfig`, `configFile`); see docs/zero.md. */
   deepspeedPlugin?: DeepSpeedPlugin;
   /** ZeRO through FSDP's settings: `{ reshardAfterForward: false }` is stage 2. */
   fsdpPlugin?: FsdpPlugin;
@@ -77,6 +78,11 @@ export class Accelerator {
   /** How models and gradients are spread over the processes (see ts/strategy/). */
   readonly strategy: Strategy;
   readonly gradientState: GradientState;
+  /**
+   * The ZeRO stage and what a DeepSpeed config asked for (gradient clipping inside the
+   * optimizer's step, batch sizes with "auto" filled when a loader is prepared, keys not used).
+   */
+  readonly strategyConfig: StrategyConfig;
   readonly #options: AcceleratorOptions;
   readonly #prepared = new PreparedObjects();
   readonly #checkpointer: Checkpointer;
@@ -85,16 +91,32 @@ export class Accelerator {
   readonly #trackers: TrackerSet;
 
   constructor(options: AcceleratorOptions = {}) {
-    const steps = options.gradientAccumulationSteps ?? Number(process.env.ACCELERATE_GRADIENT_ACCUMULATION_STEPS ?? 1);
-    const precision = options.mixedPrecision ?? (process.env.ACCELERATE_MIXED_PRECISION as MixedPrecision | undefined) ?? "no";
+    const config = strategyConfigOf(options);
+    const fromConfig = <T>(option: T | undefined, configured: T | undefined, optionName: string, key: string): T | undefined => {
+      if (option !== undefined && configured !== undefined && option !== configured) {
+        throw new Error(`Accelerator: ${optionName} is ${JSON.stringify(option)} but the DeepSpeed config's ${key} is ${JSON.stringify(configured)}; give it once`);
+      }
+      return option ?? configured;
+    };
+    const steps =
+      fromConfig(options.gradientAccumulationSteps, config.gradientAccumulationSteps, "gradientAccumulationSteps", "gradient_accumulation_steps") ??
+      Number(process.env.ACCELERATE_GRADIENT_ACCUMULATION_STEPS ?? 1);
+    const precision =
+      fromConfig(options.mixedPrecision, config.mixedPrecision, "mixedPrecision", "bf16/fp16 enabled") ??
+      (process.env.ACCELERATE_MIXED_PRECISION as MixedPrecision | undefined) ??
+      "no";
     if (!["no", "fp16", "bf16"].includes(precision)) throw new Error(`Accelerator: mixedPrecision must be "no", "fp16" or "bf16", got "${precision}"`);
     this.gradientState = new GradientState(steps);
     this.#options = options;
     this.state = readProcessState(options);
     initProcessGroup(this.state, (options.timeout ?? 1800) * 1000);
     this.mixedPrecision = precision;
-    this.precision = new PrecisionPolicy(precision, this.state.device, options.gradScaler);
-    this.strategy = createStrategy(this.state, { ...options, mixedPrecision: precision });
+    this.precision = new PrecisionPolicy(precision, this.state.device, { ...config.gradScaler, ...options.gradScaler });
+    this.strategy = createStrategy(this.state, { ...options, mixedPrecision: precision }, config.zeroStage);
+    this.strategyConfig = config;
+    if (config.notUsed.length > 0 && this.state.processIndex === 0) {
+      console.warn(`Accelerator: DeepSpeed config keys not used by accelerate-ts: ${config.notUsed.join(", ")}`);
+    }
     const parts = { state: this.state, prepared: this.#prepared, precision: this.precision, gradientState: this.gradientState, strategy: this.strategy };
     this.#checkpointer = new Checkpointer(parts, options);
     this.#trackers = new TrackerSet(options.logWith, options.projectDir, this.state.processIndex === 0);
@@ -185,6 +207,8 @@ export class Accelerator {
         if (!this.syncGradients) return;
         const params = this.#optimizerParams(optimizer);
         this.strategy.beforeStep(params);
+        // A DeepSpeed config's gradient_clipping clips inside the step, as DeepSpeed's engine does.
+        if (this.strategyConfig.gradientClipping !== undefined) this.clipGradNorm(params, this.strategyConfig.gradientClipping);
         this.#skipped.set(wrapped, !this.precision.step(params, step));
       },
       zeroGrad: (setToNone?: boolean) => {
@@ -218,6 +242,15 @@ export class Accelerator {
   /** A copy of the loader that delivers this process's shard on the device, with step scopes. */
   #prepareLoader(original: LoaderLike): LoaderLike {
     if (this.#prepared.loaders.includes(original)) return original;
+    if (this.strategyConfig.zeroStage > 0 || this.strategyConfig.trainBatchSize !== undefined || this.strategyConfig.trainMicroBatchSizePerGpu !== undefined) {
+      const batchSize = original.options?.batchSize;
+      if (batchSize !== undefined) {
+        Object.assign(
+          this.strategyConfig,
+          fillBatchSizes(this.strategyConfig, { loaderBatchSize: batchSize, gradientAccumulationSteps: this.gradientAccumulationSteps, numProcesses: this.numProcesses }),
+        );
+      }
+    }
     const shard = {
       numProcesses: this.numProcesses,
       processIndex: this.processIndex,

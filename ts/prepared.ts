@@ -27,7 +27,7 @@ export interface LoaderLike extends Stateful, Iterable<unknown> {
   length: number;
   endOfDataloader?: boolean;
   remainder?: number;
-  options?: { disposeBatches?: boolean; stepScope?: boolean };
+  options?: { disposeBatches?: boolean; stepScope?: boolean; batchSize?: number };
   /** A copy delivering batches to `device`, sharded for this process (see data.DataLoader). */
   withOptions?(overrides: {
     device?: string;

@@ -6,7 +6,7 @@ import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import YAML from "yaml";
 
-export const DISTRIBUTED_TYPES = ["NO", "MULTI_CPU", "MULTI_GPU"] as const;
+export const DISTRIBUTED_TYPES = ["NO", "MULTI_CPU", "MULTI_GPU", "DEEPSPEED", "FSDP"] as const;
 export const MIXED_PRECISIONS = ["no", "fp16", "bf16"] as const;
 export type DistributedType = (typeof DISTRIBUTED_TYPES)[number];
 export type MixedPrecisionName = (typeof MIXED_PRECISIONS)[number];
@@ -31,6 +31,24 @@ export interface ClusterConfig {
   main_training_function?: string;
   enable_cpu_affinity?: boolean;
   downcast_bf16?: boolean | string;
+  /** With `distributed_type: DEEPSPEED` (HF's `deepspeed_config` section; keys that do not apply are listed as not used). */
+  deepspeed_config?: DeepSpeedConfigSection;
+  /** With `distributed_type: FSDP` (HF's `fsdp_config` section, FSDP2). */
+  fsdp_config?: FsdpConfigSection;
+}
+
+export interface DeepSpeedConfigSection {
+  zero_stage?: number;
+  deepspeed_config_file?: string;
+  gradient_accumulation_steps?: number;
+  gradient_clipping?: number;
+  offload_optimizer_device?: "none";
+  offload_param_device?: "none";
+}
+
+export interface FsdpConfigSection {
+  fsdp_version?: number;
+  fsdp_reshard_after_forward?: boolean;
 }
 
 /** Thrown by a field check: what the value should have been. */
@@ -79,6 +97,93 @@ const booleanOrString: Check<boolean | string> = (value) => {
   throw new Expected("true, false or a string");
 };
 
+const nonNegativeNumber: Check<number> = (value) => {
+  if (typeof value === "number" && value >= 0) return value;
+  throw new Expected("a non-negative number");
+};
+const offloadNone: Check<"none"> = (value) => {
+  if (value === "none" || value === null) return "none";
+  throw new Expected('"none" (CPU and NVMe offload are not available yet)');
+};
+
+/** Checks for a section's keys that apply, and the names of those that load but do not apply. */
+interface SectionRules {
+  applied: Record<string, Check<unknown>>;
+  notApplied: string[];
+}
+
+const DEEPSPEED_SECTION: SectionRules = {
+  applied: {
+    zero_stage: (value) => {
+      if (value === 0 || value === 1 || value === 2) return value;
+      throw new Expected("0, 1 or 2 (stage 3 is not available yet)");
+    },
+    deepspeed_config_file: nullable(string),
+    gradient_accumulation_steps: positiveInteger,
+    gradient_clipping: nonNegativeNumber,
+    offload_optimizer_device: offloadNone,
+    offload_param_device: offloadNone,
+  },
+  notApplied: [
+    "zero3_init_flag", "zero3_save_16bit_model", "offload_optimizer_nvme_path", "offload_param_nvme_path", "deepspeed_hostfile",
+    "deepspeed_multinode_launcher", "deepspeed_inclusion_filter", "deepspeed_exclusion_filter", "deepspeed_moe_layer_cls_names",
+  ],
+};
+
+const FSDP_SECTION: SectionRules = {
+  applied: {
+    fsdp_version: (value) => {
+      if (value === 2) return value;
+      throw new Expected("2 (FSDP1 is not available)");
+    },
+    fsdp_reshard_after_forward: (value) => {
+      if (value === false || value === "false") return false;
+      throw new Expected("false (true, FSDP's full shard, is ZeRO stage 3, which is not available yet)");
+    },
+    fsdp_offload_params: (value) => {
+      if (value === false || value === null) return false;
+      throw new Expected("false (CPU offload is not available yet)");
+    },
+  },
+  notApplied: [
+    "fsdp_auto_wrap_policy", "fsdp_transformer_layer_cls_to_wrap", "fsdp_min_num_params", "fsdp_sharding_strategy", "fsdp_state_dict_type",
+    "fsdp_cpu_ram_efficient_loading", "fsdp_sync_module_states", "fsdp_use_orig_params", "fsdp_backward_prefetch", "fsdp_forward_prefetch",
+    "fsdp_activation_checkpointing",
+  ],
+};
+
+/** A section check: validates the keys that apply, and names the others in `unused` when they ask for something. */
+const section =
+  (name: string, rules: SectionRules, unused: string[]): Check<Record<string, unknown>> =>
+  (value) => {
+    if (value === null || value === undefined) return {};
+    if (!isMapping(value)) throw new Expected("a mapping");
+    const checked: Record<string, unknown> = {};
+    for (const [key, entry] of Object.entries(value)) {
+      if (Object.hasOwn(rules.applied, key)) {
+        if (entry === null) continue;
+        try {
+          checked[key] = rules.applied[key](entry);
+        } catch (error) {
+          if (!(error instanceof Expected)) throw error;
+          throw new Expected(`a mapping whose "${key}" is ${error.message}, got ${describe(entry)}`);
+        }
+      } else if (rules.notApplied.includes(key)) {
+        if (asksForSomething(entry)) unused.push(`${name}.${key}`);
+      } else {
+        const suggestion = suggestName(key, [...Object.keys(rules.applied), ...rules.notApplied]);
+        throw new Expected(`a mapping without the unknown key "${key}"${suggestion ? ` (did you mean "${suggestion}"?)` : ""}`);
+      }
+    }
+    return checked;
+  };
+
+/** Sections are checked with an `unused` list to fill; FIELDS' copies only validate. */
+const sectionFields = (unused: string[]) => ({
+  deepspeed_config: section("deepspeed_config", DEEPSPEED_SECTION, unused) as Check<DeepSpeedConfigSection>,
+  fsdp_config: section("fsdp_config", FSDP_SECTION, unused) as Check<FsdpConfigSection>,
+});
+
 const FIELDS: { [K in keyof ClusterConfig]-?: Check<ClusterConfig[K]> } = {
   compute_environment: oneOf(["LOCAL_MACHINE"] as const),
   distributed_type: oneOf(DISTRIBUTED_TYPES),
@@ -97,6 +202,7 @@ const FIELDS: { [K in keyof ClusterConfig]-?: Check<ClusterConfig[K]> } = {
   main_training_function: string,
   enable_cpu_affinity: boolean,
   downcast_bf16: booleanOrString,
+  ...sectionFields([]),
 };
 
 const isMapping = (value: unknown): value is Record<string, unknown> =>
@@ -120,7 +226,7 @@ const IGNORED_KEYS: Record<string, Check<unknown>> = {
   commands: (value) => value,
   dynamo_backend: nullable(string),
   ...Object.fromEntries(
-    ["dynamo_config", "deepspeed_config", "fsdp_config", "megatron_lm_config", "fp8_config", "ipex_config", "mpirun_config", "parallelism_config"].map(
+    ["dynamo_config", "megatron_lm_config", "fp8_config", "ipex_config", "mpirun_config", "parallelism_config"].map(
       (key) => [
         key,
         (value: unknown) => {
@@ -180,16 +286,18 @@ export function parseClusterConfig(raw: unknown, source: string, unused: string[
   if (raw === null || raw === undefined) return {};
   if (!isMapping(raw)) throw new Error(`${where}: expected a mapping of keys to values, got ${describe(raw)}`);
   const config: Record<string, unknown> = {};
+  const fields: Record<string, Check<unknown>> = { ...FIELDS, ...sectionFields(unused) };
   for (const [key, value] of Object.entries(raw)) {
-    const known = Object.hasOwn(FIELDS, key);
-    const check = known ? (FIELDS as Record<string, Check<unknown>>)[key] : Object.hasOwn(IGNORED_KEYS, key) ? IGNORED_KEYS[key] : undefined;
+    const known = Object.hasOwn(fields, key);
+    const check = known ? fields[key] : Object.hasOwn(IGNORED_KEYS, key) ? IGNORED_KEYS[key] : undefined;
     if (check === undefined) {
       const suggestion = suggestName(key, Object.keys(FIELDS));
       throw new Error(`${where}: unknown key "${key}"${suggestion ? ` (did you mean "${suggestion}"?)` : ""}`);
     }
     try {
       const checked = check(value);
-      if (known) config[key] = checked;
+      // An empty section (HF writes `fsdp_config: {}`) says nothing.
+      if (known && !(isMapping(checked) && Object.keys(checked).length === 0)) config[key] = checked;
       else if (asksForSomething(value)) unused.push(key);
     } catch (error) {
       if (!(error instanceof Expected)) throw error;

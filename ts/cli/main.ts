@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The `accelerate` command: subcommands config, launch, env, test and install-libtorch.
+// The `accelerate` command: subcommands config, launch, env, test, estimate-memory, merge-weights and install-libtorch.
 // The installed package runs its compiled form directly; a checkout runs it through ts/cli/bin.mjs.
 import "./color.js";
 import { readFileSync } from "node:fs";
@@ -17,6 +17,8 @@ export const accelerate = defineCommand({
     launch: () => import("./commands/launch.js").then((m) => m.default),
     env: () => import("./commands/env.js").then((m) => m.default),
     test: () => import("./commands/test.js").then((m) => m.default),
+    "estimate-memory": () => import("./commands/estimate-memory.js").then((m) => m.default),
+    "merge-weights": () => import("./commands/merge-weights.js").then((m) => m.default),
     "install-libtorch": () => import("./commands/install-libtorch.js").then((m) => m.default),
   },
 });

@@ -2,6 +2,7 @@
 // rank gets: the torchrun contract (RANK, WORLD_SIZE, MASTER_ADDR, ...) plus
 // Accelerate's ACCELERATE_* settings.
 import { availableParallelism } from "node:os";
+import { STRATEGY_ENV } from "../env-names.js";
 
 export type MixedPrecision = "no" | "fp16" | "bf16";
 
@@ -22,6 +23,12 @@ export interface LaunchPlan {
   gpuIds?: string;
   /** ZeRO stage (0: plain data parallelism), exported as HF's ACCELERATE_USE_DEEPSPEED / ACCELERATE_DEEPSPEED_ZERO_STAGE. */
   zeroStage?: number;
+  /** A DeepSpeed config file (absolute), exported as ACCELERATE_DEEPSPEED_CONFIG_FILE. */
+  deepspeedConfigFile?: string;
+  /** DeepSpeed's gradient clipping, exported as ACCELERATE_GRADIENT_CLIPPING. */
+  gradientClipping?: number;
+  /** FSDP2 (reshard after forward false: ZeRO stage 2), exported as ACCELERATE_USE_FSDP, FSDP_VERSION, FSDP_RESHARD_AFTER_FORWARD. */
+  fsdp?: { version: number; reshardAfterForward: boolean };
 }
 
 /** Ranks this machine starts. */
@@ -64,6 +71,22 @@ export function checkPlan(plan: LaunchPlan): void {
   }
 }
 
+/** HF's variables for the strategy: FSDP's, or DeepSpeed's (when a stage or a DeepSpeed config file is asked for). */
+export function strategyEnvironment(plan: LaunchPlan): Record<string, string> {
+  if (plan.fsdp) {
+    return {
+      [STRATEGY_ENV.useFsdp]: "true",
+      [STRATEGY_ENV.fsdpVersion]: String(plan.fsdp.version),
+      [STRATEGY_ENV.fsdpReshardAfterForward]: String(plan.fsdp.reshardAfterForward),
+    };
+  }
+  if (!plan.zeroStage && plan.deepspeedConfigFile === undefined) return {};
+  const env: Record<string, string> = { [STRATEGY_ENV.useDeepspeed]: "true", [STRATEGY_ENV.zeroStage]: String(plan.zeroStage ?? 0) };
+  if (plan.deepspeedConfigFile !== undefined) env[STRATEGY_ENV.deepspeedConfigFile] = plan.deepspeedConfigFile;
+  if (plan.gradientClipping !== undefined) env[STRATEGY_ENV.gradientClipping] = String(plan.gradientClipping);
+  return env;
+}
+
 /**
  * The environment of local rank `localRank`: `base` (usually process.env) plus
  * the rank variables. `port` is the resolved MASTER_PORT (never 0).
@@ -95,7 +118,7 @@ export function rankEnvironment(
     ACCELERATE_USE_CPU: String(plan.useCpu),
     ACCELERATE_GRADIENT_ACCUMULATION_STEPS: String(plan.gradientAccumulationSteps),
   });
-  if (plan.zeroStage) Object.assign(env, { ACCELERATE_USE_DEEPSPEED: "true", ACCELERATE_DEEPSPEED_ZERO_STAGE: String(plan.zeroStage) });
+  Object.assign(env, strategyEnvironment(plan));
   // Without this, each rank's intra-op pool would use every core and the ranks would fight over them.
   if (base.OMP_NUM_THREADS === undefined || base.OMP_NUM_THREADS === "") {
     env.OMP_NUM_THREADS = String(Math.max(1, Math.floor(cpus / local)));

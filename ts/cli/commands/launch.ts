@@ -21,7 +21,12 @@ export const launchArgs = {
   gradient_accumulation_steps: { type: "string", valueHint: "N", description: "Micro-batches per optimizer step (default 1)" },
   gpu_ids: { type: "string", valueHint: "all|0,1,...", description: "GPUs this machine uses (sets CUDA_VISIBLE_DEVICES)" },
   use_deepspeed: { type: "boolean", description: "Shard with ZeRO (DeepSpeed's dialect; see docs/zero.md)" },
-  zero_stage: { type: "string", valueHint: "1|2", description: "ZeRO stage with --use_deepspeed (default 2)" },
+  zero_stage: { type: "string", valueHint: "0|1|2", description: "ZeRO stage with --use_deepspeed (default 2, or the DeepSpeed config's)" },
+  deepspeed_config_file: { type: "string", valueHint: "PATH", description: "A DeepSpeed JSON config (implies --use_deepspeed; see docs/zero.md)" },
+  gradient_clipping: { type: "string", valueHint: "NORM", description: "DeepSpeed's gradient clipping, inside the optimizer's step" },
+  use_fsdp: { type: "boolean", description: "Shard with ZeRO in FSDP's dialect (FSDP2; needs --fsdp_reshard_after_forward false)" },
+  fsdp_version: { type: "string", valueHint: "2", description: "FSDP version with --use_fsdp (only 2)" },
+  fsdp_reshard_after_forward: { type: "string", valueHint: "true|false", description: "false: ZeRO stage 2; true (stage 3) is not available yet" },
   config_file: { type: "string", valueHint: "PATH", description: "Config file to read (default: $HF_HOME/accelerate/default_config.yaml if present)" },
 } as const satisfies ArgsDef;
 
