@@ -61,7 +61,7 @@ function makeCase(pick: () => number, dir: string, i: number): Case {
     else if (json) text = JSON.stringify({ [key]: value, ...(pick() < 0.3 ? { nested: { junk: [1, { x: null }] } } : {}) }).replace("null,", Number.isNaN(value) ? "NaN," : "null,");
     else text = `${key}: ${yamlValue(value)}\n${pick() < 0.3 ? "num_processes: 1\n" : ""}`;
     writeFileSync(path, text);
-    return { args: [command, "--config_file", path, ...tail], names: [`"${key}"`, "nested", path] };
+    return { args: [command, "--config_file", path, ...tail], names: [key, "nested", path] };
   }
   if (kind === 4) {
     const flag = choose(FLAGS);
