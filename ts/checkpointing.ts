@@ -162,9 +162,10 @@ export class Checkpointer {
 
   /**
    * Applies a staged checkpoint all-or-nothing: every model (a `Module`) is checked first
-   * without changing it; optimizers, schedulers, loaders, registered objects and the scaler
-   * are applied next, each after a snapshot of its current state, and restored from those
-   * snapshots if a later one fails; the checked models are written last.
+   * without changing it; optimizers, schedulers, loaders, registered objects, the scaler and
+   * the RNG states are applied next, each after a snapshot of its current state, and restored
+   * from those snapshots if a later one fails; the checked models are written last, and the
+   * optimizers once more after them.
    */
   #apply(staged: ReturnType<typeof readCheckpoint>): void {
     const { prepared, precision, gradientState } = this.#parts;
@@ -186,7 +187,19 @@ export class Checkpointer {
       prepared.loaders.forEach((o, i) => applyWithUndo(o, staged.loaders[i]));
       prepared.customObjects.forEach((o, i) => applyWithUndo(o, staged.customObjects[i]));
       if (staged.scaler !== undefined) applyWithUndo(precision, staged.scaler as GradScalerStateDict);
+      const { rng } = staged;
+      if (rng) {
+        applyWithUndo({ stateDict: () => native.cpuRngState(), loadStateDict: (t: Tensor) => native.setCpuRngState(t) }, rng.cpu, true);
+        if (rng.cuda && this.#device.startsWith("cuda")) {
+          const index = this.#cudaIndex;
+          applyWithUndo({ stateDict: () => native.cudaRngState(index), loadStateDict: (t: Tensor) => native.setCudaRngState(index, t) }, rng.cuda, true);
+        }
+      }
       prepared.models.forEach((m, i) => m.loadStateDict(staged.models[i] as never));
+      // A strategy may copy the parameters when its optimizer loads (ZeRO's master partition):
+      // load the optimizers again now that the models hold the checkpoint's values. The first
+      // load checked them; this one cannot fail on the checkpoint's account.
+      prepared.optimizers.forEach((o, i) => o.loadStateDict(staged.optimizers[i] as never));
     } catch (error) {
       for (const restore of undo.reverse()) {
         try {
@@ -197,13 +210,9 @@ export class Checkpointer {
       }
       throw error;
     } finally {
-      // The engine's optimizers hand out fresh handles (shallow clones of the state they
-      // replace on load, so a snapshot stays valid) from stateDict().
+      // The engine's optimizers and the RNG getters hand out fresh handles (an optimizer's are
+      // shallow clones of the state it replaces on load, so a snapshot stays valid).
       for (const snapshot of snapshots) for (const tensor of tensorsIn(snapshot)) tensor.dispose();
-    }
-    if (staged.rng) {
-      native.setCpuRngState(staged.rng.cpu);
-      if (staged.rng.cuda && this.#device.startsWith("cuda")) native.setCudaRngState(this.#cudaIndex, staged.rng.cuda);
     }
     gradientState.step = staged.meta.step;
     this.saveIteration = staged.meta.saveIteration;
