@@ -31,6 +31,16 @@ test("collectives on 2 processes", async (t) => {
   t.deepEqual(b.splitPadded, ["C", "C"]);
 });
 
+test("a collective that times out names the rank that never reached it (3 processes, rank 2 stalled)", async (t) => {
+  const ranks = await runRanks("../fixtures/dist/stall.ts", 3);
+  for (const r of ranks) t.is(r.code, 0, r.stderr);
+  for (const r of ranks.slice(0, 2)) {
+    const out = parse(r.stdout);
+    t.regex(out.error, /[Tt]imed out[\s\S]*; rank 2 did not reach this collective \(#\d+ on every rank\) within 2\.0 s of this rank's timeout/, out.error);
+    t.true(out.ms < 8000, `the Error came after ${out.ms} ms`);
+  }
+});
+
 test("2 processes with batch 8 train to the same parameters as 1 process with batch 16", async (t) => {
   const [two, one] = [await runRanks("../fixtures/dist/train-mlp.ts", 2, ["8", "5"]), await runRanks("../fixtures/dist/train-mlp.ts", 1, ["16", "5"])];
   for (const r of [...two, ...one]) t.is(r.code, 0, r.stderr);

@@ -6,7 +6,7 @@ import { spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { arange, data, full, nn, ones, randn, tensor, zeros } from "../ts/index.js";
+import { Accelerator, arange, data, full, nn, ones, optim, randn, tensor, zeros } from "../ts/index.js";
 import {
   cleanStaging, loadStateFiles, loadWeights, readCheckpoint, readCheckpointJson, saveStateFiles, saveWeights,
 } from "../ts/checkpoint.js";
@@ -105,6 +105,66 @@ test("readCheckpoint reads and checks everything first: a bad step or a bad opti
   const before = native.liveTensors();
   t.regex(failure(t, () => readCheckpoint(dir, layout)).message, /^loadState: .*optimizer\.json is not valid JSON$/);
   t.is(native.liveTensors(), before, "the tensors read before the failure are freed");
+});
+
+/** A prepared run with two models, AdamW over both, a StepLR and a registered object; `secondOut` sizes the second model. */
+function twoModelRun(secondOut: number, custom: { stateDict(): unknown; loadStateDict(state: unknown): void }) {
+  const acc = new Accelerator({ cpu: true });
+  const first = new nn.Linear(2, 2);
+  const second = new nn.Linear(3, secondOut);
+  const opt = new optim.AdamW([...first.parameters(), ...second.parameters()], { lr: 0.1 });
+  const sched = new optim.lrScheduler.StepLR(opt, { stepSize: 1, gamma: 0.5 });
+  acc.registerForCheckpointing(custom);
+  const [m1, m2, o, s] = acc.prepare(first, second, opt, sched);
+  return { acc, m1, m2, o, s };
+}
+
+function trainOnce(run: ReturnType<typeof twoModelRun>) {
+  const loss = run.m1.forward(ones([1, 2])).sum().add(run.m2.forward(ones([1, 3])).sum());
+  run.acc.backward(loss);
+  run.o.step();
+  run.s.step();
+  run.o.zeroGrad();
+}
+
+test("loadState is all-or-nothing across objects: a wrong shape in the second model or a failing later object leaves everything as it was", (t) => {
+  const dir = join(scratch(), "ckpt");
+  const saved = twoModelRun(3, { stateDict: () => ({ v: 1 }), loadStateDict: () => {} });
+  trainOnce(saved);
+  trainOnce(saved);
+  saved.acc.saveState(dir);
+
+  // The second model has a different shape: nothing is applied, the first model included.
+  const wrong = twoModelRun(4, { stateDict: () => ({ v: 0 }), loadStateDict: () => t.fail("a registered object was loaded") });
+  trainOnce(wrong);
+  const weights = wrong.m1.weight.toArray();
+  const lr = wrong.s.getLastLr();
+  const optimizerStep = JSON.stringify(Object.keys(wrong.o.stateDict() as object));
+  t.regex(failure(t, () => wrong.acc.loadState(dir)).message, /^loadStateDict: "weight" has shape \[3, 3\] in the checkpoint but \[4, 3\] in the model/);
+  t.deepEqual(wrong.m1.weight.toArray(), weights, "the first model is unchanged");
+  t.deepEqual(wrong.s.getLastLr(), lr, "the scheduler is unchanged");
+  t.is(JSON.stringify(Object.keys(wrong.o.stateDict() as object)), optimizerStep);
+
+  // A registered object that fails after the optimizer and scheduler loaded: both are restored.
+  const late = twoModelRun(3, { stateDict: () => ({ v: 0 }), loadStateDict: () => { throw new Error("custom: refused"); } });
+  trainOnce(late);
+  const before = {
+    w1: late.m1.weight.toArray(),
+    lr: late.s.getLastLr(),
+    expAvg: ((late.o.stateDict() as { state: Record<string, { toArray(): unknown }> }).state["0.exp_avg"]).toArray(),
+  };
+  const live = native.liveTensors();
+  t.is(failure(t, () => late.acc.loadState(dir)).message, "custom: refused");
+  t.is(native.liveTensors(), live, "snapshots and staged tensors are freed");
+  t.deepEqual(late.m1.weight.toArray(), before.w1, "the models are untouched");
+  t.deepEqual(late.s.getLastLr(), before.lr, "the scheduler is restored");
+  t.deepEqual(((late.o.stateDict() as { state: Record<string, { toArray(): unknown }> }).state["0.exp_avg"]).toArray(), before.expAvg, "the optimizer is restored");
+
+  // And the same checkpoint loads into a matching run.
+  const good = twoModelRun(3, { stateDict: () => ({ v: 0 }), loadStateDict: () => {} });
+  good.acc.loadState(dir);
+  t.deepEqual(good.m1.weight.toArray(), saved.m1.weight.toArray());
+  t.deepEqual(good.s.getLastLr(), saved.s.getLastLr());
 });
 
 test("staging left by a killed save is removed by the next save or by cleanStaging; a non-checkpoint path is never replaced", (t) => {

@@ -1,6 +1,7 @@
 // The Accelerator facade: the one object a training loop talks to. It composes the
 // process state, the precision policy, a strategy (ts/strategy/), the gradient-accumulation
 // state, the prepared objects and a checkpointer, and dispatches to them.
+import { describe } from "./errors.js";
 import { saveWeights } from "./checkpoint.js";
 import { Checkpointer } from "./checkpointing.js";
 import {
@@ -105,7 +106,7 @@ export class Accelerator {
       fromConfig(options.mixedPrecision, config.mixedPrecision, "mixedPrecision", "bf16/fp16 enabled") ??
       (process.env.ACCELERATE_MIXED_PRECISION as MixedPrecision | undefined) ??
       "no";
-    if (!["no", "fp16", "bf16"].includes(precision)) throw new Error(`Accelerator: mixedPrecision must be "no", "fp16" or "bf16", got "${precision}"`);
+    if (!["no", "fp16", "bf16"].includes(precision)) throw new Error(`Accelerator: mixedPrecision must be "no", "fp16" or "bf16", got ${describe(precision)}`);
     this.gradientState = new GradientState(steps);
     this.#options = options;
     this.state = readProcessState(options);

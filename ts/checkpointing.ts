@@ -136,7 +136,7 @@ export class Checkpointer {
     const source = dir ?? this.#latest("loadState");
     if (!existsSync(source)) throw new Error(`loadState: ${source} does not exist`);
     cleanStaging(source);
-    const { state, prepared, precision, gradientState } = this.#parts;
+    const { state, prepared } = this.#parts;
     const staged = readCheckpoint(source, {
       models: prepared.models.length,
       optimizers: prepared.optimizers.length,
@@ -147,20 +147,7 @@ export class Checkpointer {
     });
     let applied = false;
     try {
-      prepared.models.forEach((m, i) => m.loadStateDict(staged.models[i] as never));
-      const apply = (objects: { loadStateDict(state: never): void }[], states: StateValue[]) =>
-        objects.forEach((o, i) => o.loadStateDict(states[i] as never));
-      apply(prepared.optimizers, staged.optimizers);
-      apply(prepared.schedulers, staged.schedulers);
-      apply(prepared.loaders, staged.loaders);
-      apply(prepared.customObjects, staged.customObjects);
-      if (staged.scaler !== undefined) precision.loadStateDict(staged.scaler as GradScalerStateDict);
-      if (staged.rng) {
-        native.setCpuRngState(staged.rng.cpu);
-        if (staged.rng.cuda && this.#device.startsWith("cuda")) native.setCudaRngState(this.#cudaIndex, staged.rng.cuda);
-      }
-      gradientState.step = staged.meta.step;
-      this.saveIteration = staged.meta.saveIteration;
+      this.#apply(staged);
       applied = true;
     } finally {
       if (!applied) staged.dispose();
@@ -171,6 +158,64 @@ export class Checkpointer {
       if (prepared.unwrapped.get(o) instanceof Optimizer) copied.push(...tensorsIn(staged.optimizers[i]));
     });
     for (const tensor of copied) tensor.dispose();
+  }
+
+  /**
+   * Applies a staged checkpoint all-or-nothing: every model (a `Module`) is checked first
+   * without changing it; optimizers, schedulers, loaders, registered objects, the scaler and
+   * the RNG states are applied next, each after a snapshot of its current state, and restored
+   * from those snapshots if a later one fails; the checked models are written last, and the
+   * optimizers once more after them.
+   */
+  #apply(staged: ReturnType<typeof readCheckpoint>): void {
+    const { prepared, precision, gradientState } = this.#parts;
+    prepared.models.forEach((m, i) => {
+      const model = m as { checkStateDict?: (state: never) => unknown };
+      if (typeof model.checkStateDict === "function") model.checkStateDict(staged.models[i] as never);
+    });
+    const undo: (() => void)[] = [];
+    const snapshots: StateValue[] = [];
+    const applyWithUndo = (object: { stateDict(): unknown; loadStateDict(state: never): void }, state: unknown, freshHandles = false) => {
+      const before = object.stateDict();
+      if (freshHandles) snapshots.push(before as StateValue);
+      object.loadStateDict(state as never);
+      undo.push(() => object.loadStateDict(before as never));
+    };
+    try {
+      prepared.optimizers.forEach((o, i) => applyWithUndo(o, staged.optimizers[i], prepared.unwrapped.get(o) instanceof Optimizer));
+      prepared.schedulers.forEach((o, i) => applyWithUndo(o, staged.schedulers[i]));
+      prepared.loaders.forEach((o, i) => applyWithUndo(o, staged.loaders[i]));
+      prepared.customObjects.forEach((o, i) => applyWithUndo(o, staged.customObjects[i]));
+      if (staged.scaler !== undefined) applyWithUndo(precision, staged.scaler as GradScalerStateDict);
+      const { rng } = staged;
+      if (rng) {
+        applyWithUndo({ stateDict: () => native.cpuRngState(), loadStateDict: (t: Tensor) => native.setCpuRngState(t) }, rng.cpu, true);
+        if (rng.cuda && this.#device.startsWith("cuda")) {
+          const index = this.#cudaIndex;
+          applyWithUndo({ stateDict: () => native.cudaRngState(index), loadStateDict: (t: Tensor) => native.setCudaRngState(index, t) }, rng.cuda, true);
+        }
+      }
+      prepared.models.forEach((m, i) => m.loadStateDict(staged.models[i] as never));
+      // A strategy may copy the parameters when its optimizer loads (ZeRO's master partition):
+      // load the optimizers again now that the models hold the checkpoint's values. The first
+      // load checked them; this one cannot fail on the checkpoint's account.
+      prepared.optimizers.forEach((o, i) => o.loadStateDict(staged.optimizers[i] as never));
+    } catch (error) {
+      for (const restore of undo.reverse()) {
+        try {
+          restore();
+        } catch {
+          // The first error says what failed; a restore failing too cannot be undone further.
+        }
+      }
+      throw error;
+    } finally {
+      // The engine's optimizers and the RNG getters hand out fresh handles (an optimizer's are
+      // shallow clones of the state it replaces on load, so a snapshot stays valid).
+      for (const snapshot of snapshots) for (const tensor of tensorsIn(snapshot)) tensor.dispose();
+    }
+    gradientState.step = staged.meta.step;
+    this.saveIteration = staged.meta.saveIteration;
   }
 }
 

@@ -1,5 +1,6 @@
 // Gradient-accumulation state shared by the Accelerator, its strategy and its loaders:
 // whether this micro-step synchronises gradients, and which prepared loader is running.
+import { describe } from "./errors.js";
 import type { LoaderLike } from "./prepared.js";
 
 export class GradientState {
@@ -12,8 +13,8 @@ export class GradientState {
   activeLoader: LoaderLike | undefined;
 
   constructor(accumulationSteps: number) {
-    if (!Number.isInteger(accumulationSteps) || accumulationSteps < 1) {
-      throw new Error(`Accelerator: gradientAccumulationSteps must be a positive integer, got ${accumulationSteps}`);
+    if (!Number.isSafeInteger(accumulationSteps) || accumulationSteps < 1) {
+      throw new Error(`Accelerator: gradientAccumulationSteps must be a positive integer, got ${describe(accumulationSteps)}`);
     }
     this.accumulationSteps = accumulationSteps;
   }

@@ -284,8 +284,12 @@ function installNativeMethods(): void {
       const lifts = key === "tensorGetGrad";
       Object.defineProperty(prototype, name, {
         get(this: Tensor) {
-          const result = fn(this._native);
-          return lifts ? wrapHandle(result as TensorHandle | null) : result;
+          try {
+            const result = fn(this._native);
+            return lifts ? wrapHandle(result as TensorHandle | null) : result;
+          } catch (error) {
+            throw named(name, error);
+          }
         },
         configurable: true,
       });

@@ -65,7 +65,7 @@ const oneOf =
 const integerAtLeast =
   (min: number, what: string): Check<number> =>
   (value) => {
-    if (typeof value === "number" && Number.isInteger(value) && value >= min) return value;
+    if (typeof value === "number" && Number.isSafeInteger(value) && value >= min) return value;
     throw new Expected(what);
   };
 const positiveInteger = integerAtLeast(1, "a positive integer");

@@ -1,6 +1,7 @@
 // DataLoader: iterates a dataset in batches, seeded shuffling identical on every
 // process, data-parallel sharding, resumable epochs. Over a TensorDataset the
 // batches are gathered (and moved to `device`) on a background Rust thread.
+import { describe, withName } from "../errors.js";
 import { native } from "../native.js";
 import type { NativeDataLoader } from "../../index.js";
 import { closeScope, openScope, type Device, type Scope } from "../tensor.js";
@@ -56,9 +57,14 @@ export interface DataLoaderState {
 }
 
 function checkCount(name: string, value: number, min: number): number {
-  if (!Number.isInteger(value) || value < min) {
-    throw new Error(`DataLoader: ${name} must be an integer >= ${min}, got ${value}`);
+  if (!Number.isSafeInteger(value) || value < min) {
+    throw new Error(`DataLoader: ${name} must be an integer >= ${min}, got ${describe(value)}`);
   }
+  return value;
+}
+
+function checkFlag(name: string, value: unknown): boolean | undefined {
+  if (value !== undefined && typeof value !== "boolean") throw new Error(`DataLoader: ${name} must be a boolean, got ${describe(value)}`);
   return value;
 }
 
@@ -66,13 +72,13 @@ function createNative<T, B>(dataset: DatasetLike<T>, options: DataLoaderOptions<
   const shard = options.shard ?? { numProcesses: 1, processIndex: 0 };
   return new native.NativeDataLoader(checkCount("the dataset length", dataset.length, 0), {
     batchSize: checkCount("batchSize", options.batchSize ?? 1, 1),
-    shuffle: options.shuffle ?? false,
-    dropLast: options.dropLast ?? false,
+    shuffle: checkFlag("shuffle", options.shuffle) ?? false,
+    dropLast: checkFlag("dropLast", options.dropLast) ?? false,
     seed: checkCount("seed", options.seed ?? 0, Number.MIN_SAFE_INTEGER),
     numProcesses: checkCount("shard.numProcesses", shard.numProcesses, 1),
     processIndex: checkCount("shard.processIndex", shard.processIndex, 0),
-    splitBatches: shard.splitBatches ?? false,
-    evenBatches: shard.evenBatches ?? true,
+    splitBatches: checkFlag("shard.splitBatches", shard.splitBatches) ?? false,
+    evenBatches: checkFlag("shard.evenBatches", shard.evenBatches) ?? true,
     device: options.device,
   });
 }
@@ -92,7 +98,7 @@ export class DataLoader<T, B = Collated<T>> implements Iterable<B> {
   constructor(dataset: DatasetLike<T>, options: DataLoaderOptions<T, B> = {}) {
     this.dataset = dataset;
     this.options = { ...options };
-    this.#native = createNative(dataset, this.options);
+    this.#native = withName("DataLoader", () => createNative(dataset, this.options));
   }
 
   /** Batches per epoch for this process (less the skipped ones, after `skipFirstBatches`). */

@@ -1,4 +1,5 @@
 // nn.functional: losses, activations and attention as plain functions (numerics in the engine).
+import { withName } from "../errors.js";
 import { native } from "../native.js";
 import type { Tensor } from "../tensor.js";
 
@@ -17,7 +18,8 @@ export interface CrossEntropyOptions {
  * `target`: class indices `[N]` (`[]`, `[N, d...]`) or class probabilities shaped like `logits`.
  */
 export function crossEntropy(logits: Tensor, target: Tensor, options: CrossEntropyOptions = {}): Tensor {
-  return native.nnCrossEntropy(logits, target, options.reduction, options.labelSmoothing, options.ignoreIndex);
+  const { reduction, labelSmoothing, ignoreIndex } = options ?? {};
+  return withName("crossEntropy", () => native.nnCrossEntropy(logits, target, reduction, labelSmoothing, ignoreIndex));
 }
 
 /**

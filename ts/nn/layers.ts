@@ -1,5 +1,6 @@
 // The layers that run in the engine, with PyTorch's constructors, defaults,
 // initialisation and parameter names.
+import { describe, withName } from "../errors.js";
 import { native } from "../native.js";
 import type { Device, DTypeLike, Tensor } from "../tensor.js";
 import { NativeModule } from "./native_module.js";
@@ -120,17 +121,16 @@ export class LayerNorm extends NativeModule {
   readonly normalizedShape: number[];
 
   constructor(normalizedShape: number | number[], options: LayerNormOptions = {}) {
-    const shape = typeof normalizedShape === "number" ? [normalizedShape] : [...normalizedShape];
-    super(
-      NativeLayer.layerNorm(
-        shape,
-        options.eps ?? 1e-5,
-        options.elementwiseAffine ?? true,
-        options.bias ?? true,
-        options.dtype,
-        options.device,
-      ),
-    );
+    const shape = withName("LayerNorm", () => {
+      if (typeof normalizedShape === "number") return [normalizedShape];
+      if (!Array.isArray(normalizedShape)) throw new TypeError(`normalizedShape must be a number or an array of numbers, got ${describe(normalizedShape)}`);
+      return [...normalizedShape];
+    });
+    super(withName("LayerNorm", () => {
+      const { eps = 1e-5, elementwiseAffine = true, bias = true, dtype, device } = options ?? {};
+      if (typeof eps !== "number") throw new TypeError(`eps must be a number, got ${describe(eps)}`);
+      return NativeLayer.layerNorm(shape, eps, elementwiseAffine, bias, dtype, device);
+    }));
     this.normalizedShape = shape;
   }
 }
@@ -140,7 +140,10 @@ export class Dropout extends NativeModule {
   readonly p: number;
 
   constructor(p = 0.5) {
-    super(NativeLayer.dropout(p));
+    super(withName("Dropout", () => {
+      if (typeof p !== "number") throw new TypeError(`p must be a probability in [0, 1], got ${describe(p)}`);
+      return NativeLayer.dropout(p);
+    }));
     this.p = p;
   }
 }

@@ -200,6 +200,28 @@ export abstract class Module {
    * changing anything, on a shape mismatch and (when `strict`) on a missing or unexpected key.
    */
   loadStateDict(stateDict: StateDict | Map<string, Tensor>, options: LoadStateDictOptions = {}): LoadStateDictResult {
+    const { keys, targets, sources, missingKeys, unexpectedKeys } = this.#matchStateDict(stateDict, options);
+    native.nnLoadInPlace(keys, targets, sources);
+    return { missingKeys, unexpectedKeys };
+  }
+
+  /**
+   * Checks, without changing anything, that `loadStateDict(stateDict, options)` would
+   * succeed as far as keys and shapes go; throws the same Error it would. Used by
+   * `loadState` to validate every model before applying any.
+   */
+  checkStateDict(stateDict: StateDict | Map<string, Tensor>, options: LoadStateDictOptions = {}): LoadStateDictResult {
+    const { keys, targets, sources, missingKeys, unexpectedKeys } = this.#matchStateDict(stateDict, options);
+    keys.forEach((key, i) => {
+      const [want, got] = [targets[i].shape, sources[i].shape];
+      if (want.length !== got.length || want.some((d, j) => d !== got[j])) {
+        throw new Error(`loadStateDict: "${key}" has shape [${got.join(", ")}] in the checkpoint but [${want.join(", ")}] in the model`);
+      }
+    });
+    return { missingKeys, unexpectedKeys };
+  }
+
+  #matchStateDict(stateDict: StateDict | Map<string, Tensor>, options: LoadStateDictOptions) {
     const strict = options.strict ?? true;
     const given = stateDict instanceof Map ? stateDict : new Map(Object.entries(stateDict));
     const own = this.#stateEntries();
@@ -227,8 +249,7 @@ export abstract class Module {
       targets.push(target);
       sources.push(source);
     }
-    native.nnLoadInPlace(keys, targets, sources);
-    return { missingKeys, unexpectedKeys };
+    return { keys, targets, sources, missingKeys, unexpectedKeys };
   }
 
   /** Sets training mode on this module and every descendant. */

@@ -1,5 +1,6 @@
 // Optimizers over shared parameters: SGD, Adam and AdamW with PyTorch's update rules
 // (libtorch's fused kernels in the engine), live param groups, and plain-data state dicts.
+import { describe, withName } from "../errors.js";
 import type { OptimizerCore, OptimizerOptions, ParamGroupState } from "../../index.js";
 import { native } from "../native.js";
 import { Tensor } from "../tensor.js";
@@ -71,7 +72,7 @@ function checkOptions(op: string, schema: Schema, options: Record<string, unknow
         : typeof value === kind;
     if (!ok) {
       const wanted = kind === "pair" ? "an array of 2 numbers" : `a ${kind}`;
-      throw new Error(`${op}: option ${name} must be ${wanted}, got ${JSON.stringify(value) ?? typeof value}`);
+      throw new Error(`${op}: option ${name} must be ${wanted}, got ${describe(value)}`);
     }
     out[name] = value;
   }
@@ -95,13 +96,13 @@ export abstract class Optimizer<O extends object> {
     const groups = paramGroups(name, params);
     const defaults = checkOptions(name, schema, { ...options } as Record<string, unknown>);
     const groupOptions = groups.map((g, i) => checkOptions(`${name}: param group ${i}`, schema, g.options));
-    this.core = new native.OptimizerCore(
+    this.core = withName(name, () => new native.OptimizerCore(
       name,
       groups.flatMap((g) => g.params),
       groups.map((g) => g.params.length),
       defaults,
       groupOptions,
-    );
+    ));
     groups.forEach((g) => this.#addView(g.params));
   }
 

@@ -33,7 +33,7 @@ extern "C" int acc_nccl_group_new(const char* host, int port, int rank, int worl
     at::Device bound(at::kCUDA, static_cast<c10::DeviceIndex>(device));
     backend->setBoundDeviceId(bound);
     backend->eagerConnectSingleDevice(bound);
-    *out = new AccGroup{prefixed, backend, timeout, false};
+    *out = new AccGroup{prefixed, backend, timeout, false, std::make_shared<AccArrivals>(prefixed, rank, world_size)};
   })
 }
 

@@ -10,7 +10,9 @@
 namespace {
 using Group = AccGroup;
 
-void wait(const Group* g, const c10::intrusive_ptr<c10d::Work>& work) { acc_wait(work, g->blocking_wait, g->timeout); }
+void wait(const Group* g, const c10::intrusive_ptr<c10d::Work>& work) {
+  acc_wait(work, g->blocking_wait, g->timeout, g->arrivals.get());
+}
 
 c10d::ReduceOp reduce_op(int op) {
   switch (op) {
@@ -32,7 +34,7 @@ extern "C" int acc_group_new(const char* host, int port, int rank, int world_siz
     auto gloo_options = c10d::ProcessGroupGloo::Options::create(timeout);
     gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(std::string(local_address)));
     auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, world_size, gloo_options);
-    *out = new Group{prefixed, backend, timeout, true};
+    *out = new Group{prefixed, backend, timeout, true, std::make_shared<AccArrivals>(prefixed, rank, world_size)};
   })
 }
 

@@ -8,11 +8,61 @@
 #include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <algorithm>
+#include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <memory>
+#include <thread>
+#include <vector>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+
+// Which ranks reached a collective that timed out. Nothing is written while collectives
+// succeed: each rank counts the collectives it waits on (the same sequence on every rank,
+// as every rank issues the same collectives in the same order), and only a rank whose wait
+// times out writes "arrived/<sequence>/<rank>" to the store, then gives the others that
+// reached the same collective (and so time out at about the same moment) a grace period
+// to write theirs. The ranks without a key never got there.
+struct AccArrivals {
+  c10::intrusive_ptr<c10d::Store> store;
+  int rank;
+  int world_size;
+  std::atomic<int64_t> sequence{0};
+
+  AccArrivals(c10::intrusive_ptr<c10d::Store> s, int r, int w) : store(std::move(s)), rank(r), world_size(w) {}
+
+  // "; ranks 2, 3 did not reach this collective (#17) within Ns of this rank's timeout",
+  // or "" when every rank reached it.
+  std::string absent(int64_t seq, std::chrono::milliseconds grace) const {
+    try {
+      const std::string prefix = "arrived/" + std::to_string(seq) + "/";
+      store->set(prefix + std::to_string(rank), std::vector<uint8_t>{1});
+      std::vector<int> missing;
+      const auto deadline = std::chrono::steady_clock::now() + grace;
+      do {
+        missing.clear();
+        for (int r = 0; r < world_size; r++) {
+          if (r != rank && !store->check({prefix + std::to_string(r)})) missing.push_back(r);
+        }
+        if (missing.empty()) return "";
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      } while (std::chrono::steady_clock::now() < deadline);
+      std::string names;
+      for (size_t i = 0; i < missing.size(); i++) names += (i == 0 ? "" : ", ") + std::to_string(missing[i]);
+      const auto seconds = std::to_string(grace.count() / 1000) + "." + std::to_string(grace.count() % 1000 / 100);
+      return std::string("; rank") + (missing.size() > 1 ? "s " : " ") + names + " did not reach this collective (#" +
+             std::to_string(seq) + " on every rank) within " + seconds + " s of this rank's timeout";
+    } catch (const std::exception& e) {
+      std::string reason = e.what();
+      return "; the store could not say which ranks reached it (" + reason.substr(0, reason.find('\n')) + ")";
+    } catch (...) {
+      return "";
+    }
+  }
+};
 
 struct AccGroup {
   c10::intrusive_ptr<c10d::Store> store;
@@ -21,6 +71,8 @@ struct AccGroup {
   // Gloo's wait blocks the CPU until done (with the timeout); NCCL's only orders the
   // current CUDA stream after the collective, and its watchdog enforces the timeout.
   bool blocking_wait;
+  // Shared with reducers, which wait on the same group's collectives.
+  std::shared_ptr<AccArrivals> arrivals;
 };
 
 // A listening socket bound to `host` itself (127.0.0.1 for a single-machine run, the
@@ -72,11 +124,28 @@ inline c10::intrusive_ptr<c10d::Store> acc_rendezvous(const char* host, int port
   return c10::make_intrusive<c10d::PrefixStore>("default_pg/", store);
 }
 
+inline bool acc_is_timeout(const char* message) {
+  std::string lower(message);
+  for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return lower.find("timed out") != std::string::npos || lower.find("timeout") != std::string::npos;
+}
+
 // Gloo's wait blocks the CPU until done (with the timeout); NCCL's orders the current stream.
-inline void acc_wait(const c10::intrusive_ptr<c10d::Work>& work, bool blocking, std::chrono::milliseconds timeout) {
-  if (blocking) {
-    work->wait(timeout);
-  } else {
+// A blocking wait that times out names the ranks that never reached the collective.
+inline void acc_wait(const c10::intrusive_ptr<c10d::Work>& work, bool blocking, std::chrono::milliseconds timeout,
+                     AccArrivals* arrivals) {
+  const int64_t seq = arrivals != nullptr ? arrivals->sequence.fetch_add(1) : -1;
+  if (!blocking) {
     work->wait();
+    return;
+  }
+  try {
+    work->wait(timeout);
+  } catch (const std::exception& e) {
+    if (arrivals == nullptr || !acc_is_timeout(e.what())) throw;
+    const auto grace = std::min(timeout, std::chrono::milliseconds(5000));
+    // The first line only: c10's messages go on with a backtrace, which callers drop.
+    const std::string message = e.what();
+    throw std::runtime_error(message.substr(0, message.find('\n')) + arrivals->absent(seq, grace));
   }
 }

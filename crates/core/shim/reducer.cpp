@@ -22,6 +22,7 @@ struct Reducer {
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
   bool blocking_wait;
+  std::shared_ptr<AccArrivals> arrivals;
   std::vector<at::Tensor> params;
   std::vector<size_t> bucket_of;
   std::vector<Bucket> buckets;
@@ -93,6 +94,7 @@ extern "C" int acc_reducer_new(void* group, acc_tensor* params, int count, int64
     r->backend = g->backend;
     r->timeout = g->timeout;
     r->blocking_wait = g->blocking_wait;
+    r->arrivals = g->arrivals;
     for (int i = 0; i < count; i++) r->params.push_back(*params[i]);
     r->bucket_of.assign(count, 0);
     int64_t bytes = 0;
@@ -137,7 +139,7 @@ extern "C" int acc_reducer_finish(void* handle) {
     r->launch_ready();
     at::NoGradGuard no_grad;
     for (auto& b : r->buckets) {
-      acc_wait(b.work, r->blocking_wait, r->timeout);
+      acc_wait(b.work, r->blocking_wait, r->timeout, r->arrivals.get());
       int64_t offset = 0;
       for (auto p : b.params) {
         auto& param = r->params[p];
