@@ -28,6 +28,9 @@ for what in "${@:-tests gpt ddp mlp op}"; do
         gpus=${gpus:-2}
         run "ddp$gpus-ours" 240 node ts/cli/bin.mjs launch --num_processes "$gpus" --main_process_port 0 --mixed_precision bf16 bench/gpt.ts --precision bf16
         run "ddp$gpus-hf" 240 python3 -m accelerate.commands.launch --multi_gpu --num_processes "$gpus" --main_process_port 29517 --mixed_precision bf16 "$ref/hf_baseline.py" --workload gpt --precision bf16 ;;
+      zero1 | zero2)
+        # ZeRO stage 1 or 2 on the ddp workload (2 GPUs), beside our plain data parallelism in the ddp step.
+        run "$step-ours" 240 node ts/cli/bin.mjs launch --num_processes 2 --main_process_port 0 --mixed_precision bf16 --use_deepspeed --zero_stage "${step#zero}" bench/gpt.ts --precision bf16 ;;
       mlp)
         run mlp-fp32 150 "${node[@]}" bench/mlp.ts --precision no --reference "$ref/hf_baseline.py" --python python3
         run mlp-bf16 150 "${node[@]}" bench/mlp.ts --precision bf16 --reference "$ref/hf_baseline.py" --python python3 ;;
