@@ -2,7 +2,7 @@
 # The GPU run: CUDA tests, then each workload of shared/bench/WORKLOADS.md beside the
 # Hugging Face reference in the same command, on the same cards. Runs on a GPU host
 # inside .gpu/app through .gpu/run.sh (see README "GPUs"); writes $OUT/gpu-run.log and
-# prints the result lines. Usage: bash bench/gpu-suite.sh [tests] [gpt] [ddp] [ddp4] [ddp8] [mlp] [op]
+# prints the result lines. Usage: bash bench/gpu-suite.sh [tests] [gpt] [ddp] [ddp4] [ddp8] [zero1] [zero2] [mlp] [op]
 # (ddp runs the gpt workload on 2 GPUs, ddpN on N GPUs, one process per GPU).
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
