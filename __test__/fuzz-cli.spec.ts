@@ -9,6 +9,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { rng } from "./helpers/rng.js";
 
 const CASES = Number(process.env.FUZZ_CLI_CASES ?? 12);
 const SEED = Number(process.env.FUZZ_SEED ?? 14);
@@ -17,16 +18,6 @@ const bin = join(root, "ts", "cli", "bin.mjs");
 const script = join(root, "__test__", "fixtures", "cli", "print-env.ts");
 const HANG_MS = 20_000;
 
-function rng(s: number): () => number {
-  let a = s >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const KEYS = [
   "num_processes", "num_machines", "machine_rank", "mixed_precision", "use_cpu", "main_process_port", "main_process_ip",
