@@ -137,6 +137,8 @@ export declare class ZeroCore {
   step(optimizer: OptimizerCore): void
   consolidateState(optimizer: OptimizerCore): void
   releaseState(optimizer: OptimizerCore): void
+  /** Copies the parameters' current values into this process's master partitions. */
+  refreshMasters(): void
   takeState(optimizer: OptimizerCore): void
   /** Bytes of optimizer state (the partitions' moments and master copies) this process holds. */
   get optimizerStateBytes(): number

@@ -193,7 +193,7 @@ export function readCheckpointMeta(dir: string, op = "loadState"): CheckpointMet
 export function readCheckpoint(dir: string, layout: CheckpointLayout, op = "loadState"): StagedCheckpoint {
   const read: Tensor[] = [];
   const track = <T extends StateValue | Record<string, Tensor>>(value: T): T => {
-    collect(value as StateValue, read);
+    tensorsIn(value as StateValue, read);
     return value;
   };
   const suffix = (i: number) => (i === 0 ? "" : `_${i}`);
@@ -226,8 +226,10 @@ export function readCheckpoint(dir: string, layout: CheckpointLayout, op = "load
   }
 }
 
-function collect(value: StateValue, into: Tensor[]): void {
+/** Every tensor in `value` (nested arrays and records), appended to `into`. */
+export function tensorsIn(value: StateValue, into: Tensor[] = []): Tensor[] {
   if (value instanceof Tensor) into.push(value);
-  else if (Array.isArray(value)) for (const v of value) collect(v, into);
-  else if (value !== null && typeof value === "object") for (const v of Object.values(value)) collect(v, into);
+  else if (Array.isArray(value)) for (const v of value) tensorsIn(v, into);
+  else if (value !== null && typeof value === "object") for (const v of Object.values(value)) tensorsIn(v, into);
+  return into;
 }

@@ -3,7 +3,7 @@
 // The file formats live in ts/checkpoint.ts; the layout is documented in RELIABILITY.md.
 import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { cleanStaging, readCheckpoint, saveSafetensors, saveStateFiles, type StateValue } from "./checkpoint.js";
+import { cleanStaging, readCheckpoint, saveSafetensors, saveStateFiles, tensorsIn, type StateValue } from "./checkpoint.js";
 import { broadcastObject, waitForEveryone } from "./collectives.js";
 import type { GradientState } from "./gradient-state.js";
 import { native } from "./native.js";
@@ -165,7 +165,7 @@ export class Checkpointer {
    * without changing it; optimizers, schedulers, loaders, registered objects, the scaler and
    * the RNG states are applied next, each after a snapshot of its current state, and restored
    * from those snapshots if a later one fails; the checked models are written last, and the
-   * optimizers once more after them.
+   * strategy then refreshes what it copies from them.
    */
   #apply(staged: ReturnType<typeof readCheckpoint>): void {
     const { prepared, precision, gradientState } = this.#parts;
@@ -196,10 +196,8 @@ export class Checkpointer {
         }
       }
       prepared.models.forEach((m, i) => m.loadStateDict(staged.models[i] as never));
-      // A strategy may copy the parameters when its optimizer loads (ZeRO's master partition):
-      // load the optimizers again now that the models hold the checkpoint's values. The first
-      // load checked them; this one cannot fail on the checkpoint's account.
-      prepared.optimizers.forEach((o, i) => o.loadStateDict(staged.optimizers[i] as never));
+      // A strategy may keep a copy of the parameters (ZeRO's master partitions): it follows the loaded ones.
+      this.#parts.strategy.parametersLoaded();
     } catch (error) {
       for (const restore of undo.reverse()) {
         try {
@@ -219,9 +217,3 @@ export class Checkpointer {
   }
 }
 
-function tensorsIn(value: StateValue, into: Tensor[] = []): Tensor[] {
-  if (value instanceof Tensor) into.push(value);
-  else if (Array.isArray(value)) for (const v of value) tensorsIn(v, into);
-  else if (value !== null && typeof value === "object") for (const v of Object.values(value)) tensorsIn(v, into);
-  return into;
-}

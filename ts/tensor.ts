@@ -439,11 +439,7 @@ export const stack = (tensors: Tensor[], dim?: number): Tensor => namedCall("sta
 
 /** Elements of `a` where `condition` is true, else of `b` (a tensor or a number). */
 export function where(condition: Tensor, a: Tensor, b: Tensor | number): Tensor {
-  try {
-    return native.where(condition, a, raw(b) as Tensor | number);
-  } catch (error) {
-    throw named("where", error);
-  }
+  return namedCall("where", () => native.where(condition, a, raw(b) as Tensor | number));
 }
 
 /** Whether operations record gradients now (false inside `noGrad`). */

@@ -32,6 +32,8 @@ export interface Strategy {
   readonly writesSharedState: boolean;
   /** The model's full state dict (names to tensors), as `saveModel` and `getStateDict` give it. */
   fullStateDict(model: { stateDict(): Record<string, Tensor> }): Record<string, Tensor>;
+  /** After the prepared models' parameters were written (a checkpoint load): copies the strategy keeps follow them. */
+  parametersLoaded(): void;
   /** Bytes of optimizer state this process holds for `optimizer` (ZeRO: its partition). */
   optimizerStateBytes(optimizer: OptimizerLike): number;
   /** Bytes of gradients this process holds beyond the parameters' own `.grad` (ZeRO-2's partitions). */
@@ -73,6 +75,8 @@ export class SingleProcess implements Strategy {
   fullStateDict(model: { stateDict(): Record<string, Tensor> }): Record<string, Tensor> {
     return model.stateDict();
   }
+
+  parametersLoaded(): void {}
 
   optimizerStateBytes(optimizer: OptimizerLike): number {
     return optimizer instanceof Optimizer ? optimizer.core.stateBytes : 0;

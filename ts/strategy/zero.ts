@@ -78,6 +78,11 @@ export class ZeroRedundancy extends DataParallel {
     return norm;
   }
 
+  /** The master partitions follow the parameters a checkpoint wrote. */
+  override parametersLoaded(): void {
+    for (const { zero } of this.#partitions.values()) zero.refreshMasters();
+  }
+
   override optimizerStateBytes(optimizer: OptimizerLike): number {
     const partition = this.#partitions.get(optimizer);
     return partition ? partition.zero.optimizerStateBytes : super.optimizerStateBytes(optimizer);

@@ -58,6 +58,12 @@ impl ZeroCore {
         self.inner.release_state(&mut optimizer.inner);
     }
 
+    /// Copies the parameters' current values into this process's master partitions.
+    #[napi]
+    pub fn refresh_masters(&mut self) -> Result<()> {
+        guarded("loadState", || self.inner.refresh_masters())
+    }
+
     #[napi]
     pub fn take_state(&mut self, optimizer: &mut OptimizerCore) -> Result<()> {
         guarded("loadStateDict", || self.inner.take_state(&mut optimizer.inner))

@@ -73,20 +73,26 @@ impl Partition {
             total += p.numel() as i64;
         }
         let padded = ((total + world - 1) / world).max(1) * world;
-        let flat = Self::flatten(op, params, padded, |_, p| Ok(p.shallow_clone()))?;
-        let len = padded / world;
-        let master = flat
-            .f_narrow(0, rank * len, len)
-            .and_then(|t| t.f_detach_copy())
-            .map_err(fail(op))?;
-        Ok(Partition {
+        let mut partition = Partition {
             params: params.iter().map(Tensor::shallow_clone).collect(),
             offsets,
             padded,
-            master,
+            master: Tensor::new(),
             grad: None,
             state: ParamState::new(),
-        })
+        };
+        partition.copy_master(op, rank, padded / world)?;
+        Ok(partition)
+    }
+
+    /// Copies this process's slice of the parameters (`len` elements) into the master partition.
+    fn copy_master(&mut self, op: &str, rank: i64, len: i64) -> Result<()> {
+        let flat = Self::flatten(op, &self.params, self.padded, |_, p| Ok(p.shallow_clone()))?;
+        self.master = flat
+            .f_narrow(0, rank * len, len)
+            .and_then(|t| t.f_detach_copy())
+            .map_err(fail(op))?;
+        Ok(())
     }
 
     fn len(&self) -> i64 {
@@ -303,7 +309,7 @@ impl ZeroOptimizer {
 
     /// Takes this process's partition of the whole state that `optimizer` just loaded from a
     /// checkpoint (saved on any number of processes), and empties `optimizer`'s; the master
-    /// partitions are copied afresh from the parameters, which the checkpoint restored first.
+    /// partitions are copied afresh from the parameters as they are now.
     pub fn take_state(&mut self, optimizer: &mut Optimizer) -> Result<()> {
         let op = format!("{}.loadStateDict (ZeRO)", optimizer.name());
         let mut index = 0;
@@ -335,12 +341,17 @@ impl ZeroOptimizer {
                 sliced.insert(name, mine);
             }
             part.state = sliced;
-            // The parameters were loaded before the optimizer: the master copy follows them.
-            let flat = Partition::flatten(&op, &part.params, part.padded, |_, p| Ok(p.shallow_clone()))?;
-            part.master = flat
-                .f_narrow(0, self.rank * part.len(), part.len())
-                .and_then(|t| t.f_detach_copy())
-                .map_err(fail(&op))?;
+        }
+        self.refresh_masters()
+    }
+
+    /// Copies the parameters' current values into the master partitions (after a checkpoint
+    /// or the user wrote the parameters: the next step updates from them).
+    pub fn refresh_masters(&mut self) -> Result<()> {
+        let op = "loadState (ZeRO)";
+        for part in &mut self.partitions {
+            let len = part.len();
+            part.copy_master(op, self.rank, len)?;
         }
         Ok(())
     }

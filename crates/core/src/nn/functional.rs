@@ -40,17 +40,8 @@ pub(crate) fn linear_as(op: &str, x: &Tensor, weight: &Tensor, bias: Option<&Ten
         .map_err(|e| Error::torch(op, shapes(&[x, weight]), e))
 }
 
-/// `cross_entropy(input @ weight^T, targets)`, mean over rows whose target is not
-/// `ignore_index`, computed `chunk_rows` rows at a time so the logits never exist whole.
-pub fn linear_cross_entropy(
-    input: &Tensor,
-    weight: &Tensor,
-    targets: &Tensor,
-    ignore_index: i64,
-    chunk_rows: i64,
-) -> Result<Tensor> {
-    crate::shim::linear_cross_entropy(input, weight, targets, ignore_index, chunk_rows)
-}
+/// `cross_entropy(input @ weight^T, targets)` in chunks of rows (a C++ autograd function).
+pub use crate::shim::linear_cross_entropy;
 
 /// Cross entropy between unnormalised `logits` (classes on dim 1, or dim 0 for one
 /// sample) and `target`: class indices, or class probabilities of the logits' shape.
