@@ -350,14 +350,11 @@ fn not_a_tensor(given: ValueType) -> Error {
 
 /// The handle in a BigInt, which must fit 64 bits.
 unsafe fn bare_handle(env: sys::napi_env, value: sys::napi_value) -> Result<u64> {
-    let given = type_of(env, value)?;
-    if given != ValueType::BigInt {
-        return Err(not_a_tensor(given));
-    }
     let (mut handle, mut lossless) = (0, false);
-    check_status!(unsafe { sys::napi_get_value_bigint_uint64(env, value, &mut handle, &mut lossless) })?;
-    if !lossless {
-        return Err(not_a_tensor(given));
+    // Node checks the type itself (napi_bigint_expected): only a failure pays for a typeof.
+    let status = unsafe { sys::napi_get_value_bigint_uint64(env, value, &mut handle, &mut lossless) };
+    if status != sys::Status::napi_ok || !lossless {
+        return Err(not_a_tensor(type_of(env, value)?));
     }
     Ok(handle)
 }
@@ -384,13 +381,20 @@ impl FromNapiValue for Tensor {
     }
 }
 
-impl FromNapiValue for TensorArg {
-    unsafe fn from_napi_value(env: sys::napi_env, napi_val: sys::napi_value) -> Result<Self> {
-        let handle = match type_of(env, napi_val)? {
-            ValueType::BigInt => unsafe { bare_handle(env, napi_val) }?,
-            _ => unsafe { object_handle(env, napi_val) }?,
+impl TensorArg {
+    /// The tensor in `value`, whose type `given` the caller already read.
+    unsafe fn of_type(env: sys::napi_env, value: sys::napi_value, given: ValueType) -> Result<Self> {
+        let handle = match given {
+            ValueType::BigInt => unsafe { bare_handle(env, value) }?,
+            _ => unsafe { object_handle(env, value) }?,
         };
         Ok(TensorArg(lookup(handle)))
+    }
+}
+
+impl FromNapiValue for TensorArg {
+    unsafe fn from_napi_value(env: sys::napi_env, napi_val: sys::napi_value) -> Result<Self> {
+        unsafe { TensorArg::of_type(env, napi_val, type_of(env, napi_val)?) }
     }
 }
 
@@ -454,10 +458,11 @@ pub enum TensorOrNumber {
 
 impl FromNapiValue for TensorOrNumber {
     unsafe fn from_napi_value(env: sys::napi_env, napi_val: sys::napi_value) -> Result<Self> {
-        if type_of(env, napi_val)? == ValueType::Number {
+        let given = type_of(env, napi_val)?;
+        if given == ValueType::Number {
             return Ok(TensorOrNumber::Number(unsafe { f64::from_napi_value(env, napi_val)? }));
         }
-        unsafe { TensorArg::from_napi_value(env, napi_val) }
+        unsafe { TensorArg::of_type(env, napi_val, given) }
             .map(TensorOrNumber::Tensor)
             .map_err(|_| Error::new(Status::InvalidArg, "expected a Tensor or a number".to_string()))
     }
