@@ -10,8 +10,16 @@ export function useColor(env: NodeJS.ProcessEnv = process.env, stream: { isTTY?:
 }
 
 const userEnv = { NO_COLOR: process.env.NO_COLOR, FORCE_COLOR: process.env.FORCE_COLOR };
+// citty never colours when CI, TEST or TERM=dumb is set: hidden while it loads (after
+// this module, before main.ts's body), then put back by restoreHiddenEnv().
+const hidden: NodeJS.ProcessEnv = {};
 if (useColor()) {
   delete process.env.NO_COLOR;
+  for (const key of ["CI", "TEST", "TERM"] as const) {
+    if (process.env[key] === undefined || (key === "TERM" && process.env.TERM !== "dumb")) continue;
+    hidden[key] = process.env[key];
+    delete process.env[key];
+  }
 } else {
   process.env.NO_COLOR = "1";
   // consola would still colour under CI or FORCE_COLOR=0.
@@ -26,4 +34,9 @@ export function colorEnvForRanks(): NodeJS.ProcessEnv {
     else env[key] = userEnv[key];
   }
   return env;
+}
+
+/** Puts back what was hidden from citty while it loaded; main.ts calls it first thing. */
+export function restoreHiddenEnv(): void {
+  Object.assign(process.env, hidden);
 }

@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 // The `accelerate` command: subcommands config, launch, env, test, estimate-memory, merge-weights and install-libtorch.
 // The installed package runs its compiled form directly; a checkout runs it through ts/cli/bin.mjs.
-import "./color.js";
+import { restoreHiddenEnv } from "./color.js";
 import { readFileSync } from "node:fs";
 import { defineCommand, runCommand, runMain } from "citty";
 import { consola, LogLevels } from "consola";
 import { launchArgs } from "./commands/launch.js";
 import { splitLaunchArgv } from "./launch-argv.js";
+
+restoreHiddenEnv();
 
 const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
 
