@@ -34,8 +34,11 @@ export declare class GradScalerCore {
   getScale(): number | null
   /** `loss` times the scale, as a new tensor. */
   scale(loss: Tensor): Tensor
-  /** Unscales the gradients of `params` in place, once per step. */
-  unscale(params: Array<Tensor>): void
+  /**
+   * Unscales the gradients of `params` in place, once per step; `grads`, when given, are
+   * where those gradients are held (ZeRO's partitions).
+   */
+  unscale(params: Array<Tensor>, grads?: Array<Tensor> | undefined | null): void
   /** Unscales if needed; whether the optimizer over `params` may step (no inf/NaN). */
   shouldStep(params: Array<Tensor>): boolean
   /** Backs off or grows the scale from what this step found. */
@@ -127,9 +130,42 @@ export declare class OptimizerCore {
   loadStateDict(keys: Array<string>, tensors: Array<Tensor>, paramGroups: Array<ParamGroupState>): void
 }
 
+export declare class Zero3Core {
+  /** Updates `optimizer`'s parameters through the shards of `sharder`; `offload` on the host. */
+  constructor(optimizer: OptimizerCore, sharder: Zero3Sharder, offload: boolean)
+  clipGradNorm(maxNorm: number, normType: number): number
+  /** This process's shards of the averaged gradients (between backward and step). */
+  gradients(): Array<Tensor>
+  step(optimizer: OptimizerCore): void
+  consolidateState(optimizer: OptimizerCore): void
+  releaseState(optimizer: OptimizerCore): void
+  takeState(optimizer: OptimizerCore): void
+  refreshMasters(): void
+  stateBytes(): HeldBytes
+}
+
+export declare class Zero3Sharder {
+  /** Shards `params` across the process group; `units` lists each module's parameter indices. */
+  constructor(params: Array<Tensor>, units: Array<Array<number>>, persistBelow: number, offload: boolean)
+  gather(idx: Array<number>): void
+  release(idx: Array<number>): void
+  addToUnit(unit: number, idx: Array<number>): void
+  hookOutputs(unit: number, outputs: Array<Tensor>): void
+  settle(): void
+  /** Drops the shards' gradients (zeroGrad; a step skipped for inf/NaN leaves them). */
+  clearGradients(): void
+  copyIntoShards(): void
+  unshard(): void
+  parameterBytes(): HeldBytes
+  gradientBytes(): HeldBytes
+}
+
 export declare class ZeroCore {
-  /** Partitions `optimizer`'s parameters across the process group (`stage` 1 or 2). */
-  constructor(optimizer: OptimizerCore, stage: number)
+  /**
+   * Partitions `optimizer`'s parameters across the process group (`stage` 1 or 2); `offload`
+   * keeps the partitions' master copies and state on the host.
+   */
+  constructor(optimizer: OptimizerCore, stage: number, offload: boolean)
   get stage(): number
   /** Stage 2, after a synchronising backward: gradients into this process's partitions. */
   reduceGradients(): void
@@ -141,9 +177,11 @@ export declare class ZeroCore {
   refreshMasters(): void
   takeState(optimizer: OptimizerCore): void
   /** Bytes of optimizer state (the partitions' moments and master copies) this process holds. */
-  get optimizerStateBytes(): number
+  optimizerStateBytes(): HeldBytes
   /** Bytes of partition gradients held now (stage 2, between backward and step). */
-  get gradientBytes(): number
+  gradientBytes(): HeldBytes
+  /** This process's partitions of the averaged gradients (stage 2, between backward and step). */
+  gradients(): Array<Tensor>
 }
 
 /** `[start, end)` by `step`; int64 when all three are integers, else float32. */
@@ -258,6 +296,12 @@ export interface GradScalerState {
   backoffFactor: number
   growthInterval: number
   growthTracker: number
+}
+
+/** Bytes on the device and on the host. */
+export interface HeldBytes {
+  device: number
+  host: number
 }
 
 export declare function isGradEnabled(): boolean

@@ -63,7 +63,8 @@ test("--help: no escape codes into a pipe or with NO_COLOR; colours with FORCE_C
 });
 
 (hasScript ? test : test.skip)(`--help on a terminal is coloured unless NO_COLOR${hasScript ? "" : " (skipped: util-linux script is not installed)"}`, (t) => {
-  const env: NodeJS.ProcessEnv = { ...process.env, HF_HOME: mkdtempSync(join(tmpdir(), "cli-hf-")) };
+  // A terminal that can show colours (CI runners often say TERM=dumb).
+  const env: NodeJS.ProcessEnv = { ...process.env, HF_HOME: mkdtempSync(join(tmpdir(), "cli-hf-")), TERM: "xterm-256color" };
   delete env.NO_COLOR;
   delete env.FORCE_COLOR;
   const command = `'${process.execPath}' '${bin}' --help`;

@@ -60,16 +60,16 @@ export interface AcceleratorOptions {
   fsdpPlugin?: FsdpPlugin;
 }
 
-/** Bytes of training state this process holds (see `stateBytes`). */
+/** Bytes of training state this process holds (see `stateBytes`): totals, and where they live. */
 export interface StateBytes {
   parameters: number;
   gradients: number;
   optimizerState: number;
+  /** The same, on the device (a GPU; zeros on a CPU run). */
+  device: { parameters: number; gradients: number; optimizerState: number };
+  /** The same, in host memory (everything on a CPU run; offloaded state on a GPU run). */
+  host: { parameters: number; gradients: number; optimizerState: number };
 }
-
-const ELEMENT_BYTES: Record<string, number> = {
-  float32: 4, float64: 8, float16: 2, bfloat16: 2, int64: 8, int32: 4, bool: 1, uint8: 1,
-};
 
 export class Accelerator {
   readonly state: ProcessState;
@@ -113,7 +113,7 @@ export class Accelerator {
     initProcessGroup(this.state, (options.timeout ?? 1800) * 1000);
     this.mixedPrecision = precision;
     this.precision = new PrecisionPolicy(precision, this.state.device, { ...config.gradScaler, ...options.gradScaler });
-    this.strategy = createStrategy(this.state, { ...options, mixedPrecision: precision }, config.zeroStage);
+    this.strategy = createStrategy(this.state, { ...options, mixedPrecision: precision }, config);
     this.strategyConfig = config;
     if (config.notUsed.length > 0 && this.state.processIndex === 0) {
       console.warn(`Accelerator: DeepSpeed config keys not used by accelerate-ts: ${config.notUsed.join(", ")}`);
@@ -175,8 +175,10 @@ export class Accelerator {
    * `device`. Anything else is returned unchanged.
    */
   prepare<T extends unknown[]>(...objects: T): T {
+    // Models first: a strategy that shards parameters (ZeRO stage 3) sets up the optimizers over them.
+    const models = new Map(objects.filter(isModel).map((m) => [m, this.#prepareModel(m)]));
     const prepared = objects.map((obj) => {
-      if (isModel(obj)) return this.#prepareModel(obj);
+      if (isModel(obj)) return models.get(obj);
       if (isOptimizer(obj)) return this.#prepareOptimizer(obj);
       if (isLoader(obj)) return this.#prepareLoader(obj);
       return obj;
@@ -210,10 +212,14 @@ export class Accelerator {
         this.strategy.beforeStep(params);
         // A DeepSpeed config's gradient_clipping clips inside the step, as DeepSpeed's engine does.
         if (this.strategyConfig.gradientClipping !== undefined) this.clipGradNorm(params, this.strategyConfig.gradientClipping);
+        // fp16: the gradients are unscaled (and checked for inf/NaN) where the strategy holds them.
+        this.unscaleGradients(params);
         this.#skipped.set(wrapped, !this.precision.step(params, step));
       },
       zeroGrad: (setToNone?: boolean) => {
-        if (this.syncGradients) optimizer.zeroGrad(setToNone);
+        if (!this.syncGradients) return;
+        optimizer.zeroGrad(setToNone);
+        hooks?.zeroGrad?.();
       },
       ...(hooks && { stateDict: () => hooks.stateDict(), loadStateDict: (state: unknown) => hooks.loadStateDict(state) }),
     });
@@ -306,7 +312,8 @@ export class Accelerator {
 
   /** fp16: divides the gradients by the loss scale now (once per step); other modes: nothing. */
   unscaleGradients(parameters?: Tensor[]): void {
-    this.precision.unscale(parameters ?? this.#prepared.optimizers.flatMap((o) => this.#optimizerParams(o)));
+    if (this.mixedPrecision !== "fp16") return;
+    this.precision.unscale(parameters ?? this.#prepared.optimizers.flatMap((o) => this.#optimizerParams(o)), this.strategy.heldGradients());
   }
 
   /** True when the last step of any prepared optimizer was skipped because fp16 gradients overflowed. */
@@ -315,17 +322,31 @@ export class Accelerator {
   }
 
   /**
-   * Bytes of parameters (of prepared models), gradients (their `.grad`, plus ZeRO-2's
-   * partitions) and optimizer state (of prepared optimizers; ZeRO: this process's partition
-   * and its master copy) that this process holds now, counted from live tensors.
+   * Bytes of parameters (of prepared models; ZeRO-3: this process's shards and whatever is
+   * gathered now), gradients (their `.grad`, plus ZeRO-2/3's partitions) and optimizer state
+   * (of prepared optimizers; ZeRO: this process's partition and its master copy) that this
+   * process holds now, counted from live tensors; in total, on the device and on the host.
    */
   stateBytes(): StateBytes {
-    const bytes = (t: Tensor | null) => (t === null ? 0 : t.numel * ELEMENT_BYTES[t.dtype]);
     const params = [...new Set(this.#prepared.models.flatMap((m) => m.parameters()))];
+    const optimizers = this.#prepared.optimizers.map((o) => this.strategy.optimizerStateBytes(this.#prepared.unwrapped.get(o) ?? o));
+    const held = {
+      parameters: this.strategy.parameterBytes(params),
+      gradients: this.strategy.gradientBytes(params),
+      optimizerState: optimizers.reduce((a, b) => ({ device: a.device + b.device, host: a.host + b.host }), { device: 0, host: 0 }),
+    };
+    const pick = (where: "device" | "host") => ({
+      parameters: held.parameters[where],
+      gradients: held.gradients[where],
+      optimizerState: held.optimizerState[where],
+    });
+    const [device, host] = [pick("device"), pick("host")];
     return {
-      parameters: params.reduce((sum, p) => sum + bytes(p), 0),
-      gradients: params.reduce((sum, p) => sum + bytes(p.grad), 0) + this.strategy.partitionGradientBytes(),
-      optimizerState: this.#prepared.optimizers.reduce((sum, o) => sum + this.strategy.optimizerStateBytes(this.#prepared.unwrapped.get(o) ?? o), 0),
+      parameters: device.parameters + host.parameters,
+      gradients: device.gradients + host.gradients,
+      optimizerState: device.optimizerState + host.optimizerState,
+      device,
+      host,
     };
   }
 
@@ -502,8 +523,10 @@ export class Accelerator {
 
   /** Saves a model's weights as `model.safetensors`, or shards with an index above `maxShardSize`. */
   saveModel(model: { stateDict(): Record<string, Tensor> }, dir: string, options: { maxShardSize?: number | string } = {}): string[] {
+    // Every process takes part: ZeRO-3 gathers the parameters one by one.
+    const state = this.strategy.fullStateDict(model);
     if (!this.strategy.writesSharedState) return [];
-    return saveWeights(this.strategy.fullStateDict(model), dir, options.maxShardSize ?? "10GB");
+    return saveWeights(state, dir, options.maxShardSize ?? "10GB");
   }
 
   /** The model's full state dict (names to tensors), whatever the strategy (HF's `get_state_dict`). */

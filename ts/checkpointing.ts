@@ -84,10 +84,11 @@ export class Checkpointer {
     // there; the writer then swaps the staging directory in for the old checkpoint.
     let staging = strategy.writesSharedState ? native.stagingDir(target) : "";
     staging = broadcastObject(staging);
-    // Every process takes the optimizers' state dicts: a partitioned (ZeRO) optimizer gathers its whole state.
+    // Every process takes the models' and optimizers' state dicts: ZeRO gathers what it partitions.
+    const models = this.#parts.prepared.models.map((m) => strategy.fullStateDict(m as unknown as { stateDict(): Record<string, Tensor> }));
     const optimizerStates = this.#parts.prepared.optimizers.map((o) => o.stateDict() as StateValue);
     try {
-      if (strategy.writesSharedState) this.#writeShared(staging, optimizerStates);
+      if (strategy.writesSharedState) this.#writeShared(staging, models, optimizerStates);
       const rng: Record<string, Tensor> = { cpu: native.cpuRngState() };
       if (this.#device.startsWith("cuda")) rng.cuda = native.cudaRngState(this.#cudaIndex);
       saveSafetensors(join(staging, `random_states_${state.processIndex}.safetensors`), rng);
@@ -103,11 +104,9 @@ export class Checkpointer {
     return target;
   }
 
-  #writeShared(staging: string, optimizerStates: StateValue[]): void {
-    const { prepared, precision, gradientState, strategy } = this.#parts;
-    prepared.models.forEach((m, i) =>
-      saveSafetensors(join(staging, `model${suffix(i)}.safetensors`), strategy.fullStateDict(m as unknown as { stateDict(): Record<string, Tensor> })),
-    );
+  #writeShared(staging: string, models: Record<string, Tensor>[], optimizerStates: StateValue[]): void {
+    const { prepared, precision, gradientState } = this.#parts;
+    models.forEach((state, i) => saveSafetensors(join(staging, `model${suffix(i)}.safetensors`), state));
     const files = (prefix: string, objects: { stateDict(): unknown }[], name = (i: number) => `${prefix}${suffix(i)}`) =>
       objects.forEach((o, i) => saveStateFiles(join(staging, name(i)), o.stateDict() as StateValue));
     optimizerStates.forEach((state, i) => saveStateFiles(join(staging, `optimizer${suffix(i)}`), state));
@@ -195,9 +194,8 @@ export class Checkpointer {
           applyWithUndo({ stateDict: () => native.cudaRngState(index), loadStateDict: (t: Tensor) => native.setCudaRngState(index, t) }, rng.cuda, true);
         }
       }
-      prepared.models.forEach((m, i) => m.loadStateDict(staged.models[i] as never));
-      // A strategy may keep a copy of the parameters (ZeRO's master partitions): it follows the loaded ones.
-      this.#parts.strategy.parametersLoaded();
+      // The strategy makes sharded parameters writable (ZeRO-3) and its copies follow them after.
+      this.#parts.strategy.loadParameters(() => prepared.models.forEach((m, i) => m.loadStateDict(staged.models[i] as never)));
     } catch (error) {
       for (const restore of undo.reverse()) {
         try {

@@ -124,9 +124,10 @@ export class PrecisionPolicy {
   /**
    * fp16: divides the gradients of `params` by the scale now (before clipping, say). Once per
    * step: another call for the same parameters does nothing until `step` updates the scale.
+   * `held` are where the gradients are when a strategy holds them apart (ZeRO's partitions).
    */
-  unscale(params: Tensor[]): void {
-    this.#scaler?.unscale(params);
+  unscale(params: Tensor[], held?: Tensor[]): void {
+    this.#scaler?.unscale(params, held);
   }
 
   /**

@@ -6,6 +6,7 @@ import { SingleProcess, type Strategy } from "./strategy.js";
 import { STRATEGY_ENV } from "../env-names.js";
 import { readDeepSpeedConfig, readDeepSpeedConfigFile, type DeepSpeedConfigJson, type DeepSpeedSettings } from "./deepspeed-config.js";
 import { ZeroRedundancy, type ZeroStageNumber } from "./zero.js";
+import { ZeroSharded, type Zero3Options } from "./zero3.js";
 
 export type { OptimizerHooks, Strategy } from "./strategy.js";
 export type { DeepSpeedConfigJson, DeepSpeedConfigValue, DeepSpeedSettings } from "./deepspeed-config.js";
@@ -93,7 +94,7 @@ export function strategyConfigOf(options: StrategyOptions, env: NodeJS.ProcessEn
     throw new Error(`Accelerator: deepspeedPlugin.zeroStage is ${plugin.zeroStage} but the DeepSpeed config's zero_optimization.stage is ${file.zeroStage}; give it once`);
   }
   const stage = plugin.zeroStage ?? file.zeroStage ?? 2;
-  if (![0, 1, 2].includes(stage)) {
+  if (![0, 1, 2, 3].includes(stage)) {
     throw new Error(`Accelerator: deepspeedPlugin.zeroStage must be 0, 1 or 2 (stage 3 is not available yet), got ${stage}`);
   }
   if (plugin.gradientClipping !== undefined && !(plugin.gradientClipping >= 0)) {
@@ -108,9 +109,22 @@ export function zeroStageOf(options: StrategyOptions, env: NodeJS.ProcessEnv = p
   return strategyConfigOf(options, env).zeroStage;
 }
 
-export function createStrategy(state: ProcessState, options: StrategyOptions, stage = zeroStageOf(options)): Strategy {
+/** What ZeRO-3 takes from the config (the DeepSpeed/FSDP fields, where the config gives them). */
+function zero3Options(config: StrategyConfig): Zero3Options {
+  const given = config as StrategyConfig & Partial<{ offloadOptimizer: boolean; offloadParameters: boolean; paramPersistenceThreshold: number }>;
+  return {
+    persistBelow: given.paramPersistenceThreshold ?? 100_000,
+    offloadOptimizer: given.offloadOptimizer ?? false,
+    offloadParameters: given.offloadParameters ?? false,
+  };
+}
+
+export function createStrategy(state: ProcessState, options: StrategyOptions, config: StrategyConfig = strategyConfigOf(options)): Strategy {
   const bucketBytes = options.bucketBytes ?? 25 * 2 ** 20;
+  const stage = config.zeroStage;
   if (state.numProcesses === 1) return new SingleProcess(state);
   if (stage === 0) return new DataParallel(state, bucketBytes);
-  return new ZeroRedundancy(state, bucketBytes, stage as ZeroStageNumber, options.mixedPrecision ?? "no");
+  const zero3 = zero3Options(config);
+  if (stage === 3) return new ZeroSharded(state, zero3);
+  return new ZeroRedundancy(state, bucketBytes, stage as ZeroStageNumber, zero3.offloadOptimizer);
 }

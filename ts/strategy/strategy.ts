@@ -7,9 +7,31 @@ import type { ModelLike, OptimizerLike } from "../prepared.js";
 import type { ProcessState } from "../state.js";
 import type { Tensor } from "../tensor.js";
 
+/** Bytes held on the device (a GPU) and on the host. */
+export interface HeldBytes {
+  device: number;
+  host: number;
+}
+
+const ELEMENT_BYTES: Record<string, number> = {
+  float32: 4, float64: 8, float16: 2, bfloat16: 2, int64: 8, int32: 4, bool: 1, uint8: 1,
+};
+
+/** The bytes of `tensors` (nulls skipped), by where they live. */
+export function bytesOf(tensors: (Tensor | null)[]): HeldBytes {
+  const held = { device: 0, host: 0 };
+  for (const t of tensors) {
+    if (t === null) continue;
+    held[t.device === "cpu" ? "host" : "device"] += t.numel * ELEMENT_BYTES[t.dtype];
+  }
+  return held;
+}
+
 /** How a strategy runs a prepared optimizer's step and state dicts (undefined: the optimizer's own). */
 export interface OptimizerHooks {
   step(): void;
+  /** After the optimizer's own zeroGrad: gradients the strategy holds apart are dropped too. */
+  zeroGrad?(): void;
   stateDict(): unknown;
   loadStateDict(state: unknown): void;
 }
@@ -26,18 +48,28 @@ export interface Strategy {
   afterBackward(): void;
   /** Before a prepared optimizer steps over `parameters`: throws if their gradients cannot be right. */
   beforeStep(parameters: Tensor[]): void;
+  /**
+   * Where the gradients are when the strategy holds them apart from the parameters' `.grad`
+   * (ZeRO-2/3: this process's partitions, after backward), for fp16 unscaling; else undefined.
+   */
+  heldGradients(): Tensor[] | undefined;
   /** Clips the gradients of `parameters` to a total norm of `maxNorm` across processes; returns the norm before. */
   clipGradNorm(parameters: Tensor[], maxNorm: number, normType: number): number;
   /** Whether this process writes the model, optimizer and other shared files of a checkpoint. */
   readonly writesSharedState: boolean;
   /** The model's full state dict (names to tensors), as `saveModel` and `getStateDict` give it. */
   fullStateDict(model: { stateDict(): Record<string, Tensor> }): Record<string, Tensor>;
-  /** After the prepared models' parameters were written (a checkpoint load): copies the strategy keeps follow them. */
-  parametersLoaded(): void;
+  /**
+   * Runs `load`, which writes the prepared models' parameters (a checkpoint load); the strategy
+   * makes them writable first (ZeRO-3 gathers them) and the copies it keeps follow them after.
+   */
+  loadParameters(load: () => void): void;
+  /** Bytes of the prepared models' `parameters` this process holds (ZeRO-3: its shards). */
+  parameterBytes(parameters: Tensor[]): HeldBytes;
+  /** Bytes of gradients this process holds for `parameters` (their `.grad`, and ZeRO's partitions). */
+  gradientBytes(parameters: Tensor[]): HeldBytes;
   /** Bytes of optimizer state this process holds for `optimizer` (ZeRO: its partition). */
-  optimizerStateBytes(optimizer: OptimizerLike): number;
-  /** Bytes of gradients this process holds beyond the parameters' own `.grad` (ZeRO-2's partitions). */
-  partitionGradientBytes(): number;
+  optimizerStateBytes(optimizer: OptimizerLike): HeldBytes;
   /** Forgets the prepared models (freeMemory, endTraining). */
   reset(): void;
 }
@@ -67,6 +99,10 @@ export class SingleProcess implements Strategy {
 
   beforeStep(_parameters: Tensor[]): void {}
 
+  heldGradients(): Tensor[] | undefined {
+    return undefined;
+  }
+
   /** Gradients are whole and (under data parallelism) identical on every process, so the local norm is global. */
   clipGradNorm(parameters: Tensor[], maxNorm: number, normType: number): number {
     return clipGradNorm(parameters, maxNorm, normType);
@@ -76,14 +112,23 @@ export class SingleProcess implements Strategy {
     return model.stateDict();
   }
 
-  parametersLoaded(): void {}
-
-  optimizerStateBytes(optimizer: OptimizerLike): number {
-    return optimizer instanceof Optimizer ? optimizer.core.stateBytes : 0;
+  loadParameters(load: () => void): void {
+    load();
   }
 
-  partitionGradientBytes(): number {
-    return 0;
+  parameterBytes(parameters: Tensor[]): HeldBytes {
+    return bytesOf(parameters);
+  }
+
+  gradientBytes(parameters: Tensor[]): HeldBytes {
+    return bytesOf(parameters.map((p) => p.grad));
+  }
+
+  /** The engine optimizer's state, on the parameters' device. */
+  optimizerStateBytes(optimizer: OptimizerLike): HeldBytes {
+    const bytes = optimizer instanceof Optimizer ? optimizer.core.stateBytes : 0;
+    const onHost = optimizer instanceof Optimizer && optimizer.paramGroups.every((g) => g.params.every((p) => p.device === "cpu"));
+    return onHost ? { device: 0, host: bytes } : { device: bytes, host: 0 };
   }
 
   reset(): void {}

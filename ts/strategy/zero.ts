@@ -9,7 +9,7 @@ import type { ModelLike, OptimizerLike } from "../prepared.js";
 import type { ProcessState } from "../state.js";
 import type { Tensor } from "../tensor.js";
 import { DataParallel } from "./ddp.js";
-import type { OptimizerHooks } from "./strategy.js";
+import type { HeldBytes, OptimizerHooks } from "./strategy.js";
 
 export type ZeroStageNumber = 1 | 2;
 
@@ -19,12 +19,13 @@ export class ZeroRedundancy extends DataParallel {
   readonly #partitions = new Map<OptimizerLike, { zero: ZeroCore; core: OptimizerCore }>();
   #synced = false;
 
-  constructor(state: ProcessState, bucketBytes: number, stage: ZeroStageNumber, mixedPrecision: string) {
+  readonly #offloadOptimizer: boolean;
+
+  /** `offloadOptimizer` keeps the partitions' master copies and optimizer state on the host, where the update runs. */
+  constructor(state: ProcessState, bucketBytes: number, stage: ZeroStageNumber, offloadOptimizer: boolean) {
     super(state, bucketBytes);
-    if (stage === 2 && mixedPrecision === "fp16") {
-      throw new Error('Accelerator: ZeRO stage 2 with mixedPrecision "fp16" is not supported yet; use "bf16", or zeroStage 1');
-    }
     this.stage = stage;
+    this.#offloadOptimizer = offloadOptimizer;
   }
 
   /** Stage 1 averages whole gradients as data parallelism does; stage 2 only broadcasts the parameters. */
@@ -38,7 +39,7 @@ export class ZeroRedundancy extends DataParallel {
       throw new Error(`prepare: ZeRO partitions the optimizers of optim (SGD, Adam, AdamW); got ${optimizer.constructor.name}`);
     }
     const core = optimizer.core;
-    const zero = new native.ZeroCore(core, this.stage);
+    const zero = new native.ZeroCore(core, this.stage, this.#offloadOptimizer);
     this.#partitions.set(optimizer, { zero, core });
     return {
       step: () => zero.step(core),
@@ -70,6 +71,12 @@ export class ZeroRedundancy extends DataParallel {
     for (const { zero } of this.#partitions.values()) zero.reduceGradients();
   }
 
+  /** Stage 2: the partitions of every prepared optimizer's gradients. */
+  override heldGradients(): Tensor[] | undefined {
+    if (this.stage === 1) return undefined;
+    return [...this.#partitions.values()].flatMap(({ zero }) => zero.gradients());
+  }
+
   /** Stage 2 clips the partitions of every prepared optimizer, by their norm across processes. */
   override clipGradNorm(parameters: Tensor[], maxNorm: number, normType: number): number {
     if (this.stage === 1) return super.clipGradNorm(parameters, maxNorm, normType);
@@ -79,19 +86,24 @@ export class ZeroRedundancy extends DataParallel {
   }
 
   /** The master partitions follow the parameters a checkpoint wrote. */
-  override parametersLoaded(): void {
+  override loadParameters(load: () => void): void {
+    load();
     for (const { zero } of this.#partitions.values()) zero.refreshMasters();
   }
 
-  override optimizerStateBytes(optimizer: OptimizerLike): number {
+  override optimizerStateBytes(optimizer: OptimizerLike): HeldBytes {
     const partition = this.#partitions.get(optimizer);
-    return partition ? partition.zero.optimizerStateBytes : super.optimizerStateBytes(optimizer);
+    return partition ? partition.zero.optimizerStateBytes() : super.optimizerStateBytes(optimizer);
   }
 
-  override partitionGradientBytes(): number {
-    let bytes = 0;
-    for (const { zero } of this.#partitions.values()) bytes += zero.gradientBytes;
-    return bytes;
+  override gradientBytes(parameters: Tensor[]): HeldBytes {
+    const held = super.gradientBytes(parameters);
+    for (const { zero } of this.#partitions.values()) {
+      const partition = zero.gradientBytes();
+      held.device += partition.device;
+      held.host += partition.host;
+    }
+    return held;
   }
 
   override reset(): void {

@@ -124,14 +124,19 @@ inline c10::intrusive_ptr<c10d::Store> acc_rendezvous(const char* host, int port
   return c10::make_intrusive<c10d::PrefixStore>("default_pg/", store);
 }
 
-inline bool acc_is_timeout(const char* message) {
+// A failure the missing ranks explain: this rank's timeout, or a peer that gave up on the
+// same collective after its own timeout and closed the connection.
+inline bool acc_is_stall(const char* message) {
   std::string lower(message);
   for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return lower.find("timed out") != std::string::npos || lower.find("timeout") != std::string::npos;
+  for (const char* sign : {"timed out", "timeout", "connection closed", "connection reset"}) {
+    if (lower.find(sign) != std::string::npos) return true;
+  }
+  return false;
 }
 
 // Gloo's wait blocks the CPU until done (with the timeout); NCCL's orders the current stream.
-// A blocking wait that times out names the ranks that never reached the collective.
+// A blocking wait that times out (or whose peer timed out) names the ranks that never reached the collective.
 inline void acc_wait(const c10::intrusive_ptr<c10d::Work>& work, bool blocking, std::chrono::milliseconds timeout,
                      AccArrivals* arrivals) {
   const int64_t seq = arrivals != nullptr ? arrivals->sequence.fetch_add(1) : -1;
@@ -142,7 +147,7 @@ inline void acc_wait(const c10::intrusive_ptr<c10d::Work>& work, bool blocking, 
   try {
     work->wait(timeout);
   } catch (const std::exception& e) {
-    if (arrivals == nullptr || !acc_is_timeout(e.what())) throw;
+    if (arrivals == nullptr || !acc_is_stall(e.what())) throw;
     const auto grace = std::min(timeout, std::chrono::milliseconds(5000));
     // The first line only: c10's messages go on with a backtrace, which callers drop.
     const std::string message = e.what();

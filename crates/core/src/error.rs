@@ -3,6 +3,10 @@
 use crate::memory::FreedBy;
 use tch::TchError;
 
+/// Appended to libtorch's errors about a tensor whose storage is freed.
+const SHARDED_HINT: &str = " (under ZeRO stage 3 a parameter is whole only during its module's forward and backward; \
+read parameters through accelerator.getStateDict(model), and load weights before prepare)";
+
 pub type Result<T> = std::result::Result<T, Error>;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +48,17 @@ impl Error {
     }
 
     /// Wraps a libtorch error, keeping only the first line of its message (the rest is a C++ backtrace).
+    /// libtorch's error for a tensor without storage (a ZeRO-3 parameter outside its
+    /// module's forward and backward) gains a line that says what happened.
     pub fn torch(op: impl Into<String>, shapes: Vec<Vec<i64>>, err: TchError) -> Error {
         let text = match err {
             TchError::Torch(msg) => msg,
             other => other.to_string(),
         };
-        let detail = text.lines().next().unwrap_or("").trim().to_string();
+        let mut detail = text.lines().next().unwrap_or("").trim().to_string();
+        if detail.contains("storage of size 0") || detail.contains("data is not allocated yet") {
+            detail.push_str(SHARDED_HINT);
+        }
         Error::Torch {
             op: op.into(),
             detail,

@@ -108,11 +108,22 @@ impl GradScalerCore {
         })
     }
 
-    /// Unscales the gradients of `params` in place, once per step.
+    /// Unscales the gradients of `params` in place, once per step; `grads`, when given, are
+    /// where those gradients are held (ZeRO's partitions).
     #[napi]
-    pub fn unscale(&mut self, params: Vec<Tensor>) -> Result<()> {
+    pub fn unscale(&mut self, params: Vec<Tensor>, grads: Option<Vec<Tensor>>) -> Result<()> {
         let inner = &mut self.inner;
-        guarded("unscale", || with_all("unscale", &params, |ps| inner.unscale(ps)))
+        guarded("unscale", || {
+            let held = match &grads {
+                Some(list) => Some(
+                    list.iter()
+                        .map(|t| Ok(t.handle.get("unscale")?.shallow_clone()))
+                        .collect::<accelerate_core::Result<Vec<_>>>()?,
+                ),
+                None => None,
+            };
+            with_all("unscale", &params, |ps| inner.unscale_held(ps, held.as_deref()))
+        })
     }
 
     /// Unscales if needed; whether the optimizer over `params` may step (no inf/NaN).

@@ -16,5 +16,6 @@ mod tensor;
 mod tensor_api;
 mod tensor_ops;
 mod zero;
+mod zero3;
 
 pub use tensor::{Tensor, TensorHandle};

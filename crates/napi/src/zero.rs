@@ -3,11 +3,13 @@
 
 use accelerate_core::dist::{ZeroOptimizer, ZeroStage};
 use accelerate_core::optim::AmpInputs;
-use napi::Result;
+use napi::{Env, Result};
 use napi_derive::napi;
 
-use crate::convert::guarded;
+use crate::convert::{guarded, wrap_all};
 use crate::optim::OptimizerCore;
+use crate::zero3::HeldBytes;
+use crate::Tensor;
 
 #[napi]
 pub struct ZeroCore {
@@ -16,13 +18,14 @@ pub struct ZeroCore {
 
 #[napi]
 impl ZeroCore {
-    /// Partitions `optimizer`'s parameters across the process group (`stage` 1 or 2).
+    /// Partitions `optimizer`'s parameters across the process group (`stage` 1 or 2); `offload`
+    /// keeps the partitions' master copies and state on the host.
     #[napi(constructor)]
-    pub fn new(optimizer: &OptimizerCore, stage: u32) -> Result<Self> {
+    pub fn new(optimizer: &OptimizerCore, stage: u32, offload: bool) -> Result<Self> {
         guarded("prepare", || {
             let stage = ZeroStage::parse("prepare", stage)?;
             Ok(ZeroCore {
-                inner: ZeroOptimizer::new(&optimizer.inner, stage)?,
+                inner: ZeroOptimizer::new(&optimizer.inner, stage, offload)?,
             })
         })
     }
@@ -70,14 +73,20 @@ impl ZeroCore {
     }
 
     /// Bytes of optimizer state (the partitions' moments and master copies) this process holds.
-    #[napi(getter)]
-    pub fn optimizer_state_bytes(&self) -> f64 {
-        self.inner.optimizer_state_bytes() as f64
+    #[napi]
+    pub fn optimizer_state_bytes(&self) -> HeldBytes {
+        self.inner.optimizer_state_bytes().into()
     }
 
     /// Bytes of partition gradients held now (stage 2, between backward and step).
-    #[napi(getter)]
-    pub fn gradient_bytes(&self) -> f64 {
-        self.inner.gradient_bytes() as f64
+    #[napi]
+    pub fn gradient_bytes(&self) -> HeldBytes {
+        self.inner.gradient_bytes().into()
+    }
+
+    /// This process's partitions of the averaged gradients (stage 2, between backward and step).
+    #[napi]
+    pub fn gradients(&self, env: Env) -> Vec<Tensor> {
+        wrap_all(&env, self.inner.gradients())
     }
 }

@@ -3,7 +3,7 @@
 //! for inf/NaN; a step with any is skipped and the scale shrinks, and after `growth_interval`
 //! clean steps in a row it grows. With a process group, every process sees the same verdict.
 
-use super::unscale::unscale_grads;
+use super::unscale::{unscale, unscale_grads};
 use crate::optim::kernels::identity;
 use crate::tensor::item;
 use crate::{dist, Error, Result};
@@ -140,6 +140,12 @@ impl GradScaler {
     /// Divides the gradients of `params` by the scale, in place, once per step: a second
     /// call for the same parameters before `update` does nothing.
     pub fn unscale(&mut self, params: &[&Tensor]) -> Result<()> {
+        self.unscale_held(params, None)
+    }
+
+    /// As `unscale`, for `params` whose gradients are held apart (`grads`: ZeRO's partitions of
+    /// them, on this process); the inf/NaN finding is shared across processes either way.
+    pub fn unscale_held(&mut self, params: &[&Tensor], grads: Option<&[Tensor]>) -> Result<()> {
         let op = "unscale";
         if !self.options.enabled {
             return Ok(());
@@ -160,7 +166,10 @@ impl GradScaler {
             .and_then(|s| s.f_reciprocal())
             .and_then(|s| s.f_to_kind(Kind::Float))
             .map_err(Error::on(op, scale))?;
-        let found_inf = tch::no_grad(|| unscale_grads(op, params, &inv_scale))?;
+        let found_inf = tch::no_grad(|| match grads {
+            Some(grads) => unscale(op, grads, &inv_scale),
+            None => unscale_grads(op, params, &inv_scale),
+        })?;
         // Processes may hold different gradients (or shards of them); all must skip together.
         let found_inf = if dist::is_initialized() {
             dist::all_reduce(op, &found_inf, dist::Reduce::Max)?

@@ -19,9 +19,17 @@ extern "C" {
 /// `inv_scale`'s device that is 1 if any of them held inf or NaN (before unscaling), else 0.
 /// float16 gradients are refused, as torch does: the master weights must stay float32.
 pub fn unscale_grads(op: &str, params: &[&Tensor], inv_scale: &Tensor) -> Result<Tensor> {
+    let grads = params
+        .iter()
+        .map(|p| p.f_grad().map_err(Error::on(op, p)))
+        .collect::<Result<Vec<_>>>()?;
+    unscale(op, &grads, inv_scale)
+}
+
+/// As [`unscale_grads`], for gradients held apart from their parameters (ZeRO's partitions).
+pub fn unscale(op: &str, grads: &[Tensor], inv_scale: &Tensor) -> Result<Tensor> {
     let mut groups: Vec<((Device, Kind), Vec<Tensor>)> = Vec::new();
-    for param in params {
-        let grad = param.f_grad().map_err(Error::on(op, param))?;
+    for grad in grads {
         if !grad.defined() {
             continue;
         }
@@ -29,15 +37,15 @@ pub fn unscale_grads(op: &str, params: &[&Tensor], inv_scale: &Tensor) -> Result
             return Err(Error::invalid(
                 op,
                 format!(
-                    "attempting to unscale float16 gradients (parameter of shape {:?}); keep parameters in float32 under mixed precision",
-                    param.size()
+                    "attempting to unscale float16 gradients (of shape {:?}); keep parameters in float32 under mixed precision",
+                    grad.size()
                 ),
             ));
         }
         let key = (grad.device(), grad.kind());
         match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, list)) => list.push(grad),
-            None => groups.push((key, vec![grad])),
+            Some((_, list)) => list.push(grad.shallow_clone()),
+            None => groups.push((key, vec![grad.shallow_clone()])),
         }
     }
     let home = inv_scale.device();

@@ -7,6 +7,7 @@ mod ddp;
 mod group;
 mod reducer;
 mod zero;
+mod zero3;
 
 pub use collectives::{
     all_gather, all_gather_bytes, all_gather_into, all_reduce, barrier, broadcast_, reduce_scatter_into, Reduce,
@@ -15,3 +16,4 @@ pub use ddp::broadcast_parameters;
 pub use group::{destroy, init, is_initialized, world, GroupConfig};
 pub use reducer::Reducer;
 pub use zero::{ZeroOptimizer, ZeroStage};
+pub use zero3::{Held, Placement, Sharder, Zero3Optimizer};

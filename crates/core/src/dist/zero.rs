@@ -10,9 +10,10 @@
 
 use super::collectives::{all_gather_into, all_reduce, reduce_scatter_into, Reduce};
 use super::group::world;
+use super::zero3::Placement;
 use crate::optim::{kernels, AmpInputs, Optimizer, ParamState, Slot};
 use crate::{Error, Result};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ZeroStage {
@@ -42,8 +43,11 @@ struct Partition {
     offsets: Vec<i64>,
     /// The flat buffer's length, a multiple of the world size.
     padded: i64,
-    /// This process's slice of the parameters (the master copy the update runs on).
+    /// This process's slice of the parameters (the master copy the update runs on; on the
+    /// host when the optimizer is offloaded).
     master: Tensor,
+    /// Where the master copy and the optimizer state live.
+    home: Device,
     /// This process's slice of the averaged gradients (stage 2, between backward and step).
     grad: Option<Tensor>,
     state: ParamState,
@@ -56,16 +60,16 @@ pub struct ZeroOptimizer {
     partitions: Vec<Partition>,
 }
 
-fn bytes(t: &Tensor) -> i64 {
+pub(super) fn bytes(t: &Tensor) -> i64 {
     (t.numel() * t.kind().elt_size_in_bytes()) as i64
 }
 
-fn fail(op: &str) -> impl Fn(tch::TchError) -> Error + '_ {
+pub(super) fn fail(op: &str) -> impl Fn(tch::TchError) -> Error + '_ {
     move |e| Error::torch(op, vec![], e)
 }
 
 impl Partition {
-    fn new(op: &str, params: &[Tensor], rank: i64, world: i64) -> Result<Partition> {
+    fn new(op: &str, params: &[Tensor], rank: i64, world: i64, offload: bool) -> Result<Partition> {
         let mut offsets = Vec::with_capacity(params.len());
         let mut total = 0i64;
         for p in params {
@@ -78,6 +82,11 @@ impl Partition {
             offsets,
             padded,
             master: Tensor::new(),
+            home: if offload {
+                Device::Cpu
+            } else {
+                params.first().map_or(Device::Cpu, Tensor::device)
+            },
             grad: None,
             state: ParamState::new(),
         };
@@ -90,6 +99,7 @@ impl Partition {
         let flat = Self::flatten(op, &self.params, self.padded, |_, p| Ok(p.shallow_clone()))?;
         self.master = flat
             .f_narrow(0, rank * len, len)
+            .and_then(|t| t.f_to_device(self.home))
             .and_then(|t| t.f_detach_copy())
             .map_err(fail(op))?;
         Ok(())
@@ -146,11 +156,12 @@ impl Partition {
 
     /// Copies every process's master partition back into the parameters.
     fn gather_parameters(&self, op: &str) -> Result<()> {
-        let full = self
-            .master
-            .f_new_empty([self.padded], (self.master.kind(), self.master.device()))
+        let device = self.params.first().map_or(Device::Cpu, Tensor::device);
+        let mine = self.master.f_to_device(device).map_err(fail(op))?;
+        let full = mine
+            .f_new_empty([self.padded], (mine.kind(), device))
             .map_err(fail(op))?;
-        all_gather_into(op, &full, &self.master)?;
+        all_gather_into(op, &full, &mine)?;
         let _guard = tch::no_grad_guard();
         for (p, &offset) in self.params.iter().zip(&self.offsets) {
             let piece = full
@@ -166,13 +177,14 @@ impl Partition {
 
 impl ZeroOptimizer {
     /// Partitions `optimizer`'s param groups across the processes of the process group.
-    pub fn new(optimizer: &Optimizer, stage: ZeroStage) -> Result<ZeroOptimizer> {
+    /// `offload` keeps the master partitions and the optimizer state on the host, where the update runs.
+    pub fn new(optimizer: &Optimizer, stage: ZeroStage, offload: bool) -> Result<ZeroOptimizer> {
         let op = format!("{} (ZeRO stage {})", optimizer.name(), stage as u8);
         let (rank, world) = world();
         let partitions = optimizer
             .groups()
             .iter()
-            .map(|g| Partition::new(&op, &g.params, rank as i64, world as i64))
+            .map(|g| Partition::new(&op, &g.params, rank as i64, world as i64, offload))
             .collect::<Result<Vec<_>>>()?;
         Ok(ZeroOptimizer {
             stage,
@@ -204,42 +216,12 @@ impl ZeroOptimizer {
     /// The total `norm_type` norm of the averaged gradients across processes (stage 2 reads the
     /// partitions), and, when it exceeds `max_norm`, scales them down to it. Returns the norm before.
     pub fn clip_grad_norm(&mut self, max_norm: f64, norm_type: f64) -> Result<f64> {
-        let op = "clipGradNorm (ZeRO stage 2)";
-        let grads: Vec<&Tensor> = self.partitions.iter().filter_map(|p| p.grad.as_ref()).collect();
-        if grads.is_empty() {
-            return Ok(0.0);
-        }
-        let infinite = norm_type.is_infinite();
-        let mut local = Tensor::f_zeros([], (Kind::Double, grads[0].device())).map_err(fail(op))?;
-        for g in &grads {
-            let g = g.f_to_kind(Kind::Double).map_err(fail(op))?;
-            let part = if infinite {
-                g.f_abs().and_then(|a| a.f_max()).map_err(fail(op))?
-            } else {
-                g.f_abs()
-                    .and_then(|a| a.f_pow_tensor_scalar(norm_type))
-                    .and_then(|a| a.f_sum(Kind::Double))
-                    .map_err(fail(op))?
-            };
-            local = if infinite {
-                local.f_maximum(&part)
-            } else {
-                local.f_add(&part)
-            }
-            .map_err(fail(op))?;
-        }
-        let total = all_reduce(op, &local, if infinite { Reduce::Max } else { Reduce::Sum })?;
-        let total = total.f_double_value(&[]).map_err(fail(op))?;
-        let total = if infinite { total } else { total.powf(1.0 / norm_type) };
-        let coefficient = max_norm / (total + 1e-6);
-        if coefficient < 1.0 {
-            for part in &mut self.partitions {
-                if let Some(g) = part.grad.as_mut() {
-                    let _scaled = g.f_mul_scalar_(coefficient).map_err(fail(op))?;
-                }
-            }
-        }
-        Ok(total)
+        let grads: Vec<Tensor> = self
+            .partitions
+            .iter()
+            .filter_map(|p| p.grad.as_ref().map(Tensor::shallow_clone))
+            .collect();
+        clip_sharded("clipGradNorm (ZeRO stage 2)", &grads, max_norm, norm_type)
     }
 
     /// Updates this process's partitions with `optimizer`'s hyperparameters, then gathers every
@@ -252,6 +234,7 @@ impl ZeroOptimizer {
                 None if self.stage == ZeroStage::Two => continue,
                 None => part.gradient_slice(&op, self.rank, false)?,
             };
+            let grad = grad.f_to_device(part.home).map_err(fail(&op))?;
             let master = part.master.shallow_clone();
             let mut slots = [Slot {
                 param: &master,
@@ -276,10 +259,10 @@ impl ZeroOptimizer {
                     whole.push((name.clone(), t.shallow_clone()));
                     continue;
                 }
-                let full = t
-                    .f_new_empty([part.padded], (t.kind(), t.device()))
-                    .map_err(fail(&op))?;
-                all_gather_into(&op, &full, t)?;
+                let device = part.params.first().map_or(Device::Cpu, Tensor::device);
+                let t = t.f_to_device(device).map_err(fail(&op))?;
+                let full = t.f_new_empty([part.padded], (t.kind(), device)).map_err(fail(&op))?;
+                all_gather_into(&op, &full, &t)?;
                 whole.push((name.clone(), full));
             }
             for (p, &offset) in part.params.iter().zip(&part.offsets) {
@@ -336,6 +319,7 @@ impl ZeroOptimizer {
                 })?;
                 let mine = full
                     .f_narrow(0, self.rank * part.len(), part.len())
+                    .and_then(|t| t.f_to_device(part.home))
                     .and_then(|t| t.f_detach_copy())
                     .map_err(fail(&op))?;
                 sliced.insert(name, mine);
@@ -357,19 +341,74 @@ impl ZeroOptimizer {
     }
 
     /// Bytes of optimizer state this process holds: the partitions' state and master copies.
-    pub fn optimizer_state_bytes(&self) -> i64 {
+    pub fn optimizer_state_bytes(&self) -> Placement {
+        let mut placement = Placement::default();
+        for p in &self.partitions {
+            placement.add(&p.master);
+            p.state.values().for_each(|t| placement.add(t));
+        }
+        placement
+    }
+
+    /// This process's partitions of the averaged gradients (stage 2, between backward and step).
+    pub fn gradients(&self) -> Vec<Tensor> {
         self.partitions
             .iter()
-            .map(|p| bytes(&p.master) + p.state.values().map(bytes).sum::<i64>())
-            .sum()
+            .filter_map(|p| p.grad.as_ref().map(Tensor::shallow_clone))
+            .collect()
     }
 
     /// Bytes of partition gradients held now (stage 2, between backward and step).
-    pub fn gradient_bytes(&self) -> i64 {
-        self.partitions.iter().filter_map(|p| p.grad.as_ref()).map(bytes).sum()
+    pub fn gradient_bytes(&self) -> Placement {
+        let mut placement = Placement::default();
+        self.partitions
+            .iter()
+            .filter_map(|p| p.grad.as_ref())
+            .for_each(|g| placement.add(g));
+        placement
     }
 
     pub fn world_size(&self) -> i64 {
         self.world
     }
+}
+
+/// The total `norm_type` norm of gradients sharded across processes (each process holds
+/// `grads`, its slices), and, when it exceeds `max_norm`, scales them down to it in place.
+/// Returns the norm before. Every process must call it.
+pub(super) fn clip_sharded(op: &str, grads: &[Tensor], max_norm: f64, norm_type: f64) -> Result<f64> {
+    let Some(first) = grads.first() else {
+        return Ok(0.0);
+    };
+    let infinite = norm_type.is_infinite();
+    let mut local = Tensor::f_zeros([], (Kind::Double, first.device())).map_err(fail(op))?;
+    for g in grads {
+        let g = g.f_to_kind(Kind::Double).map_err(fail(op))?;
+        let part = if infinite {
+            g.f_abs().and_then(|a| a.f_max()).map_err(fail(op))?
+        } else {
+            g.f_abs()
+                .and_then(|a| a.f_pow_tensor_scalar(norm_type))
+                .and_then(|a| a.f_sum(Kind::Double))
+                .map_err(fail(op))?
+        };
+        let part = part.f_to_device(local.device()).map_err(fail(op))?;
+        local = if infinite {
+            local.f_maximum(&part)
+        } else {
+            local.f_add(&part)
+        }
+        .map_err(fail(op))?;
+    }
+    let total = all_reduce(op, &local, if infinite { Reduce::Max } else { Reduce::Sum })?;
+    let total = total.f_double_value(&[]).map_err(fail(op))?;
+    let total = if infinite { total } else { total.powf(1.0 / norm_type) };
+    let coefficient = max_norm / (total + 1e-6);
+    if coefficient < 1.0 {
+        for g in grads {
+            let mut g = g.shallow_clone();
+            let _scaled = g.f_mul_scalar_(coefficient).map_err(fail(op))?;
+        }
+    }
+    Ok(total)
 }

@@ -1,0 +1,454 @@
+// ZeRO stage 3 (parameters partitioned, as DeepSpeed's stage 3 and FSDP's full shard):
+// each parameter keeps its shape, but its storage is freed while no module needs it; this
+// process keeps a flat slice of it (its shard, `ceil(numel / world)` elements, zero-padded).
+// A unit (the parameters one module uses) is all-gathered into full storage before the
+// module's forward and released after; hooks on the module's outputs gather it again just
+// before its backward, and a hook after each gradient accumulation reduce-scatters the
+// unit's gradients into the shards' gradients once all have arrived, then frees the full
+// gradients and the parameters. Parameters below a size threshold stay whole (persistent).
+//
+// Freeing is done as FSDP does it: the storage's bytes are released and the size set to 0,
+// without touching the tensor's metadata or version counter, so the autograd graph's saved
+// references to the parameter stay valid and see the data again once it is re-gathered. A
+// freed parameter read by any operation raises c10's "data is not allocated yet" Error
+// (libtorch checks storage_initialized() before handing out a data pointer).
+#include "shim.h"
+#include "c10d_group.h"
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+#include <memory>
+#include <mutex>
+
+namespace {
+struct Param {
+  at::Tensor full;   // the model's parameter
+  at::Tensor shard;  // this process's slice: shard_len elements
+  at::Tensor grad;   // this process's slice of the averaged gradient, accumulated; or undefined
+  int64_t numel = 0;
+  int64_t shard_len = 0;
+  bool persistent = false;
+  int holds = 0;           // gathers not yet released; the storage is allocated while > 0
+  int backward_holds = 0;  // of those, taken for backward: dropped once its gradient is reduced
+  int owner = -1;          // the unit that reduces its gradient (-1: it needs none)
+  bool reduced = false;    // its gradient was reduced in this backward pass
+};
+
+struct Unit {
+  std::vector<size_t> params;  // gathered together
+  std::vector<size_t> owned;   // whose gradients it reduces
+  size_t pending = 0;          // owned gradients not yet arrived in this backward pass
+  bool gathered_for_backward = false;
+};
+
+void free_storage(Param& p) {
+  auto* storage = p.full.storage().unsafeGetStorageImpl();
+  storage->set_data_ptr_noswap(at::DataPtr(nullptr, p.full.device()));
+  storage->set_nbytes(0);
+}
+
+void allocate_storage(Param& p) {
+  auto* storage = p.full.storage().unsafeGetStorageImpl();
+  const size_t bytes = static_cast<size_t>(p.numel) * p.full.element_size();
+  if (storage->nbytes() == bytes && storage->data() != nullptr) return;
+  storage->set_data_ptr_noswap(storage->allocator()->allocate(bytes));
+  storage->set_nbytes(bytes);
+}
+
+struct Sharder {
+  c10::intrusive_ptr<c10d::Backend> backend;
+  std::chrono::milliseconds timeout;
+  bool blocking_wait;
+  std::shared_ptr<AccArrivals> arrivals;
+  int rank = 0;
+  int world = 1;
+  std::vector<Param> params;
+  std::vector<Unit> units;
+  std::recursive_mutex mutex;
+  bool dirty = false;  // a backward pass touched the state since the last settle()
+
+  void wait(const c10::intrusive_ptr<c10d::Work>& work) { acc_wait(work, blocking_wait, timeout, arrivals.get()); }
+
+  // All-gathers the shards of `need` (one collective) into their parameters' full storage.
+  void all_gather(const std::vector<size_t>& need) {
+    if (need.empty()) return;
+    const auto device = params[need[0]].full.device();
+    std::vector<at::Tensor> pieces;
+    int64_t total = 0;
+    for (auto i : need) {
+      pieces.push_back(params[i].shard.to(device, /*non_blocking=*/true));
+      total += params[i].shard_len;
+    }
+    auto input = pieces.size() == 1 ? pieces[0] : at::cat(pieces);
+    auto output = at::empty({world * total}, input.options());
+    c10d::AllgatherOptions options;
+    options.timeout = timeout;
+    wait(backend->_allgather_base(output, input, options));
+    auto rows = output.view({world, total});
+    at::NoGradGuard no_grad;
+    int64_t offset = 0;
+    for (auto i : need) {
+      auto& p = params[i];
+      allocate_storage(p);
+      auto whole = rows.narrow(1, offset, p.shard_len).reshape({-1}).narrow(0, 0, p.numel);
+      // variable_data() shares the storage but not the version counter: saved tensors stay valid.
+      p.full.variable_data().view({-1}).copy_(whole);
+      offset += p.shard_len;
+    }
+  }
+
+  void gather(const std::vector<size_t>& idx) {
+    std::vector<size_t> need;
+    for (auto i : idx) {
+      auto& p = params[i];
+      if (p.holds++ == 0 && !p.persistent) need.push_back(i);
+    }
+    all_gather(need);
+  }
+
+  void release(size_t i) {
+    auto& p = params[i];
+    if (p.holds > 0 && --p.holds == 0 && !p.persistent) free_storage(p);
+  }
+
+  void gather_for_backward(size_t u) {
+    std::lock_guard<std::recursive_mutex> lock(mutex);
+    auto& unit = units[u];
+    if (unit.gathered_for_backward) return;
+    unit.gathered_for_backward = true;
+    dirty = true;
+    std::vector<size_t> idx;
+    for (auto i : unit.params) {
+      if (params[i].reduced) continue;
+      params[i].backward_holds++;
+      idx.push_back(i);
+    }
+    gather(idx);
+  }
+
+  // Reduce-scatters the gradients of `idx` (one collective; zeros where one is missing) into
+  // the shards' gradients, frees the full gradients, and drops backward's holds on them.
+  void reduce(const std::vector<size_t>& idx) {
+    if (idx.empty()) return;
+    std::vector<at::Tensor> columns;
+    int64_t total = 0;
+    for (auto i : idx) {
+      auto& p = params[i];
+      const auto& g = p.full.grad();
+      auto flat = g.defined() ? g.reshape({-1}) : at::zeros({p.numel}, p.full.options());
+      columns.push_back(at::constant_pad_nd(flat, {0, world * p.shard_len - p.numel}).view({world, p.shard_len}));
+      total += p.shard_len;
+    }
+    // Rank-major: rank r's slice holds every parameter's r-th piece.
+    auto input = (columns.size() == 1 ? columns[0] : at::cat(columns, 1)).contiguous().view({-1});
+    auto output = at::empty({total}, input.options());
+    c10d::ReduceScatterOptions options;
+    options.reduceOp = c10d::ReduceOp::AVG;
+    options.timeout = timeout;
+    wait(backend->_reduce_scatter_base(output, input, options));
+    at::NoGradGuard no_grad;
+    int64_t offset = 0;
+    for (auto i : idx) {
+      auto& p = params[i];
+      auto piece = output.narrow(0, offset, p.shard_len).to(p.shard.device(), /*non_blocking=*/false);
+      offset += p.shard_len;
+      if (p.grad.defined()) {
+        p.grad.add_(piece);
+      } else {
+        p.grad = piece.clone();
+      }
+      p.full.mutable_grad() = at::Tensor();
+      p.reduced = true;
+      for (; p.backward_holds > 0; p.backward_holds--) release(i);
+    }
+  }
+
+  void on_grad(size_t i) {
+    std::lock_guard<std::recursive_mutex> lock(mutex);
+    auto& p = params[i];
+    if (p.owner < 0) return;
+    dirty = true;
+    if (p.reduced) return reduce({i});
+    auto& unit = units[p.owner];
+    if (unit.pending > 0 && --unit.pending == 0) {
+      std::vector<size_t> idx;
+      for (auto j : unit.owned) {
+        if (!params[j].reduced) idx.push_back(j);
+      }
+      reduce(idx);
+    }
+  }
+
+  // After a backward pass: reduces gradients that arrived for units not complete (unused
+  // parameters), drops what backward still holds, and resets the counts for the next pass.
+  void settle() {
+    std::lock_guard<std::recursive_mutex> lock(mutex);
+    if (!dirty) return;
+    for (auto& unit : units) {
+      std::vector<size_t> idx;
+      for (auto j : unit.owned) {
+        if (!params[j].reduced && params[j].full.grad().defined()) idx.push_back(j);
+      }
+      reduce(idx);
+    }
+    for (size_t i = 0; i < params.size(); i++) {
+      for (; params[i].backward_holds > 0; params[i].backward_holds--) release(i);
+      params[i].reduced = false;
+    }
+    for (auto& unit : units) {
+      unit.pending = unit.owned.size();
+      unit.gathered_for_backward = false;
+    }
+    dirty = false;
+  }
+};
+
+struct GradHook : torch::autograd::PostAccumulateGradHook {
+  std::weak_ptr<Sharder> sharder;
+  size_t index;
+  GradHook(std::weak_ptr<Sharder> s, size_t i) : sharder(std::move(s)), index(i) {}
+  void operator()(const torch::autograd::Variable& /*param*/) override {
+    if (auto s = sharder.lock()) s->on_grad(index);
+  }
+};
+
+struct Handle {
+  std::shared_ptr<Sharder> sharder;
+};
+
+Sharder& of(void* handle) { return *static_cast<Handle*>(handle)->sharder; }
+
+std::vector<size_t> indices(const Sharder& s, const int64_t* idx, int count) {
+  std::vector<size_t> out;
+  for (int k = 0; k < count; k++) {
+    TORCH_CHECK(idx[k] >= 0 && static_cast<size_t>(idx[k]) < s.params.size(), "parameter index out of range");
+    out.push_back(static_cast<size_t>(idx[k]));
+  }
+  return out;
+}
+}  // namespace
+
+// Shards `params` (identical on every process) across the group. `unit_params` lists each
+// unit's parameter indices end to end, `unit_sizes` how many each has; a parameter's first
+// unit reduces its gradient. Parameters with fewer than `persist_below` elements stay whole.
+// `shard_device` (a device index, -1 for the CPU) holds the shards; CPU shards of GPU
+// parameters are pinned.
+extern "C" int acc_zero3_new(void* group, acc_tensor* params, int count, const int64_t* unit_params,
+                             const int64_t* unit_sizes, int unit_count, int64_t persist_below, int offload,
+                             void** out) {
+  ACC_PROTECT({
+    auto s = std::make_shared<Sharder>();
+    auto g = static_cast<AccGroup*>(group);
+    s->backend = g->backend;
+    s->timeout = g->timeout;
+    s->blocking_wait = g->blocking_wait;
+    s->arrivals = g->arrivals;
+    s->rank = g->backend->getRank();
+    s->world = g->backend->getSize();
+    at::NoGradGuard no_grad;
+    for (int i = 0; i < count; i++) {
+      Param p;
+      p.full = *params[i];
+      TORCH_CHECK(p.full.is_floating_point(), "ZeRO stage 3 shards floating-point parameters only");
+      auto* storage = p.full.storage().unsafeGetStorageImpl();
+      p.numel = p.full.numel();
+      const bool exclusive = p.full.is_contiguous() && p.full.storage_offset() == 0 &&
+                             storage->nbytes() == static_cast<size_t>(p.numel) * p.full.element_size() &&
+                             storage->allocator() != nullptr && p.full.storage().use_count() == 1;
+      // A parameter that is a view of a larger buffer gets storage of its own.
+      if (!exclusive) p.full.set_data(p.full.detach().clone(at::MemoryFormat::Contiguous));
+      p.shard_len = std::max<int64_t>(1, (p.numel + s->world - 1) / s->world);
+      p.persistent = p.numel < persist_below;
+      auto padded = at::constant_pad_nd(p.full.detach().reshape({-1}), {0, s->world * p.shard_len - p.numel});
+      auto mine = padded.narrow(0, s->rank * p.shard_len, p.shard_len);
+      if (offload != 0 && p.full.is_cuda()) {
+        p.shard = at::empty({p.shard_len}, p.full.options().device(at::kCPU).pinned_memory(true));
+        p.shard.copy_(mine);
+      } else {
+        p.shard = mine.clone();
+      }
+      s->params.push_back(std::move(p));
+    }
+    int64_t at = 0;
+    for (int u = 0; u < unit_count; u++) {
+      Unit unit;
+      unit.params = indices(*s, unit_params + at, static_cast<int>(unit_sizes[u]));
+      at += unit_sizes[u];
+      for (auto i : unit.params) {
+        auto& p = s->params[i];
+        if (p.owner >= 0 || !p.full.requires_grad()) continue;
+        p.owner = u;
+        unit.owned.push_back(i);
+      }
+      unit.pending = unit.owned.size();
+      s->units.push_back(std::move(unit));
+    }
+    for (size_t i = 0; i < s->params.size(); i++) {
+      auto& p = s->params[i];
+      if (p.persistent) continue;
+      free_storage(p);
+    }
+    for (size_t i = 0; i < s->params.size(); i++) {
+      if (s->params[i].owner < 0) continue;
+      torch::autograd::impl::set_post_acc_grad_hooks(s->params[i].full, std::make_unique<GradHook>(s, i));
+    }
+    *out = new Handle{s};
+  })
+}
+
+// Gathers a unit's parameters (or the parameters listed) before a forward or a state read.
+extern "C" int acc_zero3_gather(void* handle, const int64_t* idx, int count) {
+  ACC_PROTECT({
+    auto& s = of(handle);
+    std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    s.gather(indices(s, idx, count));
+  })
+}
+
+extern "C" int acc_zero3_release(void* handle, const int64_t* idx, int count) {
+  ACC_PROTECT({
+    auto& s = of(handle);
+    std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    for (auto i : indices(s, idx, count)) s.release(i);
+  })
+}
+
+// Adds parameters a unit's module used that belong to another module (tied weights): the
+// unit gathers them too before its backward.
+extern "C" int acc_zero3_add_to_unit(void* handle, int unit, const int64_t* idx, int count) {
+  ACC_PROTECT({
+    auto& s = of(handle);
+    std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    TORCH_CHECK(unit >= 0 && static_cast<size_t>(unit) < s.units.size(), "unit index out of range");
+    auto& params = s.units[unit].params;
+    for (auto i : indices(s, idx, count)) {
+      if (std::find(params.begin(), params.end(), i) == params.end()) params.push_back(i);
+    }
+  })
+}
+
+// Hooks a unit's forward outputs: their gradients' arrival gathers the unit for its backward.
+extern "C" int acc_zero3_hook_outputs(void* handle, int unit, acc_tensor* outputs, int count) {
+  ACC_PROTECT({
+    auto sharder = static_cast<Handle*>(handle)->sharder;
+    TORCH_CHECK(unit >= 0 && static_cast<size_t>(unit) < sharder->units.size(), "unit index out of range");
+    std::weak_ptr<Sharder> weak = sharder;
+    const auto u = static_cast<size_t>(unit);
+    for (int k = 0; k < count; k++) {
+      if (!outputs[k]->requires_grad()) continue;
+      outputs[k]->register_hook([weak, u](const at::Tensor& /*grad*/) {
+        if (auto s = weak.lock()) s->gather_for_backward(u);
+      });
+    }
+  })
+}
+
+extern "C" int acc_zero3_settle(void* handle) {
+  ACC_PROTECT({ of(handle).settle(); })
+}
+
+// The index of `param` among the sharded parameters, or -1.
+extern "C" int acc_zero3_index_of(void* handle, acc_tensor param, int64_t* out) {
+  ACC_PROTECT({
+    auto& s = of(handle);
+    *out = -1;
+    for (size_t i = 0; i < s.params.size(); i++) {
+      if (s.params[i].full.unsafeGetTensorImpl() == param->unsafeGetTensorImpl()) *out = static_cast<int64_t>(i);
+    }
+  })
+}
+
+extern "C" int acc_zero3_count(void* handle) { return static_cast<int>(of(handle).params.size()); }
+
+// The shard of parameter `i` (the tensor the optimizer updates in place), its gradient
+// (`which` 1; undefined when none arrived) or the full parameter (`which` 2).
+extern "C" int acc_zero3_tensor(void* handle, int64_t i, int which, acc_tensor* out) {
+  ACC_PROTECT({
+    auto& s = of(handle);
+    std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    TORCH_CHECK(i >= 0 && static_cast<size_t>(i) < s.params.size(), "parameter index out of range");
+    auto& p = s.params[i];
+    *out = new at::Tensor(which == 0 ? p.shard : which == 1 ? p.grad : p.full);
+  })
+}
+
+// Drops the shards' gradients (after the optimizer stepped).
+extern "C" int acc_zero3_clear_grads(void* handle) {
+  ACC_PROTECT({
+    auto& s = of(handle);
+    std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    for (auto& p : s.params) p.grad = at::Tensor();
+  })
+}
+
+// After the shards changed (an optimizer step): persistent parameters gather them again.
+extern "C" int acc_zero3_refresh_persistent(void* handle) {
+  ACC_PROTECT({
+    auto& s = of(handle);
+    std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    std::vector<size_t> need;
+    for (size_t i = 0; i < s.params.size(); i++) {
+      if (s.params[i].persistent || s.params[i].holds > 0) need.push_back(i);
+    }
+    s.all_gather(need);
+  })
+}
+
+// After the full parameters were written (a checkpoint load, everything gathered): each
+// shard copies its slice of them.
+extern "C" int acc_zero3_copy_into_shards(void* handle) {
+  ACC_PROTECT({
+    auto& s = of(handle);
+    std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    at::NoGradGuard no_grad;
+    for (auto& p : s.params) {
+      TORCH_CHECK(p.persistent || p.holds > 0, "copy_into_shards: a parameter is not gathered");
+      auto padded = at::constant_pad_nd(p.full.detach().reshape({-1}), {0, s.world * p.shard_len - p.numel});
+      p.shard.copy_(padded.narrow(0, s.rank * p.shard_len, p.shard_len));
+    }
+  })
+}
+
+// Bytes of parameter storage this process holds now: on the device (full parameters
+// gathered, and shards there) and on the host (offloaded shards).
+extern "C" int acc_zero3_bytes(void* handle, int64_t* device, int64_t* host) {
+  ACC_PROTECT({
+    auto& s = of(handle);
+    std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    *device = 0;
+    *host = 0;
+    for (auto& p : s.params) {
+      const int64_t full = static_cast<int64_t>(p.full.storage().nbytes());
+      const int64_t shard = p.shard.numel() * p.shard.element_size();
+      (p.full.is_cuda() ? *device : *host) += full;
+      (p.shard.is_cuda() ? *device : *host) += shard;
+    }
+  })
+}
+
+// Before the sharder goes: gathers every parameter for good, so the model is whole again
+// (every process must call it, as for any collective).
+extern "C" int acc_zero3_unshard(void* handle) {
+  ACC_PROTECT({
+    auto& s = of(handle);
+    std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    s.settle();
+    std::vector<size_t> need;
+    for (size_t i = 0; i < s.params.size(); i++) {
+      auto& p = s.params[i];
+      if (!p.persistent && p.holds == 0) need.push_back(i);
+      p.persistent = true;
+    }
+    s.all_gather(need);
+    for (auto& p : s.params) torch::autograd::impl::set_post_acc_grad_hooks(p.full, nullptr);
+  })
+}
+
+extern "C" void acc_zero3_free(void* handle) {
+  auto h = static_cast<Handle*>(handle);
+  try {
+    std::lock_guard<std::recursive_mutex> lock(h->sharder->mutex);
+    for (auto& p : h->sharder->params) torch::autograd::impl::set_post_acc_grad_hooks(p.full, nullptr);
+  } catch (...) {
+  }
+  delete h;
+}

@@ -1,0 +1,190 @@
+//! Bindings for ZeRO stage 3 (crates/core/src/dist/zero3.rs): the sharder of one model's
+//! parameters, which the strategy drives around each module's forward, and the optimizer
+//! over its shards.
+
+use std::rc::Rc;
+
+use accelerate_core::dist::{Placement, Sharder, Zero3Optimizer};
+use accelerate_core::optim::AmpInputs;
+use napi::{Env, Result};
+use napi_derive::napi;
+
+use crate::convert::{guarded, wrap_all};
+use crate::optim::OptimizerCore;
+use crate::Tensor;
+
+/// Bytes on the device and on the host.
+#[napi(object)]
+pub struct HeldBytes {
+    pub device: f64,
+    pub host: f64,
+}
+
+impl From<Placement> for HeldBytes {
+    fn from(p: Placement) -> Self {
+        HeldBytes {
+            device: p.device as f64,
+            host: p.host as f64,
+        }
+    }
+}
+
+fn indices(idx: &[u32]) -> Vec<usize> {
+    idx.iter().map(|&i| i as usize).collect()
+}
+
+#[napi]
+pub struct Zero3Sharder {
+    inner: Rc<Sharder>,
+}
+
+#[napi]
+impl Zero3Sharder {
+    /// Shards `params` across the process group; `units` lists each module's parameter indices.
+    #[napi(constructor)]
+    pub fn new(params: Vec<Tensor>, units: Vec<Vec<u32>>, persist_below: f64, offload: bool) -> Result<Self> {
+        guarded("prepare", || {
+            let params = params
+                .iter()
+                .map(|p| Ok(p.handle.get("prepare")?.shallow_clone()))
+                .collect::<accelerate_core::Result<Vec<_>>>()?;
+            let units: Vec<Vec<usize>> = units.iter().map(|u| indices(u)).collect();
+            Ok(Zero3Sharder {
+                inner: Rc::new(Sharder::new(&params, &units, persist_below as i64, offload)?),
+            })
+        })
+    }
+
+    #[napi]
+    pub fn gather(&self, idx: Vec<u32>) -> Result<()> {
+        guarded("forward (ZeRO stage 3)", || {
+            self.inner.gather("forward (ZeRO stage 3)", &indices(&idx))
+        })
+    }
+
+    #[napi]
+    pub fn release(&self, idx: Vec<u32>) -> Result<()> {
+        guarded("forward (ZeRO stage 3)", || {
+            self.inner.release("forward (ZeRO stage 3)", &indices(&idx))
+        })
+    }
+
+    #[napi]
+    pub fn add_to_unit(&self, unit: u32, idx: Vec<u32>) -> Result<()> {
+        guarded("forward (ZeRO stage 3)", || {
+            self.inner
+                .add_to_unit("forward (ZeRO stage 3)", unit as usize, &indices(&idx))
+        })
+    }
+
+    #[napi]
+    pub fn hook_outputs(&self, unit: u32, outputs: Vec<Tensor>) -> Result<()> {
+        let op = "forward (ZeRO stage 3)";
+        guarded(op, || {
+            let outputs = outputs
+                .iter()
+                .map(|t| Ok(t.handle.get(op)?.shallow_clone()))
+                .collect::<accelerate_core::Result<Vec<_>>>()?;
+            self.inner
+                .hook_outputs(op, unit as usize, &outputs.iter().collect::<Vec<_>>())
+        })
+    }
+
+    #[napi]
+    pub fn settle(&self) -> Result<()> {
+        guarded("backward (ZeRO stage 3)", || {
+            self.inner.settle("backward (ZeRO stage 3)")
+        })
+    }
+
+    /// Drops the shards' gradients (zeroGrad; a step skipped for inf/NaN leaves them).
+    #[napi]
+    pub fn clear_gradients(&self) -> Result<()> {
+        guarded("zeroGrad (ZeRO stage 3)", || {
+            self.inner.clear_grads("zeroGrad (ZeRO stage 3)")
+        })
+    }
+
+    #[napi]
+    pub fn copy_into_shards(&self) -> Result<()> {
+        guarded("loadState (ZeRO stage 3)", || {
+            self.inner.copy_into_shards("loadState (ZeRO stage 3)")
+        })
+    }
+
+    #[napi]
+    pub fn unshard(&self) -> Result<()> {
+        guarded("freeMemory (ZeRO stage 3)", || {
+            self.inner.unshard("freeMemory (ZeRO stage 3)")
+        })
+    }
+
+    #[napi]
+    pub fn parameter_bytes(&self) -> Result<HeldBytes> {
+        guarded("stateBytes", || Ok(self.inner.parameter_bytes("stateBytes")?.into()))
+    }
+
+    #[napi]
+    pub fn gradient_bytes(&self) -> Result<HeldBytes> {
+        guarded("stateBytes", || Ok(self.inner.gradient_bytes("stateBytes")?.into()))
+    }
+}
+
+#[napi]
+pub struct Zero3Core {
+    inner: Zero3Optimizer,
+}
+
+#[napi]
+impl Zero3Core {
+    /// Updates `optimizer`'s parameters through the shards of `sharder`; `offload` on the host.
+    #[napi(constructor)]
+    pub fn new(optimizer: &OptimizerCore, sharder: &Zero3Sharder, offload: bool) -> Result<Self> {
+        guarded("prepare", || {
+            Ok(Zero3Core {
+                inner: Zero3Optimizer::new(&optimizer.inner, Rc::clone(&sharder.inner), offload)?,
+            })
+        })
+    }
+
+    #[napi]
+    pub fn clip_grad_norm(&mut self, max_norm: f64, norm_type: f64) -> Result<f64> {
+        guarded("clipGradNorm", || self.inner.clip_grad_norm(max_norm, norm_type))
+    }
+
+    /// This process's shards of the averaged gradients (between backward and step).
+    #[napi]
+    pub fn gradients(&self, env: Env) -> Result<Vec<Tensor>> {
+        guarded("unscale", || Ok(wrap_all(&env, self.inner.gradients()?)))
+    }
+
+    #[napi]
+    pub fn step(&mut self, optimizer: &OptimizerCore) -> Result<()> {
+        guarded("step", || self.inner.step(&optimizer.inner, AmpInputs::default()))
+    }
+
+    #[napi]
+    pub fn consolidate_state(&self, optimizer: &mut OptimizerCore) -> Result<()> {
+        guarded("stateDict", || self.inner.consolidate_state(&mut optimizer.inner))
+    }
+
+    #[napi]
+    pub fn release_state(&self, optimizer: &mut OptimizerCore) {
+        self.inner.release_state(&mut optimizer.inner);
+    }
+
+    #[napi]
+    pub fn take_state(&mut self, optimizer: &mut OptimizerCore) -> Result<()> {
+        guarded("loadStateDict", || self.inner.take_state(&mut optimizer.inner))
+    }
+
+    #[napi]
+    pub fn refresh_masters(&mut self) -> Result<()> {
+        guarded("loadState", || self.inner.refresh_masters())
+    }
+
+    #[napi]
+    pub fn state_bytes(&self) -> HeldBytes {
+        self.inner.state_bytes().into()
+    }
+}

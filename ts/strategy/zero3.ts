@@ -1,0 +1,287 @@
+// ZeRO stage 3 (DeepSpeed's stage 3, FSDP2's full shard): parameters are partitioned too.
+// Every module that owns parameters is a unit (a Sequential of built-in layers, which runs in
+// the engine as one, is one unit): its forward gathers the unit's parameters and releases them
+// after; backward gathers them again just before it needs them and reduce-scatters their
+// gradients into this process's shards (crates/core/shim/zero3.cpp). A parameter read during
+// another module's forward (a tied weight used as `this.embedding.weight`) is gathered for
+// that module too and remembered, so its backward gathers it as well. Parameters with fewer
+// elements than the persistence threshold stay whole on every process.
+import type { OptimizerCore, Zero3Core, Zero3Sharder } from "../../index.js";
+import { tensorsIn, type StateValue } from "../checkpoint.js";
+import { native } from "../native.js";
+import { Module } from "../nn/module.js";
+import { nativeLayerOf } from "../nn/native_module.js";
+import { Optimizer } from "../optim/optimizer.js";
+import type { ModelLike, OptimizerLike } from "../prepared.js";
+import type { ProcessState } from "../state.js";
+import type { Tensor } from "../tensor.js";
+import { SingleProcess, type HeldBytes, type OptimizerHooks } from "./strategy.js";
+
+export interface Zero3Options {
+  /** Parameters with fewer elements stay whole (DeepSpeed's stage3_param_persistence_threshold). */
+  persistBelow: number;
+  /** The optimizer state and step on the host. */
+  offloadOptimizer: boolean;
+  /** The shards in host memory between uses. */
+  offloadParameters: boolean;
+}
+
+interface Unit {
+  index: number;
+  /** Parameter indices the unit gathers (its module's own, then those learnt during forward). */
+  params: number[];
+}
+
+interface ShardedModel {
+  sharder: Zero3Sharder;
+  params: Tensor[];
+  indexOf: Map<Tensor, number>;
+  persistent: boolean[];
+  units: Unit[];
+  /** How many forward gathers hold each parameter now (this side's view, for tied-weight reads). */
+  held: number[];
+  /** The units whose forward runs now, innermost last, with the extra parameters each gathered. */
+  running: { unit: Unit; extra: number[] }[];
+}
+
+const join = (prefix: string, name: string): string => (prefix === "" ? name : `${prefix}.${name}`);
+
+/** `module`'s own parameters (not its children's), by property name. */
+function ownParameters(module: Module): [string, Tensor][] {
+  return module.namedParameters().filter(([name]) => !name.includes("."));
+}
+
+export class ZeroSharded extends SingleProcess {
+  override readonly name = "zero";
+  readonly stage = 3;
+  readonly #options: Zero3Options;
+  readonly #models = new Map<ModelLike, ShardedModel>();
+  readonly #optimizers = new Map<OptimizerLike, { zero: Zero3Core; core: OptimizerCore; model: ShardedModel }>();
+
+  constructor(state: ProcessState, options: Zero3Options) {
+    super(state);
+    this.#options = options;
+  }
+
+  override setupModel(model: ModelLike): void {
+    if (!(model instanceof Module)) {
+      throw new Error(`prepare: ZeRO stage 3 shards the parameters of an nn.Module; got ${model.constructor.name}`);
+    }
+    const params = model.parameters();
+    native.distBroadcastParameters(params);
+    const indexOf = new Map(params.map((p, i) => [p, i]));
+    const units: Unit[] = [];
+    const modules: [Module, Unit][] = [];
+    const covered = new Set<Module>();
+    for (const [, module] of model.namedModules()) {
+      if (covered.has(module)) continue;
+      // A container of built-in layers runs them in the engine without their forward: one unit.
+      const whole = nativeLayerOf(module) !== undefined && module.children().length > 0;
+      if (whole) for (const m of module.modules()) covered.add(m);
+      const own = whole ? module.parameters() : ownParameters(module).map(([, t]) => t);
+      // A module with children is a unit even without parameters of its own: it may read a
+      // child's (a tied weight), which its unit then gathers.
+      if (own.length === 0 && module.children().length === 0) continue;
+      const unit = { index: units.length, params: own.map((t) => indexOf.get(t) as number) };
+      units.push(unit);
+      modules.push([module, unit]);
+    }
+    const sharder = new native.Zero3Sharder(
+      params,
+      units.map((u) => u.params),
+      this.#options.persistBelow,
+      this.#options.offloadParameters,
+    );
+    const entry: ShardedModel = {
+      sharder,
+      params,
+      indexOf,
+      persistent: params.map((p) => p.numel < this.#options.persistBelow),
+      units,
+      held: params.map(() => 0),
+      running: [],
+    };
+    for (const [module, unit] of modules) {
+      this.#wrapForward(entry, module, unit);
+      for (const [name, tensor] of ownParameters(module)) this.#watchReads(entry, module, name, tensor);
+    }
+    this.#models.set(model, entry);
+  }
+
+  /** The module's forward gathers its unit, hooks its outputs for backward, and releases the unit. */
+  #wrapForward(entry: ShardedModel, module: Module, unit: Unit): void {
+    const forward = module.forward;
+    const gather = (idx: number[]) => {
+      entry.sharder.gather(idx);
+      for (const i of idx) entry.held[i] += 1;
+    };
+    module.forward = (...args: unknown[]): unknown => {
+      const params = [...unit.params];
+      gather(params);
+      const frame = { unit, extra: [] as number[] };
+      entry.running.push(frame);
+      try {
+        const out = forward.apply(module, args);
+        const outputs = tensorsIn(out as StateValue).filter((t) => t.requiresGrad);
+        if (outputs.length > 0) entry.sharder.hookOutputs(unit.index, outputs);
+        return out;
+      } finally {
+        entry.running.pop();
+        const release = [...params, ...frame.extra];
+        for (const i of release) entry.held[i] -= 1;
+        entry.sharder.release(release);
+      }
+    };
+  }
+
+  /**
+   * Reading `module[name]` while another module's forward runs (a tied weight) gathers the
+   * parameter for that module and adds it to the module's unit for backward.
+   */
+  #watchReads(entry: ShardedModel, module: Module, name: string, tensor: Tensor): void {
+    const index = entry.indexOf.get(tensor) as number;
+    if (entry.persistent[index]) return;
+    const descriptor = Object.getOwnPropertyDescriptor(module, name);
+    if (descriptor === undefined) return;
+    let value = descriptor.value as unknown;
+    const read = descriptor.get ?? (() => value);
+    const write = descriptor.set ?? ((v: unknown) => void (value = v));
+    Object.defineProperty(module, name, {
+      enumerable: descriptor.enumerable,
+      configurable: true,
+      get: () => {
+        const frame = entry.running.at(-1);
+        if (frame !== undefined && entry.held[index] === 0) {
+          entry.sharder.gather([index]);
+          entry.held[index] += 1;
+          frame.extra.push(index);
+          if (!frame.unit.params.includes(index)) {
+            frame.unit.params.push(index);
+            entry.sharder.addToUnit(frame.unit.index, [index]);
+          }
+        }
+        return read();
+      },
+      set: (v: unknown) => {
+        if (v !== read()) throw new Error(`${module.constructor.name}.${name}: ZeRO stage 3 shards this parameter; it cannot be replaced after prepare`);
+        write(v);
+      },
+    });
+  }
+
+  override setupOptimizer(optimizer: OptimizerLike): OptimizerHooks {
+    if (!(optimizer instanceof Optimizer)) {
+      throw new Error(`prepare: ZeRO partitions the optimizers of optim (SGD, Adam, AdamW); got ${optimizer.constructor.name}`);
+    }
+    const first = optimizer.paramGroups.flatMap((g) => g.params)[0];
+    const model = [...this.#models.values()].find((m) => first !== undefined && m.indexOf.has(first));
+    if (model === undefined) {
+      throw new Error("prepare: under ZeRO stage 3 an optimizer's parameters must belong to a model prepared with it (or before it)");
+    }
+    const core = optimizer.core;
+    const zero = new native.Zero3Core(core, model.sharder, this.#options.offloadOptimizer);
+    this.#optimizers.set(optimizer, { zero, core, model });
+    return {
+      step: () => zero.step(core),
+      zeroGrad: () => model.sharder.clearGradients(),
+      // Every process gathers the whole state (a checkpoint then loads on any number of processes).
+      stateDict: () => {
+        zero.consolidateState(core);
+        try {
+          return optimizer.stateDict();
+        } finally {
+          zero.releaseState(core);
+        }
+      },
+      loadStateDict: (state: unknown) => {
+        optimizer.loadStateDict(state as Parameters<typeof optimizer.loadStateDict>[0]);
+        zero.takeState(core);
+      },
+    };
+  }
+
+  /** Gradients reach the shards during backward; what is left (unused parameters) goes now. */
+  override afterBackward(): void {
+    for (const { sharder } of this.#models.values()) sharder.settle();
+  }
+
+  /** Every prepared optimizer's shards of the gradients. */
+  override heldGradients(): Tensor[] {
+    return [...this.#optimizers.values()].flatMap(({ zero }) => zero.gradients());
+  }
+
+  /** The norm across processes of every prepared optimizer's shard gradients. */
+  override clipGradNorm(_parameters: Tensor[], maxNorm: number, normType: number): number {
+    let norm = 0;
+    for (const { zero } of this.#optimizers.values()) norm = zero.clipGradNorm(maxNorm, normType);
+    return norm;
+  }
+
+  /** Gathered one parameter at a time and copied to the host: never a whole model on the device. */
+  override fullStateDict(model: { stateDict(): Record<string, Tensor> }): Record<string, Tensor> {
+    const entry = this.#models.get(model as unknown as ModelLike);
+    if (entry === undefined || !(model instanceof Module)) return model.stateDict();
+    const gathered = new Map<string, Tensor>();
+    for (const [prefix, module] of model.namedModules()) {
+      for (const [name, t] of ownParameters(module)) {
+        const index = entry.indexOf.get(t);
+        if (index === undefined) continue;
+        entry.sharder.gather([index]);
+        try {
+          gathered.set(join(prefix, name), t.device === "cpu" ? t.detach().clone() : t.detach().to("cpu"));
+        } finally {
+          entry.sharder.release([index]);
+        }
+      }
+    }
+    const out: Record<string, Tensor> = {};
+    for (const [key, t] of Object.entries(model.stateDict())) {
+      const whole = gathered.get(key);
+      if (whole === undefined) {
+        out[key] = t;
+      } else {
+        out[key] = whole;
+        t.dispose();
+      }
+    }
+    return out;
+  }
+
+  /** The models are gathered whole while `load` writes them; then each process keeps its shards. */
+  override loadParameters(load: () => void): void {
+    const entries = [...this.#models.values()];
+    const all = (e: ShardedModel) => e.params.map((_, i) => i);
+    for (const e of entries) e.sharder.gather(all(e));
+    try {
+      load();
+      for (const e of entries) e.sharder.copyIntoShards();
+      for (const { zero } of this.#optimizers.values()) zero.refreshMasters();
+    } finally {
+      for (const e of entries) e.sharder.release(all(e));
+    }
+  }
+
+  override parameterBytes(_parameters: Tensor[]): HeldBytes {
+    return this.#sum([...this.#models.values()].map((m) => m.sharder.parameterBytes()));
+  }
+
+  override gradientBytes(_parameters: Tensor[]): HeldBytes {
+    return this.#sum([...this.#models.values()].map((m) => m.sharder.gradientBytes()));
+  }
+
+  override optimizerStateBytes(optimizer: OptimizerLike): HeldBytes {
+    const entry = this.#optimizers.get(optimizer);
+    return entry ? entry.zero.stateBytes() : super.optimizerStateBytes(optimizer);
+  }
+
+  #sum(parts: HeldBytes[]): HeldBytes {
+    return parts.reduce((a, b) => ({ device: a.device + b.device, host: a.host + b.host }), { device: 0, host: 0 });
+  }
+
+  /** The models become whole again on every process (freeMemory, endTraining). */
+  override reset(): void {
+    for (const { sharder } of this.#models.values()) sharder.unshard();
+    this.#models.clear();
+    this.#optimizers.clear();
+  }
+}
