@@ -356,8 +356,7 @@ impl Zero3Optimizer {
     pub fn consolidate_state(&self, optimizer: &mut Optimizer) -> Result<()> {
         let op = format!("{}.stateDict (ZeRO stage 3)", optimizer.name());
         let world = super::group::world().1 as i64;
-        let mut index = 0;
-        for entry in self.groups.iter().flatten() {
+        for (index, entry) in self.groups.iter().flatten().enumerate() {
             let full = self.sharder.tensor(&op, entry.index, Held::Full)?;
             let (numel, shape) = (full.numel() as i64, full.size());
             let mut state = ParamState::new();
@@ -379,7 +378,6 @@ impl Zero3Optimizer {
                 state.insert(name.clone(), whole);
             }
             optimizer.set_param_state(index, state);
-            index += 1;
         }
         Ok(())
     }
@@ -396,10 +394,8 @@ impl Zero3Optimizer {
     pub fn take_state(&mut self, optimizer: &mut Optimizer) -> Result<()> {
         let op = format!("{}.loadStateDict (ZeRO stage 3)", optimizer.name());
         let (rank, world) = super::group::world();
-        let mut index = 0;
-        for entry in self.groups.iter_mut().flatten() {
+        for (index, entry) in self.groups.iter_mut().flatten().enumerate() {
             let whole = optimizer.take_param_state(index);
-            index += 1;
             let len = entry.shard.numel() as i64;
             let mut mine = ParamState::new();
             for (name, t) in whole {
