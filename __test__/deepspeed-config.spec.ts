@@ -1,7 +1,8 @@
 // DeepSpeed JSON configs and the FSDP/DeepSpeed launcher settings: a config from HF's and
 // DeepSpeed's documentation with "auto" values configures a run, keys that do not apply are
 // named, misspellings get a suggestion, and launcher flags and config files reach the
-// Accelerator through HF's environment variables.
+// Accelerator through HF's environment variables; ZeRO-3 and CPU offload come from the
+// documentation's config, from the plugins and from HF's variables.
 import test from "ava";
 import { readFileSync } from "node:fs";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -14,11 +15,17 @@ import { parseClusterConfig } from "../ts/cli/config-file.js";
 import { resolveLaunchPlan, type LaunchFlags } from "../ts/cli/launch-settings.js";
 import { rankEnvironment } from "../ts/launch/plan.js";
 import { readDeepSpeedConfig } from "../ts/strategy/deepspeed-config.js";
-import { strategyConfigOf } from "../ts/strategy/index.js";
+import { strategyConfigOf, type StrategyConfig } from "../ts/strategy/index.js";
 
 const example = fileURLToPath(new URL("./fixtures/deepspeed/zero2-auto.json", import.meta.url));
 const exampleJson = (): DeepSpeedConfigJson => JSON.parse(readFileSync(example, "utf8")) as DeepSpeedConfigJson;
+const zero3Offload = fileURLToPath(new URL("./fixtures/deepspeed/zero3-offload-auto.json", import.meta.url));
 const noGpus = async (): Promise<number> => 0;
+const zeroPart = (config: StrategyConfig) => {
+  const { zeroStage, offloadOptimizer, offloadParameters, paramPersistenceThreshold, prefetchBytes } = config;
+  return { zeroStage, offloadOptimizer, offloadParameters, paramPersistenceThreshold, prefetchBytes };
+};
+const DEFAULT_SIZES = { paramPersistenceThreshold: 100_000, prefetchBytes: 50_000_000 };
 
 test("the documentation's ZeRO-2 config with \"auto\" values configures a run", (t) => {
   const accelerator = new Accelerator({ cpu: true, gradientAccumulationSteps: 2, deepspeedPlugin: { hfDsConfig: exampleJson() } });
@@ -65,17 +72,19 @@ test("the same config from a file, with numbers that must agree with the run", (
   });
 });
 
-test("misspelled keys are named with a suggestion; stage 3 and offload are Errors", (t) => {
+test("misspelled keys are named with a suggestion; NVMe offload and a static loss scale are Errors", (t) => {
   t.throws(() => readDeepSpeedConfig({ gradient_acumulation_steps: 2 }, "ds.json"), {
     message: 'DeepSpeed config ds.json: unknown key "gradient_acumulation_steps" (did you mean "gradient_accumulation_steps"?)',
   });
   t.throws(() => readDeepSpeedConfig({ zero_optimization: { stag: 2 } }, "ds.json"), { message: /unknown key "stag" \(did you mean "stage"\?\)/ });
   t.throws(() => readDeepSpeedConfig({ fp16: { enabled: true, initial_scale_powr: 8 } }, "ds.json"), { message: /did you mean "initial_scale_power"/ });
-  t.throws(() => readDeepSpeedConfig({ zero_optimization: { stage: 3 } }, "ds.json"), { message: /zero_optimization.stage" 3 .* not available yet/ });
-  t.throws(() => readDeepSpeedConfig({ zero_optimization: { stage: 2, offload_optimizer: { device: "cpu" } } }, "ds.json"), {
-    message: /zero_optimization.offload_optimizer.device" "cpu": CPU\/NVMe offload is not available yet/,
+  t.throws(() => readDeepSpeedConfig({ zero_optimization: { stage: 4 } }, "ds.json"), { message: 'DeepSpeed config ds.json: "zero_optimization.stage" must be 0, 1, 2 or 3, got 4' });
+  t.throws(() => readDeepSpeedConfig({ zero_optimization: { stage: 2, offload_optimizer: { device: "nvme", nvme_path: "/nvme" } } }, "ds.json"), {
+    message: 'DeepSpeed config ds.json: "zero_optimization.offload_optimizer.device" "nvme": NVMe offload is not available; use "cpu" or "none"',
   });
-  t.deepEqual(readDeepSpeedConfig({ zero_optimization: { stage: 1, stage3_max_live_parameters: 1e9 } }, "ds.json").notUsed, ["zero_optimization.stage3_max_live_parameters (stage 3 only)"]);
+  t.deepEqual(readDeepSpeedConfig({ zero_optimization: { stage: 1, stage3_max_live_parameters: 1e9 } }, "ds.json").notUsed, [
+    "zero_optimization.stage3_max_live_parameters (parameters are released after each module)",
+  ]);
   t.is(readDeepSpeedConfig({ bf16: { enabled: true } }, "ds.json").mixedPrecision, "bf16");
   t.throws(() => readDeepSpeedConfig({ fp16: { enabled: true, loss_scale: 128 } }, "ds.json"), { message: /static loss scale/ });
 });
@@ -114,7 +123,6 @@ test("launch flags reach the Accelerator through HF's environment variables", as
   await t.throwsAsync(planEnv({ use_fsdp: true }), { message: /not available yet/ }, "FSDP2's default is full shard");
   await t.throwsAsync(planEnv({ deepspeed_config_file: example, zero_stage: "1" }), { message: /--zero_stage 1 disagrees with zero_optimization.stage 2/ });
   await t.throwsAsync(planEnv({ fsdp_version: "2" }), { message: /--fsdp_version needs --use_fsdp/ });
-  t.throws(() => strategyConfigOf({}, { ACCELERATE_USE_FSDP: "true", FSDP_RESHARD_AFTER_FORWARD: "true" }), { message: /not available yet/ });
 });
 
 test("HF config files with distributed_type DEEPSPEED and FSDP", async (t) => {
@@ -136,3 +144,108 @@ test("HF config files with distributed_type DEEPSPEED and FSDP", async (t) => {
   t.throws(() => parseClusterConfig(YAML.parse("deepspeed_config:\n  zero_stag: 2\n"), "d.yaml"), { message: /unknown key "zero_stag" \(did you mean "zero_stage"\?\)/ });
   t.throws(() => parseClusterConfig(YAML.parse("deepspeed_config:\n  offload_optimizer_device: cpu\n"), "d.yaml"), { message: /offload_optimizer_device" is "none" \(CPU and NVMe offload are not available yet\)/ });
 });
+test("the documentation's ZeRO-3 config with CPU offload and \"auto\" values configures stage 3 and offload", (t) => {
+  const config = strategyConfigOf({ deepspeedPlugin: { configFile: zero3Offload } }, {});
+  t.deepEqual(zeroPart(config), { zeroStage: 3, offloadOptimizer: true, offloadParameters: true, ...DEFAULT_SIZES }, "\"auto\" sizes take DeepSpeed's defaults");
+  t.is(config.mixedPrecision, "fp16");
+  t.is(config.gradientAccumulationSteps, 1);
+  for (const key of [
+    "zero_optimization.offload_optimizer.pin_memory", "zero_optimization.offload_param.pin_memory", "zero_optimization.stage3_max_live_parameters",
+    "zero_optimization.stage3_max_reuse_distance", "zero_optimization.stage3_gather_16bit_weights_on_model_save", "zero_optimization.sub_group_size",
+  ]) {
+    t.true(config.notUsed.some((line) => line.startsWith(`${key} (`)), `${key} is named as not used`);
+  }
+  t.false(config.notUsed.some((line) => /stage3_param_persistence_threshold|stage3_prefetch_bucket_size|offload_optimizer \(|offload_param \(/.test(line)), config.notUsed.join("; "));
+  const accelerator = new Accelerator({ cpu: true, deepspeedPlugin: { hfDsConfig: JSON.parse(readFileSync(zero3Offload, "utf8")) as DeepSpeedConfigJson } });
+  t.deepEqual(zeroPart(accelerator.strategyConfig), zeroPart(config), "the Accelerator keeps the same values for its strategy");
+  const sized = readDeepSpeedConfig({ zero_optimization: { stage: 3, stage3_param_persistence_threshold: 1e4, stage3_prefetch_bucket_size: 2e8 } }, "ds.json");
+  t.like(sized, { zeroStage: 3, paramPersistenceThreshold: 10_000, prefetchBytes: 200_000_000 });
+  t.like(readDeepSpeedConfig({ zero_optimization: { stage: 2, cpu_offload: true } }, "ds.json"), { zeroStage: 2, offloadOptimizer: true }, "DeepSpeed's older name");
+  t.like(readDeepSpeedConfig({ zero_optimization: { stage: 3, offload_optimizer: { device: "auto" }, offload_param: null } }, "ds.json"), {
+    offloadOptimizer: undefined,
+    offloadParameters: undefined,
+  });
+  t.deepEqual(readDeepSpeedConfig({ zero_force_ds_cpu_optimizer: false }, "ds.json").notUsed, [
+    "zero_force_ds_cpu_optimizer (with offload, the optimizer passed to prepare() steps on the CPU)",
+  ]);
+});
+
+test("offload keys: misspellings get a suggestion, and each offload needs its stage", (t) => {
+  const read = (zero: DeepSpeedConfigJson) => () => readDeepSpeedConfig({ zero_optimization: zero }, "ds.json");
+  t.throws(read({ stage: 3, offload_optimizer: { device: "cpu", pin_memmory: true } }), {
+    message: 'DeepSpeed config ds.json: zero_optimization.offload_optimizer: unknown key "pin_memmory" (did you mean "pin_memory"?)',
+  });
+  t.throws(read({ stage: 3, offload_param: { devise: "cpu" } }), { message: /zero_optimization.offload_param: unknown key "devise" \(did you mean "device"\?\)/ });
+  t.throws(read({ stage: 3, stage3_param_persistance_threshold: 10 }), { message: /unknown key "stage3_param_persistance_threshold" \(did you mean "stage3_param_persistence_threshold"\?\)/ });
+  t.throws(read({ stage: 3, offload_optimizer: { device: "gpu" } }), { message: 'DeepSpeed config ds.json: "zero_optimization.offload_optimizer.device" must be "cpu" or "none", got "gpu"' });
+  t.throws(read({ stage: 3, offload_optimizer: "cpu" }), { message: /"zero_optimization.offload_optimizer" must be a mapping such as \{ "device": "cpu" \}/ });
+  t.throws(read({ stage: 0, offload_optimizer: { device: "cpu" } }), {
+    message: 'DeepSpeed config ds.json: "zero_optimization.offload_optimizer.device" "cpu" needs ZeRO stage 1, 2 or 3 (the optimizer state is offloaded by partition), but "zero_optimization.stage" is 0',
+  });
+  t.throws(read({ stage: 2, offload_param: { device: "cpu" } }), { message: /"zero_optimization.offload_param.device" "cpu" needs ZeRO stage 3 \(parameters sharded\), but "zero_optimization.stage" is 2/ });
+  t.throws(read({ stage: 1, cpu_offload_param: true }), { message: /"zero_optimization.cpu_offload_param" true needs ZeRO stage 3/ });
+  t.throws(read({ stage: 2, cpu_offload: true, offload_optimizer: { device: "cpu" } }), { message: /give "zero_optimization.offload_optimizer" or its older spelling "zero_optimization.cpu_offload", not both/ });
+  t.throws(read({ stage: 3, stage3_prefetch_bucket_size: -1 }), { message: /"zero_optimization.stage3_prefetch_bucket_size" must be a non-negative integer or "auto", got -1/ });
+  t.throws(read({ stage: 3, stage3_param_persistence_threshold: 0.5 }), { message: /"zero_optimization.stage3_param_persistence_threshold" must be a non-negative integer \(elements\) or "auto", got 0.5/ });
+});
+
+test("deepspeedPlugin and fsdpPlugin ask for stage 3 and offload; bad values name the option", (t) => {
+  t.deepEqual(zeroPart(strategyConfigOf({ deepspeedPlugin: { zeroStage: 3 } }, {})), { zeroStage: 3, offloadOptimizer: false, offloadParameters: false, ...DEFAULT_SIZES });
+  const plugin = { zeroStage: 3, offloadOptimizerDevice: "cpu", offloadParamDevice: "cpu", stage3ParamPersistenceThreshold: 0, stage3PrefetchBucketSize: 1024, zero3InitFlag: true } as const;
+  t.deepEqual(zeroPart(strategyConfigOf({ deepspeedPlugin: plugin }, {})), { zeroStage: 3, offloadOptimizer: true, offloadParameters: true, paramPersistenceThreshold: 0, prefetchBytes: 1024 });
+  t.like(strategyConfigOf({ deepspeedPlugin: { zeroStage: 1, offloadOptimizerDevice: "cpu" } }, {}), { zeroStage: 1, offloadOptimizer: true, offloadParameters: false });
+  t.like(strategyConfigOf({ deepspeedPlugin: { offloadOptimizerDevice: "none", offloadParamDevice: "none" } }, {}), { zeroStage: 2, offloadOptimizer: false });
+  t.like(strategyConfigOf({ deepspeedPlugin: { zeroStage: 3, offloadParamDevice: "cpu", hfDsConfig: { zero_optimization: { stage: "auto" } } } }, {}), { zeroStage: 3, offloadParameters: true });
+  t.throws(() => strategyConfigOf({ deepspeedPlugin: { offloadParamDevice: "cpu" } }, {}), {
+    message: 'Accelerator: deepspeedPlugin.offloadParamDevice "cpu" needs ZeRO stage 3 (parameters sharded), but the ZeRO stage (default 2) is 2',
+  });
+  t.throws(() => strategyConfigOf({ deepspeedPlugin: { zeroStage: 0, offloadOptimizerDevice: "cpu" } }, {}), {
+    message: /deepspeedPlugin.offloadOptimizerDevice "cpu" needs ZeRO stage 1, 2 or 3 .*, but deepspeedPlugin.zeroStage is 0/,
+  });
+  t.throws(() => strategyConfigOf({ deepspeedPlugin: { zeroStage: 3, offloadOptimizerDevice: "nvme" as "cpu" } }, {}), {
+    message: 'Accelerator: deepspeedPlugin.offloadOptimizerDevice "nvme": NVMe offload is not available; use "cpu" or "none"',
+  });
+  t.throws(() => strategyConfigOf({ deepspeedPlugin: { zeroStage: 4 } }, {}), { message: "Accelerator: deepspeedPlugin.zeroStage must be 0, 1, 2 or 3, got 4" });
+  t.throws(() => strategyConfigOf({ deepspeedPlugin: { zeroStage: 3, stage3PrefetchBucketSize: -5 } }, {}), { message: /deepspeedPlugin.stage3PrefetchBucketSize must be a non-negative integer, got -5/ });
+  t.throws(() => strategyConfigOf({ deepspeedPlugin: { zero3InitFlag: "yes" as unknown as boolean } }, {}), { message: /deepspeedPlugin.zero3InitFlag must be true or false, got "yes"/ });
+  t.throws(() => strategyConfigOf({ deepspeedPlugin: { zeroStage: 2, offloadParamDevice: "cpu", configFile: zero3Offload } }, {}), {
+    message: "Accelerator: deepspeedPlugin.zeroStage is 2 but the DeepSpeed config's zero_optimization.stage is 3; give it once",
+  });
+  t.throws(() => strategyConfigOf({ deepspeedPlugin: { offloadParamDevice: "none", configFile: zero3Offload } }, {}), {
+    message: /deepspeedPlugin.offloadParamDevice is "none" but the DeepSpeed config's zero_optimization.offload_param.device is "cpu"; give it once/,
+  });
+  t.throws(() => strategyConfigOf({ deepspeedPlugin: { zeroStage: 0, hfDsConfig: { zero_optimization: { offload_optimizer: { device: "cpu" } } } } }, {}), {
+    message: /the DeepSpeed config's zero_optimization.offload_optimizer.device "cpu" needs ZeRO stage 1, 2 or 3 .*, but deepspeedPlugin.zeroStage is 0/,
+  });
+
+  t.deepEqual(zeroPart(strategyConfigOf({ fsdpPlugin: {} }, {})), { zeroStage: 3, offloadOptimizer: false, offloadParameters: false, ...DEFAULT_SIZES }, "FSDP2's default: full shard");
+  t.like(strategyConfigOf({ fsdpPlugin: { cpuOffload: true } }, {}), { zeroStage: 3, offloadOptimizer: true, offloadParameters: true });
+  t.like(strategyConfigOf({ fsdpPlugin: { reshardAfterForward: false, cpuOffload: true } }, {}), { zeroStage: 2, offloadOptimizer: true, offloadParameters: false }, "stage 2 keeps parameters whole");
+  t.throws(() => strategyConfigOf({ fsdpPlugin: { cpuOffload: "yes" as unknown as boolean } }, {}), { message: 'Accelerator: fsdpPlugin.cpuOffload must be true or false, got "yes"' });
+  t.throws(() => strategyConfigOf({ fsdpPlugin: { fsdpVersion: 1 } }, {}), { message: /fsdpPlugin.fsdpVersion must be 2 \(FSDP1 is not available\), got 1/ });
+});
+
+test("HF's environment variables for stage 3 and offload, and bad values naming the variable", (t) => {
+  const ds = { ACCELERATE_USE_DEEPSPEED: "true", ACCELERATE_DEEPSPEED_ZERO_STAGE: "3" };
+  t.like(strategyConfigOf({}, { ...ds, ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE: "cpu", ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE: "cpu", ACCELERATE_DEEPSPEED_ZERO3_INIT: "true" }), {
+    zeroStage: 3, offloadOptimizer: true, offloadParameters: true,
+  });
+  t.like(strategyConfigOf({}, { ...ds, ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE: "none", ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE: "" }), { zeroStage: 3, offloadOptimizer: false, offloadParameters: false });
+  t.throws(() => strategyConfigOf({}, { ...ds, ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE: "nvme" }), {
+    message: 'Accelerator: ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE "nvme": NVMe offload is not available; use "cpu" or "none"',
+  });
+  t.throws(() => strategyConfigOf({}, { ...ds, ACCELERATE_DEEPSPEED_ZERO_STAGE: "2", ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE: "cpu" }), {
+    message: 'Accelerator: ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE "cpu" needs ZeRO stage 3 (parameters sharded), but ACCELERATE_DEEPSPEED_ZERO_STAGE is 2',
+  });
+  t.throws(() => strategyConfigOf({}, { ...ds, ACCELERATE_DEEPSPEED_ZERO_STAGE: "three" }), { message: 'Accelerator: ACCELERATE_DEEPSPEED_ZERO_STAGE must be 0, 1, 2 or 3, got "three"' });
+  t.throws(() => strategyConfigOf({}, { ...ds, ACCELERATE_DEEPSPEED_ZERO_STAGE: "7" }), { message: "Accelerator: ACCELERATE_DEEPSPEED_ZERO_STAGE must be 0, 1, 2 or 3, got 7" });
+  t.throws(() => strategyConfigOf({}, { ...ds, ACCELERATE_DEEPSPEED_ZERO3_INIT: "maybe" }), { message: 'Accelerator: ACCELERATE_DEEPSPEED_ZERO3_INIT must be true or false, got "maybe"' });
+
+  const fsdp = { ACCELERATE_USE_FSDP: "true", FSDP_VERSION: "2" };
+  t.like(strategyConfigOf({}, fsdp), { zeroStage: 3, offloadOptimizer: false, offloadParameters: false });
+  t.like(strategyConfigOf({}, { ...fsdp, FSDP_RESHARD_AFTER_FORWARD: "true", FSDP_OFFLOAD_PARAMS: "true" }), { zeroStage: 3, offloadOptimizer: true, offloadParameters: true });
+  t.like(strategyConfigOf({}, { ...fsdp, FSDP_RESHARD_AFTER_FORWARD: "false", FSDP_OFFLOAD_PARAMS: "1" }), { zeroStage: 2, offloadOptimizer: true, offloadParameters: false });
+  t.throws(() => strategyConfigOf({}, { ...fsdp, FSDP_OFFLOAD_PARAMS: "sometimes" }), { message: 'Accelerator: FSDP_OFFLOAD_PARAMS must be true or false, got "sometimes"' });
+  t.throws(() => strategyConfigOf({}, { ...fsdp, FSDP_VERSION: "1" }), { message: 'Accelerator: FSDP_VERSION must be 2 (FSDP1 is not available), got "1"' });
+});
+
