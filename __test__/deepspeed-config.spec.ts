@@ -2,7 +2,7 @@
 // DeepSpeed's documentation with "auto" values configures a run, keys that do not apply are
 // named, misspellings get a suggestion, and launcher flags and config files reach the
 // Accelerator through HF's environment variables; ZeRO-3 and CPU offload come from the
-// documentation's config, from the plugins and from HF's variables.
+// documentation's config, from the plugins, HF's variables, launch flags and config files.
 import test from "ava";
 import { readFileSync } from "node:fs";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import YAML from "yaml";
 import { Accelerator, data, nn, optim, randint, randn, type DeepSpeedConfigJson } from "../ts/index.js";
-import { parseClusterConfig } from "../ts/cli/config-file.js";
+import { parseClusterConfig, readClusterConfig } from "../ts/cli/config-file.js";
 import { resolveLaunchPlan, type LaunchFlags } from "../ts/cli/launch-settings.js";
 import { rankEnvironment } from "../ts/launch/plan.js";
 import { readDeepSpeedConfig } from "../ts/strategy/deepspeed-config.js";
@@ -20,6 +20,7 @@ import { strategyConfigOf, type StrategyConfig } from "../ts/strategy/index.js";
 const example = fileURLToPath(new URL("./fixtures/deepspeed/zero2-auto.json", import.meta.url));
 const exampleJson = (): DeepSpeedConfigJson => JSON.parse(readFileSync(example, "utf8")) as DeepSpeedConfigJson;
 const zero3Offload = fileURLToPath(new URL("./fixtures/deepspeed/zero3-offload-auto.json", import.meta.url));
+const zero3OffloadPlugin = fileURLToPath(new URL("./fixtures/deepspeed/zero3-offload-plugin.yaml", import.meta.url));
 const noGpus = async (): Promise<number> => 0;
 const zeroPart = (config: StrategyConfig) => {
   const { zeroStage, offloadOptimizer, offloadParameters, paramPersistenceThreshold, prefetchBytes } = config;
@@ -119,8 +120,6 @@ test("launch flags reach the Accelerator through HF's environment variables", as
   t.like(fsdp, { ACCELERATE_USE_FSDP: "true", FSDP_VERSION: "2", FSDP_RESHARD_AFTER_FORWARD: "false" });
   t.false("ACCELERATE_USE_DEEPSPEED" in fsdp);
   t.is(strategyConfigOf({}, fsdp).zeroStage, 2);
-  await t.throwsAsync(planEnv({ use_fsdp: true, fsdp_reshard_after_forward: "true" }), { message: /reshard_after_forward true \(full shard, ZeRO stage 3\) is not available yet/ });
-  await t.throwsAsync(planEnv({ use_fsdp: true }), { message: /not available yet/ }, "FSDP2's default is full shard");
   await t.throwsAsync(planEnv({ deepspeed_config_file: example, zero_stage: "1" }), { message: /--zero_stage 1 disagrees with zero_optimization.stage 2/ });
   await t.throwsAsync(planEnv({ fsdp_version: "2" }), { message: /--fsdp_version needs --use_fsdp/ });
 });
@@ -140,10 +139,12 @@ test("HF config files with distributed_type DEEPSPEED and FSDP", async (t) => {
   t.like(env, { ACCELERATE_USE_DEEPSPEED: "true", ACCELERATE_DEEPSPEED_ZERO_STAGE: "1", ACCELERATE_GRADIENT_ACCUMULATION_STEPS: "4", ACCELERATE_GRADIENT_CLIPPING: "1" });
   const fsdp = parseClusterConfig(YAML.parse("distributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n  fsdp_reshard_after_forward: false\n  fsdp_state_dict_type: SHARDED_STATE_DICT\n"), "f.yaml");
   t.like(await planEnv({}, fsdp), { ACCELERATE_USE_FSDP: "true", FSDP_RESHARD_AFTER_FORWARD: "false" });
-  t.throws(() => parseClusterConfig(YAML.parse("distributed_type: FSDP\nfsdp_config:\n  fsdp_reshard_after_forward: true\n"), "f.yaml"), { message: /fsdp_reshard_after_forward" is false \(true, FSDP's full shard, is ZeRO stage 3/ });
   t.throws(() => parseClusterConfig(YAML.parse("deepspeed_config:\n  zero_stag: 2\n"), "d.yaml"), { message: /unknown key "zero_stag" \(did you mean "zero_stage"\?\)/ });
-  t.throws(() => parseClusterConfig(YAML.parse("deepspeed_config:\n  offload_optimizer_device: cpu\n"), "d.yaml"), { message: /offload_optimizer_device" is "none" \(CPU and NVMe offload are not available yet\)/ });
+  t.throws(() => parseClusterConfig(YAML.parse("deepspeed_config:\n  offload_optimizer_device: nvme\n"), "d.yaml"), {
+    message: 'config file d.yaml: "deepspeed_config" must be a mapping whose "offload_optimizer_device" is "cpu" or "none" (NVMe offload is not available; use "cpu" or "none"), got "nvme"',
+  });
 });
+
 test("the documentation's ZeRO-3 config with CPU offload and \"auto\" values configures stage 3 and offload", (t) => {
   const config = strategyConfigOf({ deepspeedPlugin: { configFile: zero3Offload } }, {});
   t.deepEqual(zeroPart(config), { zeroStage: 3, offloadOptimizer: true, offloadParameters: true, ...DEFAULT_SIZES }, "\"auto\" sizes take DeepSpeed's defaults");
@@ -247,5 +248,76 @@ test("HF's environment variables for stage 3 and offload, and bad values naming 
   t.like(strategyConfigOf({}, { ...fsdp, FSDP_RESHARD_AFTER_FORWARD: "false", FSDP_OFFLOAD_PARAMS: "1" }), { zeroStage: 2, offloadOptimizer: true, offloadParameters: false });
   t.throws(() => strategyConfigOf({}, { ...fsdp, FSDP_OFFLOAD_PARAMS: "sometimes" }), { message: 'Accelerator: FSDP_OFFLOAD_PARAMS must be true or false, got "sometimes"' });
   t.throws(() => strategyConfigOf({}, { ...fsdp, FSDP_VERSION: "1" }), { message: 'Accelerator: FSDP_VERSION must be 2 (FSDP1 is not available), got "1"' });
+});
+
+test("launch flags for stage 3 and offload reach the StrategyConfig; bad ones name the flag", async (t) => {
+  const ds = await planEnv({ use_deepspeed: true, zero_stage: "3", offload_optimizer_device: "cpu", offload_param_device: "CPU", zero3_init_flag: "true" });
+  t.like(ds, {
+    ACCELERATE_USE_DEEPSPEED: "true", ACCELERATE_DEEPSPEED_ZERO_STAGE: "3", ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE: "cpu",
+    ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE: "cpu", ACCELERATE_DEEPSPEED_ZERO3_INIT: "true",
+  });
+  t.deepEqual(zeroPart(strategyConfigOf({}, ds)), { zeroStage: 3, offloadOptimizer: true, offloadParameters: true, ...DEFAULT_SIZES });
+  const stage1 = await planEnv({ use_deepspeed: true, zero_stage: "1", offload_optimizer_device: "cpu" });
+  t.like(strategyConfigOf({}, stage1), { zeroStage: 1, offloadOptimizer: true, offloadParameters: false });
+  const fromFile = await planEnv({ deepspeed_config_file: zero3Offload });
+  t.false("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE" in fromFile, "the file gives the offloads itself");
+  t.like(strategyConfigOf({}, fromFile), { zeroStage: 3, offloadOptimizer: true, offloadParameters: true });
+
+  const fsdp = await planEnv({ use_fsdp: true });
+  t.like(fsdp, { ACCELERATE_USE_FSDP: "true", FSDP_VERSION: "2", FSDP_RESHARD_AFTER_FORWARD: "true", FSDP_OFFLOAD_PARAMS: "false" });
+  t.like(strategyConfigOf({}, fsdp), { zeroStage: 3, offloadOptimizer: false }, "FSDP2's default is full shard");
+  const fsdpOffload = await planEnv({ use_fsdp: true, fsdp_reshard_after_forward: "true", fsdp_offload_params: "true" });
+  t.like(strategyConfigOf({}, fsdpOffload), { zeroStage: 3, offloadOptimizer: true, offloadParameters: true });
+  const fsdpStage2 = await planEnv({ use_fsdp: true, fsdp_reshard_after_forward: "false", fsdp_offload_params: "true" });
+  t.like(strategyConfigOf({}, fsdpStage2), { zeroStage: 2, offloadOptimizer: true, offloadParameters: false });
+
+  const fails = async (flags: LaunchFlags, message: string | RegExp): Promise<void> => {
+    await t.throwsAsync(planEnv(flags), { message }, JSON.stringify(flags));
+  };
+  await fails({ use_deepspeed: true, zero_stage: "2", offload_param_device: "cpu" }, "accelerate launch: --offload_param_device cpu needs ZeRO stage 3 (parameters sharded), but --zero_stage is 2");
+  await fails({ use_deepspeed: true, offload_param_device: "cpu" }, /--offload_param_device cpu needs ZeRO stage 3 \(parameters sharded\), but the ZeRO stage \(default 2\) is 2/);
+  await fails({ use_deepspeed: true, zero_stage: "0", offload_optimizer_device: "cpu" }, /--offload_optimizer_device cpu needs ZeRO stage 1, 2 or 3 .*, but --zero_stage is 0/);
+  await fails({ use_deepspeed: true, zero_stage: "3", offload_optimizer_device: "nvme" }, 'accelerate launch: --offload_optimizer_device "nvme": NVMe offload is not available; use "cpu" or "none"');
+  await fails({ use_deepspeed: true, zero_stage: "4" }, 'accelerate launch: --zero_stage must be 0, 1, 2 or 3, got "4"');
+  await fails({ use_deepspeed: true, zero3_init_flag: "sure" }, 'accelerate launch: --zero3_init_flag must be true or false, got "sure"');
+  await fails({ offload_optimizer_device: "cpu" }, "accelerate launch: --offload_optimizer_device needs --use_deepspeed");
+  await fails({ fsdp_offload_params: "true" }, "accelerate launch: --fsdp_offload_params needs --use_fsdp");
+  await fails({ use_fsdp: true, fsdp_offload_params: "perhaps" }, 'accelerate launch: --fsdp_offload_params must be true or false, got "perhaps"');
+  await fails({ deepspeed_config_file: zero3Offload, offload_param_device: "none" }, /--offload_param_device none disagrees with zero_optimization.offload_param.device cpu in .*zero3-offload-auto.json; give it once/);
+});
+
+test("HF config files for ZeRO-3 with CPU offload, in both dialects", async (t) => {
+  const unused: string[] = [];
+  const plugin = readClusterConfig(zero3OffloadPlugin, unused);
+  t.deepEqual(unused, ["deepspeed_config.zero3_save_16bit_model"]);
+  t.deepEqual(plugin.deepspeed_config, {
+    gradient_accumulation_steps: 1, gradient_clipping: 1, offload_optimizer_device: "cpu", offload_param_device: "cpu", zero3_init_flag: true, zero_stage: 3,
+  });
+  const env = await planEnv({}, plugin);
+  t.like(env, { ACCELERATE_DEEPSPEED_ZERO_STAGE: "3", ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE: "cpu", ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE: "cpu", ACCELERATE_DEEPSPEED_ZERO3_INIT: "true" });
+  t.like(strategyConfigOf({}, env), { zeroStage: 3, offloadOptimizer: true, offloadParameters: true, gradientClipping: 1 });
+
+  // The docs' other form: a deepspeed_config_file and zero3_init_flag.
+  const withFile = parseClusterConfig({ distributed_type: "DEEPSPEED", deepspeed_config: { deepspeed_config_file: zero3Offload, zero3_init_flag: true } }, "ds.yaml");
+  t.like(strategyConfigOf({}, await planEnv({}, withFile)), { zeroStage: 3, offloadOptimizer: true, offloadParameters: true, mixedPrecision: "fp16" });
+
+  const fsdp = parseClusterConfig(YAML.parse("distributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n  fsdp_reshard_after_forward: true\n  fsdp_offload_params: true\n"), "f.yaml");
+  const fsdpEnv = await planEnv({}, fsdp);
+  t.like(fsdpEnv, { ACCELERATE_USE_FSDP: "true", FSDP_RESHARD_AFTER_FORWARD: "true", FSDP_OFFLOAD_PARAMS: "true" });
+  t.like(strategyConfigOf({}, fsdpEnv), { zeroStage: 3, offloadOptimizer: true, offloadParameters: true });
+  t.like(strategyConfigOf({}, await planEnv({ fsdp_offload_params: "false" }, fsdp)), { zeroStage: 3, offloadOptimizer: false }, "a flag wins over the file");
+
+  const bad = (text: string) => () => parseClusterConfig(YAML.parse(text), "d.yaml");
+  t.throws(bad("deepspeed_config:\n  zero_stage: 2\n  offload_param_device: cpu\n"), {
+    message: 'config file d.yaml: "deepspeed_config" must be a mapping whose keys agree ("offload_param_device" "cpu" needs ZeRO stage 3 (parameters sharded), but "zero_stage" is 2)',
+  });
+  t.throws(bad("deepspeed_config:\n  zero_stage: 5\n"), { message: 'config file d.yaml: "deepspeed_config" must be a mapping whose "zero_stage" is 0, 1, 2 or 3, got 5' });
+  t.throws(bad("fsdp_config:\n  fsdp_offload_params: often\n"), { message: /"fsdp_config" must be a mapping whose "fsdp_offload_params" is true or false, got "often"/ });
+  t.throws(bad("fsdp_config:\n  fsdp_ofload_params: true\n"), { message: /unknown key "fsdp_ofload_params" \(did you mean "fsdp_offload_params"\?\)/ });
+  // The section alone may leave the stage to the launcher's flag, which is then checked.
+  const offloadOnly = parseClusterConfig(YAML.parse("distributed_type: DEEPSPEED\ndeepspeed_config:\n  offload_param_device: cpu\n"), "d.yaml");
+  await t.throwsAsync(planEnv({ zero_stage: "1" }, offloadOnly), {
+    message: "accelerate launch: the config file's deepspeed_config.offload_param_device cpu needs ZeRO stage 3 (parameters sharded), but --zero_stage is 1",
+  });
 });
 
