@@ -1,8 +1,8 @@
-// DeepSpeed JSON configs and the FSDP/DeepSpeed launcher settings: a config from HF's and
-// DeepSpeed's documentation with "auto" values configures a run, keys that do not apply are
-// named, misspellings get a suggestion, and launcher flags and config files reach the
-// Accelerator through HF's environment variables; ZeRO-3 and CPU offload come from the
-// documentation's config, from the plugins, HF's variables, launch flags and config files.
+// DeepSpeed JSON configs and the FSDP/DeepSpeed launcher settings: configs from HF's and
+// DeepSpeed's documentation with "auto" values (ZeRO-2; ZeRO-3 with CPU offload) configure a
+// run, keys that do not apply are named, misspellings get a suggestion, and plugins, launcher
+// flags, config files and the `accelerate config` questions reach the Accelerator's
+// StrategyConfig (through HF's environment variables where the launcher is involved).
 import test from "ava";
 import { readFileSync } from "node:fs";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -11,11 +11,13 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import YAML from "yaml";
 import { Accelerator, data, nn, optim, randint, randn, type DeepSpeedConfigJson } from "../ts/index.js";
-import { parseClusterConfig, readClusterConfig } from "../ts/cli/config-file.js";
+import { parseClusterConfig, readClusterConfig, writeClusterConfig, type ClusterConfig } from "../ts/cli/config-file.js";
+import { askClusterConfig } from "../ts/cli/questionnaire.js";
 import { resolveLaunchPlan, type LaunchFlags } from "../ts/cli/launch-settings.js";
 import { rankEnvironment } from "../ts/launch/plan.js";
 import { readDeepSpeedConfig } from "../ts/strategy/deepspeed-config.js";
 import { strategyConfigOf, type StrategyConfig } from "../ts/strategy/index.js";
+import { scriptedAsk } from "./helpers/scripted-ask.js";
 
 const example = fileURLToPath(new URL("./fixtures/deepspeed/zero2-auto.json", import.meta.url));
 const exampleJson = (): DeepSpeedConfigJson => JSON.parse(readFileSync(example, "utf8")) as DeepSpeedConfigJson;
@@ -321,3 +323,75 @@ test("HF config files for ZeRO-3 with CPU offload, in both dialects", async (t) 
   });
 });
 
+/** What `accelerate config` wrote, read back from its YAML file, and the StrategyConfig a launch of it gives. */
+async function writtenAndLaunched(config: ClusterConfig): Promise<{ reread: ClusterConfig; strategy: StrategyConfig }> {
+  const path = join(mkdtempSync(join(tmpdir(), "acc-q-")), "default_config.yaml");
+  writeClusterConfig(path, config);
+  const reread = readClusterConfig(path);
+  return { reread, strategy: strategyConfigOf({}, await planEnv({}, reread)) };
+}
+
+test("the config questionnaire asks HF's DeepSpeed and FSDP questions and writes a file that launches them", async (t) => {
+  // Machine type ... GPU ids, DeepSpeed? yes, a DeepSpeed config file? no, stage, optimizer offload, parameter offload,
+  // accumulation, clipping? yes, clipping value, mixed precision.
+  const deepspeed = scriptedAsk(["MULTI_GPU", "1", "2", "all", true, false, "3", "cpu", "cpu", "2", true, "1.0", "bf16"]);
+  const config = await askClusterConfig(deepspeed.ask, 2);
+  t.is(deepspeed.answers.length, 0);
+  t.like(config, { distributed_type: "DEEPSPEED", num_processes: 2, mixed_precision: "bf16" });
+  t.deepEqual(config.deepspeed_config, { zero_stage: 3, offload_optimizer_device: "cpu", offload_param_device: "cpu", gradient_accumulation_steps: 2, gradient_clipping: 1 });
+  t.false("gradient_accumulation_steps" in config, "accumulation is DeepSpeed's, as HF writes it");
+  t.deepEqual(deepspeed.asked.slice(4), [
+    "Do you want to use DeepSpeed?",
+    "Do you want to specify a json file to a DeepSpeed config?",
+    "What should be your DeepSpeed's ZeRO optimization stage?",
+    "Where to offload optimizer states?",
+    "Where to offload parameters?",
+    "How many gradient accumulation steps you're passing in your script?",
+    "Do you want to use gradient clipping?",
+    "What is the gradient clipping value?",
+    "Do you wish to use mixed precision?",
+  ]);
+  const launched = await writtenAndLaunched(config);
+  t.deepEqual(launched.reread, config, "the YAML round-trips");
+  t.like(launched.strategy, { zeroStage: 3, offloadOptimizer: true, offloadParameters: true, gradientClipping: 1 });
+
+  // Stage 2 is not asked about parameter offload; a bad clipping value is asked again.
+  const stage2 = scriptedAsk(["MULTI_GPU", "1", "2", "all", true, false, "2", "cpu", "1", true, "-1", "0.5", "no"]);
+  const config2 = await askClusterConfig(stage2.ask, 2);
+  t.deepEqual(config2.deepspeed_config, { zero_stage: 2, offload_optimizer_device: "cpu", gradient_accumulation_steps: 1, gradient_clipping: 0.5 });
+  t.deepEqual(stage2.warnings, ['"-1" is not a non-negative number; try again']);
+  t.like((await writtenAndLaunched(config2)).strategy, { zeroStage: 2, offloadOptimizer: true, offloadParameters: false });
+
+  // A DeepSpeed config file: neither precision nor accumulation is asked (the file has them); a wrong path is asked again.
+  const file = scriptedAsk(["MULTI_GPU", "1", "2", "all", true, true, "/nonexistent/ds.json", zero3Offload]);
+  const config3 = await askClusterConfig(file.ask, 2);
+  t.is(file.answers.length, 0);
+  t.deepEqual(config3.deepspeed_config, { deepspeed_config_file: zero3Offload });
+  t.regex(file.warnings[0], /DeepSpeed config \/nonexistent\/ds.json: cannot read it/);
+  t.like((await writtenAndLaunched(config3)).strategy, { zeroStage: 3, offloadOptimizer: true, offloadParameters: true, mixedPrecision: "fp16" });
+
+  // FSDP (asked only without DeepSpeed): full shard and offload.
+  const fsdp = scriptedAsk(["MULTI_GPU", "1", "2", "all", false, true, true, true, "bf16", "1"]);
+  const config4 = await askClusterConfig(fsdp.ask, 2);
+  t.is(fsdp.answers.length, 0);
+  t.like(config4, { distributed_type: "FSDP", gradient_accumulation_steps: 1 });
+  t.deepEqual(config4.fsdp_config, { fsdp_version: 2, fsdp_reshard_after_forward: true, fsdp_offload_params: true });
+  t.deepEqual(fsdp.asked.slice(5, 8), [
+    "Do you want to use FullyShardedDataParallel?",
+    "Do you want to enable resharding after forward (full shard, ZeRO stage 3)?",
+    "Do you want to offload parameters and the optimizer state to CPU?",
+  ]);
+  const fsdpLaunched = await writtenAndLaunched(config4);
+  t.deepEqual(fsdpLaunched.reread, config4);
+  t.like(fsdpLaunched.strategy, { zeroStage: 3, offloadOptimizer: true, offloadParameters: true });
+  const fsdp2 = scriptedAsk(["MULTI_GPU", "1", "2", "all", false, true, false, false, "no", "1"]);
+  t.like((await writtenAndLaunched(await askClusterConfig(fsdp2.ask, 2))).strategy, { zeroStage: 2, offloadOptimizer: false });
+
+  // On CPU processes there is nothing to offload to, so those questions are skipped.
+  const cpu = scriptedAsk(["MULTI_CPU", "1", "2", true, false, "3", "1", false, "no"]);
+  const config5 = await askClusterConfig(cpu.ask, 0);
+  t.is(cpu.answers.length, 0);
+  t.like(config5, { distributed_type: "DEEPSPEED", use_cpu: true });
+  t.deepEqual(config5.deepspeed_config, { zero_stage: 3, gradient_accumulation_steps: 1 });
+  t.like((await writtenAndLaunched(config5)).strategy, { zeroStage: 3, offloadOptimizer: false, offloadParameters: false });
+});
