@@ -13,7 +13,8 @@ import YAML from "yaml";
 import { notebookLauncher, NotebookLaunchError } from "../ts/index.js";
 import { libtorch, native } from "../ts/native.js";
 import { parseClusterConfig, readClusterConfig } from "../ts/cli/config-file.js";
-import { askClusterConfig, type Ask } from "../ts/cli/questionnaire.js";
+import { askClusterConfig } from "../ts/cli/questionnaire.js";
+import { scriptedAsk } from "./helpers/scripted-ask.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const bin = join(root, "ts", "cli", "bin.mjs");
@@ -408,20 +409,9 @@ test("notebookLauncher with one process runs fn here, with the rank environment 
 });
 
 test("the config questionnaire builds a multi-machine multi-GPU config from the answers", async (t) => {
-  const answers = ["MULTI_GPU", "2", "1", "10.0.0.1", "29501", true, "8", "0,1,2,3", "bf16", "4"];
-  const warnings: string[] = [];
-  const asked: string[] = [];
-  const next = (message: string): unknown => {
-    asked.push(message);
-    return answers.shift();
-  };
-  const scripted: Ask = {
-    text: async (message) => next(message) as string,
-    select: async (message) => next(message) as never,
-    confirm: async (message) => next(message) as boolean,
-    warn: (message) => warnings.push(message),
-  };
-  const config = await askClusterConfig(scripted, 4);
+  // ..., GPU ids, DeepSpeed? no, FSDP? no, mixed precision, accumulation.
+  const { ask, answers, warnings } = scriptedAsk(["MULTI_GPU", "2", "1", "10.0.0.1", "29501", true, "8", "0,1,2,3", false, false, "bf16", "4"]);
+  const config = await askClusterConfig(ask, 4);
   t.deepEqual(config, {
     compute_environment: "LOCAL_MACHINE", distributed_type: "MULTI_GPU", debug: false, num_machines: 2, machine_rank: 1,
     main_process_ip: "10.0.0.1", main_process_port: 29501, same_network: true, rdzv_backend: "static", num_processes: 8,
@@ -432,9 +422,9 @@ test("the config questionnaire builds a multi-machine multi-GPU config from the 
   // The answers make a valid file.
   t.deepEqual(parseClusterConfig(JSON.parse(JSON.stringify(config)), "q.yaml"), config);
 
-  // A bad answer is asked again.
-  answers.push("NO", false, "all", "no", "zero", "1");
-  const single = await askClusterConfig(scripted, 1);
+  // A bad answer is asked again; one process is asked about DeepSpeed only (as HF does).
+  answers.push("NO", false, "all", false, "no", "zero", "1");
+  const single = await askClusterConfig(ask, 1);
   t.like(single, { distributed_type: "NO", num_processes: 1, use_cpu: false, gpu_ids: "all", gradient_accumulation_steps: 1 });
   t.is(warnings.length, 1);
   t.regex(warnings[0], /"zero" is not an integer/);

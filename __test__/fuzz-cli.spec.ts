@@ -21,9 +21,12 @@ const HANG_MS = 20_000;
 
 const KEYS = [
   "num_processes", "num_machines", "machine_rank", "mixed_precision", "use_cpu", "main_process_port", "main_process_ip",
-  "gpu_ids", "gradient_accumulation_steps", "distributed_type", "compute_environment", "debug", "rdzv_backend",
+  "gpu_ids", "gradient_accumulation_steps", "distributed_type", "compute_environment", "debug", "rdzv_backend", "deepspeed_config", "fsdp_config",
 ];
-const FLAGS = ["num_processes", "num_machines", "machine_rank", "main_process_port", "mixed_precision", "gradient_accumulation_steps", "gpu_ids", "zero_stage", "main_process_ip"];
+const FLAGS = [
+  "num_processes", "num_machines", "machine_rank", "main_process_port", "mixed_precision", "gradient_accumulation_steps", "gpu_ids", "zero_stage", "main_process_ip",
+  "offload_optimizer_device", "offload_param_device", "zero3_init_flag", "fsdp_offload_params", "fsdp_reshard_after_forward",
+];
 const BAD_VALUES: unknown[] = [
   "two", -1, 0, 1.5, 1e308, 2 ** 53 + 2, Number.NaN, Number.POSITIVE_INFINITY, "", null, true, [], [1, [2]], { a: { b: [null] } }, "fp8", "0,x", 65536, "__proto__",
 ];

@@ -64,8 +64,9 @@ test("ZeRO options: both dialects, the launcher's environment, and clear errors"
   t.is(zeroStageOf({ fsdpPlugin: { reshardAfterForward: false } }), 2);
   t.is(zeroStageOf({}, { ACCELERATE_USE_DEEPSPEED: "true", ACCELERATE_DEEPSPEED_ZERO_STAGE: "1" }), 1);
   t.is(zeroStageOf({}, {}), 0);
-  t.throws(() => zeroStageOf({ deepspeedPlugin: { zeroStage: 3 } }), { message: /zeroStage must be 0, 1 or 2 \(stage 3 is not available yet\), got 3/ });
-  t.throws(() => zeroStageOf({ fsdpPlugin: {} }), { message: /full shard, ZeRO stage 3\) is not available yet/ });
+  t.is(zeroStageOf({ deepspeedPlugin: { zeroStage: 3 } }), 3);
+  t.is(zeroStageOf({ fsdpPlugin: {} }), 3, "FSDP2's default, full shard, is stage 3");
+  t.throws(() => zeroStageOf({ deepspeedPlugin: { zeroStage: 4 } }), { message: /zeroStage must be 0, 1, 2 or 3, got 4/ });
   t.throws(() => zeroStageOf({ deepspeedPlugin: {}, fsdpPlugin: {} }), { message: /not both/ });
   t.notThrows(() => new Accelerator({ cpu: true, deepspeedPlugin: { zeroStage: 2 } }), "one process: nothing to partition");
 });

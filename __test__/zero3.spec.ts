@@ -45,6 +45,14 @@ test.serial("fp16 under stages 2 and 3: the same skipped steps (inf gradients) a
   }
 });
 
+test.serial("one process: stage 3 and optimizer offload (stages 2 and 3) train exactly like no ZeRO", async (t) => {
+  const [plain] = await run(1, [0, 16, 4, 0.05]);
+  for (const [stage, offload] of [[3, "none"], [3, "all"], [2, "optimizer"]] as const) {
+    const [a] = await run(1, [stage, 16, 4, 0.05, offload]);
+    closeTo(t, plain, a, `one process, stage ${stage}, offload ${offload}`);
+  }
+});
+
 test.serial("stage 3: each process holds half the parameters, gradients and optimizer state", async (t) => {
   const [ddp] = await run(2, [0, 8, 2, 0]);
   const [a, b] = await run(2, [3, 8, 2, 0]);

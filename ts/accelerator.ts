@@ -54,9 +54,9 @@ export interface AcceleratorOptions {
    * (see `data.DataLoaderOptions.stepScope`; `keep()` exempts a tensor). Default true.
    */
   stepScope?: boolean;
-  /** ZeRO through DeepSpeed's settings: `{ zeroStage: 1 | 2 }` or a DeepSpeed config (`hfDsConfig`, `configFile`); see docs/zero.md. */
+  /** ZeRO through DeepSpeed's settings: `{ zeroStage: 0-3, offloadOptimizerDevice, offloadParamDevice }` or a DeepSpeed config (`hfDsConfig`, `configFile`); see docs/zero.md. */
   deepspeedPlugin?: DeepSpeedPlugin;
-  /** ZeRO through FSDP's settings: `{ reshardAfterForward: false }` is stage 2. */
+  /** ZeRO through FSDP's settings: `{}` (full shard) is stage 3, `{ reshardAfterForward: false }` stage 2; `cpuOffload` offloads. */
   fsdpPlugin?: FsdpPlugin;
 }
 

@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import YAML from "yaml";
+import { NVME_REFUSED, OFFLOAD_DEVICES, ZERO_STAGES, isZeroStage, zeroChoiceProblem, type OffloadDevice, type ZeroStage } from "../strategy/zero-options.js";
 
 export const DISTRIBUTED_TYPES = ["NO", "MULTI_CPU", "MULTI_GPU", "DEEPSPEED", "FSDP"] as const;
 export const MIXED_PRECISIONS = ["no", "fp16", "bf16"] as const;
@@ -38,17 +39,24 @@ export interface ClusterConfig {
 }
 
 export interface DeepSpeedConfigSection {
-  zero_stage?: number;
+  zero_stage?: ZeroStage;
   deepspeed_config_file?: string;
   gradient_accumulation_steps?: number;
   gradient_clipping?: number;
-  offload_optimizer_device?: "none";
-  offload_param_device?: "none";
+  /** "cpu": optimizer state and step on the CPU (stages 1-3). */
+  offload_optimizer_device?: OffloadDevice;
+  /** "cpu": parameter shards on the CPU (stage 3). */
+  offload_param_device?: OffloadDevice;
+  /** Accepted: stage 3 shards the parameters when `prepare` sees the model. */
+  zero3_init_flag?: boolean;
 }
 
 export interface FsdpConfigSection {
   fsdp_version?: number;
+  /** true (full shard): ZeRO stage 3; false: stage 2. */
   fsdp_reshard_after_forward?: boolean;
+  /** Optimizer state and step on the CPU, and with full shard the parameter shards. */
+  fsdp_offload_params?: boolean;
 }
 
 /** Thrown by a field check: what the value should have been. */
@@ -101,31 +109,49 @@ const nonNegativeNumber: Check<number> = (value) => {
   if (typeof value === "number" && value >= 0) return value;
   throw new Expected("a non-negative number");
 };
-const offloadNone: Check<"none"> = (value) => {
-  if (value === "none" || value === null) return "none";
-  throw new Expected('"none" (CPU and NVMe offload are not available yet)');
+const offloadDevice: Check<OffloadDevice> = (value) => {
+  if (value === null) return "none";
+  if (typeof value === "string" && (OFFLOAD_DEVICES as readonly string[]).includes(value)) return value as OffloadDevice;
+  throw new Expected(value === "nvme" ? `"cpu" or "none" (${NVME_REFUSED})` : '"cpu" or "none"');
+};
+/** HF writes true/false; its FSDP1-era files may have "true"/"false". */
+const booleanOrText: Check<boolean> = (value) => {
+  if (typeof value === "boolean") return value;
+  if (value === "true" || value === "false") return value === "true";
+  throw new Expected("true or false");
 };
 
 /** Checks for a section's keys that apply, and the names of those that load but do not apply. */
 interface SectionRules {
   applied: Record<string, Check<unknown>>;
   notApplied: string[];
+  /** Why the checked keys cannot go together (an Expected message), if they cannot. */
+  together?: (checked: Record<string, unknown>) => string | undefined;
 }
 
 const DEEPSPEED_SECTION: SectionRules = {
   applied: {
     zero_stage: (value) => {
-      if (value === 0 || value === 1 || value === 2) return value;
-      throw new Expected("0, 1 or 2 (stage 3 is not available yet)");
+      if (isZeroStage(value)) return value;
+      throw new Expected(`${ZERO_STAGES.slice(0, -1).join(", ")} or ${ZERO_STAGES.at(-1)}`);
     },
     deepspeed_config_file: nullable(string),
     gradient_accumulation_steps: positiveInteger,
     gradient_clipping: nonNegativeNumber,
-    offload_optimizer_device: offloadNone,
-    offload_param_device: offloadNone,
+    offload_optimizer_device: offloadDevice,
+    offload_param_device: offloadDevice,
+    zero3_init_flag: boolean,
   },
+  together: (checked) =>
+    checked.zero_stage === undefined
+      ? undefined
+      : zeroChoiceProblem({
+          stage: { value: checked.zero_stage as ZeroStage, name: '"zero_stage"' },
+          offloadOptimizer: { value: checked.offload_optimizer_device === "cpu", name: '"offload_optimizer_device" "cpu"' },
+          offloadParameters: { value: checked.offload_param_device === "cpu", name: '"offload_param_device" "cpu"' },
+        }),
   notApplied: [
-    "zero3_init_flag", "zero3_save_16bit_model", "offload_optimizer_nvme_path", "offload_param_nvme_path", "deepspeed_hostfile",
+    "zero3_save_16bit_model", "offload_optimizer_nvme_path", "offload_param_nvme_path", "deepspeed_hostfile",
     "deepspeed_multinode_launcher", "deepspeed_inclusion_filter", "deepspeed_exclusion_filter", "deepspeed_moe_layer_cls_names",
   ],
 };
@@ -136,14 +162,8 @@ const FSDP_SECTION: SectionRules = {
       if (value === 2) return value;
       throw new Expected("2 (FSDP1 is not available)");
     },
-    fsdp_reshard_after_forward: (value) => {
-      if (value === false || value === "false") return false;
-      throw new Expected("false (true, FSDP's full shard, is ZeRO stage 3, which is not available yet)");
-    },
-    fsdp_offload_params: (value) => {
-      if (value === false || value === null) return false;
-      throw new Expected("false (CPU offload is not available yet)");
-    },
+    fsdp_reshard_after_forward: booleanOrText,
+    fsdp_offload_params: booleanOrText,
   },
   notApplied: [
     "fsdp_auto_wrap_policy", "fsdp_transformer_layer_cls_to_wrap", "fsdp_min_num_params", "fsdp_sharding_strategy", "fsdp_state_dict_type",
@@ -175,6 +195,8 @@ const section =
         throw new Expected(`a mapping without the unknown key "${key}"${suggestion ? ` (did you mean "${suggestion}"?)` : ""}`);
       }
     }
+    const problem = rules.together?.(checked);
+    if (problem !== undefined) throw new Expected(`a mapping whose keys agree (${problem})`);
     return checked;
   };
 
@@ -301,7 +323,8 @@ export function parseClusterConfig(raw: unknown, source: string, unused: string[
       else if (asksForSomething(value)) unused.push(key);
     } catch (error) {
       if (!(error instanceof Expected)) throw error;
-      throw new Error(`${where}: "${key}" must be ${error.message}, got ${describe(value)}`);
+      // A section's message already names the value inside it that is wrong.
+      throw new Error(`${where}: "${key}" must be ${error.message}${isMapping(value) ? "" : `, got ${describe(value)}`}`);
     }
   }
   const result = config as ClusterConfig;

@@ -1,7 +1,12 @@
 // The questions `accelerate config` asks, written against a small Ask
 // interface so that tests can answer them without a terminal.
+import { resolve } from "node:path";
 import { consola } from "consola";
-import { MIXED_PRECISIONS, type ClusterConfig, type DistributedType, type MixedPrecisionName } from "./config-file.js";
+import { readDeepSpeedConfigFile } from "../strategy/deepspeed-config.js";
+import { OFFLOAD_DEVICES, ZERO_STAGES, type OffloadDevice } from "../strategy/zero-options.js";
+import {
+  MIXED_PRECISIONS, type ClusterConfig, type DeepSpeedConfigSection, type DistributedType, type FsdpConfigSection, type MixedPrecisionName,
+} from "./config-file.js";
 
 export interface Choice<T extends string> {
   label: string;
@@ -50,6 +55,65 @@ async function askGpuIds(ask: Ask): Promise<string> {
     if (answer === "all" || /^\d+(,\d+)*$/.test(answer)) return answer;
     ask.warn(`"${answer}" is neither "all" nor a list of GPU ids such as 0,1; try again`);
   }
+}
+
+async function askNonNegativeNumber(ask: Ask, message: string, initial: number): Promise<number> {
+  for (;;) {
+    const answer = await ask.text(message, String(initial));
+    const value = Number(answer);
+    if (answer.trim() !== "" && Number.isFinite(value) && value >= 0) return value;
+    ask.warn(`"${answer}" is not a non-negative number; try again`);
+  }
+}
+
+const offloadChoices = OFFLOAD_DEVICES.map((value) => ({ label: value, value }));
+
+/** HF's DeepSpeed questions: a DeepSpeed config file, or the stage, offloads, accumulation and clipping. */
+async function askDeepSpeed(ask: Ask, useCpu: boolean): Promise<DeepSpeedConfigSection> {
+  if (await ask.confirm("Do you want to specify a json file to a DeepSpeed config?", false)) {
+    for (;;) {
+      const path = await ask.text("Please enter the path to the json DeepSpeed config file:", "");
+      try {
+        // Absolute, so that `accelerate launch` finds it from any directory.
+        readDeepSpeedConfigFile(resolve(path));
+        return { deepspeed_config_file: resolve(path) };
+      } catch (error) {
+        ask.warn(`${(error as Error).message}; try again`);
+      }
+    }
+  }
+  const section: DeepSpeedConfigSection = {};
+  const stage = await ask.select(
+    "What should be your DeepSpeed's ZeRO optimization stage?",
+    ZERO_STAGES.map((value) => ({ label: String(value), value: String(value) })),
+    "2",
+  );
+  section.zero_stage = ZERO_STAGES[Number(stage)];
+  // Offloading to the CPU means nothing when training on the CPU.
+  if (!useCpu && section.zero_stage >= 1) {
+    section.offload_optimizer_device = await ask.select<OffloadDevice>("Where to offload optimizer states?", offloadChoices, "none");
+    if (section.zero_stage === 3) section.offload_param_device = await ask.select<OffloadDevice>("Where to offload parameters?", offloadChoices, "none");
+  }
+  section.gradient_accumulation_steps = await askInteger(ask, "How many gradient accumulation steps you're passing in your script?", 1, 1);
+  if (await ask.confirm("Do you want to use gradient clipping?", false)) {
+    section.gradient_clipping = await askNonNegativeNumber(ask, "What is the gradient clipping value?", 1.0);
+  }
+  return section;
+}
+
+/** HF's FSDP2 questions that apply: resharding after forward (full shard, ZeRO stage 3) and CPU offload. */
+async function askFsdp(ask: Ask, useCpu: boolean): Promise<FsdpConfigSection> {
+  const section: FsdpConfigSection = { fsdp_version: 2 };
+  section.fsdp_reshard_after_forward = await ask.confirm("Do you want to enable resharding after forward (full shard, ZeRO stage 3)?", true);
+  section.fsdp_offload_params = useCpu
+    ? false
+    : await ask.confirm(
+        section.fsdp_reshard_after_forward
+          ? "Do you want to offload parameters and the optimizer state to CPU?"
+          : "Do you want to offload the optimizer state to CPU (without resharding, parameters stay whole on each GPU)?",
+        false,
+      );
+  return section;
 }
 
 /** Asks the questions; `cudaDevices` (GPUs seen here) only sets suggested answers. */
@@ -104,11 +168,23 @@ export async function askClusterConfig(ask: Ask, cudaDevices: number): Promise<C
     config.use_cpu = false;
     config.gpu_ids = await askGpuIds(ask);
   }
+  if (await ask.confirm("Do you want to use DeepSpeed?", false)) {
+    config.distributed_type = "DEEPSPEED";
+    config.deepspeed_config = await askDeepSpeed(ask, config.use_cpu);
+  } else if (distributedType !== "NO" && (await ask.confirm("Do you want to use FullyShardedDataParallel?", false))) {
+    config.distributed_type = "FSDP";
+    config.fsdp_config = await askFsdp(ask, config.use_cpu);
+  }
+  // A DeepSpeed config file decides precision and accumulation itself (HF does not ask either).
+  if (config.deepspeed_config?.deepspeed_config_file !== undefined) return config;
   config.mixed_precision = await ask.select<MixedPrecisionName>(
     "Do you wish to use mixed precision?",
     MIXED_PRECISIONS.map((value) => ({ label: value, value })),
     "no",
   );
-  config.gradient_accumulation_steps = await askInteger(ask, "How many gradient accumulation steps (micro-batches per optimizer step)?", 1, 1);
+  // DeepSpeed's accumulation was asked in its section, as HF does.
+  if (config.deepspeed_config === undefined) {
+    config.gradient_accumulation_steps = await askInteger(ask, "How many gradient accumulation steps (micro-batches per optimizer step)?", 1, 1);
+  }
   return config;
 }

@@ -3,6 +3,7 @@
 // Accelerate's ACCELERATE_* settings.
 import { availableParallelism } from "node:os";
 import { STRATEGY_ENV } from "../env-names.js";
+import type { OffloadDevice, ZeroStage } from "../strategy/zero-options.js";
 
 export type MixedPrecision = "no" | "fp16" | "bf16";
 
@@ -22,13 +23,22 @@ export interface LaunchPlan {
   /** "all" or a comma-separated list of GPU ids, exported as CUDA_VISIBLE_DEVICES. */
   gpuIds?: string;
   /** ZeRO stage (0: plain data parallelism), exported as HF's ACCELERATE_USE_DEEPSPEED / ACCELERATE_DEEPSPEED_ZERO_STAGE. */
-  zeroStage?: number;
+  zeroStage?: ZeroStage;
   /** A DeepSpeed config file (absolute), exported as ACCELERATE_DEEPSPEED_CONFIG_FILE. */
   deepspeedConfigFile?: string;
   /** DeepSpeed's gradient clipping, exported as ACCELERATE_GRADIENT_CLIPPING. */
   gradientClipping?: number;
-  /** FSDP2 (reshard after forward false: ZeRO stage 2), exported as ACCELERATE_USE_FSDP, FSDP_VERSION, FSDP_RESHARD_AFTER_FORWARD. */
-  fsdp?: { version: number; reshardAfterForward: boolean };
+  /** DeepSpeed's optimizer offload when a flag or the config file gives it, exported as ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE. */
+  offloadOptimizerDevice?: OffloadDevice;
+  /** DeepSpeed's parameter offload when a flag or the config file gives it, exported as ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE. */
+  offloadParamDevice?: OffloadDevice;
+  /** HF's zero3_init_flag when given, exported as ACCELERATE_DEEPSPEED_ZERO3_INIT (accepted; stage 3 shards at prepare). */
+  zero3Init?: boolean;
+  /**
+   * FSDP2 (reshard after forward: ZeRO stage 3, else 2; offload params: CPU offload), exported as
+   * ACCELERATE_USE_FSDP, FSDP_VERSION, FSDP_RESHARD_AFTER_FORWARD, FSDP_OFFLOAD_PARAMS.
+   */
+  fsdp?: { version: number; reshardAfterForward: boolean; offloadParams: boolean };
 }
 
 /** Ranks this machine starts. */
@@ -78,12 +88,16 @@ export function strategyEnvironment(plan: LaunchPlan): Record<string, string> {
       [STRATEGY_ENV.useFsdp]: "true",
       [STRATEGY_ENV.fsdpVersion]: String(plan.fsdp.version),
       [STRATEGY_ENV.fsdpReshardAfterForward]: String(plan.fsdp.reshardAfterForward),
+      [STRATEGY_ENV.fsdpOffloadParams]: String(plan.fsdp.offloadParams),
     };
   }
   if (!plan.zeroStage && plan.deepspeedConfigFile === undefined) return {};
   const env: Record<string, string> = { [STRATEGY_ENV.useDeepspeed]: "true", [STRATEGY_ENV.zeroStage]: String(plan.zeroStage ?? 0) };
   if (plan.deepspeedConfigFile !== undefined) env[STRATEGY_ENV.deepspeedConfigFile] = plan.deepspeedConfigFile;
   if (plan.gradientClipping !== undefined) env[STRATEGY_ENV.gradientClipping] = String(plan.gradientClipping);
+  if (plan.offloadOptimizerDevice !== undefined) env[STRATEGY_ENV.offloadOptimizerDevice] = plan.offloadOptimizerDevice;
+  if (plan.offloadParamDevice !== undefined) env[STRATEGY_ENV.offloadParamDevice] = plan.offloadParamDevice;
+  if (plan.zero3Init !== undefined) env[STRATEGY_ENV.zero3Init] = String(plan.zero3Init);
   return env;
 }
 

@@ -4,6 +4,7 @@
 import { readFileSync } from "node:fs";
 import { suggestName } from "../cli/config-file.js";
 import type { GradScalerOptions } from "../precision.js";
+import { isNonNegativeInteger, isZeroStage, parseOffloadDevice, zeroChoiceProblem, type ZeroStage } from "./zero-options.js";
 
 /** A DeepSpeed config as JSON (DeepSpeed's snake_case keys); numbers may be "auto". */
 export type DeepSpeedConfigJson = { [key: string]: DeepSpeedConfigValue };
@@ -11,7 +12,15 @@ export type DeepSpeedConfigValue = string | number | boolean | null | DeepSpeedC
 
 /** What a DeepSpeed config asks of this run; undefined where it leaves the choice to the run ("auto" or absent). */
 export interface DeepSpeedSettings {
-  zeroStage?: number;
+  zeroStage?: ZeroStage;
+  /** Optimizer state and step on the CPU: `zero_optimization.offload_optimizer.device` "cpu" (or the older `cpu_offload: true`). */
+  offloadOptimizer?: boolean;
+  /** Stage 3's parameter shards on the CPU between uses: `zero_optimization.offload_param.device` "cpu". */
+  offloadParameters?: boolean;
+  /** Stage 3: parameters with fewer elements stay whole on every process (`stage3_param_persistence_threshold`). */
+  paramPersistenceThreshold?: number;
+  /** Stage 3: how much to gather ahead of the module that needs it (`stage3_prefetch_bucket_size`, taken as bytes). */
+  prefetchBytes?: number;
   gradientAccumulationSteps?: number;
   /** Max global gradient norm, applied inside the prepared optimizer's step (as DeepSpeed's engine does). */
   gradientClipping?: number;
@@ -37,7 +46,7 @@ const NOT_APPLIED_TOP: Record<string, string> = {
   communication_data_type: "gradients are reduced in their own dtype",
   sparse_gradients: "no sparse gradients",
   zero_allow_untested_optimizer: "ZeRO accepts optim's optimizers only",
-  zero_force_ds_cpu_optimizer: "no CPU offload",
+  zero_force_ds_cpu_optimizer: "with offload, the optimizer passed to prepare() steps on the CPU",
   amp: "use fp16 or bf16",
   activation_checkpointing: "no activation checkpointing",
   flops_profiler: "no profiler",
@@ -59,17 +68,57 @@ const NOT_APPLIED_ZERO: Record<string, string> = {
   overlap_comm: "communication is not overlapped",
   reduce_scatter: "stage 2 always reduce-scatters",
   reduce_bucket_size: "use the Accelerator's bucketBytes",
+  use_multi_rank_bucket_allreduce: "use the Accelerator's bucketBytes",
   contiguous_gradients: "partitions are always contiguous",
   round_robin_gradients: "partitions are contiguous slices",
   sub_group_size: "each param group is one flat buffer",
   load_from_fp32_weights: "checkpoints hold fp32 state",
   elastic_checkpoint: "checkpoints resume on any number of processes",
   ignore_unused_parameters: "unused parameters have zero gradients",
+  legacy_stage1: "there is one stage 1",
   zero_hpz_partition_size: "no ZeRO++",
   zero_quantized_weights: "no ZeRO++",
+  zero_quantized_nontrainable_weights: "no ZeRO++",
   zero_quantized_gradients: "no ZeRO++",
-  memory_efficient_linear: "stage 3 only",
-  cpu_offload: "no CPU offload",
+  zeropp_loco_param: "no ZeRO++",
+  mics_shard_size: "no MiCS",
+  mics_hierarchical_params_gather: "no MiCS",
+  memory_efficient_linear: "linear layers are not replaced",
+  cpu_offload_use_pin_memory: "host copies are always pinned on CUDA",
+  stage3_model_persistence_threshold: "only stage3_param_persistence_threshold keeps parameters whole",
+  stage3_max_live_parameters: "parameters are released after each module",
+  stage3_max_reuse_distance: "parameters are released after each module",
+  stage3_gather_16bit_weights_on_model_save: "saveModel and getStateDict gather whole parameters",
+  stage3_gather_fp16_weights_on_model_save: "saveModel and getStateDict gather whole parameters",
+  stage3_module_granularity_threshold: "parameters are gathered module by module",
+  stage3_use_all_reduce_for_fetch_params: "parameters are gathered with all-gather",
+  stage3_allgather_sequential: "parameters are gathered module by module",
+  leaf_module: "parameters are gathered module by module",
+  override_module_apply: "parameters are sharded at prepare, not at construction",
+  pipeline_loading_checkpoint: "checkpoints are loaded whole, then sliced",
+  log_trace_cache_warnings: "no trace cache",
+  enable_sanity_checks: "no sanity checks",
+};
+const APPLIED_ZERO = ["stage", "offload_optimizer", "offload_param", "cpu_offload", "cpu_offload_param", "stage3_param_persistence_threshold", "stage3_prefetch_bucket_size"];
+const NO_NVME = "no NVMe offload";
+const OFFLOAD_OPTIMIZER_NOT_APPLIED: Record<string, string> = {
+  pin_memory: "host copies are always pinned on CUDA",
+  nvme_path: NO_NVME,
+  buffer_count: NO_NVME,
+  pipeline: NO_NVME,
+  pipeline_read: NO_NVME,
+  pipeline_write: NO_NVME,
+  fast_init: NO_NVME,
+  ratio: "the whole optimizer step runs on the CPU",
+  super_offload: "no Superchip offload",
+  cpuadam_cores_perc: "the CPU step uses libtorch's threads",
+};
+const OFFLOAD_PARAM_NOT_APPLIED: Record<string, string> = {
+  pin_memory: "host copies are always pinned on CUDA",
+  nvme_path: NO_NVME,
+  buffer_count: NO_NVME,
+  buffer_size: NO_NVME,
+  max_in_cpu: NO_NVME,
 };
 const FP16_NOT_APPLIED: Record<string, string> = {
   auto_cast: "autocast is the Accelerator's",
@@ -136,7 +185,7 @@ export function readDeepSpeedConfig(raw: unknown, source: string): DeepSpeedSett
     for (const key of Object.keys(raw.bf16)) if (key !== "enabled") notUsed(`bf16.${key}`, "bf16 is autocast with fp32 master weights");
   }
   if (isMapping(raw.fp16)) settings.gradScaler = readFp16(where, raw.fp16, notUsed);
-  if (raw.zero_optimization !== undefined) settings.zeroStage = readZero(where, raw.zero_optimization, notUsed);
+  if (raw.zero_optimization !== undefined) readZero(where, raw.zero_optimization, settings, notUsed);
   return settings;
 }
 
@@ -156,30 +205,76 @@ function readFp16(where: string, fp16: Record<string, unknown>, notUsed: (key: s
   return scaler;
 }
 
-function readZero(where: string, zero: unknown, notUsed: (key: string, why: string) => void): number | undefined {
+/** An `offload_optimizer` / `offload_param` mapping: its device (undefined when absent or "auto"), its other keys named as not used. */
+function readOffload(
+  where: string,
+  name: string,
+  section: unknown,
+  notApplied: Record<string, string>,
+  notUsed: (key: string, why: string) => void,
+): boolean | undefined {
+  if (section === null) return undefined;
+  if (!isMapping(section)) throw new Error(`${where}: "${name}" must be a mapping such as { "device": "cpu" }, got ${JSON.stringify(section)}`);
+  let device: boolean | undefined;
+  for (const [key, value] of Object.entries(section)) {
+    if (key === "device") {
+      // HF fills an "auto" device from the plugin (offloadOptimizerDevice / offloadParamDevice).
+      if (value !== AUTO && value !== null) device = parseOffloadDevice(value, `${where}: "${name}.device"`);
+    } else if (Object.hasOwn(notApplied, key)) {
+      // HF's plugin writes `"nvme_path": null` when the device is not NVMe.
+      if (value !== null) notUsed(`${name}.${key}`, notApplied[key]);
+    } else {
+      throw unknownKey(`${where}: ${name}`, key, ["device", ...Object.keys(notApplied)]);
+    }
+  }
+  return device;
+}
+
+/** DeepSpeed's older boolean spelling (`cpu_offload`, `cpu_offload_param`) of an offload; refused next to the newer one. */
+function readOldOffload(where: string, zero: Record<string, unknown>, oldKey: string, newKey: string): boolean | undefined {
+  const value = zero[oldKey];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== "boolean") throw new Error(`${where}: "zero_optimization.${oldKey}" must be true or false, got ${JSON.stringify(value)}`);
+  if (zero[newKey] !== undefined && zero[newKey] !== null) {
+    throw new Error(`${where}: give "zero_optimization.${newKey}" or its older spelling "zero_optimization.${oldKey}", not both`);
+  }
+  return value;
+}
+
+function readZero(where: string, zero: unknown, settings: DeepSpeedSettings, notUsed: (key: string, why: string) => void): void {
   if (!isMapping(zero)) throw new Error(`${where}: "zero_optimization" must be a mapping, got ${JSON.stringify(zero)}`);
-  let stage: number | undefined;
   for (const [key, value] of Object.entries(zero)) {
     const name = `zero_optimization.${key}`;
     if (key === "stage") {
-      if (value === 3) throw new Error(`${where}: "${name}" 3 (parameters sharded) is not available yet; use 1 or 2`);
       if (value === AUTO) continue;
-      if (value !== 0 && value !== 1 && value !== 2) throw new Error(`${where}: "${name}" must be 0, 1 or 2, got ${JSON.stringify(value)}`);
-      stage = value;
-    } else if (key === "offload_optimizer" || key === "offload_param") {
-      const device = isMapping(value) ? value.device : value;
-      if (device !== undefined && device !== null && device !== "none") {
-        throw new Error(`${where}: "${name}.device" ${JSON.stringify(device)}: CPU/NVMe offload is not available yet; remove "${name}" or set its device to "none"`);
-      }
-    } else if (key.startsWith("stage3_")) {
-      notUsed(name, "stage 3 only");
+      if (!isZeroStage(value)) throw new Error(`${where}: "${name}" must be 0, 1, 2 or 3, got ${JSON.stringify(value)}`);
+      settings.zeroStage = value;
+    } else if (key === "offload_optimizer") {
+      settings.offloadOptimizer = readOffload(where, name, value, OFFLOAD_OPTIMIZER_NOT_APPLIED, notUsed);
+    } else if (key === "offload_param") {
+      settings.offloadParameters = readOffload(where, name, value, OFFLOAD_PARAM_NOT_APPLIED, notUsed);
+    } else if (key === "cpu_offload") {
+      settings.offloadOptimizer = readOldOffload(where, zero, key, "offload_optimizer");
+    } else if (key === "cpu_offload_param") {
+      settings.offloadParameters = readOldOffload(where, zero, key, "offload_param");
+    } else if (key === "stage3_param_persistence_threshold") {
+      settings.paramPersistenceThreshold = numberOrAuto(where, name, value, isNonNegativeInteger, "a non-negative integer (elements)");
+    } else if (key === "stage3_prefetch_bucket_size") {
+      settings.prefetchBytes = numberOrAuto(where, name, value, isNonNegativeInteger, "a non-negative integer");
     } else if (Object.hasOwn(NOT_APPLIED_ZERO, key)) {
       notUsed(name, NOT_APPLIED_ZERO[key]);
     } else {
-      throw unknownKey(`${where}: zero_optimization`, key, ["stage", "offload_optimizer", "offload_param", ...Object.keys(NOT_APPLIED_ZERO), "stage3_prefetch_bucket_size"]);
+      throw unknownKey(`${where}: zero_optimization`, key, [...APPLIED_ZERO, ...Object.keys(NOT_APPLIED_ZERO)]);
     }
   }
-  return stage;
+  if (settings.zeroStage !== undefined) {
+    const problem = zeroChoiceProblem({
+      stage: { value: settings.zeroStage, name: '"zero_optimization.stage"' },
+      offloadOptimizer: { value: settings.offloadOptimizer ?? false, name: zero.cpu_offload === true ? '"zero_optimization.cpu_offload" true' : '"zero_optimization.offload_optimizer.device" "cpu"' },
+      offloadParameters: { value: settings.offloadParameters ?? false, name: zero.cpu_offload_param === true ? '"zero_optimization.cpu_offload_param" true' : '"zero_optimization.offload_param.device" "cpu"' },
+    });
+    if (problem !== undefined) throw new Error(`${where}: ${problem}`);
+  }
 }
 
 /** Reads and validates a ds_config.json file. */

@@ -68,7 +68,7 @@ export class ZeroSharded extends SingleProcess {
       throw new Error(`prepare: ZeRO stage 3 shards the parameters of an nn.Module; got ${model.constructor.name}`);
     }
     const params = model.parameters();
-    native.distBroadcastParameters(params);
+    if (this.state.numProcesses > 1) native.distBroadcastParameters(params);
     const indexOf = new Map(params.map((p, i) => [p, i]));
     const units: Unit[] = [];
     const modules: [Module, Unit][] = [];
@@ -101,7 +101,10 @@ export class ZeroSharded extends SingleProcess {
       held: params.map(() => 0),
       running: [],
     };
+    // With every parameter whole (optimizer offload alone), forward has nothing to gather.
+    const sharded = entry.persistent.some((p) => !p);
     for (const [module, unit] of modules) {
+      if (!sharded) continue;
       this.#wrapForward(entry, module, unit);
       for (const [name, tensor] of ownParameters(module)) this.#watchReads(entry, module, name, tensor);
     }

@@ -68,6 +68,29 @@ struct Sharder {
 
   void wait(const c10::intrusive_ptr<c10d::Work>& work) { acc_wait(work, blocking_wait, timeout, arrivals.get()); }
 
+  // Every process's `input` into `output`, rank-major (a copy on one process without a group).
+  void all_gather_base(at::Tensor& output, at::Tensor& input) {
+    if (!backend) {
+      output.copy_(input);
+      return;
+    }
+    c10d::AllgatherOptions options;
+    options.timeout = timeout;
+    wait(backend->_allgather_base(output, input, options));
+  }
+
+  // The mean across processes of this process's slice of `input` into `output`.
+  void reduce_scatter_base(at::Tensor& output, at::Tensor& input) {
+    if (!backend) {
+      output.copy_(input);
+      return;
+    }
+    c10d::ReduceScatterOptions options;
+    options.reduceOp = c10d::ReduceOp::AVG;
+    options.timeout = timeout;
+    wait(backend->_reduce_scatter_base(output, input, options));
+  }
+
   // All-gathers the shards of `need` (one collective) into their parameters' full storage.
   void all_gather(const std::vector<size_t>& need) {
     if (need.empty()) return;
@@ -80,9 +103,7 @@ struct Sharder {
     }
     auto input = pieces.size() == 1 ? pieces[0] : at::cat(pieces);
     auto output = at::empty({world * total}, input.options());
-    c10d::AllgatherOptions options;
-    options.timeout = timeout;
-    wait(backend->_allgather_base(output, input, options));
+    all_gather_base(output, input);
     auto rows = output.view({world, total});
     at::NoGradGuard no_grad;
     int64_t offset = 0;
@@ -141,10 +162,7 @@ struct Sharder {
     // Rank-major: rank r's slice holds every parameter's r-th piece.
     auto input = (columns.size() == 1 ? columns[0] : at::cat(columns, 1)).contiguous().view({-1});
     auto output = at::empty({total}, input.options());
-    c10d::ReduceScatterOptions options;
-    options.reduceOp = c10d::ReduceOp::AVG;
-    options.timeout = timeout;
-    wait(backend->_reduce_scatter_base(output, input, options));
+    reduce_scatter_base(output, input);
     at::NoGradGuard no_grad;
     int64_t offset = 0;
     for (auto i : idx) {
@@ -230,20 +248,21 @@ std::vector<size_t> indices(const Sharder& s, const int64_t* idx, int count) {
 // Shards `params` (identical on every process) across the group. `unit_params` lists each
 // unit's parameter indices end to end, `unit_sizes` how many each has; a parameter's first
 // unit reduces its gradient. Parameters with fewer than `persist_below` elements stay whole.
-// `shard_device` (a device index, -1 for the CPU) holds the shards; CPU shards of GPU
-// parameters are pinned.
+// `offload` keeps the shards on the host (pinned, for GPU parameters). `group` may be null
+// on a single process: the shards are then whole and only offloading changes anything.
 extern "C" int acc_zero3_new(void* group, acc_tensor* params, int count, const int64_t* unit_params,
                              const int64_t* unit_sizes, int unit_count, int64_t persist_below, int offload,
                              void** out) {
   ACC_PROTECT({
     auto s = std::make_shared<Sharder>();
-    auto g = static_cast<AccGroup*>(group);
-    s->backend = g->backend;
-    s->timeout = g->timeout;
-    s->blocking_wait = g->blocking_wait;
-    s->arrivals = g->arrivals;
-    s->rank = g->backend->getRank();
-    s->world = g->backend->getSize();
+    if (auto g = static_cast<AccGroup*>(group)) {
+      s->backend = g->backend;
+      s->timeout = g->timeout;
+      s->blocking_wait = g->blocking_wait;
+      s->arrivals = g->arrivals;
+      s->rank = g->backend->getRank();
+      s->world = g->backend->getSize();
+    }
     at::NoGradGuard no_grad;
     for (int i = 0; i < count; i++) {
       Param p;

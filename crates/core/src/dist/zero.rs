@@ -400,7 +400,11 @@ pub(super) fn clip_sharded(op: &str, grads: &[Tensor], max_norm: f64, norm_type:
         }
         .map_err(fail(op))?;
     }
-    let total = all_reduce(op, &local, if infinite { Reduce::Max } else { Reduce::Sum })?;
+    let total = if super::group::is_initialized() {
+        all_reduce(op, &local, if infinite { Reduce::Max } else { Reduce::Sum })?
+    } else {
+        local
+    };
     let total = total.f_double_value(&[]).map_err(fail(op))?;
     let total = if infinite { total } else { total.powf(1.0 / norm_type) };
     let coefficient = max_norm / (total + 1e-6);

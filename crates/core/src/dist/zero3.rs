@@ -5,7 +5,7 @@
 //! optimizer state on the host.
 
 use super::collectives::all_gather_into;
-use super::group::with_group;
+use super::group::{is_initialized, with_group};
 use super::zero::{bytes, clip_sharded, fail};
 use crate::optim::{AmpInputs, Optimizer, ParamState, Slot};
 use crate::shim::{check, owned};
@@ -106,12 +106,12 @@ impl Sharder {
             sizes.push(unit.len() as i64);
         }
         let mut raw = std::ptr::null_mut();
-        with_group(op, |g| {
-            // SAFETY: the group, tensors and index arrays are live for the call; the sharder
-            // keeps its own references to the tensors.
+        let mut create = |group: *mut c_void| {
+            // SAFETY: the group (or null, on one process), tensors and index arrays are live for
+            // the call; the sharder keeps its own references to the tensors and the group's parts.
             check(op, unsafe {
                 acc_zero3_new(
-                    g.raw,
+                    group,
                     ptrs.as_ptr(),
                     count(op, ptrs.len())?,
                     flat.as_ptr(),
@@ -122,7 +122,12 @@ impl Sharder {
                     &mut raw,
                 )
             })
-        })?;
+        };
+        if is_initialized() {
+            with_group(op, |g| create(g.raw))?;
+        } else {
+            create(std::ptr::null_mut())?;
+        }
         Ok(Sharder { raw })
     }
 
@@ -366,10 +371,15 @@ impl Zero3Optimizer {
                 } else {
                     // Gathered where the parameters live (the process group's device).
                     let shard = t.f_to_device(full.device()).map_err(fail(&op))?;
-                    let gathered = shard
-                        .f_new_empty([shard.numel() as i64 * world], (shard.kind(), shard.device()))
-                        .map_err(fail(&op))?;
-                    all_gather_into(&op, &gathered, &shard)?;
+                    let gathered = if world == 1 {
+                        shard
+                    } else {
+                        let gathered = shard
+                            .f_new_empty([shard.numel() as i64 * world], (shard.kind(), shard.device()))
+                            .map_err(fail(&op))?;
+                        all_gather_into(&op, &gathered, &shard)?;
+                        gathered
+                    };
                     gathered
                         .f_narrow(0, 0, numel)
                         .and_then(|x| x.f_view(shape.as_slice()))
