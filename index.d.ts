@@ -162,14 +162,10 @@ export declare class Zero3Sharder {
 
 export declare class ZeroCore {
   /**
-   * Partitions `optimizer`'s parameters across the process group (`stage` 1 or 2); `offload`
-   * keeps the partitions' master copies and state on the host.
+   * Partitions `optimizer`'s parameters across the process group (stage 1); `offload` keeps
+   * the partitions' master copies and state on the host.
    */
-  constructor(optimizer: OptimizerCore, stage: number, offload: boolean)
-  get stage(): number
-  /** Stage 2, after a synchronising backward: gradients into this process's partitions. */
-  reduceGradients(): void
-  clipGradNorm(maxNorm: number, normType: number): number
+  constructor(optimizer: OptimizerCore, offload: boolean)
   step(optimizer: OptimizerCore): void
   consolidateState(optimizer: OptimizerCore): void
   releaseState(optimizer: OptimizerCore): void
@@ -178,10 +174,6 @@ export declare class ZeroCore {
   takeState(optimizer: OptimizerCore): void
   /** Bytes of optimizer state (the partitions' moments and master copies) this process holds. */
   optimizerStateBytes(): HeldBytes
-  /** Bytes of partition gradients held now (stage 2, between backward and step). */
-  gradientBytes(): HeldBytes
-  /** This process's partitions of the averaged gradients (stage 2, between backward and step). */
-  gradients(): Array<Tensor>
 }
 
 /** `[start, end)` by `step`; int64 when all three are integers, else float32. */

@@ -44,7 +44,9 @@ test.serial("each process holds half the optimizer state (stage 1) and half the 
   const half = (212 / 2) * 4;
   t.is(one.bytes.optimizerState, 3 * half + 4, "stage 1: moments and master copy of one half");
   t.is(one.bytes.gradients, params, "stage 1 keeps whole gradients");
-  t.is(two.bytes.optimizerState, 3 * half + 4);
+  // Stage 2 cuts each parameter in two: its shard is the master copy the update runs on.
+  t.is(two.bytes.optimizerState, 2 * half + 4 * 4, "stage 2: moments of one half of each parameter, a step count per tensor");
+  t.is(two.bytes.parameters, params + half, "stage 2: whole parameters and this process's shards");
   t.is(two.bytes.gradients, 0, "stage 2: after the step neither whole nor partition gradients remain");
 });
 

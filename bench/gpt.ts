@@ -2,6 +2,8 @@
 // tokens through the DataLoader, AdamW, bf16 autocast, 30 steps after 5 warm-up.
 // One process per GPU; for `ddp` start it with `accelerate launch --num_processes 2`.
 //   node --import @oxc-node/core/register bench/gpt.ts [--precision bf16] [--steps 30] [--warmup 5] [--batch 8]
+//     [--layers 12 --width 768 --heads 12]   (the `offload` workload: --layers 48 --width 1600 --heads 25 --batch 4,
+//     launched with --use_deepspeed --zero_stage 3 --offload_optimizer_device cpu --offload_param_device cpu)
 import { parseArgs } from "node:util";
 import { Accelerator, data, manualSeed, optim, randint, type MixedPrecision, type Tensor } from "../ts/index.js";
 import { GPT, GPT2_SMALL } from "./models/gpt.js";
@@ -15,6 +17,8 @@ const { values } = parseArgs({
     warmup: { type: "string", default: "5" },
     batch: { type: "string", default: "8" },
     layers: { type: "string", default: String(GPT2_SMALL.layers) },
+    width: { type: "string", default: String(GPT2_SMALL.width) },
+    heads: { type: "string", default: String(GPT2_SMALL.heads) },
   },
 });
 const [steps, warmup, batch] = [values.steps, values.warmup, values.batch].map(Number);
@@ -25,7 +29,8 @@ manualSeed(0);
 const n = batch * accelerator.numProcesses * (steps + warmup);
 const tokens = randint(0, GPT2_SMALL.vocab, [n, sequence + 1]);
 const dataset = new data.TensorDataset({ x: tokens.slice(1, 0, sequence).contiguous(), y: tokens.slice(1, 1).contiguous() });
-const net = new GPT({ ...GPT2_SMALL, layers: Number(values.layers) }, { fusedLoss: values["fused-loss"], lossChunkRows: Number(values["loss-chunk"]) });
+const shape = { ...GPT2_SMALL, layers: Number(values.layers), width: Number(values.width), heads: Number(values.heads) };
+const net = new GPT(shape, { fusedLoss: values["fused-loss"], lossChunkRows: Number(values["loss-chunk"]) });
 const params = net.parameters().reduce((sum, p) => sum + p.numel, 0);
 const [model, opt, loader] = accelerator.prepare(
   net,

@@ -2,7 +2,7 @@
 # The GPU run: CUDA tests, then each workload of shared/bench/WORKLOADS.md beside the
 # Hugging Face reference in the same command, on the same cards. Runs on a GPU host
 # inside .gpu/app through .gpu/run.sh (see README "GPUs"); writes $OUT/gpu-run.log and
-# prints the result lines. Usage: bash bench/gpu-suite.sh [tests] [gpt] [ddp] [ddp4] [ddp8] [zero1] [zero2] [mlp] [op]
+# prints the result lines. Usage: bash bench/gpu-suite.sh [tests] [gpt] [ddp] [ddp4] [ddp8] [zero1] [zero2] [zero3] [offload] [mlp] [op]
 # (ddp runs the gpt workload on 2 GPUs, ddpN on N GPUs, one process per GPU).
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -28,6 +28,20 @@ for what in "${@:-tests gpt ddp mlp op}"; do
         gpus=${gpus:-2}
         run "ddp$gpus-ours" 240 node ts/cli/bin.mjs launch --num_processes "$gpus" --main_process_port 0 --mixed_precision bf16 bench/gpt.ts --precision bf16
         run "ddp$gpus-hf" 240 python3 -m accelerate.commands.launch --multi_gpu --num_processes "$gpus" --main_process_port 29517 --mixed_precision bf16 "$ref/hf_baseline.py" --workload gpt --precision bf16 ;;
+      offload)
+        # One GPU, 1.64 B parameters: ours with stage 3 and CPU offload beside FSDP2 with CPU offload.
+        x=(--precision bf16 --layers 48 --width 1600 --heads 25 --batch 4 --steps 6 --warmup 2)
+        run offload-ours 400 node ts/cli/bin.mjs launch --num_processes 1 --main_process_port 0 --mixed_precision bf16 --use_deepspeed \
+          --zero_stage 3 --offload_optimizer_device cpu --offload_param_device cpu bench/gpt.ts "${x[@]}"
+        run offload-hf 400 python3 -m accelerate.commands.launch --num_processes 1 --use_fsdp --fsdp_version 2 \
+          --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap Block --fsdp_reshard_after_forward true \
+          --fsdp_offload_params true --mixed_precision bf16 --main_process_port 29555 "$ref/hf_baseline.py" --workload gpt \
+          --precision bf16 --layers 48 --width 1600 --heads 25 --batch 4 --steps 6 --warmup 2 ;;
+      zero3)
+        run zero3-ours 240 node ts/cli/bin.mjs launch --num_processes 2 --main_process_port 0 --mixed_precision bf16 --use_deepspeed --zero_stage 3 bench/gpt.ts --precision bf16
+        run zero3-hf 240 python3 -m accelerate.commands.launch --num_processes 2 --use_fsdp --fsdp_version 2 \
+          --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap Block --fsdp_reshard_after_forward true \
+          --mixed_precision bf16 --main_process_port 29556 "$ref/hf_baseline.py" --workload gpt --precision bf16 ;;
       zero1 | zero2)
         # ZeRO stage 1 or 2 on the ddp workload (2 GPUs), beside our plain data parallelism in the ddp step.
         run "$step-ours" 240 node ts/cli/bin.mjs launch --num_processes 2 --main_process_port 0 --mixed_precision bf16 --use_deepspeed --zero_stage "${step#zero}" bench/gpt.ts --precision bf16 ;;

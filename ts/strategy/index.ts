@@ -5,7 +5,7 @@ import { DataParallel } from "./ddp.js";
 import { SingleProcess, type Strategy } from "./strategy.js";
 import { STRATEGY_ENV } from "../env-names.js";
 import { readDeepSpeedConfig, readDeepSpeedConfigFile, type DeepSpeedConfigJson, type DeepSpeedSettings } from "./deepspeed-config.js";
-import { ZeroRedundancy, type ZeroStageNumber } from "./zero.js";
+import { ZeroRedundancy } from "./zero.js";
 import { ZeroSharded, type Zero3Options } from "./zero3.js";
 import {
   DEFAULT_PARAM_PERSISTENCE_THRESHOLD, DEFAULT_PREFETCH_BYTES, isNonNegativeInteger, isZeroStage, parseBooleanText, parseOffloadDevice, zeroChoiceProblem,
@@ -243,11 +243,11 @@ export function createStrategy(state: ProcessState, options: StrategyOptions, co
   const stage = config.zeroStage;
   const zero = zeroOptions(config);
   // Stage 3 shards on any number of processes; on one, sharding is moot but offload is not.
-  if (stage === 3) return new ZeroSharded(state, zero);
-  if (state.numProcesses === 1) {
-    // Stages 1 and 2 with the optimizer offloaded: whole parameters, the update on the host.
-    return stage > 0 && zero.offloadOptimizer ? new ZeroSharded(state, { ...zero, persistBelow: Infinity }) : new SingleProcess(state);
-  }
+  if (stage === 3) return new ZeroSharded(state, 3, zero);
+  // Stage 2: the same sharder with every parameter whole, so only gradients and optimizer state
+  // are partitioned (and, on one process, only the optimizer offloaded).
+  const stage2 = (): Strategy => new ZeroSharded(state, 2, { ...zero, persistBelow: Infinity });
+  if (state.numProcesses === 1) return stage > 0 && zero.offloadOptimizer ? stage2() : new SingleProcess(state);
   if (stage === 0) return new DataParallel(state, bucketBytes);
-  return new ZeroRedundancy(state, bucketBytes, stage as ZeroStageNumber, zero.offloadOptimizer);
+  return stage === 2 ? stage2() : new ZeroRedundancy(state, bucketBytes, zero.offloadOptimizer);
 }

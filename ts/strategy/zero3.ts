@@ -1,5 +1,8 @@
-// ZeRO stage 3 (DeepSpeed's stage 3, FSDP2's full shard): parameters are partitioned too.
-// Every module that owns parameters is a unit (a Sequential of built-in layers, which runs in
+// ZeRO stages 2 and 3 (DeepSpeed's stages, FSDP2's SHARD_GRAD_OP and full shard): gradients
+// and optimizer state are partitioned, and in stage 3 the parameters too. Each parameter is cut
+// into one shard per process. Every module that owns parameters is a unit: its gradients are
+// reduce-scattered together during backward, once all have arrived. In stage 3, every module
+// that owns parameters is also what is gathered (a Sequential of built-in layers, which runs in
 // the engine as one, is one unit): its forward gathers the unit's parameters and releases them
 // after; backward gathers them again just before it needs them and reduce-scatters their
 // gradients into this process's shards (crates/core/shim/zero3.cpp). A parameter read during
@@ -53,19 +56,21 @@ function ownParameters(module: Module): [string, Tensor][] {
 
 export class ZeroSharded extends SingleProcess {
   override readonly name = "zero";
-  readonly stage = 3;
+  /** 3: parameters sharded too; 2: parameters whole (every one persistent), gradients and optimizer state sharded. */
+  readonly stage: 2 | 3;
   readonly #options: Zero3Options;
   readonly #models = new Map<ModelLike, ShardedModel>();
   readonly #optimizers = new Map<OptimizerLike, { zero: Zero3Core; core: OptimizerCore; model: ShardedModel }>();
 
-  constructor(state: ProcessState, options: Zero3Options) {
+  constructor(state: ProcessState, stage: 2 | 3, options: Zero3Options) {
     super(state);
+    this.stage = stage;
     this.#options = options;
   }
 
   override setupModel(model: ModelLike): void {
     if (!(model instanceof Module)) {
-      throw new Error(`prepare: ZeRO stage 3 shards the parameters of an nn.Module; got ${model.constructor.name}`);
+      throw new Error(`prepare: ZeRO stage ${this.stage} shards the parameters of an nn.Module; got ${model.constructor.name}`);
     }
     const params = model.parameters();
     if (this.state.numProcesses > 1) native.distBroadcastParameters(params);

@@ -16,6 +16,7 @@
 #include "c10d_group.h"
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <memory>
 #include <mutex>
 
@@ -65,6 +66,8 @@ struct Sharder {
   std::vector<Unit> units;
   std::recursive_mutex mutex;
   bool dirty = false;  // a backward pass touched the state since the last settle()
+  // A device whose copies into pinned host gradients may still be running (-1: none).
+  int copying_from = -1;
 
   void wait(const c10::intrusive_ptr<c10d::Work>& work) { acc_wait(work, blocking_wait, timeout, arrivals.get()); }
 
@@ -167,12 +170,17 @@ struct Sharder {
     int64_t offset = 0;
     for (auto i : idx) {
       auto& p = params[i];
-      auto piece = output.narrow(0, offset, p.shard_len).to(p.shard.device(), /*non_blocking=*/false);
+      auto piece = output.narrow(0, offset, p.shard_len);
       offset += p.shard_len;
-      if (p.grad.defined()) {
-        p.grad.add_(piece);
+      if (!p.grad.defined() && p.shard.is_pinned() && piece.is_cuda()) {
+        // Offloaded: into pinned memory without waiting; settle() waits before anyone reads it.
+        p.grad = at::empty({p.shard_len}, p.shard.options().pinned_memory(true));
+        p.grad.copy_(piece, /*non_blocking=*/true);
+        copying_from = piece.device().index();
+      } else if (p.grad.defined()) {
+        p.grad.add_(piece.to(p.grad.device()));
       } else {
-        p.grad = piece.clone();
+        p.grad = piece.to(p.shard.device()).clone();
       }
       p.full.mutable_grad() = at::Tensor();
       p.reduced = true;
@@ -217,6 +225,10 @@ struct Sharder {
       unit.gathered_for_backward = false;
     }
     dirty = false;
+    if (copying_from >= 0) {
+      c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->synchronizeDevice(static_cast<c10::DeviceIndex>(copying_from));
+      copying_from = -1;
+    }
   }
 };
 

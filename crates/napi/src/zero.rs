@@ -1,15 +1,14 @@
-//! Bindings for ZeRO's partitioned optimizer (crates/core/src/dist/zero.rs): it works on the
-//! engine optimizer that `optim.*` built, which keeps the hyperparameters.
+//! Bindings for ZeRO stage 1's partitioned optimizer (crates/core/src/dist/zero.rs): it works
+//! on the engine optimizer that `optim.*` built, which keeps the hyperparameters.
 
-use accelerate_core::dist::{ZeroOptimizer, ZeroStage};
+use accelerate_core::dist::ZeroOptimizer;
 use accelerate_core::optim::AmpInputs;
-use napi::{Env, Result};
+use napi::Result;
 use napi_derive::napi;
 
-use crate::convert::{guarded, wrap_all};
+use crate::convert::guarded;
 use crate::optim::OptimizerCore;
 use crate::zero3::HeldBytes;
-use crate::Tensor;
 
 #[napi]
 pub struct ZeroCore {
@@ -18,32 +17,15 @@ pub struct ZeroCore {
 
 #[napi]
 impl ZeroCore {
-    /// Partitions `optimizer`'s parameters across the process group (`stage` 1 or 2); `offload`
-    /// keeps the partitions' master copies and state on the host.
+    /// Partitions `optimizer`'s parameters across the process group (stage 1); `offload` keeps
+    /// the partitions' master copies and state on the host.
     #[napi(constructor)]
-    pub fn new(optimizer: &OptimizerCore, stage: u32, offload: bool) -> Result<Self> {
+    pub fn new(optimizer: &OptimizerCore, offload: bool) -> Result<Self> {
         guarded("prepare", || {
-            let stage = ZeroStage::parse("prepare", stage)?;
             Ok(ZeroCore {
-                inner: ZeroOptimizer::new(&optimizer.inner, stage, offload)?,
+                inner: ZeroOptimizer::new(&optimizer.inner, offload)?,
             })
         })
-    }
-
-    #[napi(getter)]
-    pub fn stage(&self) -> u32 {
-        self.inner.stage() as u32
-    }
-
-    /// Stage 2, after a synchronising backward: gradients into this process's partitions.
-    #[napi]
-    pub fn reduce_gradients(&mut self) -> Result<()> {
-        guarded("backward", || self.inner.reduce_gradients())
-    }
-
-    #[napi]
-    pub fn clip_grad_norm(&mut self, max_norm: f64, norm_type: f64) -> Result<f64> {
-        guarded("clipGradNorm", || self.inner.clip_grad_norm(max_norm, norm_type))
     }
 
     #[napi]
@@ -76,17 +58,5 @@ impl ZeroCore {
     #[napi]
     pub fn optimizer_state_bytes(&self) -> HeldBytes {
         self.inner.optimizer_state_bytes().into()
-    }
-
-    /// Bytes of partition gradients held now (stage 2, between backward and step).
-    #[napi]
-    pub fn gradient_bytes(&self) -> HeldBytes {
-        self.inner.gradient_bytes().into()
-    }
-
-    /// This process's partitions of the averaged gradients (stage 2, between backward and step).
-    #[napi]
-    pub fn gradients(&self, env: Env) -> Vec<Tensor> {
-        wrap_all(&env, self.inner.gradients())
     }
 }

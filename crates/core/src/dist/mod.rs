@@ -15,5 +15,5 @@ pub use collectives::{
 pub use ddp::broadcast_parameters;
 pub use group::{destroy, init, is_initialized, world, GroupConfig};
 pub use reducer::Reducer;
-pub use zero::{ZeroOptimizer, ZeroStage};
+pub use zero::ZeroOptimizer;
 pub use zero3::{Held, Placement, Sharder, Zero3Optimizer};

@@ -1,40 +1,19 @@
-//! ZeRO stages 1 and 2 (Rajbhandari et al., 2020) for one optimizer. Each param group's
-//! parameters are laid end to end in one flat buffer, padded to a multiple of the world
-//! size; this process owns one contiguous partition of it, keeps the optimizer state for
-//! that partition only (and a copy of its parameters, the master partition), updates it,
-//! and all-gathers the updated partitions back into every parameter. Stage 1 takes its
-//! gradient partition from whole gradients averaged by data parallelism; stage 2
-//! reduce-scatters the gradients straight into the partition after backward and frees the
-//! whole ones. The optimizer itself keeps the hyperparameters (schedulers change them
-//! there); its per-parameter state stays empty except while a checkpoint is written or read.
+//! ZeRO stage 1 (Rajbhandari et al., 2020) for one optimizer. Each param group's parameters
+//! are laid end to end in one flat buffer, padded to a multiple of the world size; this
+//! process owns one contiguous partition of it, keeps the optimizer state for that partition
+//! only (and a copy of its parameters, the master partition), updates it from its slice of the
+//! gradients data parallelism averaged, and all-gathers the updated partitions back into every
+//! parameter. The optimizer itself keeps the hyperparameters (schedulers change them there);
+//! its per-parameter state stays empty except while a checkpoint is written or read. Stages 2
+//! and 3 shard per parameter instead (zero3.rs), so that gradients can be reduce-scattered
+//! during backward.
 
-use super::collectives::{all_gather_into, all_reduce, reduce_scatter_into, Reduce};
+use super::collectives::all_gather_into;
 use super::group::world;
 use super::zero3::Placement;
-use crate::optim::{kernels, AmpInputs, Optimizer, ParamState, Slot};
+use crate::optim::{AmpInputs, Optimizer, ParamState, Slot};
 use crate::{Error, Result};
-use tch::{Device, Kind, Tensor};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ZeroStage {
-    /// Optimizer state partitioned.
-    One = 1,
-    /// Optimizer state and gradients partitioned.
-    Two = 2,
-}
-
-impl ZeroStage {
-    pub fn parse(op: &str, stage: u32) -> Result<ZeroStage> {
-        match stage {
-            1 => Ok(ZeroStage::One),
-            2 => Ok(ZeroStage::Two),
-            other => Err(Error::invalid(
-                op,
-                format!("zeroStage {other} is not available; stages 1 and 2 are"),
-            )),
-        }
-    }
-}
+use tch::{Device, Tensor};
 
 /// One param group's flat layout and this process's partition of it.
 struct Partition {
@@ -48,13 +27,10 @@ struct Partition {
     master: Tensor,
     /// Where the master copy and the optimizer state live.
     home: Device,
-    /// This process's slice of the averaged gradients (stage 2, between backward and step).
-    grad: Option<Tensor>,
     state: ParamState,
 }
 
 pub struct ZeroOptimizer {
-    stage: ZeroStage,
     rank: i64,
     world: i64,
     partitions: Vec<Partition>,
@@ -87,7 +63,6 @@ impl Partition {
             } else {
                 params.first().map_or(Device::Cpu, Tensor::device)
             },
-            grad: None,
             state: ParamState::new(),
         };
         partition.copy_master(op, rank, padded / world)?;
@@ -138,17 +113,9 @@ impl Partition {
         Tensor::f_cat(&pieces, 0).map_err(fail(op))
     }
 
-    /// The whole, averaged gradients' slice for this process: reduce-scattered (stage 2, when
-    /// `reduce`), or cut from gradients data parallelism already averaged (stage 1).
-    fn gradient_slice(&self, op: &str, rank: i64, reduce: bool) -> Result<Tensor> {
+    /// This process's slice of the whole gradients data parallelism averaged.
+    fn gradient_slice(&self, op: &str, rank: i64) -> Result<Tensor> {
         let flat = Self::flatten(op, &self.params, self.padded, |_, p| p.f_grad().map_err(fail(op)))?;
-        if reduce {
-            let out = flat
-                .f_new_empty([self.len()], (flat.kind(), flat.device()))
-                .map_err(fail(op))?;
-            reduce_scatter_into(op, &out, &flat, Reduce::Mean)?;
-            return Ok(out);
-        }
         flat.f_narrow(0, rank * self.len(), self.len())
             .and_then(|t| t.f_contiguous())
             .map_err(fail(op))
@@ -178,8 +145,8 @@ impl Partition {
 impl ZeroOptimizer {
     /// Partitions `optimizer`'s param groups across the processes of the process group.
     /// `offload` keeps the master partitions and the optimizer state on the host, where the update runs.
-    pub fn new(optimizer: &Optimizer, stage: ZeroStage, offload: bool) -> Result<ZeroOptimizer> {
-        let op = format!("{} (ZeRO stage {})", optimizer.name(), stage as u8);
+    pub fn new(optimizer: &Optimizer, offload: bool) -> Result<ZeroOptimizer> {
+        let op = format!("{} (ZeRO stage 1)", optimizer.name());
         let (rank, world) = world();
         let partitions = optimizer
             .groups()
@@ -187,53 +154,18 @@ impl ZeroOptimizer {
             .map(|g| Partition::new(&op, &g.params, rank as i64, world as i64, offload))
             .collect::<Result<Vec<_>>>()?;
         Ok(ZeroOptimizer {
-            stage,
             rank: rank as i64,
             world: world as i64,
             partitions,
         })
     }
 
-    pub fn stage(&self) -> ZeroStage {
-        self.stage
-    }
-
-    /// Stage 2, after a backward pass that synchronises: reduce-scatters the gradients into
-    /// this process's partitions and frees the whole gradients. Stage 1: nothing.
-    pub fn reduce_gradients(&mut self) -> Result<()> {
-        if self.stage != ZeroStage::Two {
-            return Ok(());
-        }
-        let op = "backward (ZeRO stage 2)";
-        for part in &mut self.partitions {
-            part.grad = Some(part.gradient_slice(op, self.rank, true)?);
-            let params: Vec<&Tensor> = part.params.iter().collect();
-            kernels::zero_grads(op, &params, true)?;
-        }
-        Ok(())
-    }
-
-    /// The total `norm_type` norm of the averaged gradients across processes (stage 2 reads the
-    /// partitions), and, when it exceeds `max_norm`, scales them down to it. Returns the norm before.
-    pub fn clip_grad_norm(&mut self, max_norm: f64, norm_type: f64) -> Result<f64> {
-        let grads: Vec<Tensor> = self
-            .partitions
-            .iter()
-            .filter_map(|p| p.grad.as_ref().map(Tensor::shallow_clone))
-            .collect();
-        clip_sharded("clipGradNorm (ZeRO stage 2)", &grads, max_norm, norm_type)
-    }
-
     /// Updates this process's partitions with `optimizer`'s hyperparameters, then gathers every
     /// process's partitions into the parameters.
     pub fn step(&mut self, optimizer: &Optimizer, amp: AmpInputs) -> Result<()> {
-        let op = format!("{}.step (ZeRO stage {})", optimizer.name(), self.stage as u8);
+        let op = format!("{}.step (ZeRO stage 1)", optimizer.name());
         for (part, group) in self.partitions.iter_mut().zip(optimizer.groups()) {
-            let grad = match part.grad.take() {
-                Some(g) => g,
-                None if self.stage == ZeroStage::Two => continue,
-                None => part.gradient_slice(&op, self.rank, false)?,
-            };
+            let grad = part.gradient_slice(&op, self.rank)?;
             let grad = grad.f_to_device(part.home).map_err(fail(&op))?;
             let master = part.master.shallow_clone();
             let mut slots = [Slot {
@@ -350,69 +282,7 @@ impl ZeroOptimizer {
         placement
     }
 
-    /// This process's partitions of the averaged gradients (stage 2, between backward and step).
-    pub fn gradients(&self) -> Vec<Tensor> {
-        self.partitions
-            .iter()
-            .filter_map(|p| p.grad.as_ref().map(Tensor::shallow_clone))
-            .collect()
-    }
-
-    /// Bytes of partition gradients held now (stage 2, between backward and step).
-    pub fn gradient_bytes(&self) -> Placement {
-        let mut placement = Placement::default();
-        self.partitions
-            .iter()
-            .filter_map(|p| p.grad.as_ref())
-            .for_each(|g| placement.add(g));
-        placement
-    }
-
     pub fn world_size(&self) -> i64 {
         self.world
     }
-}
-
-/// The total `norm_type` norm of gradients sharded across processes (each process holds
-/// `grads`, its slices), and, when it exceeds `max_norm`, scales them down to it in place.
-/// Returns the norm before. Every process must call it.
-pub(super) fn clip_sharded(op: &str, grads: &[Tensor], max_norm: f64, norm_type: f64) -> Result<f64> {
-    let Some(first) = grads.first() else {
-        return Ok(0.0);
-    };
-    let infinite = norm_type.is_infinite();
-    let mut local = Tensor::f_zeros([], (Kind::Double, first.device())).map_err(fail(op))?;
-    for g in grads {
-        let g = g.f_to_kind(Kind::Double).map_err(fail(op))?;
-        let part = if infinite {
-            g.f_abs().and_then(|a| a.f_max()).map_err(fail(op))?
-        } else {
-            g.f_abs()
-                .and_then(|a| a.f_pow_tensor_scalar(norm_type))
-                .and_then(|a| a.f_sum(Kind::Double))
-                .map_err(fail(op))?
-        };
-        let part = part.f_to_device(local.device()).map_err(fail(op))?;
-        local = if infinite {
-            local.f_maximum(&part)
-        } else {
-            local.f_add(&part)
-        }
-        .map_err(fail(op))?;
-    }
-    let total = if super::group::is_initialized() {
-        all_reduce(op, &local, if infinite { Reduce::Max } else { Reduce::Sum })?
-    } else {
-        local
-    };
-    let total = total.f_double_value(&[]).map_err(fail(op))?;
-    let total = if infinite { total } else { total.powf(1.0 / norm_type) };
-    let coefficient = max_norm / (total + 1e-6);
-    if coefficient < 1.0 {
-        for g in grads {
-            let mut g = g.shallow_clone();
-            let _scaled = g.f_mul_scalar_(coefficient).map_err(fail(op))?;
-        }
-    }
-    Ok(total)
 }

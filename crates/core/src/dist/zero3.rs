@@ -5,14 +5,15 @@
 //! optimizer state on the host.
 
 use super::collectives::all_gather_into;
+use super::collectives::{all_reduce, Reduce};
 use super::group::{is_initialized, with_group};
-use super::zero::{bytes, clip_sharded, fail};
+use super::zero::{bytes, fail};
 use crate::optim::{AmpInputs, Optimizer, ParamState, Slot};
 use crate::shim::{check, owned};
 use crate::{Error, Result};
 use std::ffi::c_void;
 use std::rc::Rc;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
 extern "C" {
@@ -450,4 +451,48 @@ impl Zero3Optimizer {
         }
         placement
     }
+}
+
+/// The total `norm_type` norm of gradients sharded across processes (each process holds
+/// `grads`, its slices), and, when it exceeds `max_norm`, scales them down to it in place.
+/// Returns the norm before. Every process must call it.
+fn clip_sharded(op: &str, grads: &[Tensor], max_norm: f64, norm_type: f64) -> Result<f64> {
+    let Some(first) = grads.first() else {
+        return Ok(0.0);
+    };
+    let infinite = norm_type.is_infinite();
+    let mut local = Tensor::f_zeros([], (Kind::Double, first.device())).map_err(fail(op))?;
+    for g in grads {
+        let g = g.f_to_kind(Kind::Double).map_err(fail(op))?;
+        let part = if infinite {
+            g.f_abs().and_then(|a| a.f_max()).map_err(fail(op))?
+        } else {
+            g.f_abs()
+                .and_then(|a| a.f_pow_tensor_scalar(norm_type))
+                .and_then(|a| a.f_sum(Kind::Double))
+                .map_err(fail(op))?
+        };
+        let part = part.f_to_device(local.device()).map_err(fail(op))?;
+        local = if infinite {
+            local.f_maximum(&part)
+        } else {
+            local.f_add(&part)
+        }
+        .map_err(fail(op))?;
+    }
+    let total = if super::group::is_initialized() {
+        all_reduce(op, &local, if infinite { Reduce::Max } else { Reduce::Sum })?
+    } else {
+        local
+    };
+    let total = total.f_double_value(&[]).map_err(fail(op))?;
+    let total = if infinite { total } else { total.powf(1.0 / norm_type) };
+    let coefficient = max_norm / (total + 1e-6);
+    if coefficient < 1.0 {
+        for g in grads {
+            let mut g = g.shallow_clone();
+            let _scaled = g.f_mul_scalar_(coefficient).map_err(fail(op))?;
+        }
+    }
+    Ok(total)
 }
