@@ -146,7 +146,11 @@ export declare class Zero3Core {
 
 export declare class Zero3Sharder {
   /** Shards `params` across the process group; `units` lists each module's parameter indices. */
-  constructor(params: Array<Tensor>, units: Array<Array<number>>, persistBelow: number, offload: boolean)
+  constructor(params: Array<Tensor>, units: Array<Array<number>>, persistBelow: number, prefetchBytes: number, offload: boolean)
+  /** Gathers `unit` for its module's forward and prefetches the units that follow it. */
+  gatherUnit(unit: number): void
+  /** How many unit gathers found their unit prefetched. */
+  get prefetchHits(): number
   gather(idx: Array<number>): void
   release(idx: Array<number>): void
   addToUnit(unit: number, idx: Array<number>): void

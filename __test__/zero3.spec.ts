@@ -10,7 +10,7 @@ import { lastJson, runRanks, worstDifferences } from "./helpers/ranks.js";
 
 const FIXTURE = "../fixtures/dist/zero3.ts";
 type Bytes = { parameters: number; gradients: number; optimizerState: number };
-type Out = { params: Record<string, number[]>; losses: number[]; skipped: boolean[]; bytes: Bytes & { device: Bytes; host: Bytes }; afterBackward: Bytes; count: number };
+type Out = { params: Record<string, number[]>; losses: number[]; skipped: boolean[]; bytes: Bytes & { device: Bytes; host: Bytes }; afterBackward: Bytes; count: number; prefetchHits: number };
 const run = async (processes: number, args: (string | number)[]): Promise<Out[]> => {
   const ranks = await runRanks(FIXTURE, processes, args.map(String), 120_000);
   for (const r of ranks) if (r.code !== 0) throw new Error(`rank ${r.rank} exited ${r.code}: ${r.stderr}`);
@@ -29,6 +29,8 @@ for (const clip of [0, 0.05]) {
     for (const offload of ["none", "optimizer", "all"]) {
       const [a, b] = await run(2, [3, 8, 5, clip, offload]);
       t.deepEqual(a.params, b.params, `offload ${offload}: both processes hold the same parameters`);
+      // After the first step, gathering a unit starts gathering the next ones in recorded order.
+      t.true(a.prefetchHits >= 4 * 5, `offload ${offload}: ${a.prefetchHits} gathers found their unit prefetched`);
       closeTo(t, ddp, a, `stage 3, offload ${offload}`);
     }
   });

@@ -235,6 +235,7 @@ function zeroOptions(config: StrategyConfig): Zero3Options {
     persistBelow: config.paramPersistenceThreshold,
     offloadOptimizer: config.offloadOptimizer,
     offloadParameters: config.offloadParameters,
+    prefetchBytes: config.prefetchBytes,
   };
 }
 

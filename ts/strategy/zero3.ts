@@ -27,6 +27,8 @@ export interface Zero3Options {
   offloadOptimizer: boolean;
   /** The shards in host memory between uses. */
   offloadParameters: boolean;
+  /** Bytes of the next units' parameters gathered ahead (DeepSpeed's stage3_prefetch_bucket_size). */
+  prefetchBytes: number;
 }
 
 interface Unit {
@@ -95,6 +97,7 @@ export class ZeroSharded extends SingleProcess {
       params,
       units.map((u) => u.params),
       this.#options.persistBelow,
+      this.#options.prefetchBytes,
       this.#options.offloadParameters,
     );
     const entry: ShardedModel = {
@@ -119,13 +122,10 @@ export class ZeroSharded extends SingleProcess {
   /** The module's forward gathers its unit, hooks its outputs for backward, and releases the unit. */
   #wrapForward(entry: ShardedModel, module: Module, unit: Unit): void {
     const forward = module.forward;
-    const gather = (idx: number[]) => {
-      entry.sharder.gather(idx);
-      for (const i of idx) entry.held[i] += 1;
-    };
     module.forward = (...args: unknown[]): unknown => {
       const params = [...unit.params];
-      gather(params);
+      entry.sharder.gatherUnit(unit.index);
+      for (const i of params) entry.held[i] += 1;
       const frame = { unit, extra: [] as number[] };
       entry.running.push(frame);
       try {
@@ -206,6 +206,11 @@ export class ZeroSharded extends SingleProcess {
         zero.takeState(core);
       },
     };
+  }
+
+  /** How many unit gathers found their unit already prefetched (the prefetch at work). */
+  get prefetchHits(): number {
+    return [...this.#models.values()].reduce((n, m) => n + m.sharder.prefetchHits, 0);
   }
 
   /** Gradients reach the shards during backward; what is left (unused parameters) goes now. */

@@ -6,6 +6,9 @@
 // before its backward, and a hook after each gradient accumulation reduce-scatters the
 // unit's gradients into the shards' gradients once all have arrived, then frees the full
 // gradients and the parameters. Parameters below a size threshold stay whole (persistent).
+// The order in which units are gathered is recorded during the first forward and backward
+// (as DeepSpeed does); after that, gathering a unit also starts the all-gathers of the units
+// that follow it, up to a byte budget, so that they run while the module computes.
 //
 // Freeing is done as FSDP does it: the storage's bytes are released and the size set to 0,
 // without touching the tensor's metadata or version counter, so the autograd graph's saved
@@ -17,6 +20,7 @@
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <map>
 #include <memory>
 #include <mutex>
 
@@ -28,7 +32,9 @@ struct Param {
   int64_t numel = 0;
   int64_t shard_len = 0;
   bool persistent = false;
-  int holds = 0;           // gathers not yet released; the storage is allocated while > 0
+  int holds = 0;           // gathers not yet released; the storage stays allocated while > 0
+  bool whole = false;      // the storage is allocated and holds the gathered values
+  int prefetch = -1;       // the unit whose prefetch is gathering it now
   int backward_holds = 0;  // of those, taken for backward: dropped once its gradient is reduced
   int owner = -1;          // the unit that reduces its gradient (-1: it needs none)
   bool reduced = false;    // its gradient was reduced in this backward pass
@@ -45,7 +51,25 @@ void free_storage(Param& p) {
   auto* storage = p.full.storage().unsafeGetStorageImpl();
   storage->set_data_ptr_noswap(at::DataPtr(nullptr, p.full.device()));
   storage->set_nbytes(0);
+  p.whole = false;
 }
+
+// An all-gather of some parameters' shards that may still be running.
+struct Gathering {
+  std::vector<size_t> params;
+  at::Tensor output;
+  int64_t total = 0;
+  c10::intrusive_ptr<c10d::Work> work;
+};
+
+// The order units were gathered in during the first pass, and where each first appears.
+struct Order {
+  std::vector<size_t> units;
+  std::map<size_t, size_t> first;
+  void record(size_t u) {
+    if (first.emplace(u, units.size()).second) units.push_back(u);
+  }
+};
 
 void allocate_storage(Param& p) {
   auto* storage = p.full.storage().unsafeGetStorageImpl();
@@ -68,6 +92,11 @@ struct Sharder {
   bool dirty = false;  // a backward pass touched the state since the last settle()
   // A device whose copies into pinned host gradients may still be running (-1: none).
   int copying_from = -1;
+  bool recording = true;  // the first forward and backward record the order of units
+  Order forward_order, backward_order;
+  int64_t prefetch_bytes = 0;
+  std::map<size_t, Gathering> prefetched;  // by unit
+  int64_t prefetch_hits = 0;              // gathers that found their unit prefetched (for tests)
 
   void wait(const c10::intrusive_ptr<c10d::Work>& work) { acc_wait(work, blocking_wait, timeout, arrivals.get()); }
 
@@ -94,37 +123,70 @@ struct Sharder {
     wait(backend->_reduce_scatter_base(output, input, options));
   }
 
-  // All-gathers the shards of `need` (one collective) into their parameters' full storage.
-  void all_gather(const std::vector<size_t>& need) {
-    if (need.empty()) return;
+  // Starts the all-gather of the shards of `need` (one collective); `finish` unpacks it.
+  Gathering start(const std::vector<size_t>& need) {
+    Gathering g;
+    g.params = need;
     const auto device = params[need[0]].full.device();
     std::vector<at::Tensor> pieces;
-    int64_t total = 0;
     for (auto i : need) {
       pieces.push_back(params[i].shard.to(device, /*non_blocking=*/true));
-      total += params[i].shard_len;
+      g.total += params[i].shard_len;
     }
     auto input = pieces.size() == 1 ? pieces[0] : at::cat(pieces);
-    auto output = at::empty({world * total}, input.options());
-    all_gather_base(output, input);
-    auto rows = output.view({world, total});
+    g.output = at::empty({world * g.total}, input.options());
+    if (!backend) {
+      g.output.copy_(input);
+    } else {
+      c10d::AllgatherOptions options;
+      options.timeout = timeout;
+      g.work = backend->_allgather_base(g.output, input, options);
+    }
+    return g;
+  }
+
+  // Waits for `g` and writes the gathered values into the parameters not already whole.
+  void finish(Gathering& g) {
+    if (g.work) wait(g.work);
+    auto rows = g.output.view({world, g.total});
     at::NoGradGuard no_grad;
     int64_t offset = 0;
-    for (auto i : need) {
+    for (auto i : g.params) {
       auto& p = params[i];
-      allocate_storage(p);
-      auto whole = rows.narrow(1, offset, p.shard_len).reshape({-1}).narrow(0, 0, p.numel);
-      // variable_data() shares the storage but not the version counter: saved tensors stay valid.
-      p.full.variable_data().view({-1}).copy_(whole);
+      p.prefetch = -1;
+      if (!p.whole) {
+        allocate_storage(p);
+        auto whole = rows.narrow(1, offset, p.shard_len).reshape({-1}).narrow(0, 0, p.numel);
+        // variable_data() shares the storage but not the version counter: saved tensors stay valid.
+        p.full.variable_data().view({-1}).copy_(whole);
+        p.whole = true;
+      }
       offset += p.shard_len;
     }
+  }
+
+  // Writes the shards of `need` into their parameters' full storage.
+  void all_gather(const std::vector<size_t>& need) {
+    if (need.empty()) return;
+    auto g = start(need);
+    finish(g);
+  }
+
+  // Finishes the prefetch of unit `u`, if one is running.
+  void take_prefetch(size_t u) {
+    auto found = prefetched.find(u);
+    if (found == prefetched.end()) return;
+    finish(found->second);
+    prefetched.erase(found);
   }
 
   void gather(const std::vector<size_t>& idx) {
     std::vector<size_t> need;
     for (auto i : idx) {
       auto& p = params[i];
-      if (p.holds++ == 0 && !p.persistent) need.push_back(i);
+      if (p.prefetch >= 0) take_prefetch(static_cast<size_t>(p.prefetch));
+      p.holds++;
+      if (!p.persistent && !p.whole) need.push_back(i);
     }
     all_gather(need);
   }
@@ -132,6 +194,48 @@ struct Sharder {
   void release(size_t i) {
     auto& p = params[i];
     if (p.holds > 0 && --p.holds == 0 && !p.persistent) free_storage(p);
+  }
+
+  // After unit `u` was gathered: starts gathering the units that followed it in `order`,
+  // until about prefetch_bytes are on their way (at least the next unit).
+  void prefetch_after(size_t u, const Order& order) {
+    if (recording || !backend || prefetch_bytes <= 0) return;
+    auto at = order.first.find(u);
+    if (at == order.first.end()) return;
+    int64_t bytes = 0;
+    for (size_t k = at->second + 1; k < order.units.size() && bytes < prefetch_bytes; k++) {
+      const auto v = order.units[k];
+      if (prefetched.count(v) != 0) continue;
+      std::vector<size_t> need;
+      for (auto i : units[v].params) {
+        auto& p = params[i];
+        if (p.persistent || p.whole || p.prefetch >= 0 || p.reduced) continue;
+        need.push_back(i);
+        bytes += p.numel * p.full.element_size();
+      }
+      if (need.empty()) continue;
+      for (auto i : need) params[i].prefetch = static_cast<int>(v);
+      prefetched.emplace(v, start(need));
+    }
+  }
+
+  // Gathers unit `u` for its module's forward.
+  void gather_unit(size_t u) {
+    if (recording) forward_order.record(u);
+    const bool hit = prefetched.count(u) != 0;
+    take_prefetch(u);
+    if (hit) prefetch_hits++;
+    gather(units[u].params);
+    prefetch_after(u, forward_order);
+  }
+
+  // Waits for prefetches nobody took, and frees what they gathered.
+  void drop_prefetches() {
+    for (auto& [u, g] : prefetched) finish(g);
+    prefetched.clear();
+    for (auto& p : params) {
+      if (p.whole && p.holds == 0 && !p.persistent) free_storage(p);
+    }
   }
 
   void gather_for_backward(size_t u) {
@@ -146,7 +250,12 @@ struct Sharder {
       params[i].backward_holds++;
       idx.push_back(i);
     }
+    if (recording) backward_order.record(u);
+    const bool hit = prefetched.count(u) != 0;
+    take_prefetch(u);
+    if (hit) prefetch_hits++;
     gather(idx);
+    prefetch_after(u, backward_order);
   }
 
   // Reduce-scatters the gradients of `idx` (one collective; zeros where one is missing) into
@@ -225,6 +334,8 @@ struct Sharder {
       unit.gathered_for_backward = false;
     }
     dirty = false;
+    recording = false;
+    drop_prefetches();
     if (copying_from >= 0) {
       c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->synchronizeDevice(static_cast<c10::DeviceIndex>(copying_from));
       copying_from = -1;
@@ -263,8 +374,8 @@ std::vector<size_t> indices(const Sharder& s, const int64_t* idx, int count) {
 // `offload` keeps the shards on the host (pinned, for GPU parameters). `group` may be null
 // on a single process: the shards are then whole and only offloading changes anything.
 extern "C" int acc_zero3_new(void* group, acc_tensor* params, int count, const int64_t* unit_params,
-                             const int64_t* unit_sizes, int unit_count, int64_t persist_below, int offload,
-                             void** out) {
+                             const int64_t* unit_sizes, int unit_count, int64_t persist_below, int64_t prefetch_bytes,
+                             int offload, void** out) {
   ACC_PROTECT({
     auto s = std::make_shared<Sharder>();
     if (auto g = static_cast<AccGroup*>(group)) {
@@ -275,10 +386,12 @@ extern "C" int acc_zero3_new(void* group, acc_tensor* params, int count, const i
       s->rank = g->backend->getRank();
       s->world = g->backend->getSize();
     }
+    s->prefetch_bytes = prefetch_bytes;
     at::NoGradGuard no_grad;
     for (int i = 0; i < count; i++) {
       Param p;
       p.full = *params[i];
+      p.whole = true;
       TORCH_CHECK(p.full.is_floating_point(), "ZeRO stage 3 shards floating-point parameters only");
       auto* storage = p.full.storage().unsafeGetStorageImpl();
       p.numel = p.full.numel();
@@ -326,7 +439,20 @@ extern "C" int acc_zero3_new(void* group, acc_tensor* params, int count, const i
   })
 }
 
-// Gathers a unit's parameters (or the parameters listed) before a forward or a state read.
+// Gathers unit `unit` before its module's forward (and starts prefetching the next ones).
+extern "C" int acc_zero3_gather_unit(void* handle, int unit) {
+  ACC_PROTECT({
+    auto& s = of(handle);
+    std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    TORCH_CHECK(unit >= 0 && static_cast<size_t>(unit) < s.units.size(), "unit index out of range");
+    s.gather_unit(static_cast<size_t>(unit));
+  })
+}
+
+// How many unit gathers found their unit prefetched.
+extern "C" int64_t acc_zero3_prefetch_hits(void* handle) { return of(handle).prefetch_hits; }
+
+// Gathers the parameters listed (a state read, a tied weight read in another module).
 extern "C" int acc_zero3_gather(void* handle, const int64_t* idx, int count) {
   ACC_PROTECT({
     auto& s = of(handle);
@@ -418,7 +544,10 @@ extern "C" int acc_zero3_refresh_persistent(void* handle) {
     std::lock_guard<std::recursive_mutex> lock(s.mutex);
     std::vector<size_t> need;
     for (size_t i = 0; i < s.params.size(); i++) {
-      if (s.params[i].persistent || s.params[i].holds > 0) need.push_back(i);
+      auto& p = s.params[i];
+      if (!p.persistent && p.holds == 0) continue;
+      p.whole = false;  // its values are stale: gathered again into the same storage
+      need.push_back(i);
     }
     s.all_gather(need);
   })
@@ -463,10 +592,11 @@ extern "C" int acc_zero3_unshard(void* handle) {
     auto& s = of(handle);
     std::lock_guard<std::recursive_mutex> lock(s.mutex);
     s.settle();
+    s.drop_prefetches();
     std::vector<size_t> need;
     for (size_t i = 0; i < s.params.size(); i++) {
       auto& p = s.params[i];
-      if (!p.persistent && p.holds == 0) need.push_back(i);
+      if (!p.persistent && !p.whole) need.push_back(i);
       p.persistent = true;
     }
     s.all_gather(need);

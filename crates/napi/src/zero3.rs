@@ -42,7 +42,13 @@ pub struct Zero3Sharder {
 impl Zero3Sharder {
     /// Shards `params` across the process group; `units` lists each module's parameter indices.
     #[napi(constructor)]
-    pub fn new(params: Vec<Tensor>, units: Vec<Vec<u32>>, persist_below: f64, offload: bool) -> Result<Self> {
+    pub fn new(
+        params: Vec<Tensor>,
+        units: Vec<Vec<u32>>,
+        persist_below: f64,
+        prefetch_bytes: f64,
+        offload: bool,
+    ) -> Result<Self> {
         guarded("prepare", || {
             let params = params
                 .iter()
@@ -50,9 +56,29 @@ impl Zero3Sharder {
                 .collect::<accelerate_core::Result<Vec<_>>>()?;
             let units: Vec<Vec<usize>> = units.iter().map(|u| indices(u)).collect();
             Ok(Zero3Sharder {
-                inner: Rc::new(Sharder::new(&params, &units, persist_below as i64, offload)?),
+                inner: Rc::new(Sharder::new(
+                    &params,
+                    &units,
+                    persist_below as i64,
+                    prefetch_bytes as i64,
+                    offload,
+                )?),
             })
         })
+    }
+
+    /// Gathers `unit` for its module's forward and prefetches the units that follow it.
+    #[napi]
+    pub fn gather_unit(&self, unit: u32) -> Result<()> {
+        guarded("forward (ZeRO stage 3)", || {
+            self.inner.gather_unit("forward (ZeRO stage 3)", unit as usize)
+        })
+    }
+
+    /// How many unit gathers found their unit prefetched.
+    #[napi(getter)]
+    pub fn prefetch_hits(&self) -> f64 {
+        self.inner.prefetch_hits() as f64
     }
 
     #[napi]

@@ -25,9 +25,12 @@ extern "C" {
         unit_sizes: *const i64,
         unit_count: i32,
         persist_below: i64,
+        prefetch_bytes: i64,
         offload: i32,
         out: *mut *mut c_void,
     ) -> i32;
+    fn acc_zero3_gather_unit(sharder: *mut c_void, unit: i32) -> i32;
+    fn acc_zero3_prefetch_hits(sharder: *mut c_void) -> i64;
     fn acc_zero3_gather(sharder: *mut c_void, idx: *const i64, count: i32) -> i32;
     fn acc_zero3_release(sharder: *mut c_void, idx: *const i64, count: i32) -> i32;
     fn acc_zero3_add_to_unit(sharder: *mut c_void, unit: i32, idx: *const i64, count: i32) -> i32;
@@ -90,8 +93,15 @@ pub enum Held {
 impl Sharder {
     /// Shards `params` (identical on every process). `units` lists, per module, the indices of
     /// the parameters it uses; parameters with fewer than `persist_below` elements stay whole;
-    /// `offload` keeps the shards in (pinned) host memory.
-    pub fn new(params: &[Tensor], units: &[Vec<usize>], persist_below: i64, offload: bool) -> Result<Sharder> {
+    /// gathering a unit starts gathering about `prefetch_bytes` of the units that followed it
+    /// in the first step; `offload` keeps the shards in (pinned) host memory.
+    pub fn new(
+        params: &[Tensor],
+        units: &[Vec<usize>],
+        persist_below: i64,
+        prefetch_bytes: i64,
+        offload: bool,
+    ) -> Result<Sharder> {
         let op = "prepare (ZeRO stage 3)";
         let ptrs: Vec<*const C_tensor> = params.iter().map(Tensor::as_ptr).collect();
         let mut flat = Vec::new();
@@ -119,6 +129,7 @@ impl Sharder {
                     sizes.as_ptr(),
                     count(op, sizes.len())?,
                     persist_below,
+                    prefetch_bytes,
                     i32::from(offload),
                     &mut raw,
                 )
@@ -132,7 +143,19 @@ impl Sharder {
         Ok(Sharder { raw })
     }
 
-    /// Gathers the parameters `idx` into their full storage (a module's, before its forward).
+    /// Gathers `unit` before its module's forward, and prefetches the units that follow it.
+    pub fn gather_unit(&self, op: &str, unit: usize) -> Result<()> {
+        // SAFETY: `raw` is live until drop.
+        check(op, unsafe { acc_zero3_gather_unit(self.raw, count(op, unit)?) })
+    }
+
+    /// How many unit gathers found their unit already prefetched.
+    pub fn prefetch_hits(&self) -> i64 {
+        // SAFETY: `raw` is live until drop; the call cannot throw.
+        unsafe { acc_zero3_prefetch_hits(self.raw) }
+    }
+
+    /// Gathers the parameters `idx` into their full storage (a state read, a tied weight).
     pub fn gather(&self, op: &str, idx: &[usize]) -> Result<()> {
         let idx = ints(op, idx)?;
         // SAFETY: `raw` is live until drop; `idx` for the call.
