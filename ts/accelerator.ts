@@ -1,6 +1,7 @@
 // The Accelerator facade: the one object a training loop talks to. It composes the
 // process state, the precision policy, a strategy (ts/strategy/), the gradient-accumulation
 // state, the prepared objects and a checkpointer, and dispatches to them.
+import { ActivationCheckpoints, type CheckpointSelector } from "./activation-checkpointing.js";
 import { describe } from "./errors.js";
 import { saveWeights } from "./checkpoint.js";
 import { Checkpointer } from "./checkpointing.js";
@@ -18,6 +19,7 @@ import { initProcessGroup, readProcessState, shareOf, type ProcessState } from "
 import { fillBatchSizes } from "./strategy/deepspeed-config.js";
 import { createStrategy, strategyConfigOf, type DeepSpeedPlugin, type FsdpPlugin, type Strategy, type StrategyConfig } from "./strategy/index.js";
 import { keep, manualSeed, Tensor } from "./tensor.js";
+import type { Module } from "./nn/module.js";
 import { progress, type Progress, type ProgressOptions } from "./progress.js";
 import { TrackerSet, type GeneralTracker, type LogValues, type LogWith, type TrackerConfig } from "./tracking/index.js";
 
@@ -87,6 +89,8 @@ export class Accelerator {
   readonly #options: AcceleratorOptions;
   readonly #prepared = new PreparedObjects();
   readonly #checkpointer: Checkpointer;
+  /** The modules whose activations are recomputed in backward (enableActivationCheckpointing). */
+  readonly #checkpoints: ActivationCheckpoints;
   /** Whether each prepared optimizer's last step was skipped (fp16 overflow). */
   readonly #skipped = new Map<OptimizerLike, boolean>();
   readonly #trackers: TrackerSet;
@@ -120,6 +124,7 @@ export class Accelerator {
     }
     const parts = { state: this.state, prepared: this.#prepared, precision: this.precision, gradientState: this.gradientState, strategy: this.strategy };
     this.#checkpointer = new Checkpointer(parts, options);
+    this.#checkpoints = new ActivationCheckpoints(this.device, (fn) => this.precision.autocast(fn));
     this.#trackers = new TrackerSet(options.logWith, options.projectDir, this.state.processIndex === 0);
     if (options.seed !== undefined) this.setSeed(options.seed);
   }
@@ -209,6 +214,7 @@ export class Accelerator {
       step: () => {
         if (!this.syncGradients) return;
         const params = this.#optimizerParams(optimizer);
+        this.#checkpoints.checkAllCarried();
         this.strategy.beforeStep(params);
         // A DeepSpeed config's gradient_clipping clips inside the step, as DeepSpeed's engine does.
         if (this.strategyConfig.gradientClipping !== undefined) this.clipGradNorm(params, this.strategyConfig.gradientClipping);
@@ -290,11 +296,23 @@ export class Accelerator {
     this.strategy.beforeBackward(this.syncGradients);
     try {
       scaled.backward();
+      this.#checkpoints.backward();
     } finally {
       if (scaled !== loss) scaled.dispose();
       if (divided !== loss) divided.dispose();
     }
     this.strategy.afterBackward();
+  }
+
+  /**
+   * Activation checkpointing (HF's `gradient_checkpointing`): the modules of `model` that
+   * `select` picks (a class, such as a transformer block, or a predicate) keep no activations
+   * from forward to backward; `backward` recomputes them. Costs one more forward of those
+   * modules per step. Each picked module's forward must return one Tensor. Returns how many
+   * modules were picked.
+   */
+  enableActivationCheckpointing(model: Module, select: CheckpointSelector): number {
+    return this.#checkpoints.enable(model, select);
   }
 
   /** Runs one micro-step: gradients sync (and optimizers step) every `gradientAccumulationSteps` calls and at the end of the loader. */
