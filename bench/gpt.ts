@@ -2,11 +2,11 @@
 // tokens through the DataLoader, AdamW, bf16 autocast, 30 steps after 5 warm-up.
 // One process per GPU; for `ddp` start it with `accelerate launch --num_processes 2`.
 //   node --import @oxc-node/core/register bench/gpt.ts [--precision bf16] [--steps 30] [--warmup 5] [--batch 8]
-//     [--layers 12 --width 768 --heads 12]   (the `offload` workload: --layers 48 --width 1600 --heads 25 --batch 4,
+//     [--layers 12 --width 768 --heads 12] [--checkpoint-blocks]   (the `offload` workload: --layers 48 --width 1600 --heads 25 --batch 4,
 //     launched with --use_deepspeed --zero_stage 3 --offload_optimizer_device cpu --offload_param_device cpu)
 import { parseArgs } from "node:util";
 import { Accelerator, data, manualSeed, optim, randint, type MixedPrecision, type Tensor } from "../ts/index.js";
-import { GPT, GPT2_SMALL } from "./models/gpt.js";
+import { Block, GPT, GPT2_SMALL } from "./models/gpt.js";
 
 const { values } = parseArgs({
   options: {
@@ -19,6 +19,7 @@ const { values } = parseArgs({
     layers: { type: "string", default: String(GPT2_SMALL.layers) },
     width: { type: "string", default: String(GPT2_SMALL.width) },
     heads: { type: "string", default: String(GPT2_SMALL.heads) },
+    "checkpoint-blocks": { type: "boolean", default: false },
   },
 });
 const [steps, warmup, batch] = [values.steps, values.warmup, values.batch].map(Number);
@@ -38,6 +39,7 @@ const [model, opt, loader] = accelerator.prepare(
   new data.DataLoader(dataset, { batchSize: batch, shuffle: true, dropLast: true }),
 );
 model.train();
+if (values["checkpoint-blocks"]) accelerator.enableActivationCheckpointing(model, Block);
 let started = 0n;
 let step = 0;
 let lastLoss = 0;
@@ -80,7 +82,8 @@ const first = losses[0];
 if (accelerator.isMainProcess) {
   console.log(
     JSON.stringify({
-      system: "accelerate-ts", workload: "gpt", precision: values.precision, fused_loss: values["fused-loss"] ? Number(values["loss-chunk"]) : false, processes: accelerator.numProcesses, params,
+      system: "accelerate-ts", workload: "gpt", precision: values.precision, fused_loss: values["fused-loss"] ? Number(values["loss-chunk"]) : false,
+      checkpoint_blocks: values["checkpoint-blocks"], processes: accelerator.numProcesses, params,
       batch_per_process: batch, steps, seconds: Math.round(seconds * 1e4) / 1e4,
       tokens_per_s_total: Math.round((batch * sequence * steps * accelerator.numProcesses) / seconds),
       step_ms: Math.round((1e6 * seconds) / steps) / 1e3, peak_mem_gib: Math.round((memory.peak / 2 ** 30) * 1e3) / 1e3,

@@ -31,8 +31,10 @@ for what in "${@:-tests gpt ddp mlp op}"; do
       offload)
         # One GPU, 1.64 B parameters: ours with stage 3 and CPU offload beside FSDP2 with CPU offload.
         x=(--precision bf16 --layers 48 --width 1600 --heads 25 --batch 4 --steps 6 --warmup 2)
-        run offload-ours 400 node ts/cli/bin.mjs launch --num_processes 1 --main_process_port 0 --mixed_precision bf16 --use_deepspeed \
-          --zero_stage 3 --offload_optimizer_device cpu --offload_param_device cpu bench/gpt.ts "${x[@]}"
+        for extra in "" --checkpoint-blocks; do
+          run "offload-ours$extra" 400 node ts/cli/bin.mjs launch --num_processes 1 --main_process_port 0 --mixed_precision bf16 --use_deepspeed \
+            --zero_stage 3 --offload_optimizer_device cpu --offload_param_device cpu bench/gpt.ts "${x[@]}" $extra
+        done
         run offload-hf 400 python3 -m accelerate.commands.launch --num_processes 1 --use_fsdp --fsdp_version 2 \
           --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap Block --fsdp_reshard_after_forward true \
           --fsdp_offload_params true --mixed_precision bf16 --main_process_port 29555 "$ref/hf_baseline.py" --workload gpt \

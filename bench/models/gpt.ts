@@ -12,7 +12,7 @@ export interface GPTConfig {
 
 export const GPT2_SMALL: GPTConfig = { vocab: 50304, context: 1024, width: 768, layers: 12, heads: 12 };
 
-class Block extends nn.Module {
+export class Block extends nn.Module {
   readonly ln1: nn.LayerNorm;
   readonly attn: nn.CausalSelfAttention;
   readonly ln2: nn.LayerNorm;
