@@ -133,9 +133,8 @@ export declare class OptimizerCore {
 export declare class Zero3Core {
   /** Updates `optimizer`'s parameters through the shards of `sharder`; `offload` on the host. */
   constructor(optimizer: OptimizerCore, sharder: Zero3Sharder, offload: boolean)
-  clipGradNorm(maxNorm: number, normType: number): number
-  /** This process's shards of the averaged gradients (between backward and step). */
-  gradients(): Array<Tensor>
+  /** The sharder's indices of this optimizer's parameters. */
+  get indices(): Array<number>
   step(optimizer: OptimizerCore): void
   consolidateState(optimizer: OptimizerCore): void
   releaseState(optimizer: OptimizerCore): void
@@ -156,8 +155,10 @@ export declare class Zero3Sharder {
   addToUnit(unit: number, idx: Array<number>): void
   hookOutputs(unit: number, outputs: Array<Tensor>): void
   settle(): void
-  /** Drops the shards' gradients (zeroGrad; a step skipped for inf/NaN leaves them). */
-  clearGradients(): void
+  /** Drops the shard gradients of the parameters `idx` (zeroGrad; a step skipped for inf/NaN leaves them). */
+  clearGradients(idx: Array<number>): void
+  /** The shard gradients of the parameters `idx` that have one (after backward settled). */
+  gradients(idx: Array<number>): Array<Tensor>
   copyIntoShards(): void
   unshard(): void
   parameterBytes(): HeldBytes
@@ -263,6 +264,12 @@ export declare function distBroadcast(tensor: Tensor, root: number): void
 
 /** Copies process 0's values of `params` to every process. */
 export declare function distBroadcastParameters(params: Array<Tensor>): void
+
+/**
+ * The total norm across processes of gradient shards (each process passes its own), clipped
+ * to `max_norm` in place; returns the norm before.
+ */
+export declare function distClipShardedGradNorm(grads: Array<Tensor>, maxNorm: number, normType: number): number
 
 /** Leaves the process group after a barrier. */
 export declare function distDestroy(): void
@@ -526,6 +533,10 @@ export declare function tensorOpContiguous(tensor: TensorArg): TensorHandle
 
 export declare function tensorOpCos(tensor: TensorArg): TensorHandle
 
+/**
+ * A tensor sharing this one's storage, out of the autograd graph. It reads no data, so a
+ * parameter ZeRO stage 3 released may be detached (its uses then say it is sharded).
+ */
 export declare function tensorOpDetach(tensor: TensorArg): TensorHandle
 
 export declare function tensorOpDiv(tensor: TensorArg, other: TensorOrNumber): TensorHandle

@@ -312,7 +312,8 @@ test("env prints where libtorch was found and why", async (t) => {
 });
 
 test("test runs the self-check through the launcher on 2 processes and prints PASS", async (t) => {
-  const result = await runCli(["test", "--num_processes", "2", "--cpu"]);
+  // A free port: the default 29500 may be taken by another run on the machine.
+  const result = await runCli(["test", "--num_processes", "2", "--cpu", "--main_process_port", "0"]);
   t.is(result.code, 0, result.stderr);
   t.regex(result.stdout, /\[rank 0\] self-check rank 0\/2 on cpu: ok \(rank environment, tensor ops/);
   t.regex(result.stdout, /\[rank 1\] self-check rank 1\/2 on cpu: ok \(rank environment, tensor ops/);

@@ -221,7 +221,7 @@ test("deepspeedPlugin and fsdpPlugin ask for stage 3 and offload; bad values nam
     message: /the DeepSpeed config's zero_optimization.offload_optimizer.device "cpu" needs ZeRO stage 1, 2 or 3 .*, but deepspeedPlugin.zeroStage is 0/,
   });
 
-  t.deepEqual(zeroPart(strategyConfigOf({ fsdpPlugin: {} }, {})), { zeroStage: 3, offloadOptimizer: false, offloadParameters: false, ...DEFAULT_SIZES }, "FSDP2's default: full shard");
+  t.deepEqual(zeroPart(strategyConfigOf({ fsdpPlugin: {} }, {})), { zeroStage: 3, offloadOptimizer: false, offloadParameters: false, ...DEFAULT_SIZES, paramPersistenceThreshold: 0 }, "FSDP2's default: full shard of every parameter");
   t.like(strategyConfigOf({ fsdpPlugin: { cpuOffload: true } }, {}), { zeroStage: 3, offloadOptimizer: true, offloadParameters: true });
   t.like(strategyConfigOf({ fsdpPlugin: { reshardAfterForward: false, cpuOffload: true } }, {}), { zeroStage: 2, offloadOptimizer: true, offloadParameters: false }, "stage 2 keeps parameters whole");
   t.throws(() => strategyConfigOf({ fsdpPlugin: { cpuOffload: "yes" as unknown as boolean } }, {}), { message: 'Accelerator: fsdpPlugin.cpuOffload must be true or false, got "yes"' });

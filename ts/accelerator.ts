@@ -19,7 +19,7 @@ import { initProcessGroup, readProcessState, shareOf, type ProcessState } from "
 import { fillBatchSizes } from "./strategy/deepspeed-config.js";
 import { createStrategy, strategyConfigOf, type DeepSpeedPlugin, type FsdpPlugin, type Strategy, type StrategyConfig } from "./strategy/index.js";
 import { keep, manualSeed, Tensor } from "./tensor.js";
-import type { Module } from "./nn/module.js";
+import { Module } from "./nn/module.js";
 import { progress, type Progress, type ProgressOptions } from "./progress.js";
 import { TrackerSet, type GeneralTracker, type LogValues, type LogWith, type TrackerConfig } from "./tracking/index.js";
 
@@ -331,7 +331,8 @@ export class Accelerator {
   /** fp16: divides the gradients by the loss scale now (once per step); other modes: nothing. */
   unscaleGradients(parameters?: Tensor[]): void {
     if (this.mixedPrecision !== "fp16") return;
-    this.precision.unscale(parameters ?? this.#prepared.optimizers.flatMap((o) => this.#optimizerParams(o)), this.strategy.heldGradients());
+    const params = parameters ?? this.#prepared.optimizers.flatMap((o) => this.#optimizerParams(o));
+    this.precision.unscale(params, this.strategy.heldGradients(params));
   }
 
   /** True when the last step of any prepared optimizer was skipped because fp16 gradients overflowed. */
@@ -543,8 +544,12 @@ export class Accelerator {
   saveModel(model: { stateDict(): Record<string, Tensor> }, dir: string, options: { maxShardSize?: number | string } = {}): string[] {
     // Every process takes part: ZeRO-3 gathers the parameters one by one.
     const state = this.strategy.fullStateDict(model);
-    if (!this.strategy.writesSharedState) return [];
-    return saveWeights(state, dir, options.maxShardSize ?? "10GB");
+    try {
+      return this.strategy.writesSharedState ? saveWeights(state, dir, options.maxShardSize ?? "10GB") : [];
+    } finally {
+      // A Module's state dict holds views or copies made for this save (ZeRO-3: host copies).
+      if (model instanceof Module) for (const t of Object.values(state)) t.dispose();
+    }
   }
 
   /** The model's full state dict (names to tensors), whatever the strategy (HF's `get_state_dict`). */

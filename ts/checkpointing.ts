@@ -7,6 +7,7 @@ import { cleanStaging, readCheckpoint, saveSafetensors, saveStateFiles, tensorsI
 import { broadcastObject, waitForEveryone } from "./collectives.js";
 import type { GradientState } from "./gradient-state.js";
 import { native } from "./native.js";
+import { Module } from "./nn/module.js";
 import type { PrecisionPolicy, GradScalerStateDict } from "./precision.js";
 import type { PreparedObjects } from "./prepared.js";
 import type { ProcessState } from "./state.js";
@@ -95,6 +96,11 @@ export class Checkpointer {
     } catch (error) {
       if (strategy.writesSharedState) rmSync(staging, { recursive: true, force: true });
       throw error;
+    } finally {
+      // A Module's state dict holds views or copies made for this save (ZeRO-3: host copies).
+      models.forEach((state, i) => {
+        if (this.#parts.prepared.models[i] instanceof Module) for (const t of Object.values(state)) t.dispose();
+      });
     }
     waitForEveryone();
     if (strategy.writesSharedState) native.commitStagingDir(staging, target);

@@ -12,8 +12,9 @@ export class DataParallel extends SingleProcess {
   override readonly name: "ddp" | "zero" = "ddp";
   readonly #bucketBytes: number;
   readonly #reducers: DdpReducer[] = [];
-  /** Whether `accelerator.backward` ran since the last optimizer step. */
-  #backwardSinceStep = false;
+  /** How many times `accelerator.backward` ran, and at which count each parameter last stepped. */
+  #backwards = 0;
+  readonly #steppedAt = new WeakMap<Tensor, number>();
 
   constructor(state: ProcessState, bucketBytes: number) {
     super(state);
@@ -32,7 +33,7 @@ export class DataParallel extends SingleProcess {
 
   /** Records that `accelerator.backward` ran (for `beforeStep`). */
   protected markBackward(): void {
-    this.#backwardSinceStep = true;
+    this.#backwards += 1;
   }
 
   /**
@@ -40,9 +41,11 @@ export class DataParallel extends SingleProcess {
    * processes' models drift apart without a word, so that is an Error.
    */
   override beforeStep(parameters: Tensor[]): void {
-    const computed = this.#backwardSinceStep || !parameters.some((p) => p.grad !== null);
-    this.#backwardSinceStep = false;
-    if (computed) return;
+    // Stale: no accelerator.backward since these parameters last stepped (or ever). Two optimizers
+    // stepping after one backward each step their own parameters once.
+    const stale = this.#backwards === 0 || parameters.some((p) => this.#steppedAt.get(p) === this.#backwards);
+    for (const p of parameters) this.#steppedAt.set(p, this.#backwards);
+    if (!stale || !parameters.some((p) => p.grad !== null)) return;
     throw new Error(
       `step: the gradients come from loss.backward(), which does not average them across the ${this.state.numProcesses} processes; ` +
         "call accelerator.backward(loss) instead",

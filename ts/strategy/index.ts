@@ -141,7 +141,8 @@ function fsdpConfig(fsdp: FsdpPlugin, fromEnv: boolean): StrategyConfig {
   }
   const fullShard = fsdp.reshardAfterForward ?? true;
   const offload = fsdp.cpuOffload ?? false;
-  return { zeroStage: fullShard ? 3 : 2, offloadOptimizer: offload, offloadParameters: offload && fullShard, ...DEFAULTS, notUsed: [] };
+  // FSDP2 shards every parameter, however small: no persistence threshold in its dialect.
+  return { zeroStage: fullShard ? 3 : 2, offloadOptimizer: offload, offloadParameters: offload && fullShard, ...DEFAULTS, paramPersistenceThreshold: 0, notUsed: [] };
 }
 
 /** The ZeRO stage and DeepSpeed settings the options ask for, from the plugins or the launcher's environment. */

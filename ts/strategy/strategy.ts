@@ -52,7 +52,7 @@ export interface Strategy {
    * Where the gradients are when the strategy holds them apart from the parameters' `.grad`
    * (ZeRO-2/3: this process's partitions, after backward), for fp16 unscaling; else undefined.
    */
-  heldGradients(): Tensor[] | undefined;
+  heldGradients(parameters: Tensor[]): Tensor[] | undefined;
   /** Clips the gradients of `parameters` to a total norm of `maxNorm` across processes; returns the norm before. */
   clipGradNorm(parameters: Tensor[], maxNorm: number, normType: number): number;
   /** Whether this process writes the model, optimizer and other shared files of a checkpoint. */
@@ -99,7 +99,7 @@ export class SingleProcess implements Strategy {
 
   beforeStep(_parameters: Tensor[]): void {}
 
-  heldGradients(): Tensor[] | undefined {
+  heldGradients(_parameters: Tensor[]): Tensor[] | undefined {
     return undefined;
   }
 

@@ -63,6 +63,10 @@ export class ZeroSharded extends SingleProcess {
   readonly #options: Zero3Options;
   readonly #models = new Map<ModelLike, ShardedModel>();
   readonly #optimizers = new Map<OptimizerLike, { zero: Zero3Core; core: OptimizerCore; model: ShardedModel }>();
+  /** Every sharded parameter, with its name, across the prepared models. */
+  readonly #sharded = new Map<Tensor, string>();
+  /** What `reset` undoes, in reverse: the wrapped forwards, watched properties and loadStateDict. */
+  readonly #undo: (() => void)[] = [];
 
   constructor(state: ProcessState, stage: 2 | 3, options: Zero3Options) {
     super(state);
@@ -74,7 +78,15 @@ export class ZeroSharded extends SingleProcess {
     if (!(model instanceof Module)) {
       throw new Error(`prepare: ZeRO stage ${this.stage} shards the parameters of an nn.Module; got ${model.constructor.name}`);
     }
-    const params = model.parameters();
+    const named = model.namedParameters();
+    const shared = named.find(([, p]) => this.#sharded.has(p));
+    if (shared !== undefined) {
+      throw new Error(
+        `prepare: parameter "${shared[0]}" also belongs to a model prepared before (as "${this.#sharded.get(shared[1])}"); ` +
+          `under ZeRO stage ${this.stage} each parameter belongs to one prepared model: prepare the model that holds both`,
+      );
+    }
+    const params = named.map(([, p]) => p);
     if (this.state.numProcesses > 1) native.distBroadcastParameters(params);
     const indexOf = new Map(params.map((p, i) => [p, i]));
     const units: Unit[] = [];
@@ -92,6 +104,8 @@ export class ZeroSharded extends SingleProcess {
       const unit = { index: units.length, params: own.map((t) => indexOf.get(t) as number) };
       units.push(unit);
       modules.push([module, unit]);
+      // Its layers, called one by one (iterating the Sequential), gather the whole unit.
+      if (whole) for (const m of module.modules()) if (m !== module) modules.push([m, unit]);
     }
     const sharder = new native.Zero3Sharder(
       params,
@@ -114,22 +128,42 @@ export class ZeroSharded extends SingleProcess {
     for (const [module, unit] of modules) {
       if (!sharded) continue;
       this.#wrapForward(entry, module, unit);
-      for (const [name, tensor] of ownParameters(module)) this.#watchReads(entry, module, name, tensor);
+      if (unit.params.length > 0 && !covered.has(module)) {
+        for (const [name, tensor] of ownParameters(module)) this.#watchReads(entry, module, name, tensor);
+      }
     }
+    // Loading weights after prepare writes whole parameters, then the shards take them.
+    this.#replace(model, "loadStateDict", (original) => (...args: unknown[]) => {
+      let result: unknown;
+      this.loadParameters(() => (result = original(...args)));
+      return result;
+    });
+    for (const [name, p] of named) this.#sharded.set(p, name);
     this.#models.set(model, entry);
+  }
+
+  /** Replaces `object[key]` (a method) by `make(original)`, and records how to put it back. */
+  #replace(object: object, key: string, make: (original: (...args: unknown[]) => unknown) => (...args: unknown[]) => unknown): void {
+    const target = object as Record<string, unknown>;
+    const own = Object.getOwnPropertyDescriptor(object, key);
+    const original = (target[key] as (...args: unknown[]) => unknown).bind(object);
+    target[key] = make(original);
+    this.#undo.push(() => {
+      if (own === undefined) delete target[key];
+      else Object.defineProperty(object, key, own);
+    });
   }
 
   /** The module's forward gathers its unit, hooks its outputs for backward, and releases the unit. */
   #wrapForward(entry: ShardedModel, module: Module, unit: Unit): void {
-    const forward = module.forward;
-    module.forward = (...args: unknown[]): unknown => {
+    this.#replace(module, "forward", (forward) => (...args: unknown[]): unknown => {
       const params = [...unit.params];
       entry.sharder.gatherUnit(unit.index);
       for (const i of params) entry.held[i] += 1;
       const frame = { unit, extra: [] as number[] };
       entry.running.push(frame);
       try {
-        const out = forward.apply(module, args);
+        const out = forward(...args);
         const outputs = tensorsIn(out as StateValue).filter((t) => t.requiresGrad);
         if (outputs.length > 0) entry.sharder.hookOutputs(unit.index, outputs);
         return out;
@@ -139,7 +173,7 @@ export class ZeroSharded extends SingleProcess {
         for (const i of release) entry.held[i] -= 1;
         entry.sharder.release(release);
       }
-    };
+    });
   }
 
   /**
@@ -175,6 +209,7 @@ export class ZeroSharded extends SingleProcess {
         write(v);
       },
     });
+    this.#undo.push(() => Object.defineProperty(module, name, descriptor));
   }
 
   override setupOptimizer(optimizer: OptimizerLike): OptimizerHooks {
@@ -191,7 +226,7 @@ export class ZeroSharded extends SingleProcess {
     this.#optimizers.set(optimizer, { zero, core, model });
     return {
       step: () => zero.step(core),
-      zeroGrad: () => model.sharder.clearGradients(),
+      zeroGrad: () => model.sharder.clearGradients(zero.indices),
       // Every process gathers the whole state (a checkpoint then loads on any number of processes).
       stateDict: () => {
         zero.consolidateState(core);
@@ -218,16 +253,19 @@ export class ZeroSharded extends SingleProcess {
     for (const { sharder } of this.#models.values()) sharder.settle();
   }
 
-  /** Every prepared optimizer's shards of the gradients. */
-  override heldGradients(): Tensor[] {
-    return [...this.#optimizers.values()].flatMap(({ zero }) => zero.gradients());
+  /** The shards of the gradients of `parameters` (this process's), after backward. */
+  override heldGradients(parameters: Tensor[]): Tensor[] {
+    const held: Tensor[] = [];
+    for (const model of this.#models.values()) {
+      const idx = [...new Set(parameters.flatMap((p) => model.indexOf.get(p) ?? []))];
+      if (idx.length > 0) held.push(...model.sharder.gradients(idx));
+    }
+    return held;
   }
 
-  /** The norm across processes of every prepared optimizer's shard gradients. */
-  override clipGradNorm(_parameters: Tensor[], maxNorm: number, normType: number): number {
-    let norm = 0;
-    for (const { zero } of this.#optimizers.values()) norm = zero.clipGradNorm(maxNorm, normType);
-    return norm;
+  /** The norm across processes of the gradients of `parameters`, from their shards. */
+  override clipGradNorm(parameters: Tensor[], maxNorm: number, normType: number): number {
+    return native.distClipShardedGradNorm(this.heldGradients(parameters), maxNorm, normType);
   }
 
   /** Gathered one parameter at a time and copied to the host: never a whole model on the device. */
@@ -291,10 +329,13 @@ export class ZeroSharded extends SingleProcess {
     return parts.reduce((a, b) => ({ device: a.device + b.device, host: a.host + b.host }), { device: 0, host: 0 });
   }
 
-  /** The models become whole again on every process (freeMemory, endTraining). */
+  /** The models become whole again on every process, as they were before prepare (freeMemory, endTraining). */
   override reset(): void {
     for (const { sharder } of this.#models.values()) sharder.unshard();
+    for (const undo of this.#undo.reverse()) undo();
+    this.#undo.length = 0;
     this.#models.clear();
     this.#optimizers.clear();
+    this.#sharded.clear();
   }
 }

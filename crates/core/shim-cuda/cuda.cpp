@@ -28,7 +28,9 @@ extern "C" int acc_nccl_group_new(const char* host, int port, int rank, int worl
     c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
     auto prefixed = acc_rendezvous(host, port, rank, world_size, timeout);
     auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
-    nccl_options->timeout = timeout;
+    // Explicit collectives time out first (acc_wait polls them and names the missing ranks);
+    // NCCL's watchdog, which tears the process down, covers the rest a little later.
+    nccl_options->timeout = timeout + std::chrono::milliseconds(10000);
     auto backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, rank, world_size, nccl_options);
     at::Device bound(at::kCUDA, static_cast<c10::DeviceIndex>(device));
     backend->setBoundDeviceId(bound);

@@ -10,8 +10,9 @@
 namespace {
 using Group = AccGroup;
 
+// An explicit collective: its caller reads the result at once, so NCCL's wait may block too.
 void wait(const Group* g, const c10::intrusive_ptr<c10d::Work>& work) {
-  acc_wait(work, g->blocking_wait, g->timeout, g->arrivals.get());
+  acc_wait(work, g->blocking_wait, g->timeout, g->arrivals.get(), /*poll=*/true);
 }
 
 c10d::ReduceOp reduce_op(int op) {

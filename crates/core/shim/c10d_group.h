@@ -136,12 +136,28 @@ inline bool acc_is_stall(const char* message) {
 }
 
 // Gloo's wait blocks the CPU until done (with the timeout); NCCL's orders the current stream.
-// A blocking wait that times out (or whose peer timed out) names the ranks that never reached the collective.
+// A blocking wait that times out (or whose peer timed out) names the ranks that never reached
+// the collective. `poll` (an explicit collective, whose result the caller reads at once) makes
+// an NCCL wait block too, polling until the collective completes or the timeout passes, so
+// that a stalled rank is named here rather than by NCCL's watchdog tearing the process down
+// (the group gives the watchdog a longer timeout).
 inline void acc_wait(const c10::intrusive_ptr<c10d::Work>& work, bool blocking, std::chrono::milliseconds timeout,
-                     AccArrivals* arrivals) {
+                     AccArrivals* arrivals, bool poll = false) {
   const int64_t seq = arrivals != nullptr ? arrivals->sequence.fetch_add(1) : -1;
   if (!blocking) {
     work->wait();
+    if (!poll || arrivals == nullptr) return;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!work->isCompleted()) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        const auto grace = std::min(timeout, std::chrono::milliseconds(5000));
+        const auto ms = timeout.count();
+        throw std::runtime_error("collective timed out after " + std::to_string(ms / 1000) + "." +
+                                 std::to_string(ms % 1000 / 100) + " s" + arrivals->absent(seq, grace));
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    if (auto failure = work->exception()) std::rethrow_exception(failure);
     return;
   }
   try {

@@ -17,6 +17,7 @@
 // (libtorch checks storage_initialized() before handing out a data pointer).
 #include "shim.h"
 #include "c10d_group.h"
+#include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -79,7 +80,7 @@ void allocate_storage(Param& p) {
   storage->set_nbytes(bytes);
 }
 
-struct Sharder {
+struct Sharder : std::enable_shared_from_this<Sharder> {
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
   bool blocking_wait;
@@ -90,6 +91,7 @@ struct Sharder {
   std::vector<Unit> units;
   std::recursive_mutex mutex;
   bool dirty = false;  // a backward pass touched the state since the last settle()
+  bool settle_queued = false;  // settle() runs when the backward pass in progress ends
   // A device whose copies into pinned host gradients may still be running (-1: none).
   int copying_from = -1;
   bool recording = true;  // the first forward and backward record the order of units
@@ -238,8 +240,20 @@ struct Sharder {
     }
   }
 
+  // From a hook: settle() runs when this backward pass ends, however it was started
+  // (accelerator.backward or loss.backward), as FSDP's post-backward callback does.
+  void queue_settle() {
+    if (settle_queued) return;
+    settle_queued = true;
+    std::weak_ptr<Sharder> weak = weak_from_this();
+    torch::autograd::Engine::get_default_engine().queue_callback([weak] {
+      if (auto s = weak.lock()) s->settle();
+    });
+  }
+
   void gather_for_backward(size_t u) {
     std::lock_guard<std::recursive_mutex> lock(mutex);
+    queue_settle();
     auto& unit = units[u];
     if (unit.gathered_for_backward) return;
     unit.gathered_for_backward = true;
@@ -301,6 +315,7 @@ struct Sharder {
     std::lock_guard<std::recursive_mutex> lock(mutex);
     auto& p = params[i];
     if (p.owner < 0) return;
+    queue_settle();
     dirty = true;
     if (p.reduced) return reduce({i});
     auto& unit = units[p.owner];
@@ -317,6 +332,7 @@ struct Sharder {
   // parameters), drops what backward still holds, and resets the counts for the next pass.
   void settle() {
     std::lock_guard<std::recursive_mutex> lock(mutex);
+    settle_queued = false;
     if (!dirty) return;
     for (auto& unit : units) {
       std::vector<size_t> idx;
@@ -528,12 +544,12 @@ extern "C" int acc_zero3_tensor(void* handle, int64_t i, int which, acc_tensor* 
   })
 }
 
-// Drops the shards' gradients (after the optimizer stepped).
-extern "C" int acc_zero3_clear_grads(void* handle) {
+// Drops the shard gradients of the parameters listed (an optimizer's, after its step or zeroGrad).
+extern "C" int acc_zero3_clear_grads(void* handle, const int64_t* idx, int count) {
   ACC_PROTECT({
     auto& s = of(handle);
     std::lock_guard<std::recursive_mutex> lock(s.mutex);
-    for (auto& p : s.params) p.grad = at::Tensor();
+    for (auto i : indices(s, idx, count)) s.params[i].grad = at::Tensor();
   })
 }
 

@@ -3,9 +3,11 @@
 use crate::memory::FreedBy;
 use tch::TchError;
 
-/// Appended to libtorch's errors about a tensor whose storage is freed.
-const SHARDED_HINT: &str = " (under ZeRO stage 3 a parameter is whole only during its module's forward and backward; \
-read parameters through accelerator.getStateDict(model), and load weights before prepare)";
+/// What a use of a parameter that ZeRO stage 3 released is told (also appended to libtorch's
+/// errors about a tensor without storage).
+pub const SHARDED: &str =
+    "this parameter is sharded by ZeRO stage 3: it is whole only during its module's forward and backward; \
+read parameters through accelerator.getStateDict(model), and load weights before prepare";
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -57,7 +59,7 @@ impl Error {
         };
         let mut detail = text.lines().next().unwrap_or("").trim().to_string();
         if detail.contains("storage of size 0") || detail.contains("data is not allocated yet") {
-            detail.push_str(SHARDED_HINT);
+            detail.push_str(&format!(" ({SHARDED})"));
         }
         Error::Torch {
             op: op.into(),

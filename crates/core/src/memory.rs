@@ -4,6 +4,7 @@
 //! native memory to its GC. Scopes that free what a block created live in the
 //! host, which knows its objects (ts/tensor.ts).
 
+use crate::error::SHARDED;
 use crate::{shim, Error, Result};
 use std::cell::{Ref, RefCell};
 use std::fmt;
@@ -90,8 +91,19 @@ impl Handle {
         }))
     }
 
-    /// Borrows the tensor for operation `op`; a freed handle is an error naming `op` and what freed it.
+    /// Borrows the tensor for operation `op`; a freed handle is an error naming `op` and what
+    /// freed it, and so is a tensor whose storage ZeRO stage 3 released (kernels would crash on it).
     pub fn get(&self, op: &str) -> Result<Ref<'_, Tensor>> {
+        let tensor = self.peek(op)?;
+        if shim::storage_missing(&tensor) {
+            return Err(Error::invalid(op, SHARDED));
+        }
+        Ok(tensor)
+    }
+
+    /// Borrows the tensor for what reads no data (shape, dtype, device, its gradient, a detached
+    /// alias): also a parameter whose storage ZeRO stage 3 released.
+    pub fn peek(&self, op: &str) -> Result<Ref<'_, Tensor>> {
         Ref::filter_map(self.0.tensor.borrow(), Option::as_ref).map_err(|_| Error::Disposed {
             op: op.to_string(),
             by: self.0.freed_by,

@@ -13,6 +13,7 @@ extern "C" {
     fn acc_set_cuda_rng_state(index: i64, state: *const C_tensor) -> i32;
     fn acc_backward(output: *const C_tensor, gradient: *const C_tensor) -> i32;
     fn acc_host_bytes(tensor: *const C_tensor) -> i64;
+    fn acc_storage_missing(tensor: *const C_tensor) -> i32;
     fn acc_linear_cross_entropy(
         input: *const C_tensor,
         weight: *const C_tensor,
@@ -27,6 +28,12 @@ extern "C" {
 pub fn host_bytes(tensor: &Tensor) -> i64 {
     // SAFETY: a live tensor; the shim function cannot throw.
     unsafe { acc_host_bytes(tensor.as_ptr()) }
+}
+
+/// Whether `tensor` has elements but no storage (a parameter ZeRO stage 3 released, or a view of one).
+pub fn storage_missing(tensor: &Tensor) -> bool {
+    // SAFETY: a live tensor; the shim function cannot throw.
+    unsafe { acc_storage_missing(tensor.as_ptr()) != 0 }
 }
 
 /// Accumulates gradients of `output` into the leaves; a non-scalar `output` needs a `gradient` of its shape.

@@ -6,7 +6,7 @@ use accelerate_core::{device, dtype, Error};
 use napi::{Env, Result};
 use napi_derive::napi;
 
-use crate::convert::{guarded, with_all, wrap};
+use crate::convert::{guarded, with_all_parameters, wrap};
 use crate::tensor::Tensor;
 
 fn device_type(name: &str) -> accelerate_core::Result<DeviceType> {
@@ -122,7 +122,7 @@ impl GradScalerCore {
                 ),
                 None => None,
             };
-            with_all("unscale", &params, |ps| inner.unscale_held(ps, held.as_deref()))
+            with_all_parameters("unscale", &params, |ps| inner.unscale_held(ps, held.as_deref()))
         })
     }
 
@@ -130,7 +130,9 @@ impl GradScalerCore {
     #[napi]
     pub fn should_step(&mut self, params: Vec<Tensor>) -> Result<bool> {
         let inner = &mut self.inner;
-        guarded("step", || with_all("step", &params, |ps| inner.should_step(ps)))
+        guarded("step", || {
+            with_all_parameters("step", &params, |ps| inner.should_step(ps))
+        })
     }
 
     /// Backs off or grows the scale from what this step found.

@@ -129,6 +129,21 @@ pub fn with_all<T>(
     f(&refs)
 }
 
+/// As `with_all`, for an `op` that reads no data of the tensors (parameters whose gradients
+/// it handles, which ZeRO stage 3 may hold released).
+pub fn with_all_parameters<T>(
+    op: &str,
+    list: &[Tensor],
+    f: impl FnOnce(&[&tch::Tensor]) -> accelerate_core::Result<T>,
+) -> accelerate_core::Result<T> {
+    let borrowed = list
+        .iter()
+        .map(|t| t.handle.peek(op))
+        .collect::<accelerate_core::Result<Vec<_>>>()?;
+    let refs: Vec<&tch::Tensor> = borrowed.iter().map(|r| &**r).collect();
+    f(&refs)
+}
+
 pub fn parse_dtype(op: &str, name: Option<&str>, default: tch::Kind) -> accelerate_core::Result<tch::Kind> {
     name.map_or(Ok(default), |n| dtype::parse(op, n))
 }

@@ -5,7 +5,7 @@ use accelerate_core::nn::param;
 use napi::Result;
 use napi_derive::napi;
 
-use crate::convert::{guarded, parse_device, with_all};
+use crate::convert::{guarded, parse_device, with_all, with_all_parameters};
 use crate::tensor::Tensor;
 
 /// Copies `sources[i]` into `targets[i]` (named `keys[i]`) after checking every shape.
@@ -44,5 +44,7 @@ pub fn nn_move_in_place(tensors: Vec<Tensor>, device: String) -> Result<()> {
 /// Drops each tensor's gradient (`grad` becomes null).
 #[napi]
 pub fn nn_clear_grads(tensors: Vec<Tensor>) -> Result<()> {
-    guarded("zeroGrad", || with_all("zeroGrad", &tensors, param::clear_grads))
+    guarded("zeroGrad", || {
+        with_all_parameters("zeroGrad", &tensors, param::clear_grads)
+    })
 }

@@ -27,32 +27,33 @@ fast_exports!(FAST = [
     tensor_call_item(TensorArg),
     tensor_call_backward(TensorArg, Option<TensorArg>),
     tensor_op_to[env](TensorArg, Option<String>, Option<String>),
+    tensor_op_detach[env](TensorArg),
     tensor_op_index[env](TensorArg, TensorOrNumber),
 ]);
 
 #[napi]
 pub fn tensor_get_shape(tensor: TensorArg) -> Result<Vec<i64>> {
-    guarded("shape", || Ok(tensor.handle.get("shape")?.size()))
+    guarded("shape", || Ok(tensor.handle.peek("shape")?.size()))
 }
 
 #[napi]
 pub fn tensor_get_dtype(tensor: TensorArg) -> Result<&'static str> {
-    guarded("dtype", || Ok(dtype::name(tensor.handle.get("dtype")?.kind())))
+    guarded("dtype", || Ok(dtype::name(tensor.handle.peek("dtype")?.kind())))
 }
 
 #[napi]
 pub fn tensor_get_device(tensor: TensorArg) -> Result<String> {
-    guarded("device", || Ok(device::name(tensor.handle.get("device")?.device())))
+    guarded("device", || Ok(device::name(tensor.handle.peek("device")?.device())))
 }
 
 #[napi]
 pub fn tensor_get_ndim(tensor: TensorArg) -> Result<i64> {
-    guarded("ndim", || Ok(tensor.handle.get("ndim")?.dim() as i64))
+    guarded("ndim", || Ok(tensor.handle.peek("ndim")?.dim() as i64))
 }
 
 #[napi]
 pub fn tensor_get_numel(tensor: TensorArg) -> Result<i64> {
-    guarded("numel", || Ok(tensor.handle.get("numel")?.numel() as i64))
+    guarded("numel", || Ok(tensor.handle.peek("numel")?.numel() as i64))
 }
 
 #[napi]
@@ -64,7 +65,7 @@ pub fn tensor_get_is_disposed(tensor: TensorArg) -> Result<bool> {
 #[napi]
 pub fn tensor_get_grad(env: Env, tensor: TensorArg) -> Result<Option<TensorHandle>> {
     guarded("grad", || {
-        let g = ops::unary("grad", &*tensor.handle.get("grad")?, |t| t.f_grad())?;
+        let g = ops::unary("grad", &*tensor.handle.peek("grad")?, |t| t.f_grad())?;
         Ok(g.defined().then(|| handle(&env, g)))
     })
 }
@@ -72,14 +73,14 @@ pub fn tensor_get_grad(env: Env, tensor: TensorArg) -> Result<Option<TensorHandl
 #[napi]
 pub fn tensor_requires_grad(tensor: TensorArg) -> Result<bool> {
     guarded("requiresGrad", || {
-        Ok(tensor.handle.get("requiresGrad")?.requires_grad())
+        Ok(tensor.handle.peek("requiresGrad")?.requires_grad())
     })
 }
 
 #[napi]
 pub fn tensor_set_requires_grad(tensor: TensorArg, value: bool) -> Result<()> {
     guarded("requiresGrad", || {
-        let t = tensor.handle.get("requiresGrad")?;
+        let t = tensor.handle.peek("requiresGrad")?;
         ops::unary("requiresGrad", &t, |t| t.f_set_requires_grad(value)).map(drop)
     })
 }
@@ -95,6 +96,16 @@ pub fn tensor_call_item(tensor: TensorArg) -> Result<f64> {
 pub fn tensor_call_to_bytes(tensor: TensorArg) -> Result<Buffer> {
     guarded("toBytes", || {
         Ok(core_tensor::to_bytes("toBytes", &*tensor.handle.get("toBytes")?)?.into())
+    })
+}
+
+/// A tensor sharing this one's storage, out of the autograd graph. It reads no data, so a
+/// parameter ZeRO stage 3 released may be detached (its uses then say it is sharded).
+#[napi]
+pub fn tensor_op_detach(env: Env, tensor: TensorArg) -> Result<TensorHandle> {
+    guarded("detach", || {
+        let t = tensor.handle.peek("detach")?;
+        Ok(handle(&env, ops::unary("detach", &t, |t| t.f_detach())?))
     })
 }
 

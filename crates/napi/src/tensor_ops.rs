@@ -73,7 +73,7 @@ tensor_ops! {
         sin => f_sin, cos => f_cos, tanh => f_tanh, sigmoid => f_sigmoid, relu => f_relu,
         floor => f_floor, ceil => f_ceil, round => f_round, sign => f_sign, square => f_square, reciprocal => f_reciprocal,
         logical_not => f_logical_not, isnan => f_isnan, isfinite => f_isfinite,
-        detach => f_detach, contiguous => f_contiguous,
+        contiguous => f_contiguous,
     }
     binary {
         add => f_add, sub => f_sub, mul => f_mul, div => f_div, pow => f_pow, remainder => f_remainder_tensor,

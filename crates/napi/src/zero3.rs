@@ -123,11 +123,22 @@ impl Zero3Sharder {
         })
     }
 
-    /// Drops the shards' gradients (zeroGrad; a step skipped for inf/NaN leaves them).
+    /// Drops the shard gradients of the parameters `idx` (zeroGrad; a step skipped for inf/NaN leaves them).
     #[napi]
-    pub fn clear_gradients(&self) -> Result<()> {
-        guarded("zeroGrad (ZeRO stage 3)", || {
-            self.inner.clear_grads("zeroGrad (ZeRO stage 3)")
+    pub fn clear_gradients(&self, idx: Vec<u32>) -> Result<()> {
+        guarded("zeroGrad (ZeRO)", || {
+            self.inner.clear_grads("zeroGrad (ZeRO)", &indices(&idx))
+        })
+    }
+
+    /// The shard gradients of the parameters `idx` that have one (after backward settled).
+    #[napi]
+    pub fn gradients(&self, env: Env, idx: Vec<u32>) -> Result<Vec<Tensor>> {
+        guarded("gradients (ZeRO)", || {
+            Ok(wrap_all(
+                &env,
+                self.inner.gradients("gradients (ZeRO)", &indices(&idx))?,
+            ))
         })
     }
 
@@ -173,15 +184,10 @@ impl Zero3Core {
         })
     }
 
-    #[napi]
-    pub fn clip_grad_norm(&mut self, max_norm: f64, norm_type: f64) -> Result<f64> {
-        guarded("clipGradNorm", || self.inner.clip_grad_norm(max_norm, norm_type))
-    }
-
-    /// This process's shards of the averaged gradients (between backward and step).
-    #[napi]
-    pub fn gradients(&self, env: Env) -> Result<Vec<Tensor>> {
-        guarded("unscale", || Ok(wrap_all(&env, self.inner.gradients()?)))
+    /// The sharder's indices of this optimizer's parameters.
+    #[napi(getter)]
+    pub fn indices(&self) -> Vec<u32> {
+        self.inner.indices().into_iter().map(|i| i as u32).collect()
     }
 
     #[napi]
@@ -213,4 +219,17 @@ impl Zero3Core {
     pub fn state_bytes(&self) -> HeldBytes {
         self.inner.state_bytes().into()
     }
+}
+
+/// The total norm across processes of gradient shards (each process passes its own), clipped
+/// to `max_norm` in place; returns the norm before.
+#[napi]
+pub fn dist_clip_sharded_grad_norm(grads: Vec<Tensor>, max_norm: f64, norm_type: f64) -> Result<f64> {
+    guarded("clipGradNorm (ZeRO)", || {
+        let grads = grads
+            .iter()
+            .map(|t| Ok(t.handle.get("clipGradNorm")?.shallow_clone()))
+            .collect::<accelerate_core::Result<Vec<_>>>()?;
+        accelerate_core::dist::clip_sharded_grad_norm("clipGradNorm (ZeRO)", &grads, max_norm, norm_type)
+    })
 }

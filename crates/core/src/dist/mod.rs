@@ -16,4 +16,4 @@ pub use ddp::broadcast_parameters;
 pub use group::{destroy, init, is_initialized, world, GroupConfig};
 pub use reducer::Reducer;
 pub use zero::ZeroOptimizer;
-pub use zero3::{Held, Placement, Sharder, Zero3Optimizer};
+pub use zero3::{clip_sharded_grad_norm, Held, Placement, Sharder, Zero3Optimizer};

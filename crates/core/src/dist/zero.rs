@@ -195,7 +195,8 @@ impl ZeroOptimizer {
                 let t = t.f_to_device(device).map_err(fail(&op))?;
                 let full = t.f_new_empty([part.padded], (t.kind(), device)).map_err(fail(&op))?;
                 all_gather_into(&op, &full, &t)?;
-                whole.push((name.clone(), full));
+                // Back where the state lives (the host, when the optimizer is offloaded).
+                whole.push((name.clone(), full.f_to_device(part.home).map_err(fail(&op))?));
             }
             for (p, &offset) in part.params.iter().zip(&part.offsets) {
                 let mut state = ParamState::new();

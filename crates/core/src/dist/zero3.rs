@@ -39,7 +39,7 @@ extern "C" {
     fn acc_zero3_index_of(sharder: *mut c_void, param: *const C_tensor, out: *mut i64) -> i32;
     fn acc_zero3_count(sharder: *mut c_void) -> i32;
     fn acc_zero3_tensor(sharder: *mut c_void, index: i64, which: i32, out: *mut *mut C_tensor) -> i32;
-    fn acc_zero3_clear_grads(sharder: *mut c_void) -> i32;
+    fn acc_zero3_clear_grads(sharder: *mut c_void, idx: *const i64, count: i32) -> i32;
     fn acc_zero3_refresh_persistent(sharder: *mut c_void) -> i32;
     fn acc_zero3_copy_into_shards(sharder: *mut c_void) -> i32;
     fn acc_zero3_bytes(sharder: *mut c_void, device: *mut i64, host: *mut i64) -> i32;
@@ -222,9 +222,26 @@ impl Sharder {
         owned(op, status, out)
     }
 
-    pub fn clear_grads(&self, op: &str) -> Result<()> {
-        // SAFETY: `raw` is live until drop.
-        check(op, unsafe { acc_zero3_clear_grads(self.raw) })
+    /// Drops the shard gradients of the parameters `idx`.
+    pub fn clear_grads(&self, op: &str, idx: &[usize]) -> Result<()> {
+        let idx = ints(op, idx)?;
+        // SAFETY: `raw` is live until drop; `idx` for the call.
+        check(op, unsafe {
+            acc_zero3_clear_grads(self.raw, idx.as_ptr(), count(op, idx.len())?)
+        })
+    }
+
+    /// The shard gradients of the parameters `idx` that have one (after backward settled).
+    pub fn gradients(&self, op: &str, idx: &[usize]) -> Result<Vec<Tensor>> {
+        self.settle(op)?;
+        let mut grads = Vec::new();
+        for &i in idx {
+            let g = self.tensor(op, i, Held::ShardGrad)?;
+            if g.defined() {
+                grads.push(g);
+            }
+        }
+        Ok(grads)
     }
 
     /// After the shards changed: the parameters that stay whole (or are gathered now) follow them.
@@ -326,29 +343,9 @@ impl Zero3Optimizer {
         Ok(Zero3Optimizer { sharder, groups })
     }
 
-    fn grads(&self, op: &str) -> Result<Vec<Tensor>> {
-        let mut grads = Vec::new();
-        for entry in self.groups.iter().flatten() {
-            let g = self.sharder.tensor(op, entry.index, Held::ShardGrad)?;
-            if g.defined() {
-                grads.push(g);
-            }
-        }
-        Ok(grads)
-    }
-
-    /// This process's shards of the averaged gradients (between backward and step).
-    pub fn gradients(&self) -> Result<Vec<Tensor>> {
-        let op = "unscale (ZeRO stage 3)";
-        self.sharder.settle(op)?;
-        self.grads(op)
-    }
-
-    /// The total norm of the averaged gradients across processes, clipped to `max_norm`.
-    pub fn clip_grad_norm(&mut self, max_norm: f64, norm_type: f64) -> Result<f64> {
-        let op = "clipGradNorm (ZeRO stage 3)";
-        self.sharder.settle(op)?;
-        clip_sharded(op, &self.grads(op)?, max_norm, norm_type)
+    /// The sharder's indices of this optimizer's parameters.
+    pub fn indices(&self) -> Vec<usize> {
+        self.groups.iter().flatten().map(|e| e.index).collect()
     }
 
     /// Updates this process's shards with `optimizer`'s hyperparameters, drops the shard
@@ -376,7 +373,7 @@ impl Zero3Optimizer {
                 shard.f_copy_(&entry.master).map_err(fail(&op))?;
             }
         }
-        self.sharder.clear_grads(&op)?;
+        self.sharder.clear_grads(&op, &self.indices())?;
         self.sharder.refresh_persistent(&op)
     }
 
@@ -404,9 +401,11 @@ impl Zero3Optimizer {
                         all_gather_into(&op, &gathered, &shard)?;
                         gathered
                     };
+                    // Back where the state lives (the host, when the optimizer is offloaded).
                     gathered
                         .f_narrow(0, 0, numel)
                         .and_then(|x| x.f_view(shape.as_slice()))
+                        .and_then(|x| x.f_to_device(t.device()))
                         .map_err(fail(&op))?
                 };
                 state.insert(name.clone(), whole);
@@ -479,7 +478,7 @@ impl Zero3Optimizer {
 /// The total `norm_type` norm of gradients sharded across processes (each process holds
 /// `grads`, its slices), and, when it exceeds `max_norm`, scales them down to it in place.
 /// Returns the norm before. Every process must call it.
-fn clip_sharded(op: &str, grads: &[Tensor], max_norm: f64, norm_type: f64) -> Result<f64> {
+pub fn clip_sharded_grad_norm(op: &str, grads: &[Tensor], max_norm: f64, norm_type: f64) -> Result<f64> {
     let Some(first) = grads.first() else {
         return Ok(0.0);
     };
