@@ -395,3 +395,11 @@ test("the config questionnaire asks HF's DeepSpeed and FSDP questions and writes
   t.deepEqual(config5.deepspeed_config, { zero_stage: 3, gradient_accumulation_steps: 1 });
   t.like((await writtenAndLaunched(config5)).strategy, { zeroStage: 3, offloadOptimizer: false, offloadParameters: false });
 });
+
+test("a script's deepspeedPlugin takes the launcher's settings for the fields it leaves unset, as HF's does", (t) => {
+  const launcher = { ACCELERATE_USE_DEEPSPEED: "true", ACCELERATE_DEEPSPEED_ZERO_STAGE: "3", ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE: "cpu" };
+  const filled = strategyConfigOf({ deepspeedPlugin: { hfDsConfig: { zero_optimization: { stage3_param_persistence_threshold: 0 } } } }, launcher);
+  t.like(filled, { zeroStage: 3, offloadOptimizer: true, paramPersistenceThreshold: 0 });
+  t.like(strategyConfigOf({ deepspeedPlugin: { zeroStage: 1 } }, launcher), { zeroStage: 1, offloadOptimizer: true }, "the script's own value wins");
+  t.like(strategyConfigOf({ deepspeedPlugin: { zeroStage: 1 } }, {}), { zeroStage: 1, offloadOptimizer: false });
+});

@@ -145,11 +145,24 @@ function fsdpConfig(fsdp: FsdpPlugin, fromEnv: boolean): StrategyConfig {
   return { zeroStage: fullShard ? 3 : 2, offloadOptimizer: offload, offloadParameters: offload && fullShard, ...DEFAULTS, paramPersistenceThreshold: 0, notUsed: [] };
 }
 
+/**
+ * A script's own DeepSpeed plugin, its unset fields filled from the launcher's (HF's
+ * `DeepSpeedPlugin` reads `ACCELERATE_DEEPSPEED_*` for the fields left None). A config given
+ * in the script wins over the launcher's config file.
+ */
+function withLauncherDefaults(plugin: DeepSpeedPlugin, launcher: DeepSpeedPlugin | undefined): DeepSpeedPlugin {
+  if (launcher === undefined) return plugin;
+  const given = Object.fromEntries(Object.entries(plugin).filter(([, v]) => v !== undefined)) as DeepSpeedPlugin;
+  const filled: DeepSpeedPlugin = { ...launcher, ...given };
+  if (given.hfDsConfig !== undefined && given.configFile === undefined) delete filled.configFile;
+  return filled;
+}
+
 /** The ZeRO stage and DeepSpeed settings the options ask for, from the plugins or the launcher's environment. */
 export function strategyConfigOf(options: StrategyOptions, env: NodeJS.ProcessEnv = process.env): StrategyConfig {
   if (options.deepspeedPlugin && options.fsdpPlugin) throw new Error("Accelerator: give deepspeedPlugin or fsdpPlugin, not both");
   if (options.fsdpPlugin) return fsdpConfig(options.fsdpPlugin, false);
-  if (options.deepspeedPlugin) return deepspeedConfig(options.deepspeedPlugin, false);
+  if (options.deepspeedPlugin) return deepspeedConfig(withLauncherDefaults(options.deepspeedPlugin, deepspeedPluginFromEnv(env)), false);
   // The launcher's choice, through HF's variables.
   const fsdp = fsdpPluginFromEnv(env);
   if (fsdp) return fsdpConfig(fsdp, true);
