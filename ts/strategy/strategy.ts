@@ -1,6 +1,7 @@
 // What a strategy decides for the Accelerator: how a model is set up across processes,
 // what happens around backward, the global gradient norm, and who writes which checkpoint
 // files. Strategies receive the process state; they never reach back into the Accelerator.
+import type { OptimizerCore } from "../../index.js";
 import { clipGradNorm } from "../optim/clip.js";
 import { Optimizer } from "../optim/optimizer.js";
 import type { ModelLike, OptimizerLike } from "../prepared.js";
@@ -25,6 +26,37 @@ export function bytesOf(tensors: (Tensor | null)[]): HeldBytes {
     held[t.device === "cpu" ? "host" : "device"] += t.numel * ELEMENT_BYTES[t.dtype];
   }
   return held;
+}
+
+/** What ZeRO's engine optimizers (stage 1's partitions, stages 2-3's shards) share. */
+interface PartitionedOptimizer {
+  step(core: OptimizerCore): void;
+  consolidateState(core: OptimizerCore): void;
+  releaseState(core: OptimizerCore): void;
+  takeState(core: OptimizerCore): void;
+}
+
+/**
+ * The hooks of an optimizer whose state ZeRO partitions: `zero` steps it, and every process
+ * gathers the whole state for a state dict (a checkpoint then loads on any number of processes).
+ */
+export function partitionedHooks<O extends object>(optimizer: Optimizer<O>, zero: PartitionedOptimizer): OptimizerHooks {
+  const core = optimizer.core;
+  return {
+    step: () => zero.step(core),
+    stateDict: () => {
+      zero.consolidateState(core);
+      try {
+        return optimizer.stateDict();
+      } finally {
+        zero.releaseState(core);
+      }
+    },
+    loadStateDict: (state: unknown) => {
+      optimizer.loadStateDict(state as Parameters<typeof optimizer.loadStateDict>[0]);
+      zero.takeState(core);
+    },
+  };
 }
 
 /** How a strategy runs a prepared optimizer's step and state dicts (undefined: the optimizer's own). */

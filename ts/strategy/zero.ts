@@ -9,7 +9,7 @@ import { Optimizer } from "../optim/optimizer.js";
 import type { OptimizerLike } from "../prepared.js";
 import type { ProcessState } from "../state.js";
 import { DataParallel } from "./ddp.js";
-import type { HeldBytes, OptimizerHooks } from "./strategy.js";
+import { partitionedHooks, type HeldBytes, type OptimizerHooks } from "./strategy.js";
 
 export class ZeroRedundancy extends DataParallel {
   override readonly name = "zero";
@@ -30,22 +30,7 @@ export class ZeroRedundancy extends DataParallel {
     const core = optimizer.core;
     const zero = new native.ZeroCore(core, this.#offloadOptimizer);
     this.#partitions.set(optimizer, { zero, core });
-    return {
-      step: () => zero.step(core),
-      // Every process gathers the whole state (a checkpoint then loads on any number of processes).
-      stateDict: () => {
-        zero.consolidateState(core);
-        try {
-          return optimizer.stateDict();
-        } finally {
-          zero.releaseState(core);
-        }
-      },
-      loadStateDict: (state: unknown) => {
-        optimizer.loadStateDict(state as Parameters<typeof optimizer.loadStateDict>[0]);
-        zero.takeState(core);
-      },
-    };
+    return partitionedHooks(optimizer, zero);
   }
 
   /** The master partitions follow the parameters a checkpoint wrote. */

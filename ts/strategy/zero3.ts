@@ -18,7 +18,7 @@ import { Optimizer } from "../optim/optimizer.js";
 import type { ModelLike, OptimizerLike } from "../prepared.js";
 import type { ProcessState } from "../state.js";
 import type { Tensor } from "../tensor.js";
-import { SingleProcess, type HeldBytes, type OptimizerHooks } from "./strategy.js";
+import { partitionedHooks, SingleProcess, type HeldBytes, type OptimizerHooks } from "./strategy.js";
 
 export interface Zero3Options {
   /** Parameters with fewer elements stay whole (DeepSpeed's stage3_param_persistence_threshold). */
@@ -224,23 +224,7 @@ export class ZeroSharded extends SingleProcess {
     const core = optimizer.core;
     const zero = new native.Zero3Core(core, model.sharder, this.#options.offloadOptimizer);
     this.#optimizers.set(optimizer, { zero, core, model });
-    return {
-      step: () => zero.step(core),
-      zeroGrad: () => model.sharder.clearGradients(zero.indices),
-      // Every process gathers the whole state (a checkpoint then loads on any number of processes).
-      stateDict: () => {
-        zero.consolidateState(core);
-        try {
-          return optimizer.stateDict();
-        } finally {
-          zero.releaseState(core);
-        }
-      },
-      loadStateDict: (state: unknown) => {
-        optimizer.loadStateDict(state as Parameters<typeof optimizer.loadStateDict>[0]);
-        zero.takeState(core);
-      },
-    };
+    return { ...partitionedHooks(optimizer, zero), zeroGrad: () => model.sharder.clearGradients(zero.indices) };
   }
 
   /** How many unit gathers found their unit already prefetched (the prefetch at work). */

@@ -121,12 +121,7 @@ pub fn with_all<T>(
     list: &[Tensor],
     f: impl FnOnce(&[&tch::Tensor]) -> accelerate_core::Result<T>,
 ) -> accelerate_core::Result<T> {
-    let borrowed = list
-        .iter()
-        .map(|t| t.handle.get(op))
-        .collect::<accelerate_core::Result<Vec<_>>>()?;
-    let refs: Vec<&tch::Tensor> = borrowed.iter().map(|r| &**r).collect();
-    f(&refs)
+    borrow_all(list, |t| t.handle.get(op), f)
 }
 
 /// As `with_all`, for an `op` that reads no data of the tensors (parameters whose gradients
@@ -136,10 +131,15 @@ pub fn with_all_parameters<T>(
     list: &[Tensor],
     f: impl FnOnce(&[&tch::Tensor]) -> accelerate_core::Result<T>,
 ) -> accelerate_core::Result<T> {
-    let borrowed = list
-        .iter()
-        .map(|t| t.handle.peek(op))
-        .collect::<accelerate_core::Result<Vec<_>>>()?;
+    borrow_all(list, |t| t.handle.peek(op), f)
+}
+
+fn borrow_all<'a, T>(
+    list: &'a [Tensor],
+    borrow: impl Fn(&'a Tensor) -> accelerate_core::Result<std::cell::Ref<'a, tch::Tensor>>,
+    f: impl FnOnce(&[&tch::Tensor]) -> accelerate_core::Result<T>,
+) -> accelerate_core::Result<T> {
+    let borrowed = list.iter().map(borrow).collect::<accelerate_core::Result<Vec<_>>>()?;
     let refs: Vec<&tch::Tensor> = borrowed.iter().map(|r| &**r).collect();
     f(&refs)
 }
