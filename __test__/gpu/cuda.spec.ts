@@ -131,3 +131,27 @@ twoGpus("data-parallel training on 2 GPUs matches one GPU with the global batch"
     t.true(worst < 1e-4, `${name} differs by ${worst}`);
   }
 });
+
+twoGpus("an NCCL collective that times out names the rank that never reached it", async (t) => {
+  process.env.FIXTURE_GPU = "1";
+  const ranks = await runRanks("../fixtures/dist/stall.ts", 2);
+  for (const r of ranks) t.is(r.code, 0, r.stderr);
+  const out = parse(ranks[0].stdout);
+  t.regex(out.error, /timed out after 2\.0 s; rank 1 did not reach this collective \(#\d+ on every rank\)/, out.error);
+  t.true(out.ms < 10_000, `the Error came after ${out.ms} ms`);
+});
+
+twoGpus("ZeRO stage 3 on 2 GPUs, with and without CPU offload, trains like data parallelism", async (t) => {
+  process.env.FIXTURE_GPU = "1";
+  const run = async (args: string[]) => {
+    const ranks = await runRanks("../fixtures/dist/zero3.ts", 2, args, 180_000);
+    for (const r of ranks) t.is(r.code, 0, r.stderr);
+    return ranks.map((r) => parse(r.stdout) as { params: Record<string, number[]>; losses: number[] });
+  };
+  const [ddp] = await run(["0", "8", "5"]);
+  for (const offload of ["none", "all"]) {
+    const [a, b] = await run(["3", "8", "5", "0", offload]);
+    t.deepEqual(a.params, b.params);
+    for (const [name, worst] of worstDifferences(ddp.params, a.params)) t.true(worst < 1e-4, `offload ${offload}: ${name} differs by ${worst}`);
+  }
+});
