@@ -553,17 +553,26 @@ extern "C" int acc_zero3_clear_grads(void* handle, const int64_t* idx, int count
   })
 }
 
-// After the shards changed (an optimizer step): persistent parameters gather them again.
+// After the shards changed (an optimizer step): persistent parameters gather them again, in
+// collectives of about 64 MiB (under stage 2 that is the whole model: never one buffer of it).
 extern "C" int acc_zero3_refresh_persistent(void* handle) {
   ACC_PROTECT({
     auto& s = of(handle);
     std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    constexpr int64_t chunk_bytes = int64_t{64} << 20;
     std::vector<size_t> need;
+    int64_t bytes = 0;
     for (size_t i = 0; i < s.params.size(); i++) {
       auto& p = s.params[i];
       if (!p.persistent && p.holds == 0) continue;
       p.whole = false;  // its values are stale: gathered again into the same storage
       need.push_back(i);
+      bytes += p.numel * p.full.element_size();
+      if (bytes >= chunk_bytes) {
+        s.all_gather(need);
+        need.clear();
+        bytes = 0;
+      }
     }
     s.all_gather(need);
   })
