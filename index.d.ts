@@ -159,7 +159,8 @@ export declare class Zero3Sharder {
   clearGradients(idx: Array<number>): void
   /** The shard gradients of the parameters `idx` that have one (after backward settled). */
   gradients(idx: Array<number>): Array<Tensor>
-  copyIntoShards(): void
+  /** Loads parameter `index` from a whole value: this process's shard takes its slice. */
+  load(index: number, source: Tensor): void
   unshard(): void
   parameterBytes(): HeldBytes
   gradientBytes(): HeldBytes

@@ -133,9 +133,23 @@ export class ZeroSharded extends SingleProcess {
       }
     }
     // Loading weights after prepare writes whole parameters, then the shards take them.
+    // Loading weights (after prepare, or a checkpoint) writes each parameter's shard from the
+    // whole value, without gathering the model; buffers load as usual.
+    const byName = new Map<string, number>();
+    for (const [prefix, module] of model.namedModules()) {
+      for (const [name, t] of ownParameters(module)) byName.set(join(prefix, name), indexOf.get(t) as number);
+    }
     this.#replace(model, "loadStateDict", (original) => (...args: unknown[]) => {
-      let result: unknown;
-      this.loadParameters(() => (result = original(...args)));
+      const [stateDict, options] = args as Parameters<Module["loadStateDict"]>;
+      const result = model.checkStateDict(stateDict, options);
+      const rest = new Map<string, Tensor>();
+      for (const [key, source] of stateDict instanceof Map ? stateDict : Object.entries(stateDict)) {
+        const index = byName.get(key);
+        if (index === undefined) rest.set(key, source);
+        else sharder.load(index, source);
+      }
+      original(rest, { strict: false });
+      for (const optimizer of this.#optimizers.values()) if (optimizer.model === entry) optimizer.zero.refreshMasters();
       return result;
     });
     for (const [name, p] of named) this.#sharded.set(p, name);
@@ -280,20 +294,6 @@ export class ZeroSharded extends SingleProcess {
       }
     }
     return out;
-  }
-
-  /** The models are gathered whole while `load` writes them; then each process keeps its shards. */
-  override loadParameters(load: () => void): void {
-    const entries = [...this.#models.values()];
-    const all = (e: ShardedModel) => e.params.map((_, i) => i);
-    for (const e of entries) e.sharder.gather(all(e));
-    try {
-      load();
-      for (const e of entries) e.sharder.copyIntoShards();
-      for (const { zero } of this.#optimizers.values()) zero.refreshMasters();
-    } finally {
-      for (const e of entries) e.sharder.release(all(e));
-    }
   }
 
   override parameterBytes(_parameters: Tensor[]): HeldBytes {

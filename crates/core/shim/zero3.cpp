@@ -578,18 +578,20 @@ extern "C" int acc_zero3_refresh_persistent(void* handle) {
   })
 }
 
-// After the full parameters were written (a checkpoint load, everything gathered): each
-// shard copies its slice of them.
-extern "C" int acc_zero3_copy_into_shards(void* handle) {
+// Loads parameter `i` from `source` (a whole value, on any device): this process's shard takes
+// its slice, and the parameter its value if it is whole now. Nothing is gathered.
+extern "C" int acc_zero3_load(void* handle, int64_t i, acc_tensor source) {
   ACC_PROTECT({
     auto& s = of(handle);
     std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    TORCH_CHECK(i >= 0 && static_cast<size_t>(i) < s.params.size(), "parameter index out of range");
+    auto& p = s.params[i];
+    TORCH_CHECK(source->numel() == p.numel, "the value has ", source->numel(), " elements, the parameter ", p.numel);
     at::NoGradGuard no_grad;
-    for (auto& p : s.params) {
-      TORCH_CHECK(p.persistent || p.holds > 0, "copy_into_shards: a parameter is not gathered");
-      auto padded = at::constant_pad_nd(p.full.detach().reshape({-1}), {0, s.world * p.shard_len - p.numel});
-      p.shard.copy_(padded.narrow(0, s.rank * p.shard_len, p.shard_len));
-    }
+    auto flat = source->detach().reshape({-1}).to(p.full.dtype());
+    auto padded = at::constant_pad_nd(flat, {0, s.world * p.shard_len - p.numel});
+    p.shard.copy_(padded.narrow(0, s.rank * p.shard_len, p.shard_len));
+    if (p.whole) p.full.variable_data().view({-1}).copy_(flat);
   })
 }
 

@@ -7,7 +7,7 @@ use tch::TchError;
 /// errors about a tensor without storage).
 pub const SHARDED: &str =
     "this parameter is sharded by ZeRO stage 3: it is whole only during its module's forward and backward; \
-read parameters through accelerator.getStateDict(model), and load weights before prepare";
+read parameters through accelerator.getStateDict(model), and write them with model.loadStateDict on every process";
 
 pub type Result<T> = std::result::Result<T, Error>;
 

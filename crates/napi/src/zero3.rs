@@ -142,11 +142,11 @@ impl Zero3Sharder {
         })
     }
 
+    /// Loads parameter `index` from a whole value: this process's shard takes its slice.
     #[napi]
-    pub fn copy_into_shards(&self) -> Result<()> {
-        guarded("loadState (ZeRO stage 3)", || {
-            self.inner.copy_into_shards("loadState (ZeRO stage 3)")
-        })
+    pub fn load(&self, index: u32, source: Tensor) -> Result<()> {
+        let op = "loadStateDict (ZeRO)";
+        guarded(op, || self.inner.load(op, index as usize, &*source.handle.get(op)?))
     }
 
     #[napi]

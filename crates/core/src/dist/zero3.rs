@@ -41,7 +41,7 @@ extern "C" {
     fn acc_zero3_tensor(sharder: *mut c_void, index: i64, which: i32, out: *mut *mut C_tensor) -> i32;
     fn acc_zero3_clear_grads(sharder: *mut c_void, idx: *const i64, count: i32) -> i32;
     fn acc_zero3_refresh_persistent(sharder: *mut c_void) -> i32;
-    fn acc_zero3_copy_into_shards(sharder: *mut c_void) -> i32;
+    fn acc_zero3_load(sharder: *mut c_void, index: i64, source: *const C_tensor) -> i32;
     fn acc_zero3_bytes(sharder: *mut c_void, device: *mut i64, host: *mut i64) -> i32;
     fn acc_zero3_unshard(sharder: *mut c_void) -> i32;
     fn acc_zero3_free(sharder: *mut c_void);
@@ -250,10 +250,10 @@ impl Sharder {
         check(op, unsafe { acc_zero3_refresh_persistent(self.raw) })
     }
 
-    /// After the (gathered) full parameters were written: the shards copy their slices.
-    pub fn copy_into_shards(&self, op: &str) -> Result<()> {
-        // SAFETY: `raw` is live until drop.
-        check(op, unsafe { acc_zero3_copy_into_shards(self.raw) })
+    /// Loads parameter `index` from a whole value: the shard takes its slice (nothing is gathered).
+    pub fn load(&self, op: &str, index: usize, source: &Tensor) -> Result<()> {
+        // SAFETY: `raw` and `source` are live for the call.
+        check(op, unsafe { acc_zero3_load(self.raw, index as i64, source.as_ptr()) })
     }
 
     /// Bytes of parameter storage held now (full parameters gathered, and shards).
