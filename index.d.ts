@@ -153,6 +153,8 @@ export declare class Zero3Sharder {
   gather(idx: Array<number>): void
   release(idx: Array<number>): void
   addToUnit(unit: number, idx: Array<number>): void
+  /** Whether `output` shares storage with one of `unit`'s parameters. */
+  aliasesUnit(unit: number, output: Tensor): boolean
   hookOutputs(unit: number, outputs: Array<Tensor>): void
   settle(): void
   /** Drops the shard gradients of the parameters `idx` (zeroGrad; a step skipped for inf/NaN leaves them). */

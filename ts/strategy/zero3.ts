@@ -17,7 +17,7 @@ import { nativeLayerOf } from "../nn/native_module.js";
 import { Optimizer } from "../optim/optimizer.js";
 import type { ModelLike, OptimizerLike } from "../prepared.js";
 import type { ProcessState } from "../state.js";
-import type { Tensor } from "../tensor.js";
+import { Tensor } from "../tensor.js";
 import { partitionedHooks, SingleProcess, type HeldBytes, type OptimizerHooks } from "./strategy.js";
 
 export interface Zero3Options {
@@ -177,7 +177,9 @@ export class ZeroSharded extends SingleProcess {
       const frame = { unit, extra: [] as number[] };
       entry.running.push(frame);
       try {
-        const out = forward(...args);
+        let out = forward(...args);
+        // A module returning its own parameter (or a view of it) gets a copy: the release frees it.
+        if (out instanceof Tensor && entry.sharder.aliasesUnit(unit.index, out)) out = out.clone();
         const outputs = tensorsIn(out as StateValue).filter((t) => t.requiresGrad);
         if (outputs.length > 0) entry.sharder.hookOutputs(unit.index, outputs);
         return out;

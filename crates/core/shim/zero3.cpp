@@ -499,6 +499,22 @@ extern "C" int acc_zero3_add_to_unit(void* handle, int unit, const int64_t* idx,
   })
 }
 
+// Whether `t` shares storage with one of unit `unit`'s parameters (a module returning its own
+// parameter, or a view of it, whose storage the unit's release would free).
+extern "C" int acc_zero3_aliases_unit(void* handle, int unit, acc_tensor t, int* out) {
+  ACC_PROTECT({
+    auto& s = of(handle);
+    std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    TORCH_CHECK(unit >= 0 && static_cast<size_t>(unit) < s.units.size(), "unit index out of range");
+    *out = 0;
+    if (!t->defined() || !t->has_storage()) return 0;
+    const auto* storage = t->storage().unsafeGetStorageImpl();
+    for (auto i : s.units[unit].params) {
+      if (s.params[i].full.storage().unsafeGetStorageImpl() == storage) *out = 1;
+    }
+  })
+}
+
 // Hooks a unit's forward outputs: their gradients' arrival gathers the unit for its backward.
 extern "C" int acc_zero3_hook_outputs(void* handle, int unit, acc_tensor* outputs, int count) {
   ACC_PROTECT({

@@ -103,6 +103,15 @@ impl Zero3Sharder {
         })
     }
 
+    /// Whether `output` shares storage with one of `unit`'s parameters.
+    #[napi]
+    pub fn aliases_unit(&self, unit: u32, output: Tensor) -> Result<bool> {
+        let op = "forward (ZeRO stage 3)";
+        guarded(op, || {
+            self.inner.aliases_unit(op, unit as usize, &*output.handle.peek(op)?)
+        })
+    }
+
     #[napi]
     pub fn hook_outputs(&self, unit: u32, outputs: Vec<Tensor>) -> Result<()> {
         let op = "forward (ZeRO stage 3)";

@@ -36,6 +36,7 @@ extern "C" {
     fn acc_zero3_add_to_unit(sharder: *mut c_void, unit: i32, idx: *const i64, count: i32) -> i32;
     fn acc_zero3_hook_outputs(sharder: *mut c_void, unit: i32, outputs: *const *const C_tensor, count: i32) -> i32;
     fn acc_zero3_settle(sharder: *mut c_void) -> i32;
+    fn acc_zero3_aliases_unit(sharder: *mut c_void, unit: i32, t: *const C_tensor, out: *mut i32) -> i32;
     fn acc_zero3_index_of(sharder: *mut c_void, param: *const C_tensor, out: *mut i64) -> i32;
     fn acc_zero3_count(sharder: *mut c_void) -> i32;
     fn acc_zero3_tensor(sharder: *mut c_void, index: i64, which: i32, out: *mut *mut C_tensor) -> i32;
@@ -189,6 +190,16 @@ impl Sharder {
         check(op, unsafe {
             acc_zero3_hook_outputs(self.raw, count(op, unit)?, ptrs.as_ptr(), count(op, ptrs.len())?)
         })
+    }
+
+    /// Whether `t` shares storage with one of `unit`'s parameters.
+    pub fn aliases_unit(&self, op: &str, unit: usize, t: &Tensor) -> Result<bool> {
+        let mut out = 0;
+        // SAFETY: `raw` and `t` are live for the call; `out` is a plain integer.
+        check(op, unsafe {
+            acc_zero3_aliases_unit(self.raw, count(op, unit)?, t.as_ptr(), &mut out)
+        })?;
+        Ok(out != 0)
     }
 
     /// After backward: reduces what is left and releases what backward still holds.
