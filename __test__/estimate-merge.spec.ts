@@ -18,7 +18,7 @@ test("estimate-memory follows the ZeRO paper: (2+2+12)Ψ mixed, divided as each 
   const psi = 7.5e9;
   const rows = estimateModelStateMemory(psi, 64);
   const find = (n: number, stage: number, precision = "mixed", offload = false) =>
-    rows.find((r) => r.processes === n && r.zeroStage === stage && r.precision === precision && r.offloadOptimizer === offload)!;
+    rows.find((r) => r.processes === n && r.zeroStage === stage && r.precision === precision && r.offloadOptimizer === offload && !r.offloadParameters)!;
   // The paper's figure 1: 7.5B parameters on 64 GPUs: 120 GB, 31.4 GB, 16.6 GB, 1.9 GB.
   t.is(find(64, 0).deviceBytes, 120e9);
   t.is(find(64, 1).deviceBytes, Math.ceil(4 * psi + (12 * psi) / 64));
@@ -27,6 +27,8 @@ test("estimate-memory follows the ZeRO paper: (2+2+12)Ψ mixed, divided as each 
   t.is(find(1, 0, "fp32").deviceBytes, 16 * psi);
   t.deepEqual([find(2, 2, "mixed", true).deviceBytes, find(2, 2, "mixed", true).hostBytes], [2 * psi + psi, 6 * psi]);
   t.deepEqual([...new Set(rows.map((r) => r.processes))], [1, 2, 4, 8, 16, 32, 64]);
+  const everything = rows.find((r) => r.processes === 64 && r.zeroStage === 3 && r.precision === "mixed" && r.offloadParameters)!;
+  t.deepEqual([everything.deviceBytes, everything.hostBytes], [0, Math.ceil((16 * psi) / 64)], "stage 3 with parameters offloaded too");
 });
 
 test("estimate-memory prints JSON with --json, a table otherwise, and counts a saved model's parameters", (t) => {
@@ -34,9 +36,10 @@ test("estimate-memory prints JSON with --json, a table otherwise, and counts a s
   t.is(json.status, 0, json.stderr);
   const parsed = JSON.parse(json.stdout) as { parameters: number; rows: { processes: number }[] };
   t.is(parsed.parameters, 1.6e9);
-  t.is(parsed.rows.length, 2 * 2 * 7);
+  t.is(parsed.rows.length, 2 * 2 * 8);
   const table = cli(["estimate-memory", "--params", "1.6e9", "--num_processes", "2"]);
-  t.regex(table.stdout, /processes\s+precision\s+ZeRO\s+optimizer offload\s+device GiB\s+host GiB/);
+  t.regex(table.stdout, /processes\s+precision\s+ZeRO\s+offload\s+device GiB\s+host GiB/);
+  t.regex(table.stdout, /\n2\s+mixed\s+3\s+optimizer\+params\s+0\.00\s+/);
   const dir = mkdtempSync(join(tmpdir(), "estimate-"));
   const net = new nn.Sequential(new nn.Linear(8, 16), new nn.Linear(16, 4));
   saveWeights(net.stateDict(), dir, 300);

@@ -23,15 +23,18 @@ export interface MemoryRow {
   /** 0: plain data parallelism. */
   zeroStage: 0 | 1 | 2 | 3;
   offloadOptimizer: boolean;
-  /** Bytes of model states on each device. */
+  /** Stage 3 with the parameter shards in host memory too (ZeRO-Infinity's CPU offload). */
+  offloadParameters: boolean;
+  /** Bytes of model states on each device (under parameter offload, one module's come and go on top). */
   deviceBytes: number;
-  /** Bytes each process keeps in host memory (the offloaded optimizer state). */
+  /** Bytes each process keeps in host memory (the offloaded states). */
   hostBytes: number;
 }
 
 /**
  * Stage 1 divides the optimizer state by N, stage 2 also the gradients, stage 3 also the
- * parameters. Optimizer offload (ZeRO-Offload, stages 1-3) moves the divided optimizer state to the host.
+ * parameters. Optimizer offload (ZeRO-Offload, stages 1-3) moves the divided optimizer state to the host;
+ * with stage 3, parameter offload moves the rest there too (a module's parameters visit the device in turn).
  * Activations, buffers and fragmentation come on top and are not counted.
  */
 export function estimateModelStateMemory(parameters: number, maxProcesses: number): MemoryRow[] {
@@ -47,8 +50,11 @@ export function estimateModelStateMemory(parameters: number, maxProcesses: numbe
         const g = bytes.gradients * parameters / (zeroStage >= 2 ? processes : 1);
         const o = bytes.optimizer * parameters / (zeroStage >= 1 ? processes : 1);
         for (const offloadOptimizer of zeroStage === 0 ? [false] : [false, true]) {
-          rows.push({ processes, precision, zeroStage, offloadOptimizer, deviceBytes: Math.ceil(offloadOptimizer ? p + g : p + g + o), hostBytes: Math.ceil(offloadOptimizer ? o : 0) });
+          const row = { processes, precision, zeroStage, offloadOptimizer, offloadParameters: false };
+          rows.push({ ...row, deviceBytes: Math.ceil(offloadOptimizer ? p + g : p + g + o), hostBytes: Math.ceil(offloadOptimizer ? o : 0) });
         }
+        // Stage 3 offloading parameters too: every partitioned state lives on the host.
+        if (zeroStage === 3) rows.push({ processes, precision, zeroStage, offloadOptimizer: true, offloadParameters: true, deviceBytes: 0, hostBytes: Math.ceil(p + g + o) });
       }
     }
   }

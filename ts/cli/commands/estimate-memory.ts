@@ -1,5 +1,5 @@
 // `accelerate estimate-memory`: per-device memory of training states without ZeRO and
-// with stages 1-3, with and without optimizer offload (see ts/cli/memory-estimate.ts).
+// with stages 1-3, with and without offload of the optimizer (and, stage 3, the parameters) (see ts/cli/memory-estimate.ts).
 import { defineCommand } from "citty";
 import { consola } from "consola";
 import { BYTES_PER_PARAMETER, estimateModelStateMemory, savedModelParameterCount } from "../memory-estimate.js";
@@ -27,8 +27,9 @@ export default defineCommand({
       return;
     }
     consola.log(`${parameters.toExponential(3)} parameters, Adam; model states only (activations come on top). GiB per process:`);
-    const header = ["processes", "precision", "ZeRO", "optimizer offload", "device GiB", "host GiB"];
-    const lines = rows.map((r) => [String(r.processes), r.precision, String(r.zeroStage), r.offloadOptimizer ? "cpu" : "-", gib(r.deviceBytes), gib(r.hostBytes)]);
+    const header = ["processes", "precision", "ZeRO", "offload", "device GiB", "host GiB"];
+    const offload = (r: (typeof rows)[number]) => (r.offloadParameters ? "optimizer+params" : r.offloadOptimizer ? "optimizer" : "-");
+    const lines = rows.map((r) => [String(r.processes), r.precision, String(r.zeroStage), offload(r), gib(r.deviceBytes), gib(r.hostBytes)]);
     const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
     const format = (cells: string[]): string => cells.map((c, i) => (i >= 4 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join("  ");
     consola.log([format(header), widths.map((w) => "-".repeat(w)).join("  "), ...lines.map(format)].join("\n"));
