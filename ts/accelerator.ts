@@ -328,11 +328,23 @@ export class Accelerator {
     return this.strategy.clipGradNorm(list, maxNorm, normType);
   }
 
-  /** fp16: divides the gradients by the loss scale now (once per step); other modes: nothing. */
+  /**
+   * fp16: divides the gradients by the loss scale now, once per step, optimizer by optimizer as
+   * HF does (every prepared optimizer, or those holding one of `parameters`); other modes: nothing.
+   */
   unscaleGradients(parameters?: Tensor[]): void {
     if (this.mixedPrecision !== "fp16") return;
-    const params = parameters ?? this.#prepared.optimizers.flatMap((o) => this.#optimizerParams(o));
-    this.precision.unscale(params, this.strategy.heldGradients(params));
+    const wanted = parameters === undefined ? undefined : new Set(parameters);
+    for (const optimizer of this.#prepared.optimizers) {
+      const params = this.#optimizerParams(optimizer);
+      if (wanted !== undefined && !params.some((p) => wanted.has(p))) continue;
+      // The same parameter list as its step's, so that the step does not unscale them again.
+      this.precision.unscale(params, this.strategy.heldGradients(params));
+      for (const p of params) wanted?.delete(p);
+    }
+    // Parameters no prepared optimizer holds (clipped anyway) are unscaled on their own.
+    const rest = [...(wanted ?? [])];
+    if (rest.length > 0) this.precision.unscale(rest, this.strategy.heldGradients(rest));
   }
 
   /** True when the last step of any prepared optimizer was skipped because fp16 gradients overflowed. */
