@@ -95,11 +95,11 @@ export class ActivationCheckpoints {
         try {
           this.#replay(frame);
         } finally {
-          this.#drop(frame);
+          disposeRng(frame.rng);
         }
       }
     } finally {
-      for (const frame of tape) this.#drop(frame);
+      for (const frame of tape) disposeRng(frame.rng);
     }
   }
 
@@ -129,17 +129,13 @@ export class ActivationCheckpoints {
     });
   }
 
-  #drop(frame: Frame): void {
-    disposeRng(frame.rng);
-  }
-
   /**
    * Before an optimizer step: a checkpointed output that got a gradient which was never carried
    * through its module came from `loss.backward()`; its module would silently get no gradients.
    */
   checkAllCarried(): void {
     const missed = this.#tape.some((f) => f.output.grad !== null);
-    for (const frame of this.#tape) this.#drop(frame);
+    for (const frame of this.#tape) disposeRng(frame.rng);
     this.#tape = [];
     if (missed) {
       throw new Error(

@@ -125,14 +125,12 @@ export class ZeroSharded extends SingleProcess {
     };
     // With every parameter whole (optimizer offload alone), forward has nothing to gather.
     const sharded = entry.persistent.some((p) => !p);
-    for (const [module, unit] of modules) {
-      if (!sharded) continue;
+    for (const [module, unit] of sharded ? modules : []) {
       this.#wrapForward(entry, module, unit);
       if (unit.params.length > 0 && !covered.has(module)) {
         for (const [name, tensor] of ownParameters(module)) this.#watchReads(entry, module, name, tensor);
       }
     }
-    // Loading weights after prepare writes whole parameters, then the shards take them.
     // Loading weights (after prepare, or a checkpoint) writes each parameter's shard from the
     // whole value, without gathering the model; buffers load as usual.
     const byName = new Map<string, number>();

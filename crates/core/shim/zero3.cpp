@@ -102,17 +102,6 @@ struct Sharder : std::enable_shared_from_this<Sharder> {
 
   void wait(const c10::intrusive_ptr<c10d::Work>& work) { acc_wait(work, blocking_wait, timeout, arrivals.get()); }
 
-  // Every process's `input` into `output`, rank-major (a copy on one process without a group).
-  void all_gather_base(at::Tensor& output, at::Tensor& input) {
-    if (!backend) {
-      output.copy_(input);
-      return;
-    }
-    c10d::AllgatherOptions options;
-    options.timeout = timeout;
-    wait(backend->_allgather_base(output, input, options));
-  }
-
   // The mean across processes of this process's slice of `input` into `output`.
   void reduce_scatter_base(at::Tensor& output, at::Tensor& input) {
     if (!backend) {

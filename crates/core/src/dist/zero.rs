@@ -32,7 +32,6 @@ struct Partition {
 
 pub struct ZeroOptimizer {
     rank: i64,
-    world: i64,
     partitions: Vec<Partition>,
 }
 
@@ -155,7 +154,6 @@ impl ZeroOptimizer {
             .collect::<Result<Vec<_>>>()?;
         Ok(ZeroOptimizer {
             rank: rank as i64,
-            world: world as i64,
             partitions,
         })
     }
@@ -218,9 +216,7 @@ impl ZeroOptimizer {
 
     /// Empties `optimizer`'s per-parameter state (after `consolidate_state`).
     pub fn release_state(&self, optimizer: &mut Optimizer) {
-        for index in 0..optimizer.num_params() {
-            optimizer.set_param_state(index, ParamState::new());
-        }
+        release_state(optimizer);
     }
 
     /// Takes this process's partition of the whole state that `optimizer` just loaded from a
@@ -282,8 +278,12 @@ impl ZeroOptimizer {
         }
         placement
     }
+}
 
-    pub fn world_size(&self) -> i64 {
-        self.world
+/// Empties `optimizer`'s per-parameter state, which ZeRO keeps partitioned (after a state dict
+/// gathered it whole there).
+pub(super) fn release_state(optimizer: &mut Optimizer) {
+    for index in 0..optimizer.num_params() {
+        optimizer.set_param_state(index, ParamState::new());
     }
 }

@@ -428,9 +428,7 @@ impl Zero3Optimizer {
 
     /// Empties `optimizer`'s per-parameter state (after `consolidate_state`).
     pub fn release_state(&self, optimizer: &mut Optimizer) {
-        for index in 0..optimizer.num_params() {
-            optimizer.set_param_state(index, ParamState::new());
-        }
+        super::zero::release_state(optimizer);
     }
 
     /// Takes this process's slices of the whole state `optimizer` just loaded (saved on any
