@@ -54,3 +54,39 @@ test("loss.backward() instead of accelerator.backward is an Error at the step; e
   t.notThrows(() => opt.step());
   t.throws(() => acc.enableActivationCheckpointing({} as unknown as nn.Module, Block), { message: /model must be an nn\.Module/ });
 });
+
+test("a recomputed module's activations are freed once its gradients have moved on, not when the step ends", (t) => {
+  // Without this, every checkpointed module's recomputed activations stayed alive through the
+  // rest of backward: on a GPU the peak was as high as without checkpointing.
+  class Recording extends nn.Module {
+    fc = new nn.Linear(4, 4);
+    made: Tensor[] = [];
+    forward(x: Tensor): Tensor {
+      const hidden = this.fc.forward(x);
+      this.made.push(hidden);
+      return hidden.relu();
+    }
+  }
+  class Stack extends nn.Module {
+    blocks = new nn.ModuleList(Array.from({ length: 4 }, () => new Recording()));
+    outputs: Tensor[] = [];
+    forward(x: Tensor): Tensor {
+      for (const block of this.blocks) {
+        x = block.forward(x);
+        this.outputs.push(x);
+      }
+      return x;
+    }
+  }
+  const acc = new Accelerator({ cpu: true });
+  const net = new Stack();
+  const [model] = acc.prepare(net);
+  t.is(acc.enableActivationCheckpointing(model, Recording), 4);
+  acc.backward(model.forward(randn([2, 4])).sum());
+  for (const block of net.blocks) {
+    t.is(block.made.length, 2, "one forward, one recomputation");
+    t.true(block.fc.weight.grad !== null);
+    t.true(block.made[1].isDisposed, "the recomputed activation is freed");
+  }
+  for (const output of net.outputs) t.is(output.grad, null, "the checkpointed output's gradient is dropped once carried through");
+});

@@ -6,7 +6,7 @@
 // checkpointed module's output (a leaf), whose gradient the recomputed module then receives.
 import { Module } from "./nn/module.js";
 import { native } from "./native.js";
-import { isGradEnabled, keep, noGrad, Tensor } from "./tensor.js";
+import { isGradEnabled, keep, noGrad, Tensor, tidy } from "./tensor.js";
 
 /** Which modules to checkpoint: a class (e.g. a transformer block) or a predicate. */
 export type CheckpointSelector = (abstract new (...args: never[]) => Module) | ((module: Module, name: string) => boolean);
@@ -103,30 +103,40 @@ export class ActivationCheckpoints {
     }
   }
 
+  /**
+   * Recomputes one module and backpropagates through it. Everything the recomputation makes
+   * is freed as soon as its gradients have moved on (inside `tidy`), and so is the gradient
+   * the module's output received: otherwise every module's recomputed activations would stay
+   * alive until the step ends, as many as without checkpointing.
+   */
   #replay(frame: Frame): void {
     const grad = frame.output.grad;
     if (grad === null) return;
-    const inputs = frame.args.map((a) => {
-      if (!(a instanceof Tensor) || !a.requiresGrad) return a;
-      const leaf = a.detach();
-      leaf.requiresGrad = true;
-      return leaf;
+    tidy(() => {
+      const inputs = frame.args.map((a) => {
+        if (!(a instanceof Tensor) || !a.requiresGrad) return a;
+        const leaf = a.detach();
+        leaf.requiresGrad = true;
+        return leaf;
+      });
+      const now = this.#rngState();
+      let out: unknown;
+      try {
+        this.#setRng(frame.rng);
+        out = this.#autocast(() => frame.forward(...inputs));
+      } finally {
+        this.#setRng(now);
+        disposeRng(now);
+      }
+      (out as Tensor).backward(grad);
+      frame.args.forEach((a, i) => {
+        const leaf = inputs[i];
+        if (leaf === a || !(a instanceof Tensor) || !(leaf instanceof Tensor) || leaf.grad === null) return;
+        a.backward(leaf.grad);
+      });
     });
-    const now = this.#rngState();
-    let out: unknown;
-    try {
-      this.#setRng(frame.rng);
-      out = this.#autocast(() => frame.forward(...inputs));
-    } finally {
-      this.#setRng(now);
-      disposeRng(now);
-    }
-    (out as Tensor).backward(grad);
-    frame.args.forEach((a, i) => {
-      const leaf = inputs[i];
-      if (leaf === a || !(a instanceof Tensor) || !(leaf instanceof Tensor) || leaf.grad === null) return;
-      a.backward(leaf.grad);
-    });
+    grad.dispose();
+    native.nnClearGrads([frame.output]);
   }
 
   /**

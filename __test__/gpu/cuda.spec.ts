@@ -155,3 +155,18 @@ twoGpus("ZeRO stage 3 on 2 GPUs, with and without CPU offload, trains like data 
     for (const [name, worst] of worstDifferences(ddp.params, a.params)) t.true(worst < 1e-4, `offload ${offload}: ${name} differs by ${worst}`);
   }
 });
+
+test("ZeRO stage 3 with parameters and optimizer offloaded, on one GPU, trains like no ZeRO, with and without clipping", async (t) => {
+  process.env.FIXTURE_GPU = "1";
+  const run = async (args: string[]) => {
+    const [rank] = await runRanks("../fixtures/dist/zero3.ts", 1, args, 180_000);
+    t.is(rank.code, 0, rank.stderr);
+    return parse(rank.stdout) as { params: Record<string, number[]>; losses: number[] };
+  };
+  const plain = await run(["0", "16", "5"]);
+  for (const clip of ["0", "0.5"]) {
+    const offloaded = await run(["3", "16", "5", clip, "all"]);
+    const reference = clip === "0" ? plain : await run(["0", "16", "5", clip]);
+    for (const [name, worst] of worstDifferences(reference.params, offloaded.params)) t.true(worst < 1e-4, `clip ${clip}: ${name} differs by ${worst}`);
+  }
+});

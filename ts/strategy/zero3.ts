@@ -277,7 +277,7 @@ export class ZeroSharded extends SingleProcess {
         if (index === undefined) continue;
         entry.sharder.gather([index]);
         try {
-          gathered.set(join(prefix, name), t.device === "cpu" ? t.detach().clone() : t.detach().to("cpu"));
+          gathered.set(join(prefix, name), t.device === "cpu" ? t.detach().clone() : t.detach().to(undefined, "cpu"));
         } finally {
           entry.sharder.release([index]);
         }

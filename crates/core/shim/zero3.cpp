@@ -92,8 +92,9 @@ struct Sharder : std::enable_shared_from_this<Sharder> {
   std::recursive_mutex mutex;
   bool dirty = false;  // a backward pass touched the state since the last settle()
   bool settle_queued = false;  // settle() runs when the backward pass in progress ends
-  // A device whose copies into pinned host gradients may still be running (-1: none).
-  int copying_from = -1;
+  // A device whose copies to or from pinned host memory (offloaded shards and their
+  // gradients) may still be running (-1: none); await_copies() waits for them.
+  int copying_on = -1;
   bool recording = true;  // the first forward and backward record the order of units
   Order forward_order, backward_order;
   int64_t prefetch_bytes = 0;
@@ -120,6 +121,7 @@ struct Sharder : std::enable_shared_from_this<Sharder> {
     g.params = need;
     const auto device = params[need[0]].full.device();
     std::vector<at::Tensor> pieces;
+    if (params[need[0]].shard.is_pinned() && device.is_cuda()) copying_on = device.index();
     for (auto i : need) {
       pieces.push_back(params[i].shard.to(device, /*non_blocking=*/true));
       g.total += params[i].shard_len;
@@ -156,9 +158,23 @@ struct Sharder : std::enable_shared_from_this<Sharder> {
     }
   }
 
-  // Writes the shards of `need` into their parameters' full storage.
+  // Writes the shards of `need` into their parameters' full storage. On one process the
+  // shard is the whole value: it is copied straight in (from pinned memory without waiting).
   void all_gather(const std::vector<size_t>& need) {
     if (need.empty()) return;
+    if (!backend) {
+      at::NoGradGuard no_grad;
+      for (auto i : need) {
+        auto& p = params[i];
+        p.prefetch = -1;
+        if (p.whole) continue;
+        allocate_storage(p);
+        if (p.shard.is_pinned() && p.full.is_cuda()) copying_on = p.full.device().index();
+        p.full.variable_data().view({-1}).copy_(p.shard.narrow(0, 0, p.numel), /*non_blocking=*/true);
+        p.whole = true;
+      }
+      return;
+    }
     auto g = start(need);
     finish(g);
   }
@@ -265,6 +281,7 @@ struct Sharder : std::enable_shared_from_this<Sharder> {
   // the shards' gradients, frees the full gradients, and drops backward's holds on them.
   void reduce(const std::vector<size_t>& idx) {
     if (idx.empty()) return;
+    if (!backend) return keep_gradients(idx);
     std::vector<at::Tensor> columns;
     int64_t total = 0;
     for (auto i : idx) {
@@ -278,26 +295,57 @@ struct Sharder : std::enable_shared_from_this<Sharder> {
     auto input = (columns.size() == 1 ? columns[0] : at::cat(columns, 1)).contiguous().view({-1});
     auto output = at::empty({total}, input.options());
     reduce_scatter_base(output, input);
-    at::NoGradGuard no_grad;
     int64_t offset = 0;
     for (auto i : idx) {
       auto& p = params[i];
-      auto piece = output.narrow(0, offset, p.shard_len);
+      accumulate(p, output.narrow(0, offset, p.shard_len));
       offset += p.shard_len;
-      if (!p.grad.defined() && p.shard.is_pinned() && piece.is_cuda()) {
-        // Offloaded: into pinned memory without waiting; settle() waits before anyone reads it.
-        p.grad = at::empty({p.shard_len}, p.shard.options().pinned_memory(true));
-        p.grad.copy_(piece, /*non_blocking=*/true);
-        copying_from = piece.device().index();
-      } else if (p.grad.defined()) {
-        p.grad.add_(piece.to(p.grad.device()));
-      } else {
-        p.grad = piece.to(p.shard.device()).clone();
-      }
-      p.full.mutable_grad() = at::Tensor();
-      p.reduced = true;
-      for (; p.backward_holds > 0; p.backward_holds--) release(i);
+      done_reducing(i);
     }
+  }
+
+  // One process: each gradient is the shard's gradient as it is, with no copy on the device.
+  void keep_gradients(const std::vector<size_t>& idx) {
+    for (auto i : idx) {
+      auto& p = params[i];
+      const auto& g = p.full.grad();
+      auto flat = g.defined() ? g.reshape({-1}) : at::zeros({p.numel}, p.full.options());
+      if (p.shard_len != p.numel) flat = at::constant_pad_nd(flat, {0, p.shard_len - p.numel});
+      accumulate(p, flat);
+      done_reducing(i);
+    }
+  }
+
+  // Adds `piece` (this process's slice of a reduced gradient) to parameter p's shard gradient.
+  void accumulate(Param& p, const at::Tensor& piece) {
+    at::NoGradGuard no_grad;
+    if (!p.grad.defined() && p.shard.is_pinned() && piece.is_cuda()) {
+      // Offloaded: into pinned memory without waiting; await_copies() runs before it is read.
+      p.grad = at::empty({p.shard_len}, p.shard.options().pinned_memory(true));
+      p.grad.copy_(piece, /*non_blocking=*/true);
+      copying_on = piece.device().index();
+    } else if (p.grad.defined()) {
+      await_copies();
+      p.grad.add_(piece.to(p.grad.device()));
+    } else {
+      p.grad = piece.to(p.shard.device()).clone();
+    }
+  }
+
+  // Parameter i's full gradient has been reduced: it is freed, and backward's holds dropped.
+  void done_reducing(size_t i) {
+    auto& p = params[i];
+    p.full.mutable_grad() = at::Tensor();
+    p.reduced = true;
+    for (; p.backward_holds > 0; p.backward_holds--) release(i);
+  }
+
+  // Waits for the copies to and from pinned host memory: before the host reads a gradient or
+  // writes a shard (an optimizer step) that a copy may still be using.
+  void await_copies() {
+    if (copying_on < 0) return;
+    c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->synchronizeDevice(static_cast<c10::DeviceIndex>(copying_on));
+    copying_on = -1;
   }
 
   void on_grad(size_t i) {
@@ -341,10 +389,6 @@ struct Sharder : std::enable_shared_from_this<Sharder> {
     dirty = false;
     recording = false;
     drop_prefetches();
-    if (copying_from >= 0) {
-      c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->synchronizeDevice(static_cast<c10::DeviceIndex>(copying_from));
-      copying_from = -1;
-    }
   }
 };
 
@@ -520,8 +564,16 @@ extern "C" int acc_zero3_hook_outputs(void* handle, int unit, acc_tensor* output
   })
 }
 
+// After backward (accelerator.backward, an optimizer step): settles, and waits for the copies
+// of offloaded gradients and shards, so that the host may read and write them. The settle at
+// the end of each backward pass does not wait: the device keeps working ahead of the host.
 extern "C" int acc_zero3_settle(void* handle) {
-  ACC_PROTECT({ of(handle).settle(); })
+  ACC_PROTECT({
+    auto& s = of(handle);
+    std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    s.settle();
+    s.await_copies();
+  })
 }
 
 // The index of `param` among the sharded parameters, or -1.
@@ -545,6 +597,7 @@ extern "C" int acc_zero3_tensor(void* handle, int64_t i, int which, acc_tensor* 
     std::lock_guard<std::recursive_mutex> lock(s.mutex);
     TORCH_CHECK(i >= 0 && static_cast<size_t>(i) < s.params.size(), "parameter index out of range");
     auto& p = s.params[i];
+    if (which == 1) s.await_copies();
     *out = new at::Tensor(which == 0 ? p.shard : which == 1 ? p.grad : p.full);
   })
 }
@@ -554,6 +607,7 @@ extern "C" int acc_zero3_clear_grads(void* handle, const int64_t* idx, int count
   ACC_PROTECT({
     auto& s = of(handle);
     std::lock_guard<std::recursive_mutex> lock(s.mutex);
+    s.await_copies();
     for (auto i : indices(s, idx, count)) s.params[i].grad = at::Tensor();
   })
 }
@@ -593,6 +647,7 @@ extern "C" int acc_zero3_load(void* handle, int64_t i, acc_tensor source) {
     auto& p = s.params[i];
     TORCH_CHECK(source->numel() == p.numel, "the value has ", source->numel(), " elements, the parameter ", p.numel);
     at::NoGradGuard no_grad;
+    s.await_copies();  // a copy out of the pinned shard may still be reading it
     auto flat = source->detach().reshape({-1}).to(p.full.dtype());
     auto padded = at::constant_pad_nd(flat, {0, s.world * p.shard_len - p.numel});
     p.shard.copy_(padded.narrow(0, s.rank * p.shard_len, p.shard_len));
