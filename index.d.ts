@@ -17,6 +17,21 @@ export type Ints = number[];
 /** One dim or several. */
 export type Dims = number | number[];
 
+/** One step's GPU work captured as a CUDA graph and replayed (accelerator.compileStep). */
+export declare class CudaGraph {
+  constructor(device: number)
+  /** Starts capturing this thread's CUDA work. */
+  begin(): void
+  /** Ends the capture; an Error when something in it was not capturable. */
+  end(): void
+  /** Ends a capture that failed. */
+  abort(): void
+  /** Queues the captured work on the current stream. */
+  replay(): void
+  /** Frees the graph and its memory now (after any replay in flight). */
+  release(): void
+}
+
 /** Averages one model's gradients across processes while backward runs. */
 export declare class DdpReducer {
   constructor(params: Array<Tensor>, bucketBytes: number)
@@ -403,6 +418,9 @@ export declare function nnMoveInPlace(tensors: Array<Tensor>, device: string): v
 export declare function nnMseLoss(input: Tensor, target: Tensor, reduction?: string | undefined | null): Tensor
 
 export declare function nnRelu(x: Tensor): Tensor
+
+/** Makes the next backward create new gradient accumulators for these parameters (compileStep). */
+export declare function nnResetGradAccumulators(tensors: Array<Tensor>): void
 
 export declare function nnScaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, attnMask?: Tensor | undefined | null, dropoutP?: number | undefined | null, isCausal?: boolean | undefined | null, scale?: number | undefined | null): Tensor
 

@@ -2,7 +2,7 @@
 // tokens through the DataLoader, AdamW, bf16 autocast, 30 steps after 5 warm-up.
 // One process per GPU; for `ddp` start it with `accelerate launch --num_processes 2`.
 //   node --import @oxc-node/core/register bench/gpt.ts [--precision bf16] [--steps 30] [--warmup 5] [--batch 8]
-//     [--layers 12 --width 768 --heads 12] [--checkpoint-blocks]   (the `offload` workload: --layers 48 --width 1600 --heads 25 --batch 4,
+//     [--layers 12 --width 768 --heads 12] [--checkpoint-blocks] [--compile-step]   (the `offload` workload: --layers 48 --width 1600 --heads 25 --batch 4,
 //     launched with --use_deepspeed --zero_stage 3 --offload_optimizer_device cpu --offload_param_device cpu)
 import { parseArgs } from "node:util";
 import { Accelerator, data, manualSeed, optim, randint, type MixedPrecision, type Tensor } from "../ts/index.js";
@@ -20,6 +20,7 @@ const { values } = parseArgs({
     width: { type: "string", default: String(GPT2_SMALL.width) },
     heads: { type: "string", default: String(GPT2_SMALL.heads) },
     "checkpoint-blocks": { type: "boolean", default: false },
+    "compile-step": { type: "boolean", default: false },
   },
 });
 const [steps, warmup, batch] = [values.steps, values.warmup, values.batch].map(Number);
@@ -40,6 +41,17 @@ const [model, opt, loader] = accelerator.prepare(
 );
 model.train();
 if (values["checkpoint-blocks"]) accelerator.enableActivationCheckpointing(model, Block);
+// --compile-step: the whole step captured as a CUDA graph after 2 calls (accelerator.compileStep);
+// its host time is counted as forward.
+const compiled = values["compile-step"]
+  ? accelerator.compileStep((x: Tensor, y: Tensor) => {
+      const loss = model.forward(x, y);
+      accelerator.backward(loss);
+      opt.step();
+      opt.zeroGrad();
+      return loss;
+    })
+  : null;
 let started = 0n;
 let step = 0;
 let lastLoss = 0;
@@ -58,12 +70,20 @@ for (const { x, y } of loader) {
   const timed = step >= warmup;
   const t0 = now();
   if (timed) host.data += t0 - mark;
-  const loss = model.forward(x, y);
-  const t1 = now();
-  accelerator.backward(loss);
-  const t2 = now();
-  opt.step();
-  opt.zeroGrad();
+  let loss: Tensor;
+  let t1: number;
+  let t2: number;
+  if (compiled === null) {
+    loss = model.forward(x, y);
+    t1 = now();
+    accelerator.backward(loss);
+    t2 = now();
+    opt.step();
+    opt.zeroGrad();
+  } else {
+    loss = compiled(x, y);
+    t1 = t2 = now();
+  }
   mark = now();
   if (timed) {
     host.forward += t1 - t0;
@@ -83,10 +103,10 @@ if (accelerator.isMainProcess) {
   console.log(
     JSON.stringify({
       system: "accelerate-ts", workload: "gpt", precision: values.precision, fused_loss: values["fused-loss"] ? Number(values["loss-chunk"]) : false,
-      checkpoint_blocks: values["checkpoint-blocks"], processes: accelerator.numProcesses, params,
+      checkpoint_blocks: values["checkpoint-blocks"], compile_step: values["compile-step"], processes: accelerator.numProcesses, params,
       batch_per_process: batch, steps, seconds: Math.round(seconds * 1e4) / 1e4,
       tokens_per_s_total: Math.round((batch * sequence * steps * accelerator.numProcesses) / seconds),
-      step_ms: Math.round((1e6 * seconds) / steps) / 1e3, peak_mem_gib: Math.round((memory.peak / 2 ** 30) * 1e3) / 1e3,
+      step_ms: Math.round((1e6 * seconds) / steps) / 1e3, peak_mem_gib: Math.round((memory.peak / 2 ** 30) * 1e3) / 1e3, reserved_gib: Math.round((memory.reserved / 2 ** 30) * 1e3) / 1e3,
       loss_first: first, loss_last: Math.round(lastLoss * 1e4) / 1e4, device: accelerator.device,
       host_ms_per_step: Object.fromEntries(Object.entries(host).map(([k, v]) => [k, Math.round((v / steps) * 100) / 100])),
       losses,

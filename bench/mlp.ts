@@ -2,12 +2,12 @@
 // batch 512, AdamW, data through the library's DataLoader, written as a user would.
 // Runs ours, then the PyTorch reference on the same machine and libtorch, in one command.
 //   node --import @oxc-node/core/register bench/mlp.ts [--steps 300] [--warmup 30] [--precision no]
-//        [--reference bench/torch_mlp.py | .gpu/ref/hf_baseline.py] [--python python3]
+//        [--reference bench/torch_mlp.py | .gpu/ref/hf_baseline.py] [--python python3] [--compile-step]
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { Accelerator, data, libtorch, nn, optim, randint, randn, type MixedPrecision } from "../ts/index.js";
+import { Accelerator, data, libtorch, nn, optim, randint, randn, type MixedPrecision, type Tensor } from "../ts/index.js";
 
 const { values } = parseArgs({
   options: {
@@ -17,6 +17,7 @@ const { values } = parseArgs({
     precision: { type: "string", default: "no" },
     reference: { type: "string", default: "bench/torch_mlp.py" },
     python: { type: "string" },
+    "compile-step": { type: "boolean", default: false },
   },
 });
 const [steps, warmup, batch] = [values.steps, values.warmup, values.batch].map(Number);
@@ -33,18 +34,24 @@ const [model, opt, loader] = accelerator.prepare(
 let started = 0n;
 let step = 0;
 let last = 0;
-for (const { x, y } of loader) {
-  if (step === warmup) started = process.hrtime.bigint();
+const train = (x: Tensor, y: Tensor): Tensor => {
   const loss = nn.functional.crossEntropy(model.forward(x), y);
   accelerator.backward(loss);
   opt.step();
   opt.zeroGrad();
+  return loss;
+};
+// --compile-step: the same step captured as a CUDA graph after 2 calls (accelerator.compileStep).
+const trainStep = values["compile-step"] ? accelerator.compileStep(train) : train;
+for (const { x, y } of loader) {
+  if (step === warmup) started = process.hrtime.bigint();
+  const loss = trainStep(x, y);
   if (step === steps + warmup - 1) last = loss.item(); // also waits for the GPU
   step += 1;
 }
 const seconds = Number(process.hrtime.bigint() - started) / 1e9;
 const ours = {
-  system: "accelerate-ts", workload: "mlp", precision: values.precision, device: accelerator.device, steps,
+  system: "accelerate-ts", workload: "mlp", precision: values.precision, compile_step: values["compile-step"], device: accelerator.device, steps,
   processes: accelerator.numProcesses,
   samples_per_s: Math.round((batch * accelerator.numProcesses * steps * 10) / seconds) / 10,
   step_ms: Math.round((1e6 * seconds) / steps) / 1e3,

@@ -2,6 +2,7 @@
 // process state, the precision policy, a strategy (ts/strategy/), the gradient-accumulation
 // state, the prepared objects and a checkpointer, and dispatches to them.
 import { ActivationCheckpoints, type CheckpointSelector } from "./activation-checkpointing.js";
+import { compileStep, type CompileContext, type CompileStepOptions } from "./compile-step.js";
 import { describe } from "./errors.js";
 import { saveWeights } from "./checkpoint.js";
 import { Checkpointer } from "./checkpointing.js";
@@ -302,6 +303,35 @@ export class Accelerator {
       if (divided !== loss) divided.dispose();
     }
     this.strategy.afterBackward();
+  }
+
+  /**
+   * A training step captured as a CUDA graph (opt-in): `fn` (forward, `accelerator.backward`,
+   * `optimizer.step()`, `optimizer.zeroGrad()`) runs as it is for `warmup` calls, then its GPU
+   * work is recorded once and replayed on every later call, with the call's input tensors
+   * copied into the recorded ones. Tensors it returns are copies. Rules (docs/performance.md):
+   * inputs keep their shapes (others run uncaptured, with a message); host code in `fn` runs
+   * once, at capture, so reading values (`item()`), logging and schedulers stay outside it;
+   * changed hyperparameters capture again. On the CPU, with several processes, fp16 or
+   * gradient accumulation, `fn` runs uncaptured.
+   */
+  compileStep<A extends unknown[], R>(fn: (...args: A) => R, options?: CompileStepOptions): (...args: A) => R {
+    const context: CompileContext = {
+      device: this.device,
+      uncapturable: () => {
+        if (this.numProcesses > 1) return "several processes (captured collectives are not supported yet)";
+        if (this.mixedPrecision === "fp16") return "fp16 loss scaling reads the GPU every step";
+        if (this.gradientAccumulationSteps > 1) return "gradient accumulation makes calls differ";
+        if (this.strategy.name !== "single") return `the ${this.strategy.name} strategy`;
+        return null;
+      },
+      optimizers: () => this.#prepared.optimizers,
+      schedulers: () => this.#prepared.schedulers,
+      warn: (message) => {
+        if (this.isMainProcess) console.warn(message);
+      },
+    };
+    return compileStep(fn, context, options);
   }
 
   /**

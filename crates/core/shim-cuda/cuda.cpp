@@ -127,3 +127,113 @@ extern "C" void acc_cuda_copy_free(void* copy) {
   } catch (...) {
   }
 }
+
+// ---- Captured steps (accelerator.compileStep): one CUDA graph per captured function. ----
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <optional>
+
+namespace {
+struct AccGraph {
+  c10::DeviceIndex device;
+  at::cuda::CUDAGraph graph;
+  c10::cuda::MempoolId_t pool;
+  std::optional<c10::cuda::CUDAStream> previous;  // the stream capture left, restored after it
+  bool capturing = false;
+  bool captured = false;
+};
+
+// Leaves capture mode whatever happened during it, and gives the stream back. The graph's
+// memory pool stops taking allocations even when the capture was invalidated (then
+// CUDAGraph::capture_end throws before it tells the allocator).
+void finish_capture(AccGraph& g, bool keep) {
+  g.capturing = false;
+  std::string failure;
+  try {
+    g.graph.capture_end();
+  } catch (const std::exception& e) {
+    failure = e.what();
+    try {
+      c10::cuda::CUDACachingAllocator::endAllocateToPool(g.device, g.pool);
+    } catch (...) {
+    }
+  }
+  if (g.previous) c10::cuda::setCurrentCUDAStream(*g.previous);
+  g.previous.reset();
+  if (!failure.empty() && keep) throw std::runtime_error(failure);
+}
+}  // namespace
+
+extern "C" int acc_cuda_graph_new(int device, void** out) {
+  ACC_PROTECT({
+    auto g = std::make_unique<AccGraph>();
+    g->device = static_cast<c10::DeviceIndex>(device);
+    g->pool = at::cuda::graph_pool_handle();
+    *out = g.release();
+  })
+}
+
+// Starts capturing the calling thread's work on cuda:device (and that of the autograd threads
+// that follow its stream) on a side stream, after the device has finished what is queued.
+// Only the calling thread is kept from calls a capture forbids (cudaStreamCaptureModeThreadLocal),
+// so a data loader copying batches on its own thread meanwhile is unaffected.
+extern "C" int acc_cuda_graph_begin(void* handle) {
+  ACC_PROTECT({
+    auto& g = *static_cast<AccGraph*>(handle);
+    TORCH_CHECK(!g.capturing && !g.captured, "this step is already captured");
+    c10::cuda::set_device(g.device);
+    c10::cuda::device_synchronize();
+    g.previous = c10::cuda::getCurrentCUDAStream(g.device);
+    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, g.device));
+    try {
+      g.graph.register_generator_state(at::cuda::detail::getDefaultCUDAGenerator(g.device));
+      g.graph.capture_begin(g.pool, cudaStreamCaptureModeThreadLocal);
+    } catch (...) {
+      c10::cuda::setCurrentCUDAStream(*g.previous);
+      g.previous.reset();
+      throw;
+    }
+    g.capturing = true;
+  })
+}
+
+// Ends the capture begun by acc_cuda_graph_begin; an invalidated capture is an Error.
+extern "C" int acc_cuda_graph_end(void* handle) {
+  ACC_PROTECT({
+    auto& g = *static_cast<AccGraph*>(handle);
+    TORCH_CHECK(g.capturing, "no capture is under way");
+    finish_capture(g, true);
+    g.captured = true;
+  })
+}
+
+// Ends a capture that failed (an Error inside the captured function), ignoring what CUDA says.
+extern "C" int acc_cuda_graph_abort(void* handle) {
+  ACC_PROTECT({
+    auto& g = *static_cast<AccGraph*>(handle);
+    if (g.capturing) finish_capture(g, false);
+  })
+}
+
+// Runs the captured work again on the current stream, after whatever is queued there.
+extern "C" int acc_cuda_graph_replay(void* handle) {
+  ACC_PROTECT({
+    auto& g = *static_cast<AccGraph*>(handle);
+    TORCH_CHECK(g.captured, "nothing was captured");
+    g.graph.replay();
+  })
+}
+
+extern "C" void acc_cuda_graph_free(void* handle) {
+  try {
+    auto* g = static_cast<AccGraph*>(handle);
+    if (g->capturing) finish_capture(*g, false);
+    if (g->captured) {
+      // A replay may still be running: its memory goes back to the allocator with the graph.
+      c10::cuda::CUDAGuard guard(g->device);
+      c10::cuda::device_synchronize();
+    }
+    delete g;
+  } catch (...) {
+  }
+}

@@ -216,3 +216,61 @@ pub fn copy_async(tensors: &[Tensor], device: usize) -> Result<(Vec<Tensor>, Pen
     let copies = out.into_iter().map(|p| unsafe { Tensor::from_ptr(p) }).collect();
     Ok((copies, PendingCopy { raw }))
 }
+
+/// A CUDA graph of one step's GPU work (accelerator.compileStep): captured once from the
+/// calling thread's stream, then replayed.
+pub struct CudaGraph {
+    raw: *mut c_void,
+}
+
+const GRAPH_OP: &str = "compileStep";
+
+impl CudaGraph {
+    /// A graph for work on `cuda:device`, with a memory pool of its own.
+    pub fn new(device: usize) -> Result<CudaGraph> {
+        let mut raw = std::ptr::null_mut();
+        call::<unsafe extern "C" fn(i32, *mut *mut c_void) -> i32>(GRAPH_OP, b"acc_cuda_graph_new\0", |f| {
+            // SAFETY: a valid out-pointer for the duration of the call.
+            unsafe { f(device as i32, &mut raw) }
+        })?;
+        Ok(CudaGraph { raw })
+    }
+
+    fn run(&self, symbol: &[u8]) -> Result<()> {
+        call::<unsafe extern "C" fn(*mut c_void) -> i32>(GRAPH_OP, symbol, |f| {
+            // SAFETY: `raw` is live until drop.
+            unsafe { f(self.raw) }
+        })
+    }
+
+    /// Starts capturing this thread's CUDA work (and backward's, which follows its stream).
+    pub fn begin(&self) -> Result<()> {
+        self.run(b"acc_cuda_graph_begin\0")
+    }
+
+    /// Ends the capture; an Error when something in it was not capturable.
+    pub fn end(&self) -> Result<()> {
+        self.run(b"acc_cuda_graph_end\0")
+    }
+
+    /// Ends a capture that failed, ignoring what CUDA reports.
+    pub fn abort(&self) -> Result<()> {
+        self.run(b"acc_cuda_graph_abort\0")
+    }
+
+    /// Queues the captured work on the current stream.
+    pub fn replay(&self) -> Result<()> {
+        self.run(b"acc_cuda_graph_replay\0")
+    }
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        if let Ok(lib) = library(GRAPH_OP) {
+            // SAFETY: our shim's destructor for the graph it created, called once.
+            if let Ok(free) = unsafe { lib.get::<unsafe extern "C" fn(*mut c_void)>(b"acc_cuda_graph_free\0") } {
+                unsafe { free(self.raw) };
+            }
+        }
+    }
+}

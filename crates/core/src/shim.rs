@@ -12,6 +12,7 @@ extern "C" {
     fn acc_cuda_rng_state(index: i64, out: *mut *mut C_tensor) -> i32;
     fn acc_set_cuda_rng_state(index: i64, state: *const C_tensor) -> i32;
     fn acc_backward(output: *const C_tensor, gradient: *const C_tensor) -> i32;
+    fn acc_reset_grad_accumulators(tensors: *const *const C_tensor, n: i32) -> i32;
     fn acc_host_bytes(tensor: *const C_tensor) -> i64;
     fn acc_storage_missing(tensor: *const C_tensor) -> i32;
     fn acc_linear_cross_entropy(
@@ -41,6 +42,15 @@ pub fn backward(op: &str, output: &Tensor, gradient: Option<&Tensor>) -> Result<
     let gradient = gradient.map_or(std::ptr::null(), Tensor::as_ptr);
     // SAFETY: live tensors (or null) for the duration of the call.
     check(op, unsafe { acc_backward(output.as_ptr(), gradient) })
+}
+
+/// Forgets the cached gradient accumulators of `tensors` (parameters): the next backward makes
+/// new ones on its own stream (compileStep captures on a side stream).
+pub fn reset_grad_accumulators(op: &str, tensors: &[&Tensor]) -> Result<()> {
+    let ptrs: Vec<*const C_tensor> = tensors.iter().map(|t| t.as_ptr()).collect();
+    let n = i32::try_from(ptrs.len()).map_err(|_| Error::invalid(op, "too many tensors"))?;
+    // SAFETY: live tensors for the duration of the call.
+    check(op, unsafe { acc_reset_grad_accumulators(ptrs.as_ptr(), n) })
 }
 
 /// Turns a shim status code into a Result, reading the shim's last error message.

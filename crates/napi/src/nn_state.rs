@@ -41,6 +41,16 @@ pub fn nn_move_in_place(tensors: Vec<Tensor>, device: String) -> Result<()> {
     })
 }
 
+/// Makes the next backward create new gradient accumulators for these parameters (compileStep).
+#[napi]
+pub fn nn_reset_grad_accumulators(tensors: Vec<Tensor>) -> Result<()> {
+    guarded("compileStep", || {
+        with_all_parameters("compileStep", &tensors, |ts| {
+            accelerate_core::shim::reset_grad_accumulators("compileStep", ts)
+        })
+    })
+}
+
 /// Drops each tensor's gradient (`grad` becomes null).
 #[napi]
 pub fn nn_clear_grads(tensors: Vec<Tensor>) -> Result<()> {

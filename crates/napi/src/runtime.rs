@@ -121,3 +121,59 @@ pub fn cuda_versions() -> Result<CudaVersions> {
         })
     })
 }
+
+/// One step's GPU work captured as a CUDA graph and replayed (accelerator.compileStep).
+#[napi]
+pub struct CudaGraph {
+    inner: Option<cuda::CudaGraph>,
+}
+
+impl CudaGraph {
+    fn graph(&self) -> accelerate_core::Result<&cuda::CudaGraph> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| accelerate_core::Error::invalid("compileStep", "the captured step was released"))
+    }
+}
+
+#[napi]
+impl CudaGraph {
+    #[napi(constructor)]
+    pub fn new(device: u32) -> Result<Self> {
+        guarded("compileStep", || {
+            Ok(CudaGraph {
+                inner: Some(cuda::CudaGraph::new(device as usize)?),
+            })
+        })
+    }
+
+    /// Starts capturing this thread's CUDA work.
+    #[napi]
+    pub fn begin(&self) -> Result<()> {
+        guarded("compileStep", || self.graph()?.begin())
+    }
+
+    /// Ends the capture; an Error when something in it was not capturable.
+    #[napi]
+    pub fn end(&self) -> Result<()> {
+        guarded("compileStep", || self.graph()?.end())
+    }
+
+    /// Ends a capture that failed.
+    #[napi]
+    pub fn abort(&self) -> Result<()> {
+        guarded("compileStep", || self.graph()?.abort())
+    }
+
+    /// Queues the captured work on the current stream.
+    #[napi]
+    pub fn replay(&self) -> Result<()> {
+        guarded("compileStep", || self.graph()?.replay())
+    }
+
+    /// Frees the graph and its memory now (after any replay in flight).
+    #[napi]
+    pub fn release(&mut self) {
+        self.inner = None;
+    }
+}

@@ -1,0 +1,173 @@
+// Captured steps (accelerator.compileStep): a whole training step's GPU work (forward,
+// backward, optimizer step) recorded once as a CUDA graph and replayed on later calls, so the
+// host launches one graph instead of hundreds of kernels. The function runs as it is for a
+// few warm-up calls; the next call captures it, and from then on each call copies its input
+// tensors into the captured ones and replays. What cannot be replayed runs uncaptured, with a
+// message saying why: inputs of another shape, a capture that failed. Changed
+// hyperparameters (a learning rate a scheduler moved) capture the step again.
+import { native } from "./native.js";
+import type { OptimizerLike, SchedulerLike } from "./prepared.js";
+import { keep, tidy, Tensor } from "./tensor.js";
+
+export interface CompileStepOptions {
+  /** Calls that run uncaptured first, so that workspaces and optimizer state exist (default 2, at least 1). */
+  warmup?: number;
+}
+
+/** What a compiled step needs from the Accelerator. */
+export interface CompileContext {
+  device: string;
+  /** Why this run cannot capture steps (several processes, fp16, ...), or null when it can. */
+  uncapturable(): string | null;
+  optimizers(): readonly OptimizerLike[];
+  schedulers(): readonly SchedulerLike[];
+  /** Prints on the main process. */
+  warn(message: string): void;
+}
+
+/** Tensors found in `value` (itself, arrays, plain objects), depth first. */
+function tensorsIn(value: unknown, into: Tensor[] = []): Tensor[] {
+  if (value instanceof Tensor) into.push(value);
+  else if (Array.isArray(value)) for (const v of value) tensorsIn(v, into);
+  else if (value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) {
+    for (const v of Object.values(value)) tensorsIn(v, into);
+  }
+  return into;
+}
+
+/** `value` with each tensor replaced by `swap(tensor)`, same structure. */
+function mapTensors<T>(value: T, swap: (t: Tensor) => Tensor): T {
+  if (value instanceof Tensor) return swap(value) as T;
+  if (Array.isArray(value)) return value.map((v) => mapTensors(v, swap)) as T;
+  if (value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, mapTensors(v, swap)])) as T;
+  }
+  return value;
+}
+
+const signature = (tensors: readonly Tensor[]): string => tensors.map((t) => `${t.dtype}[${t.shape.join(",")}]@${t.device}`).join(" ");
+
+function onlyTensors(value: unknown): boolean {
+  if (value === undefined || value instanceof Tensor) return true;
+  if (Array.isArray(value)) return value.every(onlyTensors);
+  if (value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) return Object.values(value).every(onlyTensors);
+  return false;
+}
+
+interface Captured<R> {
+  graph: InstanceType<typeof native.CudaGraph>;
+  inputs: Tensor[];
+  /** Names of the inputs, for the copy into them. */
+  names: string[];
+  result: R;
+  signature: string;
+  hyperparameters: string;
+}
+
+export function compileStep<A extends unknown[], R>(fn: (...args: A) => R, context: CompileContext, options: CompileStepOptions = {}): (...args: A) => R {
+  const warmup = options.warmup ?? 2;
+  if (!Number.isInteger(warmup) || warmup < 1) throw new Error(`compileStep: warmup must be an integer of at least 1, got ${String(warmup)}`);
+  const cuda = /^cuda(?::(\d+))?$/.exec(context.device);
+  let calls = 0;
+  let captured: Captured<R> | null = null;
+  /** Why every call now runs uncaptured, once said. */
+  let off: string | null = cuda ? null : "not on a CUDA device";
+  const told = new Set<string>();
+  const say = (message: string): void => {
+    if (told.has(message)) return;
+    told.add(message);
+    context.warn(`compileStep: ${message}`);
+  };
+  const parameters = (): Tensor[] => [...new Set(context.optimizers().flatMap((o) => (o.paramGroups ?? []).flatMap((g) => [...g.params])))];
+  const hyperparameters = (): string =>
+    JSON.stringify(context.optimizers().map((o) => (o.paramGroups ?? []).map((g) => Object.entries(g).filter(([k]) => k !== "params"))));
+  const gradientsLeft = (): boolean =>
+    parameters().some((p) => {
+      const grad = p.grad;
+      grad?.dispose();
+      return grad !== null;
+    });
+  const release = (): void => {
+    if (captured === null) return;
+    for (const t of [...captured.inputs, ...tensorsIn(captured.result)]) t.dispose();
+    captured.graph.release(); // its memory pool too, once a replay in flight is done
+    captured = null;
+  };
+  const giveUp = (why: string): void => {
+    release();
+    // Gradients made while capturing hold no values: drop them before running uncaptured.
+    native.nnClearGrads(parameters());
+    off = why;
+    say(`${why}; steps run uncaptured from now on`);
+  };
+
+  const capture = (args: A): void => {
+    const inputs = tensorsIn(args);
+    const statics = inputs.map((t) => keep(t.clone()));
+    let k = 0;
+    const staticArgs = mapTensors(args, () => statics[k++]);
+    if (gradientsLeft()) {
+      for (const t of statics) t.dispose();
+      return giveUp("gradients exist before the step; call optimizer.zeroGrad() inside the compiled function, after optimizer.step()");
+    }
+    const schedulers = context.schedulers().map((s) => JSON.stringify(s.stateDict()));
+    // Accumulators made by earlier (uncaptured) steps would tie backward to the default stream.
+    native.nnResetGradAccumulators(parameters());
+    const graph = new native.CudaGraph(Number(cuda?.[1] ?? 0));
+    let result: R;
+    try {
+      graph.begin();
+      // Detached, so that the recorded autograd graph is freed with the step's other tensors.
+      result = tidy(() => mapTensors(fn(...staticArgs), (t) => t.detach()));
+      graph.end();
+    } catch (error) {
+      graph.abort();
+      graph.release();
+      for (const t of statics) t.dispose();
+      const message = error instanceof Error ? error.message : String(error);
+      return giveUp(`capturing the step failed (${message.split("\n")[0]}); a captured step may not read values on the host (item(), toArray(), clipGradNorm's returned norm) or depend on them`);
+    }
+    const names = statics.map((_, i) => `compileStep input ${i}`);
+    captured = { graph, inputs: statics, names, result, signature: signature(inputs), hyperparameters: hyperparameters() };
+    keep(tensorsIn(result));
+    if (!onlyTensors(result)) return giveUp("the compiled function must return tensors (alone, in arrays or in plain objects) or nothing");
+    if (context.schedulers().some((s, i) => JSON.stringify(s.stateDict()) !== schedulers[i])) {
+      giveUp("a learning-rate scheduler stepped inside the compiled function");
+      throw new Error("compileStep: a learning-rate scheduler stepped inside the compiled function, which runs on the host once, at capture; call scheduler.step() outside it");
+    }
+    if (gradientsLeft()) return giveUp("gradients are left after the step; end the compiled function with optimizer.zeroGrad()");
+    // The uncaptured steps' activations are cached by the allocator, unused from now on: the
+    // recorded step has a memory pool of its own.
+    native.cudaEmptyCache();
+  };
+
+  return (...args: A): R => {
+    calls += 1;
+    if (off === null && calls > warmup) {
+      const why = context.uncapturable();
+      if (why !== null) {
+        off = why;
+        say(`${why}: steps run uncaptured`);
+      }
+    }
+    if (off !== null || calls <= warmup) return fn(...args);
+    const inputs = tensorsIn(args);
+    if (captured !== null && captured.hyperparameters !== hyperparameters()) {
+      say("hyperparameters changed since the step was captured (a learning-rate scheduler?); capturing it again. A schedule that changes them every step makes every call capture");
+      release();
+    }
+    if (captured !== null && captured.signature !== signature(inputs)) {
+      say(`inputs of another shape (${signature(inputs)}; captured: ${captured.signature}) run uncaptured`);
+      return fn(...args);
+    }
+    if (captured === null) {
+      capture(args);
+      if (captured === null) return fn(...args);
+    } else {
+      native.nnLoadInPlace(captured.names, captured.inputs, inputs);
+    }
+    const step = captured as Captured<R>;
+    step.graph.replay();
+    return mapTensors(step.result, (t) => t.clone());
+  };
+}
