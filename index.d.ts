@@ -134,6 +134,10 @@ export declare class OptimizerCore {
   addParamGroup(params: Array<Tensor>, options: OptimizerOptions): void
   step(): void
   zeroGrad(setToNone: boolean): void
+  /** While `on`, steps read the learning rate from a tensor (a step being recorded by compileStep). */
+  recordLr(on: boolean): void
+  /** Writes the current learning rates where a recorded step reads them. */
+  writeLr(): void
   /** Bytes of per-parameter state (moments, momentum buffers) this optimizer holds. */
   get stateBytes(): number
   get numGroups(): number

@@ -312,7 +312,7 @@ export class Accelerator {
    * copied into the recorded ones. Tensors it returns are copies. Rules (docs/performance.md):
    * inputs keep their shapes (others run uncaptured, with a message); host code in `fn` runs
    * once, at capture, so reading values (`item()`), logging and schedulers stay outside it;
-   * changed hyperparameters capture again. On the CPU, with several processes, fp16 or
+   * learning rates may change between calls; other changed hyperparameters capture again. On the CPU, with several processes, fp16 or
    * gradient accumulation, `fn` runs uncaptured.
    */
   compileStep<A extends unknown[], R>(fn: (...args: A) => R, options?: CompileStepOptions): (...args: A) => R {

@@ -3,8 +3,9 @@
 // host launches one graph instead of hundreds of kernels. The function runs as it is for a
 // few warm-up calls; the next call captures it, and from then on each call copies its input
 // tensors into the captured ones and replays. What cannot be replayed runs uncaptured, with a
-// message saying why: inputs of another shape, a capture that failed. Changed
-// hyperparameters (a learning rate a scheduler moved) capture the step again.
+// message saying why: inputs of another shape, a capture that failed. The recorded optimizer
+// steps read the learning rate from a tensor written before each replay, so a scheduler works
+// as usual; other changed hyperparameters capture the step again.
 import { native } from "./native.js";
 import type { OptimizerLike, SchedulerLike } from "./prepared.js";
 import { keep, tidy, Tensor } from "./tensor.js";
@@ -45,6 +46,14 @@ function mapTensors<T>(value: T, swap: (t: Tensor) => Tensor): T {
   return value;
 }
 
+type OptimizerCore = InstanceType<typeof native.OptimizerCore>;
+
+/** The engine of one of this library's optimizers (which can read the learning rate from a tensor), or null. */
+function engineOf(optimizer: OptimizerLike): OptimizerCore | null {
+  const core = (optimizer as { core?: unknown }).core;
+  return core instanceof native.OptimizerCore ? core : null;
+}
+
 const signature = (tensors: readonly Tensor[]): string => tensors.map((t) => `${t.dtype}[${t.shape.join(",")}]@${t.device}`).join(" ");
 
 function onlyTensors(value: unknown): boolean {
@@ -79,8 +88,15 @@ export function compileStep<A extends unknown[], R>(fn: (...args: A) => R, conte
     context.warn(`compileStep: ${message}`);
   };
   const parameters = (): Tensor[] => [...new Set(context.optimizers().flatMap((o) => (o.paramGroups ?? []).flatMap((g) => [...g.params])))];
+  // Hyperparameters a recorded step holds as numbers (the learning rate only for other optimizers).
   const hyperparameters = (): string =>
-    JSON.stringify(context.optimizers().map((o) => (o.paramGroups ?? []).map((g) => Object.entries(g).filter(([k]) => k !== "params"))));
+    JSON.stringify(
+      context.optimizers().map((o) => {
+        const fixed = engineOf(o) === null ? ["params"] : ["params", "lr"];
+        return (o.paramGroups ?? []).map((g) => Object.entries(g).filter(([k]) => !fixed.includes(k)));
+      }),
+    );
+  const engines = (): OptimizerCore[] => context.optimizers().flatMap((o) => engineOf(o) ?? []);
   const gradientsLeft = (): boolean =>
     parameters().some((p) => {
       const grad = p.grad;
@@ -115,6 +131,7 @@ export function compileStep<A extends unknown[], R>(fn: (...args: A) => R, conte
     native.nnResetGradAccumulators(parameters());
     const graph = new native.CudaGraph(Number(cuda?.[1] ?? 0));
     let result: R;
+    for (const engine of engines()) engine.recordLr(true);
     try {
       graph.begin();
       // Detached, so that the recorded autograd graph is freed with the step's other tensors.
@@ -126,6 +143,8 @@ export function compileStep<A extends unknown[], R>(fn: (...args: A) => R, conte
       for (const t of statics) t.dispose();
       const message = error instanceof Error ? error.message : String(error);
       return giveUp(`capturing the step failed (${message.split("\n")[0]}); a captured step may not read values on the host (item(), toArray(), clipGradNorm's returned norm) or depend on them`);
+    } finally {
+      for (const engine of engines()) engine.recordLr(false);
     }
     const names = statics.map((_, i) => `compileStep input ${i}`);
     captured = { graph, inputs: statics, names, result, signature: signature(inputs), hyperparameters: hyperparameters() };
@@ -153,7 +172,7 @@ export function compileStep<A extends unknown[], R>(fn: (...args: A) => R, conte
     if (off !== null || calls <= warmup) return fn(...args);
     const inputs = tensorsIn(args);
     if (captured !== null && captured.hyperparameters !== hyperparameters()) {
-      say("hyperparameters changed since the step was captured (a learning-rate scheduler?); capturing it again. A schedule that changes them every step makes every call capture");
+      say("hyperparameters changed since the step was captured (other than learning rates, which may change); capturing it again. Changing them every step makes every call capture");
       release();
     }
     if (captured !== null && captured.signature !== signature(inputs)) {
@@ -167,6 +186,7 @@ export function compileStep<A extends unknown[], R>(fn: (...args: A) => R, conte
       native.nnLoadInPlace(captured.names, captured.inputs, inputs);
     }
     const step = captured as Captured<R>;
+    for (const engine of engines()) engine.writeLr();
     step.graph.replay();
     return mapTensors(step.result, (t) => t.clone());
   };

@@ -93,10 +93,21 @@ test("a step that reads the GPU cannot be captured: it says why and runs uncaptu
   same(t, eager, captured, 1e-6);
 });
 
-test("a learning rate changed between calls captures the step again and is applied", (t) => {
+test("a learning rate changed between calls is applied to the captured step without capturing it again", (t) => {
   const data = batches(8);
   const schedule = (opt: optim.AdamW, i: number) => {
     opt.paramGroups[0].lr = i < 5 ? 1e-2 : 1e-3;
+  };
+  const eager = train(false, "no", data, undefined, schedule);
+  const captured = train(true, "no", data, undefined, schedule);
+  t.deepEqual(captured.warnings, []);
+  same(t, eager, captured, 1e-6);
+});
+
+test("another changed hyperparameter (weight decay) captures the step again, with a message, and is applied", (t) => {
+  const data = batches(8);
+  const schedule = (opt: optim.AdamW, i: number) => {
+    opt.paramGroups[0].weightDecay = i < 5 ? 0.01 : 0.1;
   };
   const eager = train(false, "no", data, undefined, schedule);
   const captured = train(true, "no", data, undefined, schedule);

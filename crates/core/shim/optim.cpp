@@ -53,11 +53,12 @@ std::vector<at::Tensor> pick(const std::vector<at::Tensor>& list, const std::vec
 // One Adam (decoupled = 0) or AdamW (decoupled = 1) step over params with grads, as
 // torch.optim.adam._fused_adam: steps are incremented here, and given back when found_inf is set.
 // max_exp_avg_sqs may be null when amsgrad is off; grad_scale and found_inf may be null.
+// lr_tensor, when not null, is read for the learning rate when the kernel runs (a captured step).
 extern "C" int acc_fused_adam(const acc_tensor* params, const acc_tensor* grads, const acc_tensor* exp_avgs,
                               const acc_tensor* exp_avg_sqs, const acc_tensor* max_exp_avg_sqs,
                               const acc_tensor* steps, int64_t n, double lr, double beta1, double beta2,
                               double weight_decay, double eps, int amsgrad, int maximize, int decoupled,
-                              acc_tensor grad_scale, acc_tensor found_inf) {
+                              acc_tensor grad_scale, acc_tensor found_inf, acc_tensor lr_tensor) {
   ACC_PROTECT({
     c10::NoGradGuard no_grad;
     auto all_params = to_list(params, n);
@@ -77,7 +78,16 @@ extern "C" int acc_fused_adam(const acc_tensor* params, const acc_tensor* grads,
       auto device_exp_avgs = pick(all_exp_avgs, indices);
       auto device_exp_avg_sqs = pick(all_exp_avg_sqs, indices);
       auto device_max = pick(all_max, indices);
-      if (decoupled) {
+      if (lr_tensor != nullptr) {
+        auto rate = lr_tensor->to(device);
+        if (decoupled) {
+          at::_fused_adamw_(device_params, device_grads, device_exp_avgs, device_exp_avg_sqs, device_max,
+                            device_steps, rate, beta1, beta2, weight_decay, eps, amsgrad != 0, maximize != 0, scale, inf);
+        } else {
+          at::_fused_adam_(device_params, device_grads, device_exp_avgs, device_exp_avg_sqs, device_max,
+                           device_steps, rate, beta1, beta2, weight_decay, eps, amsgrad != 0, maximize != 0, scale, inf);
+        }
+      } else if (decoupled) {
         at::_fused_adamw_(device_params, device_grads, device_exp_avgs, device_exp_avg_sqs, device_max, device_steps,
                           lr, beta1, beta2, weight_decay, eps, amsgrad != 0, maximize != 0, scale, inf);
       } else {
@@ -96,7 +106,7 @@ extern "C" int acc_fused_adam(const acc_tensor* params, const acc_tensor* grads,
 extern "C" int acc_fused_sgd(const acc_tensor* params, const acc_tensor* grads, const acc_tensor* momentum_buffers,
                              int64_t n, double weight_decay, double momentum, double lr, double dampening,
                              int nesterov, int maximize, int is_first_step, acc_tensor grad_scale,
-                             acc_tensor found_inf) {
+                             acc_tensor found_inf, acc_tensor lr_tensor) {
   ACC_PROTECT({
     c10::NoGradGuard no_grad;
     auto all_params = to_list(params, n);
@@ -104,9 +114,15 @@ extern "C" int acc_fused_sgd(const acc_tensor* params, const acc_tensor* grads, 
     auto all_buffers = momentum_buffers ? to_list(momentum_buffers, n) : std::vector<at::Tensor>{};
     for (const auto& indices : group_by_device_and_dtype(all_params)) {
       auto device = all_params[indices[0]].device();
-      at::_fused_sgd_(pick(all_params, indices), pick(all_grads, indices), pick(all_buffers, indices), weight_decay,
-                      momentum, lr, dampening, nesterov != 0, maximize != 0, is_first_step != 0,
-                      optional_on(grad_scale, device), optional_on(found_inf, device));
+      if (lr_tensor != nullptr) {
+        at::_fused_sgd_(pick(all_params, indices), pick(all_grads, indices), pick(all_buffers, indices), weight_decay,
+                        momentum, lr_tensor->to(device), dampening, nesterov != 0, maximize != 0, is_first_step != 0,
+                        optional_on(grad_scale, device), optional_on(found_inf, device));
+      } else {
+        at::_fused_sgd_(pick(all_params, indices), pick(all_grads, indices), pick(all_buffers, indices), weight_decay,
+                        momentum, lr, dampening, nesterov != 0, maximize != 0, is_first_step != 0,
+                        optional_on(grad_scale, device), optional_on(found_inf, device));
+      }
     }
   })
 }

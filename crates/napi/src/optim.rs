@@ -140,6 +140,18 @@ impl OptimizerCore {
         guarded("zeroGrad", || self.inner.zero_grad(set_to_none))
     }
 
+    /// While `on`, steps read the learning rate from a tensor (a step being recorded by compileStep).
+    #[napi]
+    pub fn record_lr(&mut self, on: bool) -> Result<()> {
+        guarded("compileStep", || self.inner.record_lr(on))
+    }
+
+    /// Writes the current learning rates where a recorded step reads them.
+    #[napi]
+    pub fn write_lr(&self) -> Result<()> {
+        guarded("compileStep", || self.inner.write_lr())
+    }
+
     /// Bytes of per-parameter state (moments, momentum buffers) this optimizer holds.
     #[napi(getter)]
     pub fn state_bytes(&self) -> f64 {

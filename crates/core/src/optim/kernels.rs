@@ -27,6 +27,7 @@ extern "C" {
         decoupled: i32,
         grad_scale: *const C_tensor,
         found_inf: *const C_tensor,
+        lr_tensor: *const C_tensor,
     ) -> i32;
     fn acc_fused_sgd(
         params: List,
@@ -42,6 +43,7 @@ extern "C" {
         is_first_step: i32,
         grad_scale: *const C_tensor,
         found_inf: *const C_tensor,
+        lr_tensor: *const C_tensor,
     ) -> i32;
     fn acc_zero_grads(params: List, n: i64, set_to_none: i32) -> i32;
     fn acc_total_grad_norm(params: List, n: i64, norm_type: f64, out: *mut *mut C_tensor) -> i32;
@@ -76,8 +78,10 @@ pub struct AdamLists<'a> {
     pub steps: Vec<&'a Tensor>,
 }
 
-pub struct AdamScalars {
+pub struct AdamScalars<'a> {
     pub lr: f64,
+    /// Read for the learning rate when the kernel runs instead of `lr` (a captured step).
+    pub lr_tensor: Option<&'a Tensor>,
     pub betas: (f64, f64),
     pub weight_decay: f64,
     pub eps: f64,
@@ -123,13 +127,16 @@ pub fn fused_adam(op: &str, lists: &AdamLists, s: &AdamScalars, amp: AmpInputs) 
             s.decoupled as i32,
             optional(amp.grad_scale),
             optional(amp.found_inf),
+            optional(s.lr_tensor),
         )
     };
     check(op, status)
 }
 
-pub struct SgdScalars {
+pub struct SgdScalars<'a> {
     pub lr: f64,
+    /// Read for the learning rate when the kernel runs instead of `lr` (a captured step).
+    pub lr_tensor: Option<&'a Tensor>,
     pub momentum: f64,
     pub dampening: f64,
     pub weight_decay: f64,
@@ -175,6 +182,7 @@ pub fn fused_sgd(
             is_first_step as i32,
             optional(amp.grad_scale),
             optional(amp.found_inf),
+            optional(s.lr_tensor),
         )
     };
     check(op, status)

@@ -13,6 +13,9 @@ use tch::Tensor;
 pub struct ParamGroup {
     pub params: Vec<Tensor>,
     pub hyper: Hyperparams,
+    /// The learning rate as a one-element tensor on the parameters' device, which a step
+    /// recorded into a CUDA graph reads when it runs (see `record_lr`).
+    lr_tensor: Option<Tensor>,
 }
 
 /// A param group as given to the constructor: its parameters and the options that differ
@@ -29,6 +32,8 @@ pub struct Optimizer {
     pub(super) groups: Vec<ParamGroup>,
     /// One entry per parameter, in group order; empty until its first step.
     pub(super) state: Vec<ParamState>,
+    /// Steps read the learning rate from the groups' tensors (while a step is recorded).
+    reading_lr_tensors: bool,
 }
 
 impl Optimizer {
@@ -47,6 +52,7 @@ impl Optimizer {
             built.push(ParamGroup {
                 params: spec.params,
                 hyper,
+                lr_tensor: None,
             });
         }
         let optimizer = Optimizer {
@@ -56,6 +62,7 @@ impl Optimizer {
                 .map(|_| ParamState::new())
                 .collect(),
             groups: built,
+            reading_lr_tensors: false,
         };
         optimizer.check_leaves()?;
         optimizer.check_unique()?;
@@ -71,6 +78,7 @@ impl Optimizer {
         self.groups.push(ParamGroup {
             params: spec.params,
             hyper,
+            lr_tensor: None,
         });
         self.state.extend((0..added).map(|_| ParamState::new()));
         if let Err(err) = self.check_leaves().and_then(|_| self.check_unique()) {
@@ -209,7 +217,40 @@ impl Optimizer {
                     slots.push(Slot { param, grad, state });
                 }
             }
-            update::apply(&op, self.algorithm, &group.hyper, &mut slots, amp)?;
+            let lr = group.lr_tensor.as_ref().filter(|_| self.reading_lr_tensors);
+            update::apply_reading_lr(&op, self.algorithm, &group.hyper, &mut slots, amp, lr)?;
+        }
+        Ok(())
+    }
+
+    /// While `on`, steps read each group's learning rate from a tensor on its parameters'
+    /// device instead of taking the number: a step recorded into a CUDA graph then follows
+    /// the learning rate that `write_lr` puts there before each replay. Turning it on writes
+    /// the current rates.
+    pub fn record_lr(&mut self, on: bool) -> Result<()> {
+        self.reading_lr_tensors = on;
+        if on {
+            for group in &mut self.groups {
+                if group.lr_tensor.is_none() {
+                    let device = group.params.first().map_or(tch::Device::Cpu, Tensor::device);
+                    let t = Tensor::f_zeros([], (tch::Kind::Float, device)).map_err(|e| Error::torch("compileStep", vec![], e))?;
+                    group.lr_tensor = Some(t);
+                }
+            }
+            self.write_lr()?;
+        }
+        Ok(())
+    }
+
+    /// Writes each group's learning rate into its tensor (before a recorded step is replayed).
+    pub fn write_lr(&self) -> Result<()> {
+        for group in &self.groups {
+            if let Some(t) = &group.lr_tensor {
+                t.shallow_clone()
+                    .f_fill_(group.hyper.lr)
+                    .map(drop)
+                    .map_err(|e| Error::torch("compileStep", vec![], e))?;
+            }
         }
         Ok(())
     }

@@ -83,6 +83,40 @@ fn adamw_matches_torch_over_three_steps() {
 }
 
 #[test]
+fn steps_reading_the_learning_rate_from_tensors_follow_write_lr() {
+    // A recorded step (compileStep) reads the rate where write_lr put it, with every algorithm:
+    // the same as the numbers when it is written after each change, the first rate when not.
+    for algorithm in [Algorithm::AdamW, Algorithm::Adam, Algorithm::Sgd] {
+        let run = |rates: [f64; 3], from_tensor: bool, write: bool| {
+            let (p1, p2) = params();
+            let options = OptionsPatch {
+                lr: Some(0.1),
+                weight_decay: Some(0.1),
+                momentum: (algorithm == Algorithm::Sgd).then_some(0.9),
+                ..Default::default()
+            };
+            let mut opt = Optimizer::new(algorithm, &options, one_group(&p1, &p2)).unwrap();
+            opt.record_lr(from_tensor).unwrap();
+            for lr in rates {
+                let patch = OptionsPatch {
+                    lr: Some(lr),
+                    ..Default::default()
+                };
+                opt.set_options(0, &patch).unwrap();
+                if write {
+                    opt.write_lr().unwrap();
+                }
+                train(&mut opt, &p1, &p2, 1);
+            }
+            [values(&p1), values(&p2)].concat()
+        };
+        let moving = [0.1, 0.05, 0.01];
+        assert_close(&run(moving, true, true), &run(moving, false, false), 1e-7);
+        assert_close(&run(moving, true, false), &run([0.1; 3], false, false), 1e-7);
+    }
+}
+
+#[test]
 fn sgd_groups_use_their_own_options() {
     // torch.optim.SGD([{"params": [p1], "lr": 0.1}, {"params": [p2], "lr": 0.01, "momentum": 0.5}],
     //                 momentum=0.9, dampening=0.1), 3 steps

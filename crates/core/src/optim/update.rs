@@ -16,13 +16,25 @@ pub struct Slot<'a> {
 }
 
 pub fn apply(op: &str, algorithm: Algorithm, hp: &Hyperparams, slots: &mut [Slot], amp: AmpInputs) -> Result<()> {
+    apply_reading_lr(op, algorithm, hp, slots, amp, None)
+}
+
+/// `apply`, with the learning rate read from `lr_tensor` when the kernel runs (when given).
+pub fn apply_reading_lr(
+    op: &str,
+    algorithm: Algorithm,
+    hp: &Hyperparams,
+    slots: &mut [Slot],
+    amp: AmpInputs,
+    lr_tensor: Option<&Tensor>,
+) -> Result<()> {
     if slots.is_empty() {
         return Ok(());
     }
     match algorithm {
-        Algorithm::Sgd => sgd(op, hp, slots, amp),
-        Algorithm::Adam => adam(op, hp, slots, false, amp),
-        Algorithm::AdamW => adam(op, hp, slots, true, amp),
+        Algorithm::Sgd => sgd(op, hp, slots, amp, lr_tensor),
+        Algorithm::Adam => adam(op, hp, slots, false, amp, lr_tensor),
+        Algorithm::AdamW => adam(op, hp, slots, true, amp, lr_tensor),
     }
 }
 
@@ -67,7 +79,14 @@ fn state<'a>(op: &str, slot: &'a Slot, name: &str) -> Result<&'a Tensor> {
         .ok_or_else(|| Error::invalid(op, format!("internal error: parameter state lacks {name}")))
 }
 
-fn adam(op: &str, hp: &Hyperparams, slots: &mut [Slot], decoupled: bool, amp: AmpInputs) -> Result<()> {
+fn adam(
+    op: &str,
+    hp: &Hyperparams,
+    slots: &mut [Slot],
+    decoupled: bool,
+    amp: AmpInputs,
+    lr_tensor: Option<&Tensor>,
+) -> Result<()> {
     for slot in slots.iter_mut() {
         check_fusable(op, slot)?;
         init_adam_state(op, slot, hp.amsgrad)?;
@@ -92,6 +111,7 @@ fn adam(op: &str, hp: &Hyperparams, slots: &mut [Slot], decoupled: bool, amp: Am
     }
     let scalars = AdamScalars {
         lr: hp.lr,
+        lr_tensor,
         betas: hp.betas,
         weight_decay: hp.weight_decay,
         eps: hp.eps,
@@ -105,12 +125,13 @@ fn adam(op: &str, hp: &Hyperparams, slots: &mut [Slot], decoupled: bool, amp: Am
 /// torch.optim.SGD: with momentum, a parameter's first step initialises its buffer from
 /// the gradient. Parameters stepping for the first time and the others go to separate
 /// kernel calls, so each gets the right rule even when they first got gradients at different steps.
-fn sgd(op: &str, hp: &Hyperparams, slots: &mut [Slot], amp: AmpInputs) -> Result<()> {
+fn sgd(op: &str, hp: &Hyperparams, slots: &mut [Slot], amp: AmpInputs, lr_tensor: Option<&Tensor>) -> Result<()> {
     for slot in slots.iter() {
         check_fusable(op, slot)?;
     }
     let scalars = SgdScalars {
         lr: hp.lr,
+        lr_tensor,
         momentum: hp.momentum,
         dampening: hp.dampening,
         weight_decay: hp.weight_decay,
