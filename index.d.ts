@@ -136,6 +136,8 @@ export declare class OptimizerCore {
   zeroGrad(setToNone: boolean): void
   /** While `on`, steps read the learning rate from a tensor (a step being recorded by compileStep). */
   recordLr(on: boolean): void
+  /** Where the parameters and their state live, as a fingerprint (compileStep records again when it changes). */
+  storageFingerprint(): string
   /** Writes the current learning rates where a recorded step reads them. */
   writeLr(): void
   /** Bytes of per-parameter state (moments, momentum buffers) this optimizer holds. */

@@ -325,6 +325,7 @@ export class Accelerator {
         if (this.strategy.name !== "single") return `the ${this.strategy.name} strategy`;
         return null;
       },
+      models: () => this.#prepared.models,
       optimizers: () => this.#prepared.optimizers,
       schedulers: () => this.#prepared.schedulers,
       warn: (message) => {

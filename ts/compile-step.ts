@@ -5,9 +5,13 @@
 // tensors into the captured ones and replays. What cannot be replayed runs uncaptured, with a
 // message saying why: inputs of another shape, a capture that failed. The recorded optimizer
 // steps read the learning rate from a tensor written before each replay, so a scheduler works
-// as usual; other changed hyperparameters capture the step again.
+// as usual. Whatever else the recording holds fixed is compared before each replay, and a
+// change records the step again: other hyperparameters, non-tensor arguments, which
+// parameters require gradients, train/eval modes, and where parameters and optimizer state
+// live (a loaded checkpoint replaces the state the recording points at).
 import { native } from "./native.js";
-import type { OptimizerLike, SchedulerLike } from "./prepared.js";
+import { Module } from "./nn/module.js";
+import type { ModelLike, OptimizerLike, SchedulerLike } from "./prepared.js";
 import { keep, tidy, Tensor } from "./tensor.js";
 
 export interface CompileStepOptions {
@@ -20,6 +24,7 @@ export interface CompileContext {
   device: string;
   /** Why this run cannot capture steps (several processes, fp16, ...), or null when it can. */
   uncapturable(): string | null;
+  models(): readonly ModelLike[];
   optimizers(): readonly OptimizerLike[];
   schedulers(): readonly SchedulerLike[];
   /** Prints on the main process. */
@@ -34,6 +39,14 @@ function tensorsIn(value: unknown, into: Tensor[] = []): Tensor[] {
     for (const v of Object.values(value)) tensorsIn(v, into);
   }
   return into;
+}
+
+/** The non-tensor values in `value` (arguments a recording holds fixed). */
+function plainValues(value: unknown): unknown {
+  if (value instanceof Tensor) return "tensor";
+  if (Array.isArray(value)) return value.map(plainValues);
+  if (value !== null && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, plainValues(v)]));
+  return typeof value === "function" || typeof value === "symbol" ? String(value) : value;
 }
 
 /** `value` with each tensor replaced by `swap(tensor)`, same structure. */
@@ -70,8 +83,12 @@ interface Captured<R> {
   names: string[];
   result: R;
   signature: string;
-  hyperparameters: string;
+  /** What else the recording holds fixed (see `fixedState`). */
+  fixed: string;
 }
+
+/** An Error thrown inside a recording because optimizer state would be created there. */
+const stateWhileRecording = (message: string): boolean => message.includes("optimizer state would be created while the step is recorded");
 
 export function compileStep<A extends unknown[], R>(fn: (...args: A) => R, context: CompileContext, options: CompileStepOptions = {}): (...args: A) => R {
   const warmup = options.warmup ?? 2;
@@ -88,14 +105,17 @@ export function compileStep<A extends unknown[], R>(fn: (...args: A) => R, conte
     context.warn(`compileStep: ${message}`);
   };
   const parameters = (): Tensor[] => [...new Set(context.optimizers().flatMap((o) => (o.paramGroups ?? []).flatMap((g) => [...g.params])))];
-  // Hyperparameters a recorded step holds as numbers (the learning rate only for other optimizers).
-  const hyperparameters = (): string =>
-    JSON.stringify(
-      context.optimizers().map((o) => {
-        const fixed = engineOf(o) === null ? ["params"] : ["params", "lr"];
-        return (o.paramGroups ?? []).map((g) => Object.entries(g).filter(([k]) => !fixed.includes(k)));
-      }),
-    );
+  // What a recording holds fixed besides the input tensors' shapes: hyperparameters other
+  // than learning rates, the arguments that are not tensors, which parameters require
+  // gradients, the modules' train/eval modes, and where parameters and optimizer state live.
+  const fixedState = (args: A): string =>
+    JSON.stringify([
+      context.optimizers().map((o) => (o.paramGroups ?? []).map((g) => Object.entries(g).filter(([k]) => k !== "params" && k !== "lr"))),
+      plainValues(args),
+      parameters().map((p) => p.requiresGrad),
+      context.models().flatMap((m) => (m instanceof Module ? m.modules().map((x) => x.training) : [])),
+      engines().map((e) => e.storageFingerprint()),
+    ]);
   const engines = (): OptimizerCore[] => context.optimizers().flatMap((o) => engineOf(o) ?? []);
   const gradientsLeft = (): boolean =>
     parameters().some((p) => {
@@ -130,9 +150,10 @@ export function compileStep<A extends unknown[], R>(fn: (...args: A) => R, conte
     // Accumulators made by earlier (uncaptured) steps would tie backward to the default stream.
     native.nnResetGradAccumulators(parameters());
     const graph = new native.CudaGraph(Number(cuda?.[1] ?? 0));
+    const fixed = fixedState(args);
     let result: R;
-    for (const engine of engines()) engine.recordLr(true);
     try {
+      for (const engine of engines()) engine.recordLr(true);
       graph.begin();
       // Detached, so that the recorded autograd graph is freed with the step's other tensors.
       result = tidy(() => mapTensors(fn(...staticArgs), (t) => t.detach()));
@@ -142,12 +163,18 @@ export function compileStep<A extends unknown[], R>(fn: (...args: A) => R, conte
       graph.release();
       for (const t of statics) t.dispose();
       const message = error instanceof Error ? error.message : String(error);
+      if (stateWhileRecording(message)) {
+        // Run uncaptured once (creating the state), and record the next call.
+        native.nnClearGrads(parameters());
+        say("optimizer state was still to be created (a parameter without a gradient in the warm-up calls, or a new param group): that call ran uncaptured");
+        return;
+      }
       return giveUp(`capturing the step failed (${message.split("\n")[0]}); a captured step may not read values on the host (item(), toArray(), clipGradNorm's returned norm) or depend on them`);
     } finally {
       for (const engine of engines()) engine.recordLr(false);
     }
     const names = statics.map((_, i) => `compileStep input ${i}`);
-    captured = { graph, inputs: statics, names, result, signature: signature(inputs), hyperparameters: hyperparameters() };
+    captured = { graph, inputs: statics, names, result, signature: signature(inputs), fixed };
     keep(tensorsIn(result));
     if (!onlyTensors(result)) return giveUp("the compiled function must return tensors (alone, in arrays or in plain objects) or nothing");
     if (context.schedulers().some((s, i) => JSON.stringify(s.stateDict()) !== schedulers[i])) {
@@ -163,7 +190,8 @@ export function compileStep<A extends unknown[], R>(fn: (...args: A) => R, conte
   return (...args: A): R => {
     calls += 1;
     if (off === null && calls > warmup) {
-      const why = context.uncapturable();
+      const foreign = context.optimizers().some((o) => engineOf(o) === null);
+      const why = context.uncapturable() ?? (foreign ? "an optimizer that is not one of accelerate-ts's (its JS step would run once, when recording)" : null);
       if (why !== null) {
         off = why;
         say(`${why}: steps run uncaptured`);
@@ -171,8 +199,10 @@ export function compileStep<A extends unknown[], R>(fn: (...args: A) => R, conte
     }
     if (off !== null || calls <= warmup) return fn(...args);
     const inputs = tensorsIn(args);
-    if (captured !== null && captured.hyperparameters !== hyperparameters()) {
-      say("hyperparameters changed since the step was captured (other than learning rates, which may change); capturing it again. Changing them every step makes every call capture");
+    if (captured !== null && captured.fixed !== fixedState(args)) {
+      say(
+        "something the recorded step holds fixed changed (hyperparameters other than learning rates, non-tensor arguments, requiresGrad, train/eval, or the parameters' or optimizer state's storage, as after loadState); capturing it again. A change at every call makes every call capture",
+      );
       release();
     }
     if (captured !== null && captured.signature !== signature(inputs)) {

@@ -112,6 +112,54 @@ test("another changed hyperparameter (weight decay) captures the step again, wit
   const eager = train(false, "no", data, undefined, schedule);
   const captured = train(true, "no", data, undefined, schedule);
   t.is(captured.warnings.length, 1);
-  t.regex(captured.warnings[0], /hyperparameters changed since the step was captured/);
+  t.regex(captured.warnings[0], /something the recorded step holds fixed changed \(hyperparameters other than learning rates.*capturing it again/);
+  same(t, eager, captured, 1e-6);
+});
+
+test("a state loaded after capture (new storage for the optimizer's moments) captures the step again, with a message", (t) => {
+  const data = batches(8);
+  const reload = (opt: optim.AdamW, i: number) => {
+    if (i === 5) opt.loadStateDict(opt.stateDict());
+  };
+  const eager = train(false, "no", data, undefined, reload);
+  const captured = train(true, "no", data, undefined, reload);
+  t.is(captured.warnings.length, 1);
+  t.regex(captured.warnings[0], /something the recorded step holds fixed changed .*capturing it again/);
+  same(t, eager, captured, 1e-6);
+});
+
+test("a parameter that first gets a gradient when the step would be recorded: that call runs uncaptured, the next is recorded", (t) => {
+  const run = (compiled: boolean) => {
+    const warnings: string[] = [];
+    const warn = console.warn;
+    console.warn = (message: string) => warnings.push(String(message));
+    try {
+      manualSeed(0);
+      const acc = new Accelerator();
+      const a = new nn.Linear(16, 4);
+      const b = new nn.Linear(16, 4);
+      const net = new nn.ModuleList([a, b]);
+      const [, opt] = acc.prepare(net, new optim.AdamW(net.parameters(), { lr: 1e-2 }));
+      const fn = (x: Tensor, y: Tensor, both: boolean): Tensor => {
+        const logits = both ? a.forward(x).add(b.forward(x)) : a.forward(x);
+        const loss = nn.functional.crossEntropy(logits, y);
+        acc.backward(loss);
+        opt.step();
+        opt.zeroGrad();
+        return loss;
+      };
+      const step = compiled ? acc.compileStep(fn) : fn;
+      const losses = batches(6).map(({ x, y }, i) => step(x.to(undefined, "cuda:0"), y.to(undefined, "cuda:0"), i >= 2)).map((l) => l.item());
+      const params = net.parameters().map((p) => Array.from(p.to("float32", "cpu").toTypedArray() as Float32Array));
+      acc.endTraining();
+      return { params, losses, warnings };
+    } finally {
+      console.warn = warn;
+    }
+  };
+  const eager = run(false);
+  const captured = run(true);
+  t.is(captured.warnings.length, 1);
+  t.regex(captured.warnings[0], /optimizer state was still to be created .*that call ran uncaptured/);
   same(t, eager, captured, 1e-6);
 });

@@ -129,8 +129,10 @@ extern "C" void acc_cuda_copy_free(void* copy) {
 }
 
 // ---- Captured steps (accelerator.compileStep): one CUDA graph per captured function. ----
+#include <ATen/core/CachingHostAllocator.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <functional>
 #include <optional>
 
 namespace {
@@ -143,9 +145,9 @@ struct AccGraph {
   bool captured = false;
 };
 
-// Leaves capture mode whatever happened during it, and gives the stream back. The graph's
-// memory pool stops taking allocations even when the capture was invalidated (then
-// CUDAGraph::capture_end throws before it tells the allocator).
+// Leaves capture mode whatever happened during it, and gives the stream back. When the
+// capture was invalidated, CUDAGraph::capture_end throws before it tells the allocators, and
+// the graph would never give its memory pool back: this does both here.
 void finish_capture(AccGraph& g, bool keep) {
   g.capturing = false;
   std::string failure;
@@ -153,9 +155,17 @@ void finish_capture(AccGraph& g, bool keep) {
     g.graph.capture_end();
   } catch (const std::exception& e) {
     failure = e.what();
-    try {
-      c10::cuda::CUDACachingAllocator::endAllocateToPool(g.device, g.pool);
-    } catch (...) {
+    auto* host = at::getHostAllocator(at::kCUDA);
+    for (auto& release : std::vector<std::function<void()>>{
+             [&] { c10::cuda::CUDACachingAllocator::endAllocateToPool(g.device, g.pool); },
+             [&] { c10::cuda::CUDACachingAllocator::releasePool(g.device, g.pool); },
+             [&] { host->end_allocate_to_pool(g.pool); },
+             [&] { host->release_pool(g.pool); },
+         }) {
+      try {
+        release();
+      } catch (...) {
+      }
     }
   }
   if (g.previous) c10::cuda::setCurrentCUDAStream(*g.previous);
@@ -184,7 +194,8 @@ extern "C" int acc_cuda_graph_begin(void* handle) {
     c10::cuda::set_device(g.device);
     c10::cuda::device_synchronize();
     g.previous = c10::cuda::getCurrentCUDAStream(g.device);
-    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, g.device));
+    // A high-priority stream: not one of the data loader's, which come from the other pool.
+    c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(true, g.device));
     try {
       g.graph.register_generator_state(at::cuda::detail::getDefaultCUDAGenerator(g.device));
       g.graph.capture_begin(g.pool, cudaStreamCaptureModeThreadLocal);

@@ -146,6 +146,12 @@ impl OptimizerCore {
         guarded("compileStep", || self.inner.record_lr(on))
     }
 
+    /// Where the parameters and their state live, as a fingerprint (compileStep records again when it changes).
+    #[napi]
+    pub fn storage_fingerprint(&self) -> String {
+        format!("{:016x}", self.inner.storage_fingerprint())
+    }
+
     /// Writes the current learning rates where a recorded step reads them.
     #[napi]
     pub fn write_lr(&self) -> Result<()> {

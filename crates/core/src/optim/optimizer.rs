@@ -233,13 +233,29 @@ impl Optimizer {
             for group in &mut self.groups {
                 if group.lr_tensor.is_none() {
                     let device = group.params.first().map_or(tch::Device::Cpu, Tensor::device);
-                    let t = Tensor::f_zeros([], (tch::Kind::Float, device)).map_err(|e| Error::torch("compileStep", vec![], e))?;
+                    let t = Tensor::f_zeros([], (tch::Kind::Float, device))
+                        .map_err(|e| Error::torch("compileStep", vec![], e))?;
                     group.lr_tensor = Some(t);
                 }
             }
             self.write_lr()?;
         }
         Ok(())
+    }
+
+    /// A fingerprint of where the parameters and their state live (their data pointers): a step
+    /// recorded into a CUDA graph holds those addresses, so a change (a loaded state dict, a
+    /// moved parameter, a new param group or new state) means recording it again.
+    pub fn storage_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for (index, param) in self.indexed_params() {
+            (index, param.data_ptr() as usize).hash(&mut hasher);
+            for (name, t) in self.state.get(index).into_iter().flatten() {
+                (name, t.data_ptr() as usize).hash(&mut hasher);
+            }
+        }
+        hasher.finish()
     }
 
     /// Writes each group's learning rate into its tensor (before a recorded step is replayed).

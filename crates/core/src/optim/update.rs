@@ -73,6 +73,12 @@ fn init_adam_state(op: &str, slot: &mut Slot, amsgrad: bool) -> Result<()> {
     Ok(())
 }
 
+/// While a step is recorded into a CUDA graph (the learning rate read from a tensor), new
+/// per-parameter state would be recorded too, and zeroed again by every replay: refused, so
+/// that compileStep runs the step uncaptured once (creating it) and records the next one.
+const STATE_WHILE_RECORDING: &str =
+    "optimizer state would be created while the step is recorded (a parameter without a gradient in the warm-up calls, or a new param group)";
+
 fn state<'a>(op: &str, slot: &'a Slot, name: &str) -> Result<&'a Tensor> {
     slot.state
         .get(name)
@@ -89,6 +95,10 @@ fn adam(
 ) -> Result<()> {
     for slot in slots.iter_mut() {
         check_fusable(op, slot)?;
+        let missing = slot.state.is_empty() || (hp.amsgrad && !slot.state.contains_key("max_exp_avg_sq"));
+        if missing && lr_tensor.is_some() {
+            return Err(Error::invalid(op, STATE_WHILE_RECORDING));
+        }
         init_adam_state(op, slot, hp.amsgrad)?;
     }
     let mut lists = AdamLists {
@@ -145,6 +155,9 @@ fn sgd(op: &str, hp: &Hyperparams, slots: &mut [Slot], amp: AmpInputs, lr_tensor
     }
     let (fresh, seasoned): (Vec<&mut Slot>, Vec<&mut Slot>) =
         slots.iter_mut().partition(|s| !s.state.contains_key("momentum_buffer"));
+    if !fresh.is_empty() && lr_tensor.is_some() {
+        return Err(Error::invalid(op, STATE_WHILE_RECORDING));
+    }
     if !seasoned.is_empty() {
         let params: Vec<&Tensor> = seasoned.iter().map(|s| s.param).collect();
         let grads: Vec<Tensor> = seasoned.iter().map(|s| s.grad.shallow_clone()).collect();
