@@ -90,3 +90,29 @@ test("a recomputed module's activations are freed once its gradients have moved 
   }
   for (const output of net.outputs) t.is(output.grad, null, "the checkpointed output's gradient is dropped once carried through");
 });
+
+test("a picked module inside a checkpointed one is not checkpointed again, and both get their gradients", (t) => {
+  class Outer extends nn.Module {
+    inner = new Block();
+    fc = new nn.Linear(4, 4);
+    forward(x: Tensor): Tensor {
+      return this.fc.forward(this.inner.forward(x)).relu();
+    }
+  }
+  class Stack extends nn.Module {
+    a = new Outer();
+    b = new Outer();
+    forward(x: Tensor): Tensor {
+      return this.b.forward(this.a.forward(x));
+    }
+  }
+  const acc = new Accelerator({ cpu: true });
+  const net = new Stack();
+  const [model, opt] = acc.prepare(net, new optim.SGD(net.parameters(), { lr: 0.1 }));
+  // Outer and Block both match: only the two Outers are checkpointed; a later call adds nothing.
+  t.is(acc.enableActivationCheckpointing(model, (m) => m instanceof Outer || m instanceof Block), 2);
+  t.is(acc.enableActivationCheckpointing(model, Block), 0);
+  acc.backward(model.forward(randn([2, 4])).sum());
+  for (const p of net.parameters()) t.true(p.grad !== null, "every parameter has its gradient");
+  t.notThrows(() => opt.step());
+});

@@ -31,6 +31,8 @@ export class ActivationCheckpoints {
   readonly #cudaIndex: number | null;
   readonly #autocast: <R>(fn: () => R) => R;
   readonly #wrapped = new WeakSet<Module>();
+  /** The checkpointed modules and everything inside them: a module there is not picked again. */
+  readonly #covered = new WeakSet<Module>();
 
   /** `autocast` runs the recomputation under the prepared models' precision; `device` is the run's. */
   constructor(device: string, autocast: <R>(fn: () => R) => R) {
@@ -39,7 +41,11 @@ export class ActivationCheckpoints {
     this.#autocast = autocast;
   }
 
-  /** Checkpoints every module of `model` that `select` picks; returns how many. */
+  /**
+   * Checkpoints every module of `model` that `select` picks; returns how many. A picked module
+   * inside (or around) one already checkpointed is left as it is: recomputing the outer one
+   * already recomputes it, and nested checkpoints would leave the inner one without gradients.
+   */
   enable(model: Module, select: CheckpointSelector): number {
     if (!(model instanceof Module)) throw new Error("enableActivationCheckpointing: model must be an nn.Module");
     const picks = (module: Module, name: string): boolean =>
@@ -48,8 +54,9 @@ export class ActivationCheckpoints {
         : (select as (module: Module, name: string) => boolean)(module, name);
     let count = 0;
     for (const [name, module] of model.namedModules()) {
-      if (!picks(module, name) || this.#wrapped.has(module)) continue;
+      if (!picks(module, name) || this.#covered.has(module) || module.modules().some((m) => this.#wrapped.has(m))) continue;
       this.#wrap(module, name === "" ? module.constructor.name : name);
+      for (const inner of module.modules()) this.#covered.add(inner);
       count += 1;
     }
     return count;
