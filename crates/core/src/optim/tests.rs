@@ -96,6 +96,8 @@ fn steps_reading_the_learning_rate_from_tensors_follow_write_lr() {
                 ..Default::default()
             };
             let mut opt = Optimizer::new(algorithm, &options, one_group(&p1, &p2)).unwrap();
+            // State is made by a step that is not recorded (a recorded step refuses to make it).
+            train(&mut opt, &p1, &p2, 1);
             opt.record_lr(from_tensor).unwrap();
             for lr in rates {
                 let patch = OptionsPatch {
@@ -114,6 +116,17 @@ fn steps_reading_the_learning_rate_from_tensors_follow_write_lr() {
         assert_close(&run(moving, true, true), &run(moving, false, false), 1e-7);
         assert_close(&run(moving, true, false), &run([0.1; 3], false, false), 1e-7);
     }
+}
+
+#[test]
+fn a_recorded_step_refuses_to_create_optimizer_state() {
+    let (p1, p2) = params();
+    let mut opt = Optimizer::new(Algorithm::AdamW, &adamw_options(), one_group(&p1, &p2)).unwrap();
+    opt.record_lr(true).unwrap();
+    backward(&p1, &p2);
+    let err = opt.step().unwrap_err().to_string();
+    assert!(err.contains("optimizer state would be created while the step is recorded"), "{err}");
+    assert_eq!(opt.state_bytes(), 0);
 }
 
 #[test]
