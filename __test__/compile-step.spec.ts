@@ -23,10 +23,13 @@ test("on the CPU a compiled step runs as it is and trains like the plain step", 
   t.deepEqual(run(true), run(false));
 });
 
-test("compileStep's warmup must be a whole number of at least 1", (t) => {
+test("compileStep checks its arguments when called, on every device: a function, known options, a whole warmup of at least 1", (t) => {
   const acc = new Accelerator({ cpu: true });
-  for (const warmup of [0, 1.5, -1]) {
+  for (const warmup of [0, 1.5, -1, Number.NaN]) {
     t.throws(() => acc.compileStep(() => undefined, { warmup }), { message: /compileStep: warmup must be an integer of at least 1, got/ });
   }
+  t.throws(() => acc.compileStep(() => undefined, { warmup: "2" as unknown as number }), { message: 'compileStep: warmup must be an integer of at least 1, got "2"' });
+  t.throws(() => acc.compileStep(() => undefined, { warmpu: 3 } as never), { message: 'compileStep: unknown option "warmpu"; the options are: warmup' });
+  t.throws(() => acc.compileStep(42 as never), { message: /compileStep: fn must be a function \(the training step\), got/ });
   t.notThrows(() => acc.compileStep(() => undefined, { warmup: 1 }));
 });

@@ -1,4 +1,6 @@
 // accelerate-ts: the public API.
+// Node's types (streams, Symbol.dispose) are part of it; TypeScript ≥ 6 no longer loads them by default.
+/// <reference types="node" preserve="true" />
 export {
   Tensor, tensor, zeros, ones, full, arange, randn, rand, randint, manualSeed, cat, stack, where, noGrad, isGradEnabled, tidy, keep, liveTensors,
 } from "./tensor.js";
