@@ -403,3 +403,13 @@ test("a script's deepspeedPlugin takes the launcher's settings for the fields it
   t.like(strategyConfigOf({ deepspeedPlugin: { zeroStage: 1 } }, launcher), { zeroStage: 1, offloadOptimizer: true }, "the script's own value wins");
   t.like(strategyConfigOf({ deepspeedPlugin: { zeroStage: 1 } }, {}), { zeroStage: 1, offloadOptimizer: false });
 });
+
+test("a misspelled deepspeedPlugin or fsdpPlugin option is an Error naming it, as in a DeepSpeed JSON", (t) => {
+  t.throws(() => new Accelerator({ cpu: true, deepspeedPlugin: { zeroStage: 3, ofloadParamDevice: "cpu" } as never }), {
+    message: /^Accelerator: deepspeedPlugin has no option "ofloadParamDevice" \(did you mean "offloadParamDevice"\?\); its options are: zeroStage, /,
+  });
+  t.throws(() => new Accelerator({ cpu: true, fsdpPlugin: { cpuOfload: true } as never }), {
+    message: /^Accelerator: fsdpPlugin has no option "cpuOfload" \(did you mean "cpuOffload"\?\)/,
+  });
+  t.throws(() => new Accelerator({ cpu: true, deepspeedPlugin: 3 as never }), { message: "Accelerator: deepspeedPlugin must be an object, got 3" });
+});

@@ -12,6 +12,7 @@ import {
   type OffloadDevice, type ZeroStage,
 } from "./zero-options.js";
 import { describe } from "../errors.js";
+import { suggestName } from "../cli/config-file.js";
 
 export type { OptimizerHooks, Strategy } from "./strategy.js";
 export type { DeepSpeedConfigJson, DeepSpeedConfigValue, DeepSpeedSettings } from "./deepspeed-config.js";
@@ -158,9 +159,27 @@ function withLauncherDefaults(plugin: DeepSpeedPlugin, launcher: DeepSpeedPlugin
   return filled;
 }
 
+const DEEPSPEED_PLUGIN_KEYS: readonly (keyof DeepSpeedPlugin)[] = [
+  "zeroStage", "hfDsConfig", "configFile", "gradientClipping", "offloadOptimizerDevice", "offloadParamDevice",
+  "stage3ParamPersistenceThreshold", "stage3PrefetchBucketSize", "zero3InitFlag",
+];
+const FSDP_PLUGIN_KEYS: readonly (keyof FsdpPlugin)[] = ["fsdpVersion", "reshardAfterForward", "cpuOffload"];
+
+/** A plugin given as an object, with only keys it knows (a misspelled one would be ignored otherwise). */
+function checkPluginKeys(plugin: unknown, known: readonly string[], name: string): void {
+  if (plugin === null || typeof plugin !== "object" || Array.isArray(plugin)) throw new Error(`Accelerator: ${name} must be an object, got ${describe(plugin)}`);
+  for (const key of Object.keys(plugin)) {
+    if (known.includes(key)) continue;
+    const suggestion = suggestName(key, [...known]);
+    throw new Error(`Accelerator: ${name} has no option "${key}"${suggestion ? ` (did you mean "${suggestion}"?)` : ""}; its options are: ${known.join(", ")}`);
+  }
+}
+
 /** The ZeRO stage and DeepSpeed settings the options ask for, from the plugins or the launcher's environment. */
 export function strategyConfigOf(options: StrategyOptions, env: NodeJS.ProcessEnv = process.env): StrategyConfig {
   if (options.deepspeedPlugin && options.fsdpPlugin) throw new Error("Accelerator: give deepspeedPlugin or fsdpPlugin, not both");
+  if (options.deepspeedPlugin !== undefined) checkPluginKeys(options.deepspeedPlugin, DEEPSPEED_PLUGIN_KEYS, "deepspeedPlugin");
+  if (options.fsdpPlugin !== undefined) checkPluginKeys(options.fsdpPlugin, FSDP_PLUGIN_KEYS, "fsdpPlugin");
   if (options.fsdpPlugin) return fsdpConfig(options.fsdpPlugin, false);
   if (options.deepspeedPlugin) return deepspeedConfig(withLauncherDefaults(options.deepspeedPlugin, deepspeedPluginFromEnv(env)), false);
   // The launcher's choice, through HF's variables.
