@@ -43,3 +43,11 @@ test.serial("stages 2 and 3 off the straight path agree with data parallelism, a
     }
   }
 });
+
+test("ZeRO-3: saveModel on the main process alone is an Error on every process naming where the others are, not a crash", async (t) => {
+  const ranks = await runRanks("../fixtures/dist/zero3-main-only.ts", 2, [], 120_000);
+  for (const r of ranks) t.is(r.code, 0, r.stderr);
+  const [main, other] = ranks.map((r) => lastJson(r.stdout) as { rank: number; errors: string[] });
+  t.regex(main.errors[0], /^saveModel \(ZeRO stage 3\): every process must call it at the same point, since it gathers parameters with the others; process 1 is in endTraining$/);
+  t.regex(other.errors[0], /^endTraining \(ZeRO stage 3\): every process must call it at the same point.*; process 0 is in saveModel$/);
+});

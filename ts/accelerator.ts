@@ -477,6 +477,7 @@ export class Accelerator {
 
   /** Waits until every process reaches this point. */
   waitForEveryone(): void {
+    this.strategy.agree("waitForEveryone");
     waitForEveryone();
   }
 
@@ -488,6 +489,7 @@ export class Accelerator {
 
   /** Forgets the prepared objects and returns cached GPU memory to the driver. */
   freeMemory(): void {
+    this.strategy.agree("freeMemory");
     this.#prepared.clear();
     this.strategy.reset();
     this.gradientState.reset();
@@ -531,6 +533,7 @@ export class Accelerator {
   /** Ends the run: finishes the trackers and leaves the process group after all processes arrive. */
   endTraining(): void {
     this.#trackers.finish();
+    this.strategy.agree("endTraining");
     this.strategy.reset();
     if (native.distIsInitialized()) native.distDestroy();
   }
@@ -586,6 +589,7 @@ export class Accelerator {
   /** Saves a model's weights as `model.safetensors`, or shards with an index above `maxShardSize`. */
   saveModel(model: { stateDict(): Record<string, Tensor> }, dir: string, options: { maxShardSize?: number | string } = {}): string[] {
     // Every process takes part: ZeRO-3 gathers the parameters one by one.
+    this.strategy.agree("saveModel");
     const state = this.strategy.fullStateDict(model);
     try {
       return this.strategy.writesSharedState ? saveWeights(state, dir, options.maxShardSize ?? "10GB") : [];
@@ -597,6 +601,7 @@ export class Accelerator {
 
   /** The model's full state dict (names to tensors), whatever the strategy (HF's `get_state_dict`). */
   getStateDict(model: { stateDict(): Record<string, Tensor> }): Record<string, Tensor> {
+    this.strategy.agree("getStateDict");
     return this.strategy.fullStateDict(model);
   }
 

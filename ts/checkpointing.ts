@@ -81,6 +81,7 @@ export class Checkpointer {
   save(dir?: string): string {
     const target = this.#target(dir, "saveState");
     const { state, strategy } = this.#parts;
+    strategy.agree("saveState");
     // The writing process stages the shared state; every process adds its own RNG state
     // there; the writer then swaps the staging directory in for the old checkpoint.
     let staging = strategy.writesSharedState ? native.stagingDir(target) : "";
@@ -201,6 +202,7 @@ export class Checkpointer {
         }
       }
       // The strategy makes sharded parameters writable (ZeRO-3) and its copies follow them after.
+      this.#parts.strategy.agree("loadState");
       this.#parts.strategy.loadParameters(() => prepared.models.forEach((m, i) => m.loadStateDict(staged.models[i] as never)));
     } catch (error) {
       for (const restore of undo.reverse()) {

@@ -104,7 +104,17 @@ export interface Strategy {
   optimizerStateBytes(optimizer: OptimizerLike): HeldBytes;
   /** Forgets the prepared models (freeMemory, endTraining). */
   reset(): void;
+  /**
+   * Before `op` (one of AGREED_OPERATIONS), which every process must reach together: checks
+   * that they did, an Error naming where the others are otherwise (ZeRO-3, whose gathers of
+   * different sizes would otherwise end the process in Gloo, or hang under NCCL).
+   */
+  agree(op: AgreedOperation): void;
 }
+
+/** The operations whose arrival processes compare under ZeRO-3 (their codes are their indices). */
+export const AGREED_OPERATIONS = ["getStateDict", "saveModel", "saveState", "loadState", "endTraining", "freeMemory", "waitForEveryone"] as const;
+export type AgreedOperation = (typeof AGREED_OPERATIONS)[number];
 
 /** One process holds everything: what `single` does, and what the data-parallel strategy inherits. */
 export class SingleProcess implements Strategy {
@@ -164,4 +174,6 @@ export class SingleProcess implements Strategy {
   }
 
   reset(): void {}
+
+  agree(_op: AgreedOperation): void {}
 }

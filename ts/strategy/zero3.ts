@@ -17,8 +17,8 @@ import { nativeLayerOf } from "../nn/native_module.js";
 import { Optimizer } from "../optim/optimizer.js";
 import type { ModelLike, OptimizerLike } from "../prepared.js";
 import type { ProcessState } from "../state.js";
-import { Tensor } from "../tensor.js";
-import { partitionedHooks, SingleProcess, type HeldBytes, type OptimizerHooks } from "./strategy.js";
+import { Tensor, tensor, tidy } from "../tensor.js";
+import { AGREED_OPERATIONS, partitionedHooks, SingleProcess, type AgreedOperation, type HeldBytes, type OptimizerHooks } from "./strategy.js";
 
 export interface Zero3Options {
   /** Parameters with fewer elements stay whole (DeepSpeed's stage3_param_persistence_threshold). */
@@ -311,6 +311,17 @@ export class ZeroSharded extends SingleProcess {
 
   #sum(parts: HeldBytes[]): HeldBytes {
     return parts.reduce((a, b) => ({ device: a.device + b.device, host: a.host + b.host }), { device: 0, host: 0 });
+  }
+
+  /** Every process must reach `op` together: one small all-gather of its code says whether they did. */
+  override agree(op: AgreedOperation): void {
+    if (this.#models.size === 0 || !native.distIsInitialized()) return;
+    const code = AGREED_OPERATIONS.indexOf(op);
+    const codes = tidy(() => native.distAllGather(tensor([code], { dtype: "int64" })).toArray() as number[]);
+    const elsewhere = codes.flatMap((c, rank) => (c === code ? [] : [`process ${rank} is in ${AGREED_OPERATIONS[c] ?? "another operation"}`]));
+    if (elsewhere.length > 0) {
+      throw new Error(`${op} (ZeRO stage 3): every process must call it at the same point, since it gathers parameters with the others; ${elsewhere.join(", ")}`);
+    }
   }
 
   /** The models become whole again on every process, as they were before prepare (freeMemory, endTraining). */
