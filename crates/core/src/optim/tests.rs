@@ -125,7 +125,10 @@ fn a_recorded_step_refuses_to_create_optimizer_state() {
     opt.record_lr(true).unwrap();
     backward(&p1, &p2);
     let err = opt.step().unwrap_err().to_string();
-    assert!(err.contains("optimizer state would be created while the step is recorded"), "{err}");
+    assert!(
+        err.contains("optimizer state would be created while the step is recorded"),
+        "{err}"
+    );
     assert_eq!(opt.state_bytes(), 0);
 }
 
