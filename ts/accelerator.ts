@@ -312,8 +312,9 @@ export class Accelerator {
    * copied into the recorded ones. Tensors it returns are copies. Rules (docs/performance.md):
    * inputs keep their shapes (others run uncaptured, with a message); host code in `fn` runs
    * once, at capture, so reading values (`item()`), logging and schedulers stay outside it;
-   * learning rates may change between calls; other changed hyperparameters capture again. On the CPU, with several processes, fp16 or
-   * gradient accumulation, `fn` runs uncaptured.
+   * learning rates may change between calls, and other changes to what the recording holds
+   * fixed record it again. On the CPU, with several processes, fp16, gradient accumulation,
+   * ZeRO or another library's optimizer, `fn` runs uncaptured.
    */
   compileStep<A extends unknown[], R>(fn: (...args: A) => R, options?: CompileStepOptions): (...args: A) => R {
     const context: CompileContext = {

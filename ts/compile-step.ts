@@ -32,15 +32,9 @@ export interface CompileContext {
   warn(message: string): void;
 }
 
-/** Tensors found in `value` (itself, arrays, plain objects), depth first. */
-function tensorsIn(value: unknown, into: Tensor[] = []): Tensor[] {
-  if (value instanceof Tensor) into.push(value);
-  else if (Array.isArray(value)) for (const v of value) tensorsIn(v, into);
-  else if (value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) {
-    for (const v of Object.values(value)) tensorsIn(v, into);
-  }
-  return into;
-}
+/** An object literal (a batch, a result), which the walkers below descend into, as into arrays. */
+const isPlainObject = (value: unknown): value is Record<string, unknown> =>
+  value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype;
 
 /** The non-tensor values in `value` (arguments a recording holds fixed). */
 function plainValues(value: unknown): unknown {
@@ -54,10 +48,18 @@ function plainValues(value: unknown): unknown {
 function mapTensors<T>(value: T, swap: (t: Tensor) => Tensor): T {
   if (value instanceof Tensor) return swap(value) as T;
   if (Array.isArray(value)) return value.map((v) => mapTensors(v, swap)) as T;
-  if (value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, mapTensors(v, swap)])) as T;
-  }
+  if (isPlainObject(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, mapTensors(v, swap)])) as T;
   return value;
+}
+
+/** Tensors found in `value`, in the order `mapTensors` visits them. */
+function tensorsIn(value: unknown): Tensor[] {
+  const found: Tensor[] = [];
+  mapTensors(value, (t) => {
+    found.push(t);
+    return t;
+  });
+  return found;
 }
 
 type OptimizerCore = InstanceType<typeof native.OptimizerCore>;
@@ -73,7 +75,7 @@ const signature = (tensors: readonly Tensor[]): string => tensors.map((t) => `${
 function onlyTensors(value: unknown): boolean {
   if (value === undefined || value instanceof Tensor) return true;
   if (Array.isArray(value)) return value.every(onlyTensors);
-  if (value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) return Object.values(value).every(onlyTensors);
+  if (isPlainObject(value)) return Object.values(value).every(onlyTensors);
   return false;
 }
 

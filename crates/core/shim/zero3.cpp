@@ -103,19 +103,17 @@ struct Sharder : std::enable_shared_from_this<Sharder> {
 
   void wait(const c10::intrusive_ptr<c10d::Work>& work) { acc_wait(work, blocking_wait, timeout, arrivals.get()); }
 
-  // The mean across processes of this process's slice of `input` into `output`.
+  // The mean across processes of this process's slice of `input` into `output`. Only with a
+  // group: a single process keeps its gradients as they are (keep_gradients).
   void reduce_scatter_base(at::Tensor& output, at::Tensor& input) {
-    if (!backend) {
-      output.copy_(input);
-      return;
-    }
     c10d::ReduceScatterOptions options;
     options.reduceOp = c10d::ReduceOp::AVG;
     options.timeout = timeout;
     wait(backend->_reduce_scatter_base(output, input, options));
   }
 
-  // Starts the all-gather of the shards of `need` (one collective); `finish` unpacks it.
+  // Starts the all-gather of the shards of `need` (one collective); `finish` unpacks it. Only
+  // with a group: a single process copies its shards straight in (all_gather).
   Gathering start(const std::vector<size_t>& need) {
     Gathering g;
     g.params = need;
@@ -128,19 +126,15 @@ struct Sharder : std::enable_shared_from_this<Sharder> {
     }
     auto input = pieces.size() == 1 ? pieces[0] : at::cat(pieces);
     g.output = at::empty({world * g.total}, input.options());
-    if (!backend) {
-      g.output.copy_(input);
-    } else {
-      c10d::AllgatherOptions options;
-      options.timeout = timeout;
-      g.work = backend->_allgather_base(g.output, input, options);
-    }
+    c10d::AllgatherOptions options;
+    options.timeout = timeout;
+    g.work = backend->_allgather_base(g.output, input, options);
     return g;
   }
 
   // Waits for `g` and writes the gathered values into the parameters not already whole.
   void finish(Gathering& g) {
-    if (g.work) wait(g.work);
+    wait(g.work);
     auto rows = g.output.view({world, g.total});
     at::NoGradGuard no_grad;
     int64_t offset = 0;
@@ -226,15 +220,18 @@ struct Sharder : std::enable_shared_from_this<Sharder> {
     }
   }
 
-  // Gathers unit `u` for its module's forward.
-  void gather_unit(size_t u) {
-    if (recording) forward_order.record(u);
-    const bool hit = prefetched.count(u) != 0;
+  // Gathers `idx` for unit `u`: records the order on the first pass, takes the unit's
+  // prefetch if one is running, and starts prefetching the units that follow in `order`.
+  void gather_in_order(size_t u, const std::vector<size_t>& idx, Order& order) {
+    if (recording) order.record(u);
+    if (prefetched.count(u) != 0) prefetch_hits++;
     take_prefetch(u);
-    if (hit) prefetch_hits++;
-    gather(units[u].params);
-    prefetch_after(u, forward_order);
+    gather(idx);
+    prefetch_after(u, order);
   }
+
+  // Gathers unit `u` for its module's forward.
+  void gather_unit(size_t u) { gather_in_order(u, units[u].params, forward_order); }
 
   // Waits for prefetches nobody took, and frees what they gathered.
   void drop_prefetches() {
@@ -269,12 +266,7 @@ struct Sharder : std::enable_shared_from_this<Sharder> {
       params[i].backward_holds++;
       idx.push_back(i);
     }
-    if (recording) backward_order.record(u);
-    const bool hit = prefetched.count(u) != 0;
-    take_prefetch(u);
-    if (hit) prefetch_hits++;
-    gather(idx);
-    prefetch_after(u, backward_order);
+    gather_in_order(u, idx, backward_order);
   }
 
   // Reduce-scatters the gradients of `idx` (one collective; zeros where one is missing) into
