@@ -31,7 +31,7 @@ test("collectives on 2 processes", async (t) => {
   t.deepEqual(b.splitPadded, ["C", "C"]);
 });
 
-test("a collective that times out names the rank that never reached it (3 processes, rank 2 stalled)", async (t) => {
+test("a rank starting later than the timeout still joins; a collective that times out names the rank that never reached it (3 processes, rank 2 stalled)", async (t) => {
   const ranks = await runRanks("../fixtures/dist/stall.ts", 3);
   for (const r of ranks) t.is(r.code, 0, r.stderr);
   for (const r of ranks.slice(0, 2)) {

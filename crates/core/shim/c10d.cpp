@@ -32,7 +32,9 @@ extern "C" int acc_group_new(const char* host, int port, int rank, int world_siz
   ACC_PROTECT({
     auto timeout = std::chrono::milliseconds(timeout_ms);
     auto prefixed = acc_rendezvous(host, port, rank, world_size, timeout);
-    auto gloo_options = c10d::ProcessGroupGloo::Options::create(timeout);
+    // Gloo connects its full mesh under this default timeout, so it is the rendezvous one;
+    // every collective below passes the collective timeout explicitly.
+    auto gloo_options = c10d::ProcessGroupGloo::Options::create(acc_rendezvous_timeout(timeout));
     gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(std::string(local_address)));
     auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, world_size, gloo_options);
     *out = new Group{prefixed, backend, timeout, true, std::make_shared<AccArrivals>(prefixed, rank, world_size)};

@@ -109,13 +109,18 @@ inline int acc_listen_on(const char* host, int port) {
   throw std::runtime_error("cannot listen for the rendezvous on " + where + ": " + failure);
 }
 
-// The rendezvous store at host:port (rank 0 serves it, listening on host only),
-// prefixed for the default group. Its waits get at least 60 s, whatever the collectives'
-// timeout: ranks that start a few seconds apart (loading a large script on a busy machine)
+// How long meeting the other processes may take: at least 60 s, whatever the collectives'
+// timeout. Ranks that start a few seconds apart (loading a large script on a busy machine)
 // must not fail a run whose collectives are meant to time out quickly.
+inline std::chrono::milliseconds acc_rendezvous_timeout(std::chrono::milliseconds collective_timeout) {
+  return std::max(collective_timeout, std::chrono::milliseconds(60000));
+}
+
+// The rendezvous store at host:port (rank 0 serves it, listening on host only),
+// prefixed for the default group; its waits get the rendezvous timeout.
 inline c10::intrusive_ptr<c10d::Store> acc_rendezvous(const char* host, int port, int rank, int world_size,
                                                       std::chrono::milliseconds collective_timeout) {
-  const auto timeout = std::max(collective_timeout, std::chrono::milliseconds(60000));
+  const auto timeout = acc_rendezvous_timeout(collective_timeout);
   c10d::TCPStoreOptions options;
   if (rank == 0) options.masterListenFd = acc_listen_on(host, port);
   options.port = static_cast<std::uint16_t>(port);
