@@ -453,6 +453,10 @@ test("linearCrossEntropy equals crossEntropy(linear(x, W), y) in value and gradi
     t.true(worst(got.x, want.x) < 1e-5, `chunkRows ${chunkRows}: input gradient`);
     t.true(worst(got.w, want.w) < 1e-5, `chunkRows ${chunkRows}: weight gradient`);
   }
+  // Logits 1 000 apart: the loss is finite and equal to the reference (no underflow to log(0)).
+  const far = grads((x, w) => nn.functional.linearCrossEntropy(x.mul(100), w, targets, { ignoreIndex: 7, chunkRows: 4 }));
+  const farWant = grads((x, w) => reference(x.mul(100), w, targets));
+  t.true(Number.isFinite(far.value) && Math.abs(far.value - farWant.value) < 1e-3 * Math.abs(farWant.value), `far logits: loss ${far.value} vs ${farWant.value}`);
   t.throws(() => nn.functional.linearCrossEntropy(x0, randn([40, 8]), targets), { message: /^linearCrossEntropy: input has 16 features but weight expects 8/ });
   t.throws(() => nn.functional.linearCrossEntropy(x0, w0, targets, { chunkRows: 0 }), { message: /^linearCrossEntropy: chunkRows must be positive, got 0/ });
 });

@@ -103,6 +103,38 @@ test("memory() reports the caching allocator's bytes", (t) => {
   t.true(acc.memory().reserved <= stats.reserved);
 });
 
+test("linearCrossEntropy under bf16 autocast: the loss and gradients of the plain head, without its logits' memory", (t) => {
+  const acc = new Accelerator({ mixedPrecision: "bf16" });
+  const [rows, features, classes] = [4096, 256, 50304];
+  const x0 = randn([rows, features], { device: "cuda:0" });
+  const w0 = randn([classes, features], { device: "cuda:0" }).mul(0.05);
+  const y = randint(0, classes, [rows], { device: "cuda:0" });
+  const run = (loss: (x: Tensor, w: Tensor) => Tensor) => {
+    const [x, w] = [x0.clone(), w0.clone()];
+    x.requiresGrad = true;
+    w.requiresGrad = true;
+    acc.synchronize();
+    acc.resetPeakMemory();
+    const before = acc.memory().allocated;
+    const value = acc.autocast(() => loss(x, w));
+    value.backward();
+    acc.synchronize();
+    const peak = acc.memory().peak - before;
+    return { value: value.item(), x: x.grad as Tensor, w: w.grad as Tensor, peak };
+  };
+  const plain = run((x, w) => nn.functional.crossEntropy(x.matmul(w.t()), y));
+  const fused = run((x, w) => nn.functional.linearCrossEntropy(x, w, y, { chunkRows: 1024 }));
+  t.true(Math.abs(fused.value - plain.value) < 1e-3 * plain.value, `loss ${fused.value} vs ${plain.value}`);
+  for (const name of ["x", "w"] as const) {
+    const scale = plain[name].abs().max().item();
+    const worst = fused[name].sub(plain[name]).abs().max().item();
+    t.true(worst < 0.02 * scale, `${name} gradient differs by ${worst} (largest ${scale})`);
+  }
+  const logitsBytes = rows * classes * 4;
+  t.true(fused.peak < logitsBytes / 2, `fused peak ${fused.peak} bytes against float32 logits of ${logitsBytes}`);
+  t.true(plain.peak > logitsBytes, `plain peak ${plain.peak}`);
+});
+
 /** Tests that need 2 GPUs are skipped, visibly, on a host with fewer. */
 const twoGpus = gpus >= 2 ? test : test.skip;
 

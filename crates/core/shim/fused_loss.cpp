@@ -1,48 +1,80 @@
 // Linear + cross-entropy computed in chunks of rows: the [rows, classes] logits exist one
-// chunk at a time (in float32), and the gradients with respect to the input and the weight
-// are computed during the forward pass, so backward only scales them by the incoming
-// gradient. For a language model's head this never materialises the whole logits or their
-// gradient (Liger Kernel's fused linear cross-entropy, on ATen operations).
+// chunk at a time, in the compute dtype (bfloat16 under bf16 autocast), and the gradients
+// with respect to the input and the weight are computed during the forward pass, so backward
+// only scales them by the incoming gradient. For a language model's head this never
+// materialises the whole logits or their gradient (Liger Kernel's fused linear cross-entropy,
+// on ATen operations). Per chunk: the logits matmul, one softmax, two row maxima and the two
+// gradient matmuls; no elementwise pass over the chunk in float32.
 #include "shim.h"
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The dtype the head's matmuls run in: autocast's for the input's device when it is on,
+// else the input's.
+at::ScalarType compute_dtype(const at::Tensor& input) {
+  const auto device = input.device().type();
+  const bool autocast = (device == at::kCUDA || device == at::kCPU) && at::autocast::is_autocast_enabled(device);
+  return autocast ? at::autocast::get_autocast_dtype(device) : input.scalar_type();
+}
+
+// grad_weight (float32) += a^T @ b, with a and b in the compute dtype.
+void accumulate_weight_grad(at::Tensor& grad_weight, const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == grad_weight.scalar_type()) {
+    grad_weight.addmm_(a.t(), b);
+  } else if (a.is_cuda()) {
+    at::addmm_out(grad_weight, grad_weight, a.t(), b, grad_weight.scalar_type());  // float32 accumulation in cuBLAS
+  } else {
+    grad_weight.add_(at::mm(a.t(), b).to(grad_weight.scalar_type()));
+  }
+}
+
 struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& targets,
                             int64_t ignore_index, int64_t chunk_rows) {
     TORCH_CHECK(weight.dim() == 2, "weight must be [classes, features], got ", weight.sizes());
     TORCH_CHECK(input.size(-1) == weight.size(1), "input has ", input.size(-1), " features but weight expects ", weight.size(1));
-    auto x = input.reshape({-1, input.size(-1)});
     auto t = targets.reshape({-1}).to(at::kLong);
-    TORCH_CHECK(t.size(0) == x.size(0), "targets hold ", t.size(0), " values for ", x.size(0), " rows of input");
+    TORCH_CHECK(t.size(0) == input.numel() / std::max<int64_t>(input.size(-1), 1), "targets hold ", t.size(0), " values for ",
+                input.numel() / std::max<int64_t>(input.size(-1), 1), " rows of input");
+    const auto dtype = compute_dtype(input);
+    // Explicit dtypes from here on: autocast would run the softmax in float32.
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    auto x = input.reshape({-1, input.size(-1)}).to(dtype);
+    auto w = weight.to(dtype);
     const int64_t rows = x.size(0);
     auto kept = t.ne(ignore_index);
     auto count = kept.sum().clamp_min(1).to(at::kFloat);
     auto loss = at::zeros({}, x.options().dtype(at::kFloat));
     const bool want_input = input.requires_grad(), want_weight = weight.requires_grad();
-    auto grad_input = want_input ? at::empty_like(x) : at::Tensor();
+    auto grad_input = want_input ? at::empty({rows, x.size(1)}, input.options()) : at::Tensor();
     auto grad_weight = want_weight ? at::zeros_like(weight, weight.options().dtype(at::kFloat)) : at::Tensor();
     for (int64_t start = 0; start < rows; start += chunk_rows) {
       const int64_t n = std::min(chunk_rows, rows - start);
       auto xc = x.narrow(0, start, n);
-      auto tc = t.narrow(0, start, n);
-      auto mask = kept.narrow(0, start, n).unsqueeze(1);
-      auto safe = tc.clamp_min(0).unsqueeze(1);
-      // Log-probabilities in float32 (ATen reads float16 logits on a GPU without a separate copy).
-      auto log_probs = at::log_softmax(at::matmul(xc, weight.t()), 1, at::kFloat);
-      loss.sub_((log_probs.gather(1, safe) * mask).sum());
+      auto keep = kept.narrow(0, start, n).unsqueeze(1);
+      auto safe = t.narrow(0, start, n).clamp_min(0).unsqueeze(1);
+      auto logits = at::mm(xc, w.t());
+      // Each row's loss is logsumexp - logit[target], and logsumexp = max - log(max probability):
+      // the largest probability is at least 1/classes, so this never underflows.
+      auto probs = at::_softmax(logits, 1, false);
+      auto row_loss = at::amax(logits, {1}, true).to(at::kFloat) - at::amax(probs, {1}, true).to(at::kFloat).log_() -
+                      logits.gather(1, safe).to(at::kFloat);
+      loss.add_(row_loss.masked_fill_(keep.logical_not(), 0).sum());
       if (!want_input && !want_weight) continue;
-      // d(loss)/d(logits) = (softmax - one_hot) / count on kept rows, in place of the log-probabilities.
-      auto grad = log_probs.exp_();
-      grad.scatter_add_(1, safe, at::full({n, 1}, -1.0, grad.options()));
-      grad.mul_(mask.to(at::kFloat).div(count));
-      auto grad_c = grad.to(xc.scalar_type());
-      if (want_input) grad_input.narrow(0, start, n).copy_(at::matmul(grad_c, weight.to(grad_c.scalar_type())));
-      if (want_weight) grad_weight.add_(at::matmul(grad_c.t(), xc).to(at::kFloat));
+      logits = at::Tensor();
+      // d(loss)/d(logits) = (softmax - one_hot) on kept rows; the division by the count is
+      // applied once, to the finished gradients.
+      auto grad = probs.scatter_add_(1, safe, at::full({n, 1}, -1.0, probs.options()));
+      auto mask = keep.to(dtype);
+      if (want_input) grad_input.narrow(0, start, n).copy_(at::mm(grad, w).mul_(mask));
+      if (want_weight) accumulate_weight_grad(grad_weight, grad, xc.mul(mask));
     }
+    if (want_input) grad_input.div_(count);
+    if (want_weight) grad_weight.div_(count);
     ctx->save_for_backward({grad_input, grad_weight});
     ctx->saved_data["input_sizes"] = input.sizes().vec();
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
