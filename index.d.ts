@@ -209,10 +209,10 @@ export declare class ZeroCore {
 export declare function arange(start: number, end: number, step?: number | undefined | null, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
 /**
- * Turns autocast on (or off, with `enabled` false) in `dtype` for `device`'s type; returns
- * the token that `autocastExit` takes.
+ * Turns autocast on (or off, with `enabled` false) in `dtype` for `device`'s type, with
+ * Linear layers in fp8 when `fp8`; returns the token that `autocastExit` takes.
  */
-export declare function autocastEnter(device: string, dtype: string, enabled: boolean): number
+export declare function autocastEnter(device: string, dtype: string, enabled: boolean, fp8?: boolean | undefined | null): number
 
 /** Restores the autocast setting from before the matching `autocastEnter` (innermost first). */
 export declare function autocastExit(token: number): void
@@ -243,6 +243,8 @@ export interface CudaDeviceInfo {
   name: string
   /** Total memory in bytes. */
   totalMemory: number
+  /** Compute capability as [major, minor], e.g. [9, 0] for Hopper. */
+  capability: Array<number>
 }
 
 /** Returns cached, unused GPU memory to the driver. */

@@ -85,7 +85,7 @@ test("automatic checkpoint naming numbers checkpoints and keeps totalLimit", (t)
 
 test("bad options and inputs throw Errors naming the cause", (t) => {
   t.throws(() => new Accelerator({ gradientAccumulationSteps: 0 }), { message: /^Accelerator: gradientAccumulationSteps must be a positive integer/ });
-  t.throws(() => new Accelerator({ mixedPrecision: "fp8" as "no" }), { message: /^Accelerator: mixedPrecision must be/ });
+  t.throws(() => new Accelerator({ mixedPrecision: "fp4" as "no" }), { message: /^Accelerator: mixedPrecision must be "no", "fp16", "bf16", "fp8", got "fp4"/ });
   const acc = new Accelerator({ cpu: true });
   t.throws(() => acc.registerForCheckpointing({}, new Counter(), 3), { message: "registerForCheckpointing: objects at positions 0, 2 lack stateDict() and loadStateDict()" });
   t.throws(() => acc.loadState(join(tmpdir(), "no-such-checkpoint")), { message: /^loadState: .*no-such-checkpoint does not exist/ });

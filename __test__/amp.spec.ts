@@ -104,7 +104,7 @@ test("autocast nests, restores after a throw, and is the identity for \"no\"", (
   const forward = net.forward;
   plain.wrapModel(net);
   t.is(net.forward, forward);
-  t.throws(() => new PrecisionPolicy("fp8" as "no", "cpu"), { message: /^PrecisionPolicy: mode must be/ });
+  t.throws(() => new PrecisionPolicy("fp4" as "no", "cpu"), { message: /^PrecisionPolicy: mixedPrecision must be "no", "fp16", "bf16", "fp8", got "fp4"/ });
   t.throws(() => new PrecisionPolicy("bf16", "mps"), { message: /covers "cpu" and "cuda\[:N\]" devices, got "mps"/ });
 });
 

@@ -248,7 +248,8 @@ test("OMP_NUM_THREADS is split between local ranks unless already set", async (t
 test("a config with an unknown key or an ill-typed value is an Error naming the key", (t) => {
   t.throws(() => parseClusterConfig({ num_processes: "two" }, "cfg.yaml"), { message: 'config file cfg.yaml: "num_processes" must be a positive integer, got "two"' });
   t.throws(() => parseClusterConfig({ num_proceses: 2 }, "cfg.yaml"), { message: 'config file cfg.yaml: unknown key "num_proceses" (did you mean "num_processes"?)' });
-  t.throws(() => parseClusterConfig({ mixed_precision: "fp8" }, "cfg.yaml"), { message: 'config file cfg.yaml: "mixed_precision" must be one of "no", "fp16", "bf16", got "fp8"' });
+  t.throws(() => parseClusterConfig({ mixed_precision: "fp4" }, "cfg.yaml"), { message: 'config file cfg.yaml: "mixed_precision" must be one of "no", "fp16", "bf16", "fp8", got "fp4"' });
+  t.deepEqual(parseClusterConfig({ mixed_precision: "fp8" }, "cfg.yaml"), { mixed_precision: "fp8" });
   t.throws(() => parseClusterConfig({ use_cpu: "yes" }, "cfg.yaml"), { message: 'config file cfg.yaml: "use_cpu" must be true or false, got "yes"' });
   t.throws(() => parseClusterConfig({ num_machines: 2, machine_rank: 2 }, "cfg.yaml"), { message: /"machine_rank" must be below "num_machines" \(2\), got 2/ });
   t.throws(() => parseClusterConfig({ constructor: 1 }, "cfg.yaml"), { message: /unknown key "constructor"/ });

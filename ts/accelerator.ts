@@ -3,13 +3,13 @@
 // state, the prepared objects and a checkpointer, and dispatches to them.
 import { ActivationCheckpoints, type CheckpointSelector } from "./activation-checkpointing.js";
 import { compileStep, type CompileContext, type CompileStepOptions } from "./compile-step.js";
-import { describe } from "./errors.js";
 import { saveWeights } from "./checkpoint.js";
 import { Checkpointer } from "./checkpointing.js";
 import {
   broadcast, broadcastObject, gather, gatherObject, padAcrossProcesses, reduce, waitForEveryone, type PadOptions, type TensorTree,
 } from "./collectives.js";
 import { GradientState } from "./gradient-state.js";
+import { mixedPrecisionOf } from "./mixed-precision.js";
 import { native } from "./native.js";
 import { PrecisionPolicy, type GradScalerOptions, type PrecisionMode } from "./precision.js";
 import {
@@ -28,7 +28,7 @@ export type MixedPrecision = PrecisionMode;
 export type { Stateful } from "./prepared.js";
 
 export interface AcceleratorOptions {
-  /** "bf16" or "fp16" autocast in prepared models' forward (fp16 with dynamic loss scaling); default "no". */
+  /** "bf16" or "fp16" autocast in prepared models' forward (fp16 with dynamic loss scaling), or "fp8": bf16 autocast with Linear layers in fp8 (docs/mixed-precision.md); default "no". */
   mixedPrecision?: MixedPrecision;
   /** fp16 loss scaling: initScale 65536, growthFactor 2, backoffFactor 0.5, growthInterval 2000. */
   gradScaler?: GradScalerOptions;
@@ -111,7 +111,7 @@ export class Accelerator {
       fromConfig(options.mixedPrecision, config.mixedPrecision, "mixedPrecision", "bf16/fp16 enabled") ??
       (process.env.ACCELERATE_MIXED_PRECISION as MixedPrecision | undefined) ??
       "no";
-    if (!["no", "fp16", "bf16"].includes(precision)) throw new Error(`Accelerator: mixedPrecision must be "no", "fp16" or "bf16", got ${describe(precision)}`);
+    mixedPrecisionOf("Accelerator", precision);
     this.gradientState = new GradientState(steps);
     this.#options = options;
     this.state = readProcessState(options);

@@ -1,11 +1,13 @@
-// The precision policy the Accelerator delegates to: autocast for "fp16"/"bf16" around model
-// forwards and explicit blocks, and dynamic loss scaling for "fp16" (torch.amp.GradScaler).
-// Parameters are never converted: master weights and optimizer state stay float32.
+// The precision policy the Accelerator delegates to: autocast for "fp16"/"bf16"/"fp8" around
+// model forwards and explicit blocks (with Linear layers in fp8 for "fp8"), and dynamic loss
+// scaling for "fp16" (torch.amp.GradScaler). Parameters are never converted: master weights
+// and optimizer state stay float32.
 import type { GradScalerCore } from "../index.js";
+import { mixedPrecisionOf, type MixedPrecision } from "./mixed-precision.js";
 import { native } from "./native.js";
 import { Tensor } from "./tensor.js";
 
-export type PrecisionMode = "no" | "fp16" | "bf16";
+export type PrecisionMode = MixedPrecision;
 
 /** torch.amp.GradScaler's arguments (HF's GradScalerKwargs), with the same defaults. */
 export interface GradScalerOptions {
@@ -31,7 +33,20 @@ export interface GradScalerStateDict {
   growthTracker: number;
 }
 
-const AUTOCAST_DTYPE = { fp16: "float16", bf16: "bfloat16" } as const;
+const AUTOCAST_DTYPE = { fp16: "float16", bf16: "bfloat16", fp8: "bfloat16" } as const;
+
+/** fp8 GEMMs need compute capability 8.9 (Ada, Hopper and newer); on the CPU they are emulated. */
+function checkFp8Device(device: string): void {
+  if (device === "cpu") return;
+  const index = Number(device.slice("cuda:".length)) || 0;
+  const { name, capability } = native.cudaDeviceInfo(index);
+  const [major, minor] = capability;
+  if (major * 10 + minor < 89) {
+    throw new Error(
+      `PrecisionPolicy: mixedPrecision "fp8" needs a GPU of compute capability 8.9 or newer (Ada, Hopper, Blackwell); ${device} (${name}) is ${major}.${minor}: use "bf16"`,
+    );
+  }
+}
 
 function deviceType(device: string): "cpu" | "cuda" {
   if (device === "cpu") return "cpu";
@@ -55,7 +70,9 @@ function toFloat32(value: unknown): unknown {
 
 /**
  * How one Accelerator runs in mixed precision: "no" (float32), "bf16" (autocast to bfloat16,
- * no scaling) or "fp16" (autocast to float16 and dynamic loss scaling).
+ * no scaling), "fp16" (autocast to float16 and dynamic loss scaling) or "fp8" (autocast to
+ * bfloat16, and Linear layers whose matmul dimensions are multiples of 16 multiply in fp8 with
+ * dynamic per-tensor scales; on the CPU the fp8 matmuls are emulated, for tests).
  *
  * Unlike Hugging Face Accelerate, which applies neither autocast nor a scaler for "fp16" on a
  * CPU device, this policy applies both on the CPU too (libtorch's CPU autocast supports float16),
@@ -70,12 +87,10 @@ export class PrecisionPolicy {
   #stepWasSkipped = false;
 
   constructor(mode: PrecisionMode, device: string, scaler: GradScalerOptions = {}) {
-    if (!["no", "fp16", "bf16"].includes(mode)) {
-      throw new Error(`PrecisionPolicy: mode must be "no", "fp16" or "bf16", got "${String(mode)}"`);
-    }
-    this.mode = mode;
+    this.mode = mixedPrecisionOf("PrecisionPolicy", mode);
     this.device = device;
     this.#deviceType = deviceType(device);
+    if (mode === "fp8") checkFp8Device(device);
     this.#scaler = mode === "fp16" ? new native.GradScalerCore(scaler) : null;
   }
 
@@ -92,7 +107,7 @@ export class PrecisionPolicy {
   /** Runs `fn` under autocast in this policy's dtype on its device type; just runs it for "no". */
   autocast<R>(fn: () => R): R {
     if (this.mode === "no") return fn();
-    const token = native.autocastEnter(this.#deviceType, AUTOCAST_DTYPE[this.mode], true);
+    const token = native.autocastEnter(this.#deviceType, AUTOCAST_DTYPE[this.mode], true, this.mode === "fp8");
     let result: R;
     try {
       result = fn();

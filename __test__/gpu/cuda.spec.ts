@@ -135,6 +135,34 @@ test("linearCrossEntropy under bf16 autocast: the loss and gradients of the plai
   t.true(plain.peak > logitsBytes, `plain peak ${plain.peak}`);
 });
 
+test("fp8 on a GPU of compute capability 8.9 or newer: Linear outputs and gradients within fp8's precision, unlike bf16's", (t) => {
+  const [major, minor] = native.cudaDeviceInfo(0).capability;
+  if (major * 10 + minor < 89) {
+    t.throws(() => new Accelerator({ mixedPrecision: "fp8" }), { message: /needs a GPU of compute capability 8\.9 or newer/ });
+    return;
+  }
+  const reference = new nn.Linear(256, 512);
+  const x = randn([128, 256], { device: "cuda:0" });
+  const outputs = (["no", "bf16", "fp8"] as const).map((mixedPrecision) => {
+    const acc = new Accelerator({ mixedPrecision });
+    const layer = new nn.Linear(256, 512);
+    layer.loadStateDict(reference.stateDict());
+    const [model] = acc.prepare(layer);
+    const input = x.clone();
+    input.requiresGrad = true;
+    const y = model.forward(input);
+    y.square().mean().backward();
+    return { y, x: input.grad as Tensor, w: layer.weight.grad as Tensor };
+  });
+  const relative = (a: Tensor, b: Tensor) => a.sub(b).square().sum().sqrt().item() / b.square().sum().sqrt().item();
+  const [exact, bf16, fp8] = outputs;
+  for (const name of ["y", "x", "w"] as const) {
+    const error = relative(fp8[name], exact[name]);
+    t.true(error < 0.08, `${name}: fp8 relative error ${error}`);
+    t.true(error > 2 * relative(bf16[name], exact[name]), `${name}: fp8 ran (error ${error})`);
+  }
+});
+
 /** Tests that need 2 GPUs are skipped, visibly, on a host with fewer. */
 const twoGpus = gpus >= 2 ? test : test.skip;
 

@@ -5,12 +5,13 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import YAML from "yaml";
+import { MIXED_PRECISIONS, type MixedPrecision } from "../mixed-precision.js";
 import { NVME_REFUSED, OFFLOAD_DEVICES, ZERO_STAGES, isZeroStage, zeroChoiceProblem, type OffloadDevice, type ZeroStage } from "../strategy/zero-options.js";
 
 export const DISTRIBUTED_TYPES = ["NO", "MULTI_CPU", "MULTI_GPU", "DEEPSPEED", "FSDP"] as const;
-export const MIXED_PRECISIONS = ["no", "fp16", "bf16"] as const;
 export type DistributedType = (typeof DISTRIBUTED_TYPES)[number];
-export type MixedPrecisionName = (typeof MIXED_PRECISIONS)[number];
+export type MixedPrecisionName = MixedPrecision;
+export { MIXED_PRECISIONS };
 
 export interface ClusterConfig {
   compute_environment?: "LOCAL_MACHINE";

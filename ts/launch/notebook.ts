@@ -15,6 +15,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, 
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { mixedPrecisionOf } from "../mixed-precision.js";
 import { launchRanks, nodeCommand } from "./launch.js";
 import { rankEnvironment, type LaunchPlan, type MixedPrecision } from "./plan.js";
 import { PortInUseError } from "./port.js";
@@ -142,7 +143,7 @@ function planFor(options: NotebookLauncherOptions, numProcesses: number): Launch
   const steps = options.gradientAccumulationSteps ?? 1;
   if (!Number.isInteger(steps) || steps < 1) throw new RangeError(`notebookLauncher: gradientAccumulationSteps must be a positive integer, got ${steps}`);
   const mixedPrecision = options.mixedPrecision ?? "no";
-  if (!["no", "fp16", "bf16"].includes(mixedPrecision)) throw new RangeError(`notebookLauncher: mixedPrecision must be "no", "fp16" or "bf16", got "${mixedPrecision}"`);
+  mixedPrecisionOf("notebookLauncher", mixedPrecision);
   return {
     numProcesses,
     numMachines: 1,

@@ -5,7 +5,9 @@ import { availableParallelism } from "node:os";
 import { STRATEGY_ENV } from "../env-names.js";
 import type { OffloadDevice, ZeroStage } from "../strategy/zero-options.js";
 
-export type MixedPrecision = "no" | "fp16" | "bf16";
+import type { MixedPrecision } from "../mixed-precision.js";
+
+export type { MixedPrecision };
 
 export interface LaunchPlan {
   /** Processes in the whole run, across all machines. */

@@ -64,12 +64,14 @@ extern "C" int acc_cuda_synchronize(int device) {
   })
 }
 
-// The name and total memory of cuda:device.
-extern "C" int acc_cuda_device_info(int device, char* name, size_t name_length, int64_t* total_memory) {
+// The name, total memory and compute capability (major, minor) of cuda:device.
+extern "C" int acc_cuda_device_info(int device, char* name, size_t name_length, int64_t* total_memory, int32_t* capability) {
   ACC_PROTECT({
     auto props = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(device));
     std::snprintf(name, name_length, "%s", props->name);
     *total_memory = static_cast<int64_t>(props->totalGlobalMem);
+    capability[0] = props->major;
+    capability[1] = props->minor;
   })
 }
 

@@ -130,20 +130,42 @@ pub fn synchronize(device: usize) -> Result<()> {
     })
 }
 
-/// A GPU's name and total memory in bytes.
-pub fn device_info(device: usize) -> Result<(String, i64)> {
+/// What a GPU is.
+pub struct DeviceInfo {
+    pub name: String,
+    /// Total memory in bytes.
+    pub total_memory: i64,
+    /// Compute capability (major, minor), e.g. (9, 0) for Hopper.
+    pub capability: (i32, i32),
+}
+
+/// A GPU's name, total memory and compute capability.
+pub fn device_info(device: usize) -> Result<DeviceInfo> {
     let mut name = [0u8; 256];
     let mut total = 0i64;
-    call::<unsafe extern "C" fn(i32, *mut u8, usize, *mut i64) -> i32>(
+    let mut capability = [0i32; 2];
+    call::<unsafe extern "C" fn(i32, *mut u8, usize, *mut i64, *mut i32) -> i32>(
         "cudaDeviceInfo",
         b"acc_cuda_device_info\0",
         |f| {
-            // SAFETY: `name` has the length passed; `total` is a valid out-pointer.
-            unsafe { f(device as i32, name.as_mut_ptr(), name.len(), &mut total) }
+            // SAFETY: `name` has the length passed; `total` and the 2 capability integers are valid out-pointers.
+            unsafe {
+                f(
+                    device as i32,
+                    name.as_mut_ptr(),
+                    name.len(),
+                    &mut total,
+                    capability.as_mut_ptr(),
+                )
+            }
         },
     )?;
     let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    Ok((String::from_utf8_lossy(&name[..end]).into_owned(), total))
+    Ok(DeviceInfo {
+        name: String::from_utf8_lossy(&name[..end]).into_owned(),
+        total_memory: total,
+        capability: (capability[0], capability[1]),
+    })
 }
 
 /// (CUDA runtime, cuDNN, NCCL) versions as integers (e.g. 13000, 91900, 22809); 0 when unknown.

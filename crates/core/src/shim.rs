@@ -15,6 +15,12 @@ extern "C" {
     fn acc_reset_grad_accumulators(tensors: *const *const C_tensor, n: i32) -> i32;
     fn acc_host_bytes(tensor: *const C_tensor) -> i64;
     fn acc_storage_missing(tensor: *const C_tensor) -> i32;
+    fn acc_fp8_linear(
+        input: *const C_tensor,
+        weight: *const C_tensor,
+        bias: *const C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> i32;
     fn acc_linear_cross_entropy(
         input: *const C_tensor,
         weight: *const C_tensor,
@@ -96,6 +102,16 @@ pub fn linear_cross_entropy(
         )
     };
     owned("linearCrossEntropy", status, out)
+}
+
+/// `input @ weight^T + bias` with fp8 matmuls (shim/fp8.cpp); every matmul dimension must be
+/// a multiple of 16 (`amp::fp8::fits`).
+pub fn fp8_linear(op: &str, input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);
+    // SAFETY: live tensors (or null for the bias) for the call; `out` is a valid out-pointer.
+    let status = unsafe { acc_fp8_linear(input.as_ptr(), weight.as_ptr(), bias, &mut out) };
+    owned(op, status, out)
 }
 
 /// The default CPU generator's state (a uint8 tensor).

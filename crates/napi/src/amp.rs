@@ -13,13 +13,13 @@ fn device_type(name: &str) -> accelerate_core::Result<DeviceType> {
     DeviceType::of("autocast", device::parse("autocast", name)?)
 }
 
-/// Turns autocast on (or off, with `enabled` false) in `dtype` for `device`'s type; returns
-/// the token that `autocastExit` takes.
+/// Turns autocast on (or off, with `enabled` false) in `dtype` for `device`'s type, with
+/// Linear layers in fp8 when `fp8`; returns the token that `autocastExit` takes.
 #[napi]
-pub fn autocast_enter(device: String, dtype: String, enabled: bool) -> Result<u32> {
+pub fn autocast_enter(device: String, dtype: String, enabled: bool, fp8: Option<bool>) -> Result<u32> {
     guarded("autocast", || {
         let kind = dtype::parse("autocast", &dtype)?;
-        let token = amp::autocast::enter_scope(device_type(&device)?, kind, enabled)?;
+        let token = amp::autocast::enter_scope(device_type(&device)?, kind, enabled, fp8.unwrap_or(false))?;
         Ok(token as u32)
     })
 }

@@ -89,15 +89,18 @@ pub struct CudaDeviceInfo {
     pub name: String,
     /// Total memory in bytes.
     pub total_memory: f64,
+    /// Compute capability as [major, minor], e.g. [9, 0] for Hopper.
+    pub capability: Vec<i32>,
 }
 
 #[napi]
 pub fn cuda_device_info(device: u32) -> Result<CudaDeviceInfo> {
     guarded("cudaDeviceInfo", || {
-        let (name, total) = cuda::device_info(device as usize)?;
+        let info = cuda::device_info(device as usize)?;
         Ok(CudaDeviceInfo {
-            name,
-            total_memory: total as f64,
+            name: info.name,
+            total_memory: info.total_memory as f64,
+            capability: vec![info.capability.0, info.capability.1],
         })
     })
 }

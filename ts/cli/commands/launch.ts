@@ -3,6 +3,7 @@
 import { defineCommand, parseArgs, type ArgsDef } from "citty";
 import { consola } from "consola";
 import { launchRanks, nodeCommand, resolveScript } from "../../launch/launch.js";
+import { MIXED_PRECISIONS } from "../../mixed-precision.js";
 import { PortInUseError } from "../../launch/port.js";
 import { describeFailure, exitCodeOf } from "../../launch/supervisor.js";
 import { loadClusterConfig, unusedKeysNotice } from "../config-file.js";
@@ -16,7 +17,7 @@ export const launchArgs = {
   machine_rank: { type: "string", valueHint: "N", description: "This machine's rank, 0 .. num_machines-1; 0 hosts the rendezvous (default 0)" },
   main_process_ip: { type: "string", valueHint: "ADDRESS", description: "Address of machine 0 (required with several machines)" },
   main_process_port: { type: "string", valueHint: "PORT", description: "Rendezvous port on machine 0; 0 picks a free one (default 29500)" },
-  mixed_precision: { type: "string", valueHint: "no|fp16|bf16", description: "Mixed precision mode (default no)" },
+  mixed_precision: { type: "string", valueHint: MIXED_PRECISIONS.join("|"), description: "Mixed precision mode (default no)" },
   cpu: { type: "boolean", description: "Train on the CPU even when GPUs are present" },
   gradient_accumulation_steps: { type: "string", valueHint: "N", description: "Micro-batches per optimizer step (default 1)" },
   gpu_ids: { type: "string", valueHint: "all|0,1,...", description: "GPUs this machine uses (sets CUDA_VISIBLE_DEVICES)" },

@@ -2,6 +2,7 @@
 //! device type and restores the previous setting when dropped, entered and left exactly as
 //! torch.autocast's `__enter__`/`__exit__` do. Autocast state is per thread in libtorch.
 
+use super::fp8::Fp8Guard;
 use crate::shim::check;
 use crate::{dtype, Error, Result};
 use std::cell::RefCell;
@@ -120,18 +121,28 @@ impl Drop for AutocastGuard {
     }
 }
 
-thread_local! {
-    // Guards entered by callers that cannot hold one across their own code (JS callbacks).
-    static SCOPES: RefCell<Vec<AutocastGuard>> = const { RefCell::new(Vec::new()) };
+/// One autocast scope entered for a caller that cannot hold guards across its own code.
+struct Scope {
+    _autocast: AutocastGuard,
+    _fp8: Fp8Guard,
 }
 
-/// Enters autocast as a scope on this thread's stack; returns the token that `exit_scope`
-/// takes, so that scopes can only end innermost first.
-pub fn enter_scope(device_type: DeviceType, kind: Kind, enabled: bool) -> Result<usize> {
-    let guard = AutocastGuard::new(device_type, kind, enabled)?;
+thread_local! {
+    // Scopes entered by callers that cannot hold a guard across their own code (JS callbacks).
+    static SCOPES: RefCell<Vec<Scope>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Enters autocast as a scope on this thread's stack, with Linear layers in fp8 when `fp8`
+/// (amp::fp8); returns the token that `exit_scope` takes, so that scopes can only end
+/// innermost first.
+pub fn enter_scope(device_type: DeviceType, kind: Kind, enabled: bool, fp8: bool) -> Result<usize> {
+    let scope = Scope {
+        _autocast: AutocastGuard::new(device_type, kind, enabled)?,
+        _fp8: Fp8Guard::new(fp8 && enabled),
+    };
     Ok(SCOPES.with(|s| {
         let mut scopes = s.borrow_mut();
-        scopes.push(guard);
+        scopes.push(scope);
         scopes.len()
     }))
 }
@@ -189,8 +200,8 @@ mod tests {
 
     #[test]
     fn scopes_end_innermost_first() -> Result<()> {
-        let outer = enter_scope(DeviceType::Cpu, Kind::BFloat16, true)?;
-        let inner = enter_scope(DeviceType::Cpu, Kind::Half, true)?;
+        let outer = enter_scope(DeviceType::Cpu, Kind::BFloat16, true, false)?;
+        let inner = enter_scope(DeviceType::Cpu, Kind::Half, true, false)?;
         let err = exit_scope(outer).unwrap_err().to_string();
         assert!(err.contains("out of order"), "{err}");
         exit_scope(inner)?;

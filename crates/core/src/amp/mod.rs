@@ -1,8 +1,10 @@
 //! Mixed precision: autocast with a dtype on the CPU and CUDA (through the C++ shim, as tch's
 //! autocast has neither), and dynamic loss scaling for float16 (torch.amp.GradScaler).
+//! fp8 matmuls for Linear layers ride on a bf16 autocast scope.
 //! Parameters are never converted: master weights and optimizer state stay float32.
 
 pub mod autocast;
+pub mod fp8;
 mod scaler;
 mod unscale;
 

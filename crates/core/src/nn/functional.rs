@@ -36,6 +36,9 @@ pub(crate) fn linear_as(op: &str, x: &Tensor, weight: &Tensor, bias: Option<&Ten
             ),
         ));
     }
+    if crate::amp::fp8::is_enabled() && crate::amp::fp8::fits(x, weight) {
+        return crate::shim::fp8_linear(op, x, weight, bias);
+    }
     x.f_linear(weight, bias)
         .map_err(|e| Error::torch(op, shapes(&[x, weight]), e))
 }

@@ -1,0 +1,64 @@
+// mixedPrecision "fp8" on the CPU (libtorch emulates the fp8 matmuls there): Linear layers
+// whose matmul dimensions are multiples of 16 multiply in fp8 e4m3 (forward) and e5m2 (output
+// gradient) with per-tensor scales, everything else runs as under "bf16", and training follows bf16.
+import test from "ava";
+import { Accelerator, manualSeed, nn, optim, randn, type Tensor } from "../ts/index.js";
+
+/** ‖a - b‖ / ‖b‖. */
+const relative = (a: Tensor, b: Tensor) => a.sub(b).pow(2).sum().sqrt().item() / b.pow(2).sum().sqrt().item();
+
+/** A Linear's output and gradients under `mixedPrecision`, from the same weights and input. */
+function linearRun(mixedPrecision: "no" | "bf16" | "fp8", rows: number, features: number, out: number) {
+  manualSeed(1);
+  const layer = new nn.Linear(features, out);
+  const x = randn([rows, features]);
+  x.requiresGrad = true;
+  const acc = new Accelerator({ cpu: true, mixedPrecision });
+  const [model] = acc.prepare(layer);
+  const y = model.forward(x);
+  y.mul(y).mean().backward();
+  return { y, x: x.grad as Tensor, w: layer.weight.grad as Tensor, b: layer.bias?.grad as Tensor, dtype: y.dtype };
+}
+
+test("fp8: a Linear's output and gradients are within fp8's precision of float32, and differ from bf16's", (t) => {
+  const exact = linearRun("no", 64, 32, 48);
+  const bf16 = linearRun("bf16", 64, 32, 48);
+  const fp8 = linearRun("fp8", 64, 32, 48);
+  t.is(fp8.dtype, "float32", "the prepared model returns float32, as under bf16");
+  for (const name of ["y", "x", "w", "b"] as const) {
+    const error = relative(fp8[name], exact[name]);
+    t.true(error < 0.08, `${name}: relative error ${error}`);
+    t.true(fp8[name].dtype === exact[name].dtype, `${name} dtype ${fp8[name].dtype}`);
+  }
+  t.true(relative(fp8.y, bf16.y) > 4 * relative(bf16.y, exact.y), "the forward ran in fp8, not bf16");
+  t.true(relative(fp8.w, bf16.w) > 4 * relative(bf16.w, exact.w), "the weight gradient ran in fp8, not bf16");
+});
+
+test("fp8: shapes whose matmul dimensions are not multiples of 16 run exactly as under bf16", (t) => {
+  const bf16 = linearRun("bf16", 10, 32, 48);
+  const fp8 = linearRun("fp8", 10, 32, 48);
+  for (const name of ["y", "x", "w", "b"] as const) t.is(fp8[name].sub(bf16[name]).abs().max().item(), 0, name);
+});
+
+test("fp8: an MLP trains like bf16 (losses within 2 % over 30 steps)", (t) => {
+  const losses = (mixedPrecision: "bf16" | "fp8") => {
+    manualSeed(0);
+    const net = new nn.Sequential(new nn.Linear(64, 128), new nn.GELU(), new nn.Linear(128, 64), new nn.GELU(), new nn.Linear(64, 16));
+    const acc = new Accelerator({ cpu: true, mixedPrecision });
+    const [model, opt] = acc.prepare(net, new optim.AdamW(net.parameters(), { lr: 1e-3 }));
+    const x = randn([256, 64]);
+    const target = randn([256, 16]);
+    const out: number[] = [];
+    for (let step = 0; step < 30; step++) {
+      const loss = model.forward(x).sub(target).pow(2).mean();
+      acc.backward(loss);
+      opt.step();
+      opt.zeroGrad();
+      out.push(loss.item());
+    }
+    return out;
+  };
+  const [bf16, fp8] = [losses("bf16"), losses("fp8")];
+  t.true(fp8[29] < 0.9 * fp8[0], `fp8 loss went ${fp8[0]} -> ${fp8[29]}`);
+  fp8.forEach((l, i) => t.true(Math.abs(l - bf16[i]) < 0.02 * bf16[i], `step ${i}: fp8 ${l} vs bf16 ${bf16[i]}`));
+});

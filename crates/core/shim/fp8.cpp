@@ -1,0 +1,92 @@
+// A Linear layer's matmuls in fp8 with dynamic per-tensor scaling (mixedPrecision "fp8", as
+// torchao's float8 training with tensorwise scales): forward casts the input and the weight to
+// float8_e4m3fn, backward casts the output gradient to float8_e5m2, and libtorch's _scaled_mm
+// multiplies them with float32 accumulation. Each scale is the power of two that brings the
+// tensor's largest magnitude to at most the format's largest value, computed on the device from
+// the tensor itself (no host sync, capturable in a CUDA graph); a power of two is exact in every
+// dtype, so scaling loses nothing before the cast. Backward saves the fp8 input, not the input.
+#include "shim.h"
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+constexpr double E4M3_MAX = 448.0;
+constexpr double E5M2_MAX = 57344.0;
+
+struct Scaled {
+  at::Tensor data;   // fp8
+  at::Tensor scale;  // float32, 0-dim: data * scale is the original
+};
+
+Scaled quantize(const at::Tensor& t, at::ScalarType dtype, double max) {
+  auto amax = at::linalg_vector_norm(t, INFINITY, at::OptionalIntArrayRef{}, false, at::kFloat).clamp_min(1e-30);
+  auto scale = at::exp2(at::ceil(at::log2(amax.div(max))));
+  auto data = t.mul(scale.reciprocal().to(t.scalar_type())).to(dtype);
+  return {data, scale};
+}
+
+// The dtype the layer's output has: autocast's for the input's device when it is on, else the input's.
+at::ScalarType output_dtype(const at::Tensor& input) {
+  const auto device = input.device().type();
+  const bool autocast = (device == at::kCUDA || device == at::kCPU) && at::autocast::is_autocast_enabled(device);
+  return autocast ? at::autocast::get_autocast_dtype(device) : input.scalar_type();
+}
+
+// The same matrix in column-major layout, as _scaled_mm wants its second operand.
+at::Tensor column_major(const at::Tensor& m) { return m.t().contiguous().t(); }
+
+struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
+    const auto out_dtype = output_dtype(input);
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    auto sizes = input.sizes().vec();
+    auto x = quantize(input.reshape({-1, weight.size(1)}), at::kFloat8_e4m3fn, E4M3_MAX);
+    auto w = quantize(weight, at::kFloat8_e4m3fn, E4M3_MAX);
+    // weight is [out, in] row-major, so its transpose is the column-major [in, out] operand.
+    auto out = at::_scaled_mm(x.data, w.data.t(), x.scale, w.scale, std::nullopt, std::nullopt, out_dtype,
+                              /*use_fast_accum=*/true);
+    if (bias.defined()) out.add_(bias.to(out_dtype));
+    ctx->save_for_backward({x.data, x.scale, w.data, w.scale});
+    ctx->saved_data["input_sizes"] = sizes;
+    ctx->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
+    ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
+    ctx->saved_data["has_bias"] = bias.defined();
+    ctx->saved_data["bias_dtype"] = static_cast<int64_t>(bias.defined() ? bias.scalar_type() : at::kFloat);
+    sizes.back() = weight.size(0);
+    return out.view(sizes);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x8 = saved[0], &x_scale = saved[1], &w8 = saved[2], &w_scale = saved[3];
+    auto g = grad_outputs[0].reshape({-1, w8.size(0)});
+    auto g8 = quantize(g, at::kFloat8_e5m2, E5M2_MAX);
+    auto dtype = [&](const char* key) { return static_cast<at::ScalarType>(ctx->saved_data[key].toInt()); };
+    at::Tensor grad_input, grad_weight, grad_bias;
+    if (ctx->needs_input_grad(0)) {
+      grad_input = at::_scaled_mm(g8.data, column_major(w8), g8.scale, w_scale, std::nullopt, std::nullopt, dtype("input_dtype"))
+                       .view(ctx->saved_data["input_sizes"].toIntVector());
+    }
+    if (ctx->needs_input_grad(1)) {
+      grad_weight = at::_scaled_mm(g8.data.t().contiguous(), column_major(x8), g8.scale, x_scale, std::nullopt, std::nullopt,
+                                   dtype("weight_dtype"));
+    }
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
+      grad_bias = g.sum(0, false, at::kFloat).to(dtype("bias_dtype"));
+    }
+    return {grad_input, grad_weight, grad_bias};
+  }
+};
+}  // namespace
+
+// `input @ weight^T + bias` through fp8 matmuls; `bias` may be null. The caller checks that
+// every matmul dimension is a multiple of 16 (rows of input, in and out features).
+extern "C" int acc_fp8_linear(acc_tensor input, acc_tensor weight, acc_tensor bias, acc_tensor* out) {
+  ACC_PROTECT({
+    const at::Tensor none;
+    *out = new at::Tensor(Fp8Linear::apply(*input, *weight, bias == nullptr ? none : *bias));
+  })
+}
