@@ -473,6 +473,33 @@ export interface ProcessGroupOptions {
   cudaDevice?: number
 }
 
+/** What `profilerStart` records (torch.profiler's arguments); cpu and cuda default to false. */
+export interface ProfilerOptions {
+  cpu?: boolean
+  cuda?: boolean
+  recordShapes?: boolean
+  profileMemory?: boolean
+  withFlops?: boolean
+}
+
+/** One operator's or kernel's events added up. */
+export interface ProfileRow {
+  name: string
+  /** "cpu" (operators) or "cuda" (kernels and copies on the GPU). */
+  device: string
+  count: number
+  totalNs: number
+  flops: number
+}
+
+export declare function profilerStart(options: ProfilerOptions): void
+
+/**
+ * Stops the running profile, writes its Chrome trace to `tracePath` when given, and returns
+ * its events added up per name, the largest total first.
+ */
+export declare function profilerStop(tracePath?: string | undefined | null): Array<ProfileRow>
+
 /** Uniform samples in [0, 1). */
 export declare function rand(shape: Ints, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 

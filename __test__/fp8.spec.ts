@@ -34,6 +34,23 @@ test("fp8: a Linear's output and gradients are within fp8's precision of float32
   t.true(relative(fp8.w, bf16.w) > 4 * relative(bf16.w, exact.w), "the weight gradient ran in fp8, not bf16");
 });
 
+test("fp8: a Linear without a bias (a language model's head) runs in fp8 too", (t) => {
+  const run = (mixedPrecision: "no" | "fp8") => {
+    manualSeed(2);
+    const layer = new nn.Linear(64, 32, { bias: false });
+    const acc = new Accelerator({ cpu: true, mixedPrecision });
+    const [model] = acc.prepare(layer);
+    const x = randn([32, 64]);
+    const y = model.forward(x);
+    y.square().mean().backward();
+    return { y, w: layer.weight.grad as Tensor };
+  };
+  const exact = run("no");
+  const fp8 = run("fp8");
+  t.true(relative(fp8.y, exact.y) < 0.08 && relative(fp8.y, exact.y) > 1e-3, `output error ${relative(fp8.y, exact.y)}`);
+  t.true(relative(fp8.w, exact.w) < 0.08, `weight gradient error ${relative(fp8.w, exact.w)}`);
+});
+
 test("fp8: shapes whose matmul dimensions are not multiples of 16 run exactly as under bf16", (t) => {
   const bf16 = linearRun("bf16", 10, 32, 48);
   const fp8 = linearRun("fp8", 10, 32, 48);

@@ -460,3 +460,31 @@ test("linearCrossEntropy equals crossEntropy(linear(x, W), y) in value and gradi
   t.throws(() => nn.functional.linearCrossEntropy(x0, randn([40, 8]), targets), { message: /^linearCrossEntropy: input has 16 features but weight expects 8/ });
   t.throws(() => nn.functional.linearCrossEntropy(x0, w0, targets, { chunkRows: 0 }), { message: /^linearCrossEntropy: chunkRows must be positive, got 0/ });
 });
+
+test("linearCrossEntropy refuses what crossEntropy refuses, naming the argument, and follows it at the edges", (t) => {
+  const x = randn([3, 5, 16]);
+  const w = randn([40, 16]);
+  const lce = (input: Tensor, weight: Tensor, targets: Tensor, ignoreIndex?: number) => nn.functional.linearCrossEntropy(input, weight, targets, { ignoreIndex });
+  const y = randint(0, 40, [3, 5]);
+  t.throws(() => lce(x, w, where(y.eq(y.max()), full([3, 5], -1, { dtype: "int64" }), y)), { message: /^linearCrossEntropy: targets hold -1, which is neither a class in \[0, 40\) nor the ignoreIndex -100/ });
+  t.throws(() => lce(x, w, where(y.eq(y.max()), full([3, 5], 40, { dtype: "int64" }), y), 7), { message: /^linearCrossEntropy: targets hold 40, which is neither a class in \[0, 40\) nor the ignoreIndex 7/ });
+  t.throws(() => lce(x, w, y.to("float32")), { message: /^linearCrossEntropy: targets must hold class indices \(an integer dtype\), got Float/ });
+  t.throws(() => lce(x, w, y.reshape([15])), { message: /^linearCrossEntropy: targets of shape \[15\] do not fit input of shape \[3, 5, 16\]/ });
+  t.throws(() => lce(x.to("float64"), w, y), { message: /^linearCrossEntropy: input is Double but weight is Float/ });
+  t.throws(() => lce(randn([]), w, y), { message: /^linearCrossEntropy: input must have a features dimension/ });
+  t.throws(() => lce(y, w, y), { message: /^linearCrossEntropy: input and weight must be floating-point, got Long and Float/ });
+  // Every target ignored: NaN, as crossEntropy; the gradients are zero.
+  const x1 = x.clone();
+  x1.requiresGrad = true;
+  const ignored = lce(x1, w, full([3, 5], -100, { dtype: "int64" }));
+  t.true(Number.isNaN(ignored.item()));
+  t.true(Number.isNaN(nn.functional.crossEntropy(x.matmul(w.t()).reshape([-1, 40]), full([15], -100, { dtype: "int64" })).item()));
+  ignored.backward();
+  t.is((x1.grad as Tensor).abs().max().item(), 0);
+  // float64 in, float64 out, to float64's precision.
+  const [x64, w64] = [x.to("float64"), w.to("float64")];
+  const exact = lce(x64, w64, y);
+  t.is(exact.dtype, "float64");
+  const want = nn.functional.crossEntropy(x64.matmul(w64.t()).reshape([-1, 40]), y.reshape([-1])).item();
+  t.true(Math.abs(exact.item() - want) < 1e-12, `${exact.item()} vs ${want}`);
+});

@@ -21,6 +21,7 @@ import { fillBatchSizes } from "./strategy/deepspeed-config.js";
 import { createStrategy, strategyConfigOf, type DeepSpeedPlugin, type FsdpPlugin, type Strategy, type StrategyConfig } from "./strategy/index.js";
 import { keep, manualSeed, Tensor } from "./tensor.js";
 import { Module } from "./nn/module.js";
+import { profile, type Profile, type ProfileOptions } from "./profiling.js";
 import { progress, type Progress, type ProgressOptions } from "./progress.js";
 import { TrackerSet, type GeneralTracker, type LogValues, type LogWith, type TrackerConfig } from "./tracking/index.js";
 
@@ -107,11 +108,9 @@ export class Accelerator {
     const steps =
       fromConfig(options.gradientAccumulationSteps, config.gradientAccumulationSteps, "gradientAccumulationSteps", "gradient_accumulation_steps") ??
       Number(process.env.ACCELERATE_GRADIENT_ACCUMULATION_STEPS ?? 1);
-    const precision =
-      fromConfig(options.mixedPrecision, config.mixedPrecision, "mixedPrecision", "bf16/fp16 enabled") ??
-      (process.env.ACCELERATE_MIXED_PRECISION as MixedPrecision | undefined) ??
-      "no";
-    mixedPrecisionOf("Accelerator", precision);
+    const configured = fromConfig(options.mixedPrecision, config.mixedPrecision, "mixedPrecision", "bf16/fp16 enabled");
+    const fromEnv = configured === undefined ? process.env.ACCELERATE_MIXED_PRECISION : undefined;
+    const precision = mixedPrecisionOf(fromEnv === undefined ? "Accelerator" : "Accelerator (ACCELERATE_MIXED_PRECISION)", configured ?? fromEnv ?? "no");
     this.gradientState = new GradientState(steps);
     this.#options = options;
     this.state = readProcessState(options);
@@ -334,6 +333,18 @@ export class Accelerator {
       },
     };
     return compileStep(fn, context, options);
+  }
+
+  /**
+   * Runs `fn` under libtorch's profiler (HF's `accelerator.profile`, torch.profiler): returns
+   * its result with the time of every operator (host) and GPU kernel (device), largest first,
+   * `table()` to print them, and with `outputTraceDir` a Chrome trace `profile_<processIndex>.json`.
+   * An async `fn` is profiled until its Promise settles. See docs/performance.md.
+   */
+  profile<R>(fn: () => Promise<R>, options?: ProfileOptions): Promise<Profile<R>>;
+  profile<R>(fn: () => R, options?: ProfileOptions): Profile<R>;
+  profile<R>(fn: () => R, options: ProfileOptions = {}): Profile<R> | Promise<Profile<Awaited<R>>> {
+    return profile(fn, options, { processIndex: this.processIndex, onGpu: this.device.startsWith("cuda"), synchronize: () => this.synchronize() });
   }
 
   /**

@@ -10,6 +10,7 @@ export { Accelerator } from "./accelerator.js";
 export type { AcceleratorOptions, MixedPrecision, StateBytes } from "./accelerator.js";
 export type { CheckpointSelector } from "./activation-checkpointing.js";
 export type { CompileStepOptions } from "./compile-step.js";
+export type { Profile, ProfileOptions, ProfileRow } from "./profiling.js";
 export type { DeepSpeedConfigJson, DeepSpeedConfigValue, DeepSpeedPlugin, FsdpPlugin, OffloadDevice, StrategyConfig, ZeroStage } from "./strategy/index.js";
 export type { GradScalerOptions } from "./precision.js";
 export * as data from "./data/index.js";

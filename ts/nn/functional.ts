@@ -24,10 +24,14 @@ export function crossEntropy(logits: Tensor, target: Tensor, options: CrossEntro
 
 /**
  * `crossEntropy(linear(input, weight), targets)` (mean over the rows whose target is not
- * `ignoreIndex`, no bias) computed `chunkRows` rows at a time, so the `[rows, classes]`
- * logits and their gradient never exist whole: for a language model's output head.
- * `input` is `[..., features]`, `weight` `[classes, features]`, `targets` class indices of
- * `input`'s leading shape.
+ * `ignoreIndex`, default -100; no bias) computed `chunkRows` rows at a time (default 1024),
+ * so the `[rows, classes]` logits and their gradient never exist whole: for a language
+ * model's output head. `input` is `[..., features]`, `weight` `[classes, features]`,
+ * `targets` integer class indices of `input`'s shape without its last dimension. Under
+ * autocast the logits stay in its dtype (bf16), one chunk at a time. With every target
+ * ignored the loss is NaN, as `crossEntropy`'s. A target that is neither a class nor
+ * `ignoreIndex` is an Error on the CPU; on a GPU, where checking would wait for it, it makes
+ * the loss and gradients NaN.
  */
 export function linearCrossEntropy(
   input: Tensor,

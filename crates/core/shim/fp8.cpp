@@ -39,7 +39,7 @@ at::ScalarType output_dtype(const at::Tensor& input) {
 at::Tensor column_major(const at::Tensor& m) { return m.t().contiguous().t(); }
 
 struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight) {
     const auto out_dtype = output_dtype(input);
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     auto sizes = input.sizes().vec();
@@ -48,13 +48,10 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
     // weight is [out, in] row-major, so its transpose is the column-major [in, out] operand.
     auto out = at::_scaled_mm(x.data, w.data.t(), x.scale, w.scale, std::nullopt, std::nullopt, out_dtype,
                               /*use_fast_accum=*/true);
-    if (bias.defined()) out.add_(bias.to(out_dtype));
     ctx->save_for_backward({x.data, x.scale, w.data, w.scale});
     ctx->saved_data["input_sizes"] = sizes;
     ctx->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
-    ctx->saved_data["has_bias"] = bias.defined();
-    ctx->saved_data["bias_dtype"] = static_cast<int64_t>(bias.defined() ? bias.scalar_type() : at::kFloat);
     sizes.back() = weight.size(0);
     return out.view(sizes);
   }
@@ -65,7 +62,7 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
     auto g = grad_outputs[0].reshape({-1, w8.size(0)});
     auto g8 = quantize(g, at::kFloat8_e5m2, E5M2_MAX);
     auto dtype = [&](const char* key) { return static_cast<at::ScalarType>(ctx->saved_data[key].toInt()); };
-    at::Tensor grad_input, grad_weight, grad_bias;
+    at::Tensor grad_input, grad_weight;
     if (ctx->needs_input_grad(0)) {
       grad_input = at::_scaled_mm(g8.data, column_major(w8), g8.scale, w_scale, std::nullopt, std::nullopt, dtype("input_dtype"))
                        .view(ctx->saved_data["input_sizes"].toIntVector());
@@ -74,19 +71,19 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
       grad_weight = at::_scaled_mm(g8.data.t().contiguous(), column_major(x8), g8.scale, x_scale, std::nullopt, std::nullopt,
                                    dtype("weight_dtype"));
     }
-    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
-      grad_bias = g.sum(0, false, at::kFloat).to(dtype("bias_dtype"));
-    }
-    return {grad_input, grad_weight, grad_bias};
+    return {grad_input, grad_weight};
   }
 };
 }  // namespace
 
 // `input @ weight^T + bias` through fp8 matmuls; `bias` may be null. The caller checks that
-// every matmul dimension is a multiple of 16 (rows of input, in and out features).
+// every matmul dimension is a multiple of 16 (rows of input, in and out features). The bias is
+// added outside the autograd function (a C++ Function cannot take an undefined tensor), in
+// the output's dtype.
 extern "C" int acc_fp8_linear(acc_tensor input, acc_tensor weight, acc_tensor bias, acc_tensor* out) {
   ACC_PROTECT({
-    const at::Tensor none;
-    *out = new at::Tensor(Fp8Linear::apply(*input, *weight, bias == nullptr ? none : *bias));
+    auto result = Fp8Linear::apply(*input, *weight);
+    if (bias != nullptr) result = result.add(bias->to(result.scalar_type()));
+    *out = new at::Tensor(std::move(result));
   })
 }

@@ -7,18 +7,22 @@
 // gradient matmuls; no elementwise pass over the chunk in float32.
 #include "shim.h"
 #include <ATen/autocast_mode.h>
+#include <cmath>
 #include <torch/csrc/autograd/custom_function.h>
 
 namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+bool autocast_on(const at::Tensor& input) {
+  const auto device = input.device().type();
+  return (device == at::kCUDA || device == at::kCPU) && at::autocast::is_autocast_enabled(device);
+}
+
 // The dtype the head's matmuls run in: autocast's for the input's device when it is on,
 // else the input's.
 at::ScalarType compute_dtype(const at::Tensor& input) {
-  const auto device = input.device().type();
-  const bool autocast = (device == at::kCUDA || device == at::kCPU) && at::autocast::is_autocast_enabled(device);
-  return autocast ? at::autocast::get_autocast_dtype(device) : input.scalar_type();
+  return autocast_on(input) ? at::autocast::get_autocast_dtype(input.device().type()) : input.scalar_type();
 }
 
 // grad_weight (float32) += a^T @ b, with a and b in the compute dtype.
@@ -35,46 +39,64 @@ void accumulate_weight_grad(at::Tensor& grad_weight, const at::Tensor& a, const 
 struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& targets,
                             int64_t ignore_index, int64_t chunk_rows) {
+    TORCH_CHECK(input.dim() >= 1, "input must have a features dimension, got a 0-d tensor");
+    TORCH_CHECK(at::isFloatingType(input.scalar_type()) && at::isFloatingType(weight.scalar_type()),
+                "input and weight must be floating-point, got ", input.scalar_type(), " and ", weight.scalar_type());
     TORCH_CHECK(weight.dim() == 2, "weight must be [classes, features], got ", weight.sizes());
     TORCH_CHECK(input.size(-1) == weight.size(1), "input has ", input.size(-1), " features but weight expects ", weight.size(1));
-    auto t = targets.reshape({-1}).to(at::kLong);
-    TORCH_CHECK(t.size(0) == input.numel() / std::max<int64_t>(input.size(-1), 1), "targets hold ", t.size(0), " values for ",
-                input.numel() / std::max<int64_t>(input.size(-1), 1), " rows of input");
+    TORCH_CHECK(at::isIntegralType(targets.scalar_type(), /*includeBool=*/false), "targets must hold class indices (an integer dtype), got ",
+                targets.scalar_type());
+    TORCH_CHECK(targets.sizes() == input.sizes().slice(0, input.dim() - 1), "targets of shape ", targets.sizes(),
+                " do not fit input of shape ", input.sizes(), " (they need its shape without the features dimension)");
     const auto dtype = compute_dtype(input);
+    TORCH_CHECK(autocast_on(input) || input.scalar_type() == weight.scalar_type(), "input is ", input.scalar_type(),
+                " but weight is ", weight.scalar_type(), " (convert one, or run under autocast)");
+    const int64_t classes = weight.size(0);
+    auto t = targets.reshape({-1}).to(at::kLong);
+    auto kept = t.ne(ignore_index);
+    // A target that is neither a class nor ignoreIndex: an Error where checking is free (on the
+    // CPU); on a GPU, where checking would wait for it, a NaN loss and NaN gradients instead.
+    auto invalid = kept.logical_and(t.lt(0).logical_or(t.ge(classes)));
+    if (t.is_cpu() && invalid.any().item<bool>()) {
+      TORCH_CHECK(false, "targets hold ", t.masked_select(invalid)[0].item<int64_t>(), ", which is neither a class in [0, ", classes,
+                  ") nor the ignoreIndex ", ignore_index);
+    }
     // Explicit dtypes from here on: autocast would run the softmax in float32.
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const auto accumulate = dtype == at::kDouble ? at::kDouble : at::kFloat;
     auto x = input.reshape({-1, input.size(-1)}).to(dtype);
     auto w = weight.to(dtype);
     const int64_t rows = x.size(0);
-    auto kept = t.ne(ignore_index);
-    auto count = kept.sum().clamp_min(1).to(at::kFloat);
-    auto loss = at::zeros({}, x.options().dtype(at::kFloat));
+    // The mean over no rows is NaN, as crossEntropy's; the gradients are then 0.
+    auto count = kept.sum().to(accumulate);
+    auto loss = at::zeros({}, x.options().dtype(accumulate));
     const bool want_input = input.requires_grad(), want_weight = weight.requires_grad();
     auto grad_input = want_input ? at::empty({rows, x.size(1)}, input.options()) : at::Tensor();
-    auto grad_weight = want_weight ? at::zeros_like(weight, weight.options().dtype(at::kFloat)) : at::Tensor();
+    auto grad_weight = want_weight ? at::zeros_like(weight, weight.options().dtype(accumulate)) : at::Tensor();
     for (int64_t start = 0; start < rows; start += chunk_rows) {
       const int64_t n = std::min(chunk_rows, rows - start);
       auto xc = x.narrow(0, start, n);
       auto keep = kept.narrow(0, start, n).unsqueeze(1);
-      auto safe = t.narrow(0, start, n).clamp_min(0).unsqueeze(1);
+      auto bad = invalid.narrow(0, start, n).unsqueeze(1);
+      auto safe = t.narrow(0, start, n).clamp(0, classes - 1).unsqueeze(1);
       auto logits = at::mm(xc, w.t());
       // Each row's loss is logsumexp - logit[target], and logsumexp = max - log(max probability):
       // the largest probability is at least 1/classes, so this never underflows.
       auto probs = at::_softmax(logits, 1, false);
-      auto row_loss = at::amax(logits, {1}, true).to(at::kFloat) - at::amax(probs, {1}, true).to(at::kFloat).log_() -
-                      logits.gather(1, safe).to(at::kFloat);
-      loss.add_(row_loss.masked_fill_(keep.logical_not(), 0).sum());
+      auto row_loss = at::amax(logits, {1}, true).to(accumulate) - at::amax(probs, {1}, true).to(accumulate).log_() -
+                      logits.gather(1, safe).to(accumulate);
+      loss.add_(row_loss.masked_fill_(keep.logical_not(), 0).masked_fill_(bad, NAN).sum());
       if (!want_input && !want_weight) continue;
       logits = at::Tensor();
       // d(loss)/d(logits) = (softmax - one_hot) on kept rows; the division by the count is
       // applied once, to the finished gradients.
       auto grad = probs.scatter_add_(1, safe, at::full({n, 1}, -1.0, probs.options()));
-      auto mask = keep.to(dtype);
+      auto mask = keep.to(dtype).masked_fill_(bad, NAN);
       if (want_input) grad_input.narrow(0, start, n).copy_(at::mm(grad, w).mul_(mask));
       if (want_weight) accumulate_weight_grad(grad_weight, grad, xc.mul(mask));
     }
-    if (want_input) grad_input.div_(count);
-    if (want_weight) grad_weight.div_(count);
+    if (want_input) grad_input.div_(count.clamp_min(1));
+    if (want_weight) grad_weight.div_(count.clamp_min(1));
     ctx->save_for_backward({grad_input, grad_weight});
     ctx->saved_data["input_sizes"] = input.sizes().vec();
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());

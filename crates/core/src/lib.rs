@@ -13,6 +13,7 @@ pub mod error;
 pub mod memory;
 pub mod nn;
 pub mod optim;
+pub mod profiler;
 pub mod shim;
 pub mod tensor;
 

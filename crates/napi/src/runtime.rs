@@ -1,6 +1,6 @@
 //! Process-wide switches and facts: seeding, grad mode, live tensors, CUDA.
 
-use accelerate_core::{cuda, device, memory, tensor};
+use accelerate_core::{cuda, device, memory, profiler, tensor};
 use napi::{Env, Result};
 
 use crate::convert::guarded;
@@ -179,4 +179,61 @@ impl CudaGraph {
     pub fn release(&mut self) {
         self.inner = None;
     }
+}
+
+/// What `profilerStart` records (torch.profiler's arguments); cpu and cuda default to false.
+#[napi(object)]
+pub struct ProfilerOptions {
+    pub cpu: Option<bool>,
+    pub cuda: Option<bool>,
+    pub record_shapes: Option<bool>,
+    pub profile_memory: Option<bool>,
+    pub with_flops: Option<bool>,
+}
+
+#[napi]
+pub fn profiler_start(options: ProfilerOptions) -> Result<()> {
+    guarded("profile", || {
+        profiler::start(profiler::ProfilerOptions {
+            cpu: options.cpu.unwrap_or(false),
+            cuda: options.cuda.unwrap_or(false),
+            record_shapes: options.record_shapes.unwrap_or(false),
+            profile_memory: options.profile_memory.unwrap_or(false),
+            with_flops: options.with_flops.unwrap_or(false),
+        })
+    })
+}
+
+/// One operator's or kernel's events added up.
+#[napi(object)]
+pub struct ProfileRow {
+    pub name: String,
+    /// "cpu" (operators) or "cuda" (kernels and copies on the GPU).
+    pub device: String,
+    pub count: f64,
+    pub total_ns: f64,
+    pub flops: f64,
+}
+
+/// Stops the running profile, writes its Chrome trace to `tracePath` when given, and returns
+/// its events added up per name, the largest total first.
+#[napi]
+pub fn profiler_stop(trace_path: Option<String>) -> Result<Vec<ProfileRow>> {
+    guarded("profile", || {
+        let profile = profiler::stop()?;
+        if let Some(path) = trace_path {
+            profile.save(&path)?;
+        }
+        Ok(profile
+            .summary()?
+            .into_iter()
+            .map(|r| ProfileRow {
+                name: r.name,
+                device: if r.on_gpu { "cuda" } else { "cpu" }.to_string(),
+                count: r.count as f64,
+                total_ns: r.total_ns as f64,
+                flops: r.flops as f64,
+            })
+            .collect())
+    })
 }
