@@ -51,6 +51,25 @@ test("fp8: a Linear without a bias (a language model's head) runs in fp8 too", (
   t.true(relative(fp8.w, exact.w) < 0.08, `weight gradient error ${relative(fp8.w, exact.w)}`);
 });
 
+test("fp8: a 3-d input and a gradient that arrives transposed", (t) => {
+  const run = (mixedPrecision: "no" | "fp8") => {
+    manualSeed(4);
+    const layer = new nn.Linear(32, 48);
+    const acc = new Accelerator({ cpu: true, mixedPrecision });
+    const [model] = acc.prepare(layer);
+    const x = randn([2, 8, 32]);
+    x.requiresGrad = true;
+    const y = model.forward(x);
+    const flat = model.forward(x.reshape([16, 32]));
+    // The second loss reads a 2-d output transposed, so its gradient reaches the layer column-major.
+    y.square().sum().add(flat.t().contiguous().mul(randn([48, 16])).sum()).backward();
+    return { y, x: x.grad as Tensor, w: layer.weight.grad as Tensor };
+  };
+  const [exact, fp8] = [run("no"), run("fp8")];
+  t.deepEqual(fp8.y.shape, [2, 8, 48]);
+  for (const name of ["y", "x", "w"] as const) t.true(relative(fp8[name], exact[name]) < 0.08, `${name}: ${relative(fp8[name], exact[name])}`);
+});
+
 test("fp8: shapes whose matmul dimensions are not multiples of 16 run exactly as under bf16", (t) => {
   const bf16 = linearRun("bf16", 10, 32, 48);
   const fp8 = linearRun("fp8", 10, 32, 48);
@@ -77,5 +96,6 @@ test("fp8: an MLP trains like bf16 (losses within 2 % over 30 steps)", (t) => {
   };
   const [bf16, fp8] = [losses("bf16"), losses("fp8")];
   t.true(fp8[29] < 0.9 * fp8[0], `fp8 loss went ${fp8[0]} -> ${fp8[29]}`);
+  t.true(fp8.some((l, i) => Math.abs(l - bf16[i]) > 1e-4 * bf16[i]), "the layers inside Sequential ran in fp8");
   fp8.forEach((l, i) => t.true(Math.abs(l - bf16[i]) < 0.02 * bf16[i], `step ${i}: fp8 ${l} vs bf16 ${bf16[i]}`));
 });

@@ -7,7 +7,7 @@
 //   def wave(n, k, s=1.0): return (torch.arange(n, dtype=torch.float32) * k).sin() * s
 //   def r(t): return [round(v, 6) for v in t.detach().flatten().tolist()]
 import test, { type ExecutionContext } from "ava";
-import { Tensor, arange, full, manualSeed, nn, noGrad, ones, randint, randn, tensor, tidy, where, zeros } from "../ts/index.js";
+import { Accelerator, Tensor, arange, full, manualSeed, nn, noGrad, ones, randint, randn, tensor, tidy, where, zeros } from "../ts/index.js";
 
 const F = nn.functional;
 
@@ -459,6 +459,45 @@ test("linearCrossEntropy equals crossEntropy(linear(x, W), y) in value and gradi
   t.true(Number.isFinite(far.value) && Math.abs(far.value - farWant.value) < 1e-3 * Math.abs(farWant.value), `far logits: loss ${far.value} vs ${farWant.value}`);
   t.throws(() => nn.functional.linearCrossEntropy(x0, randn([40, 8]), targets), { message: /^linearCrossEntropy: input has 16 features but weight expects 8/ });
   t.throws(() => nn.functional.linearCrossEntropy(x0, w0, targets, { chunkRows: 0 }), { message: /^linearCrossEntropy: chunkRows must be positive, got 0/ });
+});
+
+test("linearCrossEntropy under bf16 autocast is as close to float64 as the plain head, also on confident rows", (t) => {
+  manualSeed(5);
+  const [rows, features, classes] = [64, 32, 300];
+  const w0 = randn([classes, features]);
+  const y = randint(0, classes, [rows]);
+  // Most rows point straight at their target (probability near 1), the rest are uncertain.
+  const x0 = w0.index(y).mul(0.6).add(randn([rows, features]).mul(0.3));
+  const acc = new Accelerator({ cpu: true, mixedPrecision: "bf16" });
+  const run = (loss: (x: Tensor, w: Tensor) => Tensor, dtype: "float32" | "float64", autocast: boolean) => {
+    const [x, w] = [x0.to(dtype).clone(), w0.to(dtype).clone()];
+    x.requiresGrad = true;
+    w.requiresGrad = true;
+    const value = autocast ? acc.autocast(() => loss(x, w)) : loss(x, w);
+    value.backward();
+    return { value: value.item(), x: x.grad as Tensor, w: w.grad as Tensor };
+  };
+  const plainLoss = (x: Tensor, w: Tensor) => nn.functional.crossEntropy(x.matmul(w.t()), y);
+  const exact = run(plainLoss, "float64", false);
+  const plain = run(plainLoss, "float32", true);
+  const fused = run((x, w) => nn.functional.linearCrossEntropy(x, w, y, { chunkRows: 16 }), "float32", true);
+  t.true(exact.value < 0.5, `mostly confident rows (loss ${exact.value})`);
+  const error = (a: Tensor, b: Tensor) => a.to("float64").sub(b).square().sum().sqrt().item() / b.square().sum().sqrt().item();
+  t.true(Math.abs(fused.value - exact.value) <= 2 * Math.abs(plain.value - exact.value) + 1e-3 * exact.value, `loss ${fused.value} / plain ${plain.value} / exact ${exact.value}`);
+  for (const name of ["x", "w"] as const) {
+    t.true(error(fused[name], exact[name]) <= 2 * error(plain[name], exact[name]) + 1e-3, `${name}: fused ${error(fused[name], exact[name])}, plain ${error(plain[name], exact[name])}`);
+  }
+});
+
+test("linearCrossEntropy computes gradients only when backward may come (not under noGrad)", (t) => {
+  const x = randn([15, 16]);
+  const w = randn([40, 16]);
+  w.requiresGrad = true;
+  const y = randint(0, 40, [15]);
+  const acc = new Accelerator({ cpu: true });
+  const matmuls = (fn: () => void) => acc.profile(fn).rows.filter((r) => ["aten::mm", "aten::addmm", "aten::addmm_"].includes(r.name)).reduce((n, r) => n + r.count, 0);
+  t.is(matmuls(() => noGrad(() => nn.functional.linearCrossEntropy(x, w, y, { chunkRows: 4 }))), 4, "one logits matmul per chunk");
+  t.is(matmuls(() => nn.functional.linearCrossEntropy(x, w, y, { chunkRows: 4 })), 8, "and one weight-gradient matmul per chunk");
 });
 
 test("linearCrossEntropy refuses what crossEntropy refuses, naming the argument, and follows it at the edges", (t) => {

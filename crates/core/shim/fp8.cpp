@@ -24,7 +24,8 @@ struct Scaled {
 Scaled quantize(const at::Tensor& t, at::ScalarType dtype, double max) {
   auto amax = at::linalg_vector_norm(t, INFINITY, at::OptionalIntArrayRef{}, false, at::kFloat).clamp_min(1e-30);
   auto scale = at::exp2(at::ceil(at::log2(amax.div(max))));
-  auto data = t.mul(scale.reciprocal().to(t.scalar_type())).to(dtype);
+  // Row-major, as _scaled_mm wants its first operand (a transposed input or gradient is not).
+  auto data = t.mul(scale.reciprocal().to(t.scalar_type())).to(dtype).contiguous();
   return {data, scale};
 }
 
@@ -53,7 +54,8 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
     ctx->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
     sizes.back() = weight.size(0);
-    return out.view(sizes);
+    // Not a view (an in-place op on a custom Function's view output is refused).
+    return at::_unsafe_view(out, sizes);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {

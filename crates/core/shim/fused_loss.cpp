@@ -38,7 +38,7 @@ void accumulate_weight_grad(at::Tensor& grad_weight, const at::Tensor& a, const 
 
 struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& targets,
-                            int64_t ignore_index, int64_t chunk_rows) {
+                            int64_t ignore_index, int64_t chunk_rows, bool grad_mode) {
     TORCH_CHECK(input.dim() >= 1, "input must have a features dimension, got a 0-d tensor");
     TORCH_CHECK(at::isFloatingType(input.scalar_type()) && at::isFloatingType(weight.scalar_type()),
                 "input and weight must be floating-point, got ", input.scalar_type(), " and ", weight.scalar_type());
@@ -70,7 +70,8 @@ struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
     // The mean over no rows is NaN, as crossEntropy's; the gradients are then 0.
     auto count = kept.sum().to(accumulate);
     auto loss = at::zeros({}, x.options().dtype(accumulate));
-    const bool want_input = input.requires_grad(), want_weight = weight.requires_grad();
+    // Gradients are computed here only when backward may come (not under noGrad).
+    const bool want_input = grad_mode && input.requires_grad(), want_weight = grad_mode && weight.requires_grad();
     auto grad_input = want_input ? at::empty({rows, x.size(1)}, input.options()) : at::Tensor();
     auto grad_weight = want_weight ? at::zeros_like(weight, weight.options().dtype(accumulate)) : at::Tensor();
     for (int64_t start = 0; start < rows; start += chunk_rows) {
@@ -80,17 +81,22 @@ struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
       auto bad = invalid.narrow(0, start, n).unsqueeze(1);
       auto safe = t.narrow(0, start, n).clamp(0, classes - 1).unsqueeze(1);
       auto logits = at::mm(xc, w.t());
-      // Each row's loss is logsumexp - logit[target], and logsumexp = max - log(max probability):
-      // the largest probability is at least 1/classes, so this never underflows.
+      // Each row's loss is logsumexp - logit[target] = (max - logit[target]) + log(sum / max
+      // probability), from reductions over the (bf16) probabilities in float32: the largest
+      // probability is at least 1/classes (no underflow), and a confident row's loss, about
+      // the sum of the other probabilities, keeps their precision instead of 1's.
       auto probs = at::_softmax(logits, 1, false);
-      auto row_loss = at::amax(logits, {1}, true).to(accumulate) - at::amax(probs, {1}, true).to(accumulate).log_() -
-                      logits.gather(1, safe).to(accumulate);
+      auto total = probs.sum({1}, true, accumulate);
+      auto top = at::amax(probs, {1}, true).to(accumulate);
+      auto row_loss = (at::amax(logits, {1}, true).to(accumulate) - logits.gather(1, safe).to(accumulate))
+                          .add_(total.sub(top).div_(top).log1p_());
       loss.add_(row_loss.masked_fill_(keep.logical_not(), 0).masked_fill_(bad, NAN).sum());
       if (!want_input && !want_weight) continue;
       logits = at::Tensor();
-      // d(loss)/d(logits) = (softmax - one_hot) on kept rows; the division by the count is
-      // applied once, to the finished gradients.
-      auto grad = probs.scatter_add_(1, safe, at::full({n, 1}, -1.0, probs.options()));
+      // d(loss)/d(logits) = softmax - one_hot on kept rows, the target's entry being minus the
+      // sum of the others (probability - sum, in float32, not probability - 1 in bf16); the
+      // division by the count is applied once, to the finished gradients.
+      auto grad = probs.scatter_(1, safe, probs.gather(1, safe).to(accumulate).sub_(total).to(dtype));
       auto mask = keep.to(dtype).masked_fill_(bad, NAN);
       if (want_input) grad_input.narrow(0, start, n).copy_(at::mm(grad, w).mul_(mask));
       if (want_weight) accumulate_weight_grad(grad_weight, grad, xc.mul(mask));
@@ -111,7 +117,7 @@ struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
     if (saved[1].defined()) {
       grad_weight = saved[1].mul(g).to(static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt()));
     }
-    return {grad_input, grad_weight, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_input, grad_weight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 }  // namespace
@@ -122,6 +128,7 @@ extern "C" int acc_linear_cross_entropy(acc_tensor input, acc_tensor weight, acc
                                         int64_t chunk_rows, acc_tensor* out) {
   ACC_PROTECT({
     TORCH_CHECK(chunk_rows > 0, "chunkRows must be positive, got ", chunk_rows);
-    *out = new at::Tensor(LinearCrossEntropy::apply(*input, *weight, *targets, ignore_index, chunk_rows));
+    const bool grad_mode = at::GradMode::is_enabled();
+    *out = new at::Tensor(LinearCrossEntropy::apply(*input, *weight, *targets, ignore_index, chunk_rows, grad_mode));
   })
 }

@@ -35,10 +35,11 @@ pub fn is_enabled() -> bool {
     ON.with(Cell::get)
 }
 
-/// Whether `x @ weight^T` can run in fp8 here: a floating input and weight on the CPU or a
-/// GPU, and rows, input features and output features all multiples of 16.
+/// Whether `x @ weight^T` can run in fp8 here: a float32 or bfloat16 input and weight (a
+/// float16 tensor's scales can overflow its range) on the CPU or a GPU, and rows, input
+/// features and output features all multiples of 16.
 pub fn fits(x: &Tensor, weight: &Tensor) -> bool {
-    let floating = |t: &Tensor| matches!(t.kind(), Kind::Float | Kind::BFloat16 | Kind::Half);
+    let floating = |t: &Tensor| matches!(t.kind(), Kind::Float | Kind::BFloat16);
     let device = matches!(x.device(), Device::Cpu | Device::Cuda(_));
     let (ws, xs) = (weight.size(), x.size());
     let [out, features] = ws[..] else { return false };
@@ -75,6 +76,7 @@ mod tests {
         assert!(fits(&Tensor::zeros([2, 8, 16], (Kind::Float, Device::Cpu)), &w));
         assert!(!fits(&Tensor::zeros([3, 16], (Kind::Float, Device::Cpu)), &w));
         assert!(!fits(&Tensor::zeros([16, 16], (Kind::Int64, Device::Cpu)), &w));
+        assert!(!fits(&Tensor::zeros([16, 16], (Kind::Half, Device::Cpu)), &w));
         let narrow = Tensor::zeros([24, 16], (Kind::Float, Device::Cpu));
         assert!(!fits(&Tensor::zeros([16, 16], (Kind::Float, Device::Cpu)), &narrow));
     }
