@@ -91,6 +91,14 @@ serial("the installed package has no Rust toolchain at hand and no sources: dist
   t.true(existsSync(join(project, "node_modules", "accelerate-ts-linux-x64-gnu", "accelerate.linux-x64-gnu.node")));
 });
 
+serial("the installed README's links to docs/ and BENCHMARKS.md resolve inside the package", (t) => {
+  const installed = join(project, "node_modules", "accelerate-ts");
+  const readme = readFileSync(join(installed, "README.md"), "utf8");
+  const links = [...readme.matchAll(/\]\(((?:docs\/[\w.-]+\.md)|BENCHMARKS\.md)(?:#[\w-]*)?\)/g)].map((m) => m[1]);
+  t.true(links.length >= 5, `links found: ${links.join(", ")}`);
+  for (const link of links) t.true(existsSync(join(installed, link)), `${link} is in the package`);
+});
+
 serial("README app.mjs: plain node imports the package and trains 3 steps", (t) => {
   t.true(readmeFiles().has("app.mjs"), "the README's Install section has an app.mjs block");
   const r = run("node", ["app.mjs"]);

@@ -2,7 +2,7 @@
 // tokens through the DataLoader, AdamW, bf16 autocast, 30 steps after 5 warm-up.
 // One process per GPU; for `ddp` start it with `accelerate launch --num_processes 2`.
 //   node --import @oxc-node/core/register bench/gpt.ts [--precision bf16] [--steps 30] [--warmup 5] [--batch 8]
-//     [--layers 12 --width 768 --heads 12] [--checkpoint-blocks] [--compile-step]   (the `offload` workload: --layers 48 --width 1600 --heads 25 --batch 4,
+//     [--layers 12 --width 768 --heads 12] [--checkpoint-blocks] [--compile-step] [--profile]   (the `offload` workload: --layers 48 --width 1600 --heads 25 --batch 4,
 //     launched with --use_deepspeed --zero_stage 3 --offload_optimizer_device cpu --offload_param_device cpu)
 import { parseArgs } from "node:util";
 import { Accelerator, data, manualSeed, optim, randint, type MixedPrecision, type Tensor } from "../ts/index.js";
@@ -21,6 +21,9 @@ const { values } = parseArgs({
     heads: { type: "string", default: String(GPT2_SMALL.heads) },
     "checkpoint-blocks": { type: "boolean", default: false },
     "compile-step": { type: "boolean", default: false },
+    // After the timed steps, 3 more under accelerator.profile: a second JSON line with the
+    // 30 largest GPU kernels (ms per step), or host operators on the CPU.
+    profile: { type: "boolean", default: false },
   },
 });
 const [steps, warmup, batch] = [values.steps, values.warmup, values.batch].map(Number);
@@ -52,6 +55,15 @@ const compiled = values["compile-step"]
       return loss;
     })
   : null;
+const runStep = (x: Tensor, y: Tensor): Tensor => {
+  if (compiled !== null) return compiled(x, y);
+  const loss = model.forward(x, y);
+  accelerator.backward(loss);
+  opt.step();
+  opt.zeroGrad();
+  return loss;
+};
+let lastBatch: { x: Tensor; y: Tensor } | null = null;
 let started = 0n;
 let step = 0;
 let lastLoss = 0;
@@ -91,6 +103,7 @@ for (const { x, y } of loader) {
     host.step += mark - t2;
   }
   curve.push(accelerator.keep(loss.detach())); // read at the end: reading now would wait for the GPU every step
+  if (values.profile) lastBatch = { x: accelerator.keep(x), y: accelerator.keep(y) };
   if (step === steps + warmup - 1) lastLoss = accelerator.reduce(loss, "mean").item();
   step += 1;
 }
@@ -110,6 +123,23 @@ if (accelerator.isMainProcess) {
       loss_first: first, loss_last: Math.round(lastLoss * 1e4) / 1e4, device: accelerator.device,
       host_ms_per_step: Object.fromEntries(Object.entries(host).map(([k, v]) => [k, Math.round((v / steps) * 100) / 100])),
       losses,
+    }),
+  );
+}
+if (values.profile && lastBatch !== null && accelerator.isMainProcess) {
+  const { x, y } = lastBatch;
+  const runs = 3;
+  const prof = accelerator.profile(() => {
+    for (let i = 0; i < runs; i++) runStep(x, y);
+  });
+  const device = accelerator.device === "cpu" ? "cpu" : "cuda";
+  const rows = prof.rows.filter((r) => r.device === device);
+  const total = rows.reduce((sum, r) => sum + r.totalMs, 0);
+  console.log(
+    JSON.stringify({
+      // GPU kernels do not nest, so their times add up to the step; host operators nest.
+      profile: { device, kernel_ms_per_step: device === "cuda" ? Math.round((total / runs) * 1e3) / 1e3 : null },
+      top: rows.slice(0, 30).map((r) => ({ name: r.name.slice(0, 100), calls: r.count / runs, ms: Math.round((r.totalMs / runs) * 1e3) / 1e3 })),
     }),
   );
 }

@@ -2,7 +2,7 @@
 # The GPU run: CUDA tests, then each workload of shared/bench/WORKLOADS.md beside the
 # Hugging Face reference in the same command, on the same cards. Runs on a GPU host
 # inside .gpu/app through .gpu/run.sh (see README "GPUs"); writes $OUT/gpu-run.log and
-# prints the result lines. Usage: bash bench/gpu-suite.sh [tests] [gpt] [gpt-fused] [fp8] [ddp] [ddp4] [ddp8] [zero1] [zero2] [zero3] [offload] [mlp] [op]
+# prints the result lines. Usage: bash bench/gpu-suite.sh [tests] [gpt] [gpt-fused] [gpt-profile] [fp8] [ddp] [ddp4] [ddp8] [zero1] [zero2] [zero3] [offload] [mlp] [op]
 # (ddp runs the gpt workload on 2 GPUs, ddpN on N GPUs, one process per GPU).
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -30,6 +30,11 @@ for what in "${@:-tests gpt ddp mlp op}"; do
         done
         run gpt-hf 150 python3 "$ref/hf_baseline.py" --workload gpt --precision bf16
         run gpt-hf-compile 300 python3 "$ref/hf_baseline.py" --workload gpt --precision bf16 --compile ;;
+      gpt-profile)
+        # Where a gpt bf16 step's GPU time goes: the 30 largest kernels, plain head and fused loss.
+        for extra in "" "--fused-loss --loss-chunk 4096"; do
+          run "gpt-profile $extra" 150 "${node[@]}" bench/gpt.ts --precision bf16 --steps 10 --profile $extra
+        done ;;
       fp8)
         # fp8 Linear layers against bf16 on the larger gpt shape (24 layers, width 2048, 16 heads, batch 8).
         for precision in bf16 fp8 bf16 fp8; do

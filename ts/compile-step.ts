@@ -9,7 +9,7 @@
 // change records the step again: other hyperparameters, non-tensor arguments, which
 // parameters require gradients, train/eval modes, and where parameters and optimizer state
 // live (a loaded checkpoint replaces the state the recording points at).
-import { describe } from "./errors.js";
+import { checkOptionNames, describe } from "./errors.js";
 import { native } from "./native.js";
 import { Module } from "./nn/module.js";
 import type { ModelLike, OptimizerLike, SchedulerLike } from "./prepared.js";
@@ -95,9 +95,7 @@ const stateWhileRecording = (message: string): boolean => message.includes("opti
 
 export function compileStep<A extends unknown[], R>(fn: (...args: A) => R, context: CompileContext, options: CompileStepOptions = {}): (...args: A) => R {
   if (typeof fn !== "function") throw new Error(`compileStep: fn must be a function (the training step), got ${describe(fn)}`);
-  if (options === null || typeof options !== "object") throw new Error(`compileStep: options must be an object, got ${describe(options)}`);
-  const unknown = Object.keys(options).filter((k) => k !== "warmup");
-  if (unknown.length > 0) throw new Error(`compileStep: unknown option ${unknown.map((k) => JSON.stringify(k)).join(", ")}; the options are: warmup`);
+  checkOptionNames("compileStep", options, ["warmup"]);
   const warmup = options.warmup === undefined ? 2 : options.warmup;
   if (typeof warmup !== "number" || !Number.isInteger(warmup) || warmup < 1) {
     throw new Error(`compileStep: warmup must be an integer of at least 1, got ${describe(warmup)}`);

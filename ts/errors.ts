@@ -31,3 +31,10 @@ export function withName<T>(op: string, fn: () => T): T {
     throw error;
   }
 }
+
+/** Throws unless `options` is an object whose keys are all in `known`, naming the unknown ones. */
+export function checkOptionNames(op: string, options: unknown, known: readonly string[]): void {
+  if (options === null || typeof options !== "object" || Array.isArray(options)) throw new Error(`${op}: options must be an object, got ${describe(options)}`);
+  const unknown = Object.keys(options).filter((k) => !known.includes(k));
+  if (unknown.length > 0) throw new Error(`${op}: unknown option ${unknown.map((k) => JSON.stringify(k)).join(", ")}; the options are: ${known.join(", ")}`);
+}

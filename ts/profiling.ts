@@ -3,7 +3,7 @@
 // spent per operator and per GPU kernel, and writes a Chrome trace when asked.
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { describe } from "./errors.js";
+import { checkOptionNames, describe } from "./errors.js";
 import { native } from "./native.js";
 
 /** HF's ProfileKwargs, camelCased. */
@@ -58,9 +58,7 @@ export class Profile<R> {
 }
 
 function checkOptions(options: ProfileOptions, onGpu: boolean): Required<Pick<ProfileOptions, "activities">> {
-  if (options === null || typeof options !== "object") throw new Error(`profile: options must be an object, got ${describe(options)}`);
-  const unknown = Object.keys(options).filter((k) => !OPTIONS.includes(k));
-  if (unknown.length > 0) throw new Error(`profile: unknown option ${unknown.map((k) => JSON.stringify(k)).join(", ")}; the options are: ${OPTIONS.join(", ")}`);
+  checkOptionNames("profile", options, OPTIONS);
   const activities = options.activities ?? (onGpu ? ["cpu", "cuda"] : ["cpu"]);
   if (!Array.isArray(activities) || activities.length === 0 || activities.some((a) => a !== "cpu" && a !== "cuda")) {
     throw new Error(`profile: activities must be a non-empty array of "cpu" and "cuda", got ${describe(activities)}`);

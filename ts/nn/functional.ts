@@ -1,5 +1,5 @@
 // nn.functional: losses, activations and attention as plain functions (numerics in the engine).
-import { withName } from "../errors.js";
+import { checkOptionNames, withName } from "../errors.js";
 import { native } from "../native.js";
 import type { Tensor } from "../tensor.js";
 
@@ -39,6 +39,7 @@ export function linearCrossEntropy(
   targets: Tensor,
   options: { ignoreIndex?: number; chunkRows?: number } = {},
 ): Tensor {
+  checkOptionNames("linearCrossEntropy", options, ["ignoreIndex", "chunkRows"]);
   return native.nnLinearCrossEntropy(input, weight, targets, options.ignoreIndex, options.chunkRows);
 }
 

@@ -32,6 +32,15 @@ function pack(dir, outDir) {
   return join(outDir, info.filename);
 }
 
+/** A `files` entry as paths: `dir/*.ext` is the files of dir ending in .ext; anything else is itself. */
+function expand(entry) {
+  const star = entry.indexOf("*");
+  if (star < 0) return [entry];
+  const dir = entry.slice(0, entry.lastIndexOf("/", star) + 1);
+  const suffix = entry.slice(star + 1);
+  return readdirSync(join(root, dir)).filter((name) => name.endsWith(suffix)).map((name) => `${dir}${name}`);
+}
+
 function main() {
   const outArg = process.argv[2];
   if (!outArg) throw new Error("pack-release: usage: node ts/setup/pack-release.mjs OUT_DIR");
@@ -56,7 +65,7 @@ function main() {
   run("npm", ["run", "build"], root);
   const rootStage = join(stage, "root");
   mkdirSync(rootStage);
-  for (const file of [...manifest.files, "README.md"]) cpSync(join(root, file), join(rootStage, file), { recursive: true });
+  for (const file of [...manifest.files.flatMap(expand), "README.md"]) cpSync(join(root, file), join(rootStage, file), { recursive: true });
   // The generated binding types import the checkout's sources (./ts/tensor.js); the package ships their compiled .d.ts.
   const bindingTypes = join(rootStage, "index.d.ts");
   writeFileSync(bindingTypes, readFileSync(bindingTypes, "utf8").replaceAll('from "./ts/', 'from "./dist/'));
