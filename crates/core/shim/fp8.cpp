@@ -24,8 +24,11 @@ struct Scaled {
 Scaled quantize(const at::Tensor& t, at::ScalarType dtype, double max) {
   auto amax = at::linalg_vector_norm(t, INFINITY, at::OptionalIntArrayRef{}, false, at::kFloat).clamp_min(1e-30);
   auto scale = at::exp2(at::ceil(at::log2(amax.div(max))));
-  // Row-major, as _scaled_mm wants its first operand (a transposed input or gradient is not).
-  auto data = t.mul(scale.reciprocal().to(t.scalar_type())).to(dtype).contiguous();
+  // One pass: the multiply stores straight into a row-major fp8 tensor (as _scaled_mm wants
+  // its first operand, which a transposed input or gradient is not); by a power of two it is
+  // exact, so the only rounding is the cast.
+  auto data = at::empty(t.sizes(), t.options().dtype(dtype));
+  at::mul_out(data, t, scale.reciprocal());
   return {data, scale};
 }
 
