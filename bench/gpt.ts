@@ -126,7 +126,8 @@ if (accelerator.isMainProcess) {
     }),
   );
 }
-if (values.profile && lastBatch !== null && accelerator.isMainProcess) {
+if (values.profile && lastBatch !== null) {
+  // Every process steps (their collectives meet); the main process prints.
   const { x, y } = lastBatch;
   const runs = 3;
   const prof = accelerator.profile(() => {
@@ -135,11 +136,11 @@ if (values.profile && lastBatch !== null && accelerator.isMainProcess) {
   const device = accelerator.device === "cpu" ? "cpu" : "cuda";
   const rows = prof.rows.filter((r) => r.device === device);
   const total = rows.reduce((sum, r) => sum + r.totalMs, 0);
-  console.log(
+  if (accelerator.isMainProcess) console.log(
     JSON.stringify({
       // GPU kernels do not nest, so their times add up to the step; host operators nest.
       profile: { device, kernel_ms_per_step: device === "cuda" ? Math.round((total / runs) * 1e3) / 1e3 : null },
-      top: rows.slice(0, 30).map((r) => ({ name: r.name.slice(0, 100), calls: r.count / runs, ms: Math.round((r.totalMs / runs) * 1e3) / 1e3 })),
+      top: rows.slice(0, 30).map((r) => ({ name: r.name.slice(0, 200), calls: r.count / runs, ms: Math.round((r.totalMs / runs) * 1e3) / 1e3 })),
     }),
   );
 }

@@ -73,6 +73,11 @@ function checkOptions(options: ProfileOptions, onGpu: boolean): Required<Pick<Pr
   return { activities };
 }
 
+/** A Promise, also from another realm or library (anything with a `then` method). */
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return value !== null && (typeof value === "object" || typeof value === "function") && typeof (value as { then?: unknown }).then === "function";
+}
+
 /**
  * Runs `fn` (synchronous, or async: profiling ends when its Promise settles) under the
  * profiler. `synchronize` waits for the GPU before the profile ends, so that the kernels
@@ -116,8 +121,8 @@ export function profile<R>(
     native.profilerStop();
     throw error;
   }
-  if (result instanceof Promise) {
-    return result.then(
+  if (isThenable(result)) {
+    return Promise.resolve(result).then(
       (value: Awaited<R>) => finish(value),
       (error: unknown) => {
         native.profilerStop();

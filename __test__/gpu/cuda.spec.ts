@@ -163,6 +163,25 @@ test("fp8 on a GPU of compute capability 8.9 or newer: Linear outputs and gradie
   }
 });
 
+test.serial("profile on a GPU: kernels with device time, also with activities [\"cuda\"] alone, and profiling again after", (t) => {
+  const acc = new Accelerator({ mixedPrecision: "bf16" });
+  const net = new nn.Linear(256, 256);
+  const [model] = acc.prepare(net);
+  const work = () => {
+    const x = randn([512, 256], { device: "cuda:0" });
+    x.requiresGrad = true;
+    model.forward(x).square().mean().backward();
+  };
+  for (const activities of [undefined, ["cuda"] as ("cpu" | "cuda")[], ["cpu", "cuda"] as ("cpu" | "cuda")[]]) {
+    const prof = acc.profile(work, activities === undefined ? {} : { activities });
+    const kernels = prof.rows.filter((r) => r.device === "cuda");
+    t.true(kernels.length > 0 && kernels.every((r) => r.totalMs > 0), `${activities}: ${prof.table({ rowLimit: 5 })}`);
+    t.true(kernels.some((r) => /gemm|gemv|cutlass|sm90/i.test(r.name)), `${activities}: a matmul kernel`);
+    if (activities?.length === 1) t.false(prof.rows.some((r) => r.device === "cpu"), "no host operators when only cuda is asked for");
+    else t.true(prof.rows.some((r) => r.name === "aten::addmm" || r.name === "aten::mm"), `${activities}: host operators`);
+  }
+});
+
 /** Tests that need 2 GPUs are skipped, visibly, on a host with fewer. */
 const twoGpus = gpus >= 2 ? test : test.skip;
 

@@ -42,6 +42,14 @@ at::ScalarType output_dtype(const at::Tensor& input) {
 // The same matrix in column-major layout, as _scaled_mm wants its second operand.
 at::Tensor column_major(const at::Tensor& m) { return m.t().contiguous().t(); }
 
+// _scaled_mm with cuBLASLt's layout contract checked on every device (the CPU would accept
+// any layout, so the tests hold the GPU's): `a` row-major, `b` column-major.
+at::Tensor scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
+                     at::ScalarType out_dtype, bool fast_accum = false) {
+  TORCH_CHECK(a.is_contiguous() && b.t().is_contiguous(), "fp8 matmul operands must be row-major and column-major");
+  return at::_scaled_mm(a, b, scale_a, scale_b, std::nullopt, std::nullopt, out_dtype, fast_accum);
+}
+
 struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight) {
     const auto out_dtype = output_dtype(input);
@@ -50,8 +58,7 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
     auto x = quantize(input.reshape({-1, weight.size(1)}), at::kFloat8_e4m3fn, E4M3_MAX);
     auto w = quantize(weight, at::kFloat8_e4m3fn, E4M3_MAX);
     // weight is [out, in] row-major, so its transpose is the column-major [in, out] operand.
-    auto out = at::_scaled_mm(x.data, w.data.t(), x.scale, w.scale, std::nullopt, std::nullopt, out_dtype,
-                              /*use_fast_accum=*/true);
+    auto out = scaled_mm(x.data, w.data.t(), x.scale, w.scale, out_dtype, /*fast_accum=*/true);
     ctx->save_for_backward({x.data, x.scale, w.data, w.scale});
     ctx->saved_data["input_sizes"] = sizes;
     ctx->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
@@ -69,12 +76,11 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
     auto dtype = [&](const char* key) { return static_cast<at::ScalarType>(ctx->saved_data[key].toInt()); };
     at::Tensor grad_input, grad_weight;
     if (ctx->needs_input_grad(0)) {
-      grad_input = at::_scaled_mm(g8.data, column_major(w8), g8.scale, w_scale, std::nullopt, std::nullopt, dtype("input_dtype"))
+      grad_input = scaled_mm(g8.data, column_major(w8), g8.scale, w_scale, dtype("input_dtype"))
                        .view(ctx->saved_data["input_sizes"].toIntVector());
     }
     if (ctx->needs_input_grad(1)) {
-      grad_weight = at::_scaled_mm(g8.data.t().contiguous(), column_major(x8), g8.scale, x_scale, std::nullopt, std::nullopt,
-                                   dtype("weight_dtype"));
+      grad_weight = scaled_mm(g8.data.t().contiguous(), column_major(x8), g8.scale, x_scale, dtype("weight_dtype"));
     }
     return {grad_input, grad_weight};
   }

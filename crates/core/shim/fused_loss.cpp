@@ -84,7 +84,8 @@ struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
       // Each row's loss is logsumexp - logit[target] = (max - logit[target]) + log(sum / max
       // probability), from reductions over the (bf16) probabilities in float32: the largest
       // probability is at least 1/classes (no underflow), and a confident row's loss, about
-      // the sum of the other probabilities, keeps their precision instead of 1's.
+      // the sum of the other probabilities, is resolved to float32's absolute precision (as
+      // the plain head's) rather than bf16's.
       auto probs = at::_softmax(logits, 1, false);
       auto total = probs.sum({1}, true, accumulate);
       auto top = at::amax(probs, {1}, true).to(accumulate);
@@ -110,6 +111,8 @@ struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // The saved gradients are constants: a graph of this backward would miss second-order terms.
+    TORCH_CHECK(!at::GradMode::is_enabled(), "second-order gradients (a backward that records a graph) are not supported");
     auto saved = ctx->get_saved_variables();
     const auto& g = grad_outputs[0];
     at::Tensor grad_input, grad_weight;

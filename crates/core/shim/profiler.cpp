@@ -2,17 +2,22 @@
 // record, stop to get the events (operators on the CPU, kernels on the GPU) and a Chrome
 // trace. One profile at a time per process, as in PyTorch.
 #include "shim.h"
+#include <atomic>
 #include <set>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 namespace {
 using torch::autograd::profiler::ProfilerResult;
 using torch::profiler::impl::ActivityType;
+
+// Whether a profile started here is running. libtorch's own process-wide flag is only set
+// when CPU activity is recorded, so a GPU-only profile needs this one.
+std::atomic<bool> running{false};
 }  // namespace
 
 extern "C" int acc_profiler_start(int cpu, int cuda, int record_shapes, int profile_memory, int with_flops) {
   ACC_PROTECT({
-    TORCH_CHECK(!torch::autograd::profiler::isProfilerEnabledInMainThread(), "a profile is already running");
+    TORCH_CHECK(!running.load() && !torch::autograd::profiler::isProfilerEnabledInMainThread(), "a profile is already running");
     torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO, record_shapes != 0,
                                                  profile_memory != 0, /*with_stack=*/false, with_flops != 0);
     std::set<ActivityType> activities;
@@ -20,13 +25,15 @@ extern "C" int acc_profiler_start(int cpu, int cuda, int record_shapes, int prof
     if (cuda != 0) activities.insert(ActivityType::CUDA);
     torch::autograd::profiler::prepareProfiler(config, activities);
     torch::autograd::profiler::enableProfiler(config, activities);
+    running.store(true);
   })
 }
 
 // Stops the running profile; *out owns its result until acc_profile_free.
 extern "C" int acc_profiler_stop(void** out) {
   ACC_PROTECT({
-    TORCH_CHECK(torch::autograd::profiler::isProfilerEnabledInMainThread(), "no profile is running");
+    TORCH_CHECK(running.load(), "no profile is running");
+    running.store(false);
     *out = torch::autograd::profiler::disableProfiler().release();
   })
 }

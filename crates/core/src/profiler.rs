@@ -97,7 +97,8 @@ impl Profile {
         // SAFETY: a live profile.
         let len = unsafe { acc_profile_len(self.raw) };
         let mut rows: HashMap<(String, bool), ProfileRow> = HashMap::new();
-        let mut name = [0u8; 512];
+        // Long enough for templated CUDA kernel names.
+        let mut name = vec![0u8; 8192];
         for i in 0..len {
             let (mut on_gpu, mut duration, mut flops) = (0i32, 0i64, 0i64);
             // SAFETY: a live profile, an index below its length, a buffer of the length passed
