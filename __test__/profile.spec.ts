@@ -2,7 +2,7 @@
 // and Errors for misuse that leave no profile running. One profile runs at a time per
 // process, so the tests run one after another.
 import test from "ava";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Accelerator, nn, optim, randn } from "../ts/index.js";
@@ -56,7 +56,22 @@ test.serial("an async function is profiled until its Promise settles", async (t)
 test.serial("misuse is an Error naming profile, and leaves no profile running", async (t) => {
   const acc = new Accelerator({ cpu: true });
   t.throws(() => acc.profile(() => 1, { activitys: ["cpu"] } as never), { message: /^profile: unknown option "activitys"; the options are: activities, recordShapes/ });
-  t.throws(() => acc.profile(() => 1, { activities: ["gpu"] } as never), { message: /^profile: activities must be a non-empty array of "cpu" and "cuda", got an array of 1/ });
+  t.throws(() => acc.profile(() => 1, { activities: ["gpu"] } as never), { message: /^profile: activities hold "gpu"; each must be "cpu" or "cuda"/ });
+  t.throws(() => acc.profile(() => 1, { activities: [] }), { message: /^profile: activities must be a non-empty array of "cpu" and "cuda", got an array of 0/ });
+  t.throws(() => acc.profile(() => 1, { activities: null } as never), { message: /^profile: activities must be a non-empty array of "cpu" and "cuda", got null/ });
+  const dir = mkdtempSync(join(tmpdir(), "acc-profile-"));
+  writeFileSync(join(dir, "file"), "");
+  t.throws(() => acc.profile(() => 1, { outputTraceDir: join(dir, "file") }), { message: /^profile: outputTraceDir ".*file" is not a folder/ });
+  t.throws(() => acc.profile(() => 1, { outputTraceDir: join(dir, "file", "sub") }), { message: /^profile: outputTraceDir ".*file" is not a folder/ });
+  mkdirSync(join(dir, "traces", "profile_0.json"), { recursive: true });
+  t.throws(() => acc.profile(() => 1, { outputTraceDir: join(dir, "traces") }), { message: /^profile: cannot write the trace to .*profile_0\.json: a folder is there/ });
+  const prof = acc.profile(() => 1);
+  t.throws(() => prof.table({ rowLimit: -1 }), { message: /^table: rowLimit must be a non-negative integer, got -1/ });
+  t.throws(() => prof.table({ rowLimit: 2.5 }), { message: /^table: rowLimit must be a non-negative integer, got 2.5/ });
+  t.throws(() => prof.table({ device: "gpu" } as never), { message: /^table: device must be "cpu" or "cuda", got "gpu"/ });
+  t.throws(() => prof.table({ bogus: 1 } as never), { message: /^table: unknown option "bogus"; the options are: rowLimit, device/ });
+  t.throws(() => prof.table(null as never), { message: /^table: options must be an object, got null/ });
+  t.is(prof.table({ rowLimit: 0 }).split("\n").length, 1, "just the header");
   t.throws(() => acc.profile(() => 1, { activities: ["cuda"] }), { message: /^profile: activities include "cuda" but this process runs on the CPU/ });
   t.throws(() => acc.profile(() => acc.profile(() => 1)), { message: /^profile: a profile is already running/ });
   t.throws(() => acc.profile(() => { throw new Error("boom"); }), { message: "boom" });

@@ -1,8 +1,8 @@
 // accelerator.profile: runs a function under libtorch's profiler (what torch.profiler drives;
 // Hugging Face's `accelerator.profile(ProfileKwargs)`), then returns its result with the time
 // spent per operator and per GPU kernel, and writes a Chrome trace when asked.
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, statSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { checkOptionNames, describe } from "./errors.js";
 import { native } from "./native.js";
 
@@ -42,9 +42,13 @@ export class Profile<R> {
     readonly tracePath: string | undefined,
   ) {}
 
-  /** The rows as a text table (torch's `key_averages().table()`), `rowLimit` rows of `device` (default both). */
+  /** The rows as a text table (torch's `key_averages().table()`): the first `rowLimit` (default 20) of `device` (default both). */
   table(options: { rowLimit?: number; device?: "cpu" | "cuda" } = {}): string {
-    const rows = this.rows.filter((r) => options.device === undefined || r.device === options.device).slice(0, options.rowLimit ?? 20);
+    checkOptionNames("table", options, ["rowLimit", "device"]);
+    const { rowLimit = 20, device } = options;
+    if (!(rowLimit === Infinity || (Number.isInteger(rowLimit) && rowLimit >= 0))) throw new Error(`table: rowLimit must be a non-negative integer, got ${describe(rowLimit)}`);
+    if (device !== undefined && device !== "cpu" && device !== "cuda") throw new Error(`table: device must be "cpu" or "cuda", got ${describe(device)}`);
+    const rows = this.rows.filter((r) => device === undefined || r.device === device).slice(0, rowLimit);
     const width = Math.min(80, Math.max(4, ...rows.map((r) => r.name.length)));
     const line = (name: string, device: string, count: string, total: string, mean: string) =>
       `${name.padEnd(width)}  ${device.padEnd(6)}  ${count.padStart(7)}  ${total.padStart(10)}  ${mean.padStart(10)}`;
@@ -59,10 +63,10 @@ export class Profile<R> {
 
 function checkOptions(options: ProfileOptions, onGpu: boolean): Required<Pick<ProfileOptions, "activities">> {
   checkOptionNames("profile", options, OPTIONS);
-  const activities = options.activities ?? (onGpu ? ["cpu", "cuda"] : ["cpu"]);
-  if (!Array.isArray(activities) || activities.length === 0 || activities.some((a) => a !== "cpu" && a !== "cuda")) {
-    throw new Error(`profile: activities must be a non-empty array of "cpu" and "cuda", got ${describe(activities)}`);
-  }
+  const activities: ("cpu" | "cuda")[] = options.activities === undefined ? (onGpu ? ["cpu", "cuda"] : ["cpu"]) : options.activities;
+  if (!Array.isArray(activities) || activities.length === 0) throw new Error(`profile: activities must be a non-empty array of "cpu" and "cuda", got ${describe(activities)}`);
+  const wrong = activities.find((a) => a !== "cpu" && a !== "cuda");
+  if (wrong !== undefined) throw new Error(`profile: activities hold ${describe(wrong)}; each must be "cpu" or "cuda"`);
   if (activities.includes("cuda") && !onGpu) throw new Error(`profile: activities include "cuda" but this process runs on the CPU`);
   for (const key of ["recordShapes", "profileMemory", "withFlops"] as const) {
     if (options[key] !== undefined && typeof options[key] !== "boolean") throw new Error(`profile: ${key} must be a boolean, got ${describe(options[key])}`);
@@ -71,6 +75,23 @@ function checkOptions(options: ProfileOptions, onGpu: boolean): Required<Pick<Pr
     throw new Error(`profile: outputTraceDir must be a folder path, got ${describe(options.outputTraceDir)}`);
   }
   return { activities };
+}
+
+/**
+ * Creates `dir` and its missing parents one at a time (mkdirSync's recursive mode can spin
+ * forever under /proc), as an Error naming the folder.
+ */
+function makeFolder(dir: string): void {
+  if (existsSync(dir)) {
+    if (!statSync(dir).isDirectory()) throw new Error(`profile: outputTraceDir ${JSON.stringify(dir)} is not a folder`);
+    return;
+  }
+  if (dirname(dir) !== dir) makeFolder(dirname(dir));
+  try {
+    mkdirSync(dir);
+  } catch (error) {
+    throw new Error(`profile: cannot create outputTraceDir ${JSON.stringify(dir)}: ${(error as Error).message}`);
+  }
 }
 
 /** A Promise, also from another realm or library (anything with a `then` method). */
@@ -92,7 +113,7 @@ export function profile<R>(
   const { activities } = checkOptions(options, where.onGpu);
   let tracePath: string | undefined;
   if (options.outputTraceDir !== undefined) {
-    mkdirSync(options.outputTraceDir, { recursive: true });
+    makeFolder(options.outputTraceDir);
     tracePath = join(options.outputTraceDir, `profile_${where.processIndex}.json`);
   }
   // Without a GPU, Kineto's only log line is an ERROR that it found none: keep it quiet there.

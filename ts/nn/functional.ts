@@ -40,7 +40,7 @@ export function linearCrossEntropy(
   options: { ignoreIndex?: number; chunkRows?: number } = {},
 ): Tensor {
   checkOptionNames("linearCrossEntropy", options, ["ignoreIndex", "chunkRows"]);
-  return native.nnLinearCrossEntropy(input, weight, targets, options.ignoreIndex, options.chunkRows);
+  return withName("linearCrossEntropy", () => native.nnLinearCrossEntropy(input, weight, targets, options.ignoreIndex, options.chunkRows));
 }
 
 /** Mean squared error; `input` and `target` must have the same shape. */

@@ -132,11 +132,29 @@ impl Profile {
         Ok(rows)
     }
 
-    /// Writes the Chrome trace (chrome://tracing or Perfetto open it) to `path`.
+    /// Writes the Chrome trace (chrome://tracing or Perfetto open it) to `path`. Kineto only
+    /// logs a failed write, so the file is checked afterwards.
     pub fn save(&self, path: &str) -> Result<()> {
+        let target = std::path::Path::new(path);
+        if target.is_dir() {
+            return Err(Error::invalid(
+                OP,
+                format!("cannot write the trace to {path}: a folder is there"),
+            ));
+        }
+        // A trace left from an earlier run must not pass for this one.
+        let _ = std::fs::remove_file(target);
         let c_path = CString::new(path).map_err(|_| Error::invalid(OP, "the trace path contains a NUL byte"))?;
         // SAFETY: a live profile and a valid C string.
-        check(OP, unsafe { acc_profile_save(self.raw, c_path.as_ptr()) })
+        check(OP, unsafe { acc_profile_save(self.raw, c_path.as_ptr()) })?;
+        if !target.is_file() {
+            let _ = std::fs::remove_file(format!("{path}.tmp"));
+            return Err(Error::invalid(
+                OP,
+                format!("the trace could not be written to {path} (libtorch's message above says why)"),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -43,8 +43,52 @@ pub(crate) fn linear_as(op: &str, x: &Tensor, weight: &Tensor, bias: Option<&Ten
         .map_err(|e| Error::torch(op, shapes(&[x, weight]), e))
 }
 
-/// `cross_entropy(input @ weight^T, targets)` in chunks of rows (a C++ autograd function).
-pub use crate::shim::linear_cross_entropy;
+/// `cross_entropy(input @ weight^T, targets)` in chunks of rows (a C++ autograd function,
+/// shim/fused_loss.cpp, which checks shapes and values); dtypes are checked here, by their
+/// names in this library.
+pub fn linear_cross_entropy(
+    input: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    ignore_index: i64,
+    chunk_rows: i64,
+) -> Result<Tensor> {
+    const OP: &str = "linearCrossEntropy";
+    let (ik, wk, tk) = (input.kind(), weight.kind(), targets.kind());
+    if !dtype::is_floating(ik) || !dtype::is_floating(wk) {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "input and weight must be floating-point, got {} and {}",
+                dtype::name(ik),
+                dtype::name(wk)
+            ),
+        ));
+    }
+    if dtype::is_floating(tk) || tk == Kind::Bool {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "targets must hold class indices (an integer dtype), got {}",
+                dtype::name(tk)
+            ),
+        ));
+    }
+    let autocast = crate::amp::DeviceType::of(OP, input.device())
+        .and_then(crate::amp::autocast::is_enabled)
+        .unwrap_or(false);
+    if ik != wk && !autocast {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "input is {} but weight is {} (convert one, or run under autocast)",
+                dtype::name(ik),
+                dtype::name(wk)
+            ),
+        ));
+    }
+    crate::shim::linear_cross_entropy(input, weight, targets, ignore_index, chunk_rows)
+}
 
 /// Cross entropy between unnormalised `logits` (classes on dim 1, or dim 0 for one
 /// sample) and `target`: class indices, or class probabilities of the logits' shape.
