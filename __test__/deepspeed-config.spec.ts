@@ -73,6 +73,12 @@ test("the same config from a file, with numbers that must agree with the run", (
   t.throws(() => new Accelerator({ cpu: true, gradientAccumulationSteps: 3, deepspeedPlugin: { hfDsConfig: { gradient_accumulation_steps: 2 } } }), {
     message: /gradientAccumulationSteps is 3 but the DeepSpeed config's gradient_accumulation_steps is 2/,
   });
+  // fp8 is bf16 with fp8 Linear layers: a config with bf16 on agrees with it, one with fp16 does not.
+  t.is(new Accelerator({ cpu: true, mixedPrecision: "fp8", deepspeedPlugin: { hfDsConfig: { bf16: { enabled: true } } } }).mixedPrecision, "fp8");
+  t.is(new Accelerator({ cpu: true, deepspeedPlugin: { hfDsConfig: { bf16: { enabled: true } } } }).mixedPrecision, "bf16");
+  t.throws(() => new Accelerator({ cpu: true, mixedPrecision: "fp8", deepspeedPlugin: { hfDsConfig: { fp16: { enabled: true } } } }), {
+    message: /mixedPrecision is "fp8" but the DeepSpeed config's bf16\/fp16 enabled is "fp16"/,
+  });
 });
 
 test("misspelled keys are named with a suggestion; NVMe offload and a static loss scale are Errors", (t) => {
