@@ -109,11 +109,11 @@ export class Accelerator {
       fromConfig(options.gradientAccumulationSteps, config.gradientAccumulationSteps, "gradientAccumulationSteps", "gradient_accumulation_steps") ??
       Number(process.env.ACCELERATE_GRADIENT_ACCUMULATION_STEPS ?? 1);
     // "fp8" is bf16 with fp8 Linear layers, so a DeepSpeed config's bf16 agrees with it (as in HF).
-    const asked = options.mixedPrecision ?? process.env.ACCELERATE_MIXED_PRECISION;
-    const dsPrecision = asked === "fp8" && config.mixedPrecision === "bf16" ? undefined : config.mixedPrecision;
+    const fromEnv = process.env.ACCELERATE_MIXED_PRECISION;
+    const dsPrecision = (options.mixedPrecision ?? fromEnv) === "fp8" && config.mixedPrecision === "bf16" ? undefined : config.mixedPrecision;
     const configured = fromConfig(options.mixedPrecision, dsPrecision, "mixedPrecision", "bf16/fp16 enabled");
-    const fromEnv = configured === undefined ? process.env.ACCELERATE_MIXED_PRECISION : undefined;
-    const precision = mixedPrecisionOf(fromEnv === undefined ? "Accelerator" : "Accelerator (ACCELERATE_MIXED_PRECISION)", configured ?? fromEnv ?? "no");
+    const where = configured === undefined && fromEnv !== undefined ? "Accelerator (ACCELERATE_MIXED_PRECISION)" : "Accelerator";
+    const precision = mixedPrecisionOf(where, configured ?? fromEnv ?? "no");
     this.gradientState = new GradientState(steps);
     this.#options = options;
     this.state = readProcessState(options);

@@ -3,13 +3,9 @@
 export const MIXED_PRECISIONS = ["no", "fp16", "bf16", "fp8"] as const;
 export type MixedPrecision = (typeof MIXED_PRECISIONS)[number];
 
-export function isMixedPrecision(value: unknown): value is MixedPrecision {
-  return (MIXED_PRECISIONS as readonly unknown[]).includes(value);
-}
-
 /** `value` if it is a mode, else an Error from `where` listing the modes. */
 export function mixedPrecisionOf(where: string, value: unknown): MixedPrecision {
-  if (isMixedPrecision(value)) return value;
+  if ((MIXED_PRECISIONS as readonly unknown[]).includes(value)) return value as MixedPrecision;
   const shown = typeof value === "string" ? `"${value}"` : String(value);
   throw new Error(`${where}: mixedPrecision must be ${MIXED_PRECISIONS.map((m) => `"${m}"`).join(", ")}, got ${shown}`);
 }

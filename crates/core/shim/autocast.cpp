@@ -15,6 +15,12 @@ at::DeviceType device_type(int32_t code) {
 
 }  // namespace
 
+at::ScalarType acc::compute_dtype(const at::Tensor& input) {
+  const auto device = input.device().type();
+  const bool on = (device == at::kCUDA || device == at::kCPU) && at::autocast::is_autocast_enabled(device);
+  return on ? at::autocast::get_autocast_dtype(device) : input.scalar_type();
+}
+
 // The current setting for a device type (autocast state is thread-local in libtorch).
 extern "C" int acc_autocast_state(int32_t device, int32_t* enabled, int32_t* dtype) {
   ACC_PROTECT({

@@ -6,7 +6,6 @@
 // the tensor itself (no host sync, capturable in a CUDA graph); a power of two is exact in every
 // dtype, so scaling loses nothing before the cast. Backward saves the fp8 input, not the input.
 #include "shim.h"
-#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 namespace {
@@ -32,13 +31,6 @@ Scaled quantize(const at::Tensor& t, at::ScalarType dtype, double max) {
   return {data, scale};
 }
 
-// The dtype the layer's output has: autocast's for the input's device when it is on, else the input's.
-at::ScalarType output_dtype(const at::Tensor& input) {
-  const auto device = input.device().type();
-  const bool autocast = (device == at::kCUDA || device == at::kCPU) && at::autocast::is_autocast_enabled(device);
-  return autocast ? at::autocast::get_autocast_dtype(device) : input.scalar_type();
-}
-
 // The same matrix in column-major layout, as _scaled_mm wants its second operand.
 at::Tensor column_major(const at::Tensor& m) { return m.t().contiguous().t(); }
 
@@ -52,7 +44,7 @@ at::Tensor scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor&
 
 struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight) {
-    const auto out_dtype = output_dtype(input);
+    const auto out_dtype = acc::compute_dtype(input);  // the layer's output dtype
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     auto sizes = input.sizes().vec();
     auto x = quantize(input.reshape({-1, weight.size(1)}), at::kFloat8_e4m3fn, E4M3_MAX);

@@ -3,27 +3,15 @@
 // with respect to the input and the weight are computed during the forward pass, so backward
 // only scales them by the incoming gradient. For a language model's head this never
 // materialises the whole logits or their gradient (Liger Kernel's fused linear cross-entropy,
-// on ATen operations). Per chunk: the logits matmul, one softmax, two row maxima and the two
+// on ATen operations). Per chunk: the logits matmul, one softmax, a row sum, two row maxima and the two
 // gradient matmuls; no elementwise pass over the chunk in float32.
 #include "shim.h"
-#include <ATen/autocast_mode.h>
 #include <cmath>
 #include <torch/csrc/autograd/custom_function.h>
 
 namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-bool autocast_on(const at::Tensor& input) {
-  const auto device = input.device().type();
-  return (device == at::kCUDA || device == at::kCPU) && at::autocast::is_autocast_enabled(device);
-}
-
-// The dtype the head's matmuls run in: autocast's for the input's device when it is on,
-// else the input's.
-at::ScalarType compute_dtype(const at::Tensor& input) {
-  return autocast_on(input) ? at::autocast::get_autocast_dtype(input.device().type()) : input.scalar_type();
-}
 
 // grad_weight (float32) += a^T @ b, with a and b in the compute dtype.
 void accumulate_weight_grad(at::Tensor& grad_weight, const at::Tensor& a, const at::Tensor& b) {
@@ -39,18 +27,14 @@ void accumulate_weight_grad(at::Tensor& grad_weight, const at::Tensor& a, const 
 struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& targets,
                             int64_t ignore_index, int64_t chunk_rows, bool grad_mode) {
+    // Dtypes are checked by the caller (nn::functional::linear_cross_entropy); shapes and values here.
     TORCH_CHECK(input.dim() >= 1, "input must have a features dimension, got a 0-d tensor");
-    TORCH_CHECK(at::isFloatingType(input.scalar_type()) && at::isFloatingType(weight.scalar_type()),
-                "input and weight must be floating-point, got ", input.scalar_type(), " and ", weight.scalar_type());
     TORCH_CHECK(weight.dim() == 2, "weight must be [classes, features], got ", weight.sizes());
     TORCH_CHECK(input.size(-1) == weight.size(1), "input has ", input.size(-1), " features but weight expects ", weight.size(1));
-    TORCH_CHECK(at::isIntegralType(targets.scalar_type(), /*includeBool=*/false), "targets must hold class indices (an integer dtype), got ",
-                targets.scalar_type());
     TORCH_CHECK(targets.sizes() == input.sizes().slice(0, input.dim() - 1), "targets of shape ", targets.sizes(),
                 " do not fit input of shape ", input.sizes(), " (they need its shape without the features dimension)");
-    const auto dtype = compute_dtype(input);
-    TORCH_CHECK(autocast_on(input) || input.scalar_type() == weight.scalar_type(), "input is ", input.scalar_type(),
-                " but weight is ", weight.scalar_type(), " (convert one, or run under autocast)");
+    // The head's matmuls run in autocast's dtype (bf16), or the input's.
+    const auto dtype = acc::compute_dtype(input);
     const int64_t classes = weight.size(0);
     auto t = targets.reshape({-1}).to(at::kLong);
     auto kept = t.ne(ignore_index);
