@@ -11,6 +11,7 @@ import {
   cleanStaging, loadStateFiles, loadWeights, readCheckpoint, readCheckpointJson, saveStateFiles, saveWeights,
 } from "../ts/checkpoint.js";
 import { native } from "../ts/native.js";
+import { settle } from "./helpers/gc.js";
 
 const scratch = () => mkdtempSync(join(tmpdir(), "acc-harden-"));
 
@@ -88,7 +89,7 @@ test("a truncated safetensors file names the file", (t) => {
   t.true(message.startsWith("loadModel: ") && message.includes(path), message);
 });
 
-test("readCheckpoint reads and checks everything first: a bad step or a bad optimizer file fails with nothing applied", (t) => {
+test.serial("readCheckpoint reads and checks everything first: a bad step or a bad optimizer file fails with nothing applied", async (t) => {
   const dir = scratch();
   const layout = { models: 1, optimizers: 1, schedulers: 0, loaders: 0, customObjects: 0, processIndex: 0 };
   saveWeights({ w: ones([2]) }, dir);
@@ -102,6 +103,7 @@ test("readCheckpoint reads and checks everything first: a bad step or a bad opti
   t.is((staged.optimizers[0] as { step: number }).step, 3);
   staged.dispose();
   writeFileSync(join(dir, "optimizer.json"), "{ not json");
+  await settle();
   const before = native.liveTensors();
   t.regex(failure(t, () => readCheckpoint(dir, layout)).message, /^loadState: .*optimizer\.json is not valid JSON$/);
   t.is(native.liveTensors(), before, "the tensors read before the failure are freed");
@@ -127,7 +129,7 @@ function trainOnce(run: ReturnType<typeof twoModelRun>) {
   run.o.zeroGrad();
 }
 
-test("loadState is all-or-nothing across objects: a wrong shape in the second model or a failing later object leaves everything as it was", (t) => {
+test.serial("loadState is all-or-nothing across objects: a wrong shape in the second model or a failing later object leaves everything as it was", async (t) => {
   const dir = join(scratch(), "ckpt");
   const saved = twoModelRun(3, { stateDict: () => ({ v: 1 }), loadStateDict: () => {} });
   trainOnce(saved);
@@ -153,6 +155,7 @@ test("loadState is all-or-nothing across objects: a wrong shape in the second mo
     lr: late.s.getLastLr(),
     expAvg: ((late.o.stateDict() as { state: Record<string, { toArray(): unknown }> }).state["0.exp_avg"]).toArray(),
   };
+  await settle();
   const live = native.liveTensors();
   t.is(failure(t, () => late.acc.loadState(dir)).message, "custom: refused");
   t.is(native.liveTensors(), live, "snapshots and staged tensors are freed");

@@ -10,6 +10,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import {
   Accelerator, Tensor, arange, cat, data, keep, liveTensors, manualSeed, nn, noGrad, ones, optim, randint, randn, stack, tidy, where, zeros,
 } from "../ts/index.js";
+import { settle } from "./helpers/gc.js";
 
 type Probe = Record<number, { live: number; rss: number }>;
 
@@ -84,8 +85,9 @@ function setup(options: { stepScope?: boolean } = {}) {
   return { acc, model, opt, loader, evalLoader };
 }
 
-test.serial("a prepared loop frees each step's tensors; numbers, parameters, gradients and optimizer state survive", (t) => {
+test.serial("a prepared loop frees each step's tensors; numbers, parameters, gradients and optimizer state survive", async (t) => {
   const { acc, model, opt, loader } = setup();
+  await settle();
   const before = liveTensors();
   const losses: number[] = [];
   const outputs: Tensor[] = [];
@@ -163,8 +165,9 @@ test.serial("running sums kept across steps, a running total made before the loo
   t.true(best.every((b) => !b.isDisposed));
 });
 
-test.serial("evaluation loops, nested loops over two prepared loaders, and gatherForMetrics follow the same rule", (t) => {
+test.serial("evaluation loops, nested loops over two prepared loaders, and gatherForMetrics follow the same rule", async (t) => {
   const { acc, model, opt, loader, evalLoader } = setup();
+  await settle();
   const before = liveTensors();
   let evaluations = 0;
   let trainSteps = 0;
@@ -211,10 +214,11 @@ test.serial("breaking out of a prepared loop frees the last step; stepScope: fal
   t.true(doubled.every((d) => !d.isDisposed), "stepScope: false on the loader wins over the Accelerator's default");
 });
 
-test.serial("a module made inside a step keeps its parameters; a custom collate's tensors are freed with the step", (t) => {
+test.serial("a module made inside a step keeps its parameters; a custom collate's tensors are freed with the step", async (t) => {
   const acc = new Accelerator({ cpu: true });
   const samples = { length: 8, get: (i: number) => ({ v: i }) };
   const [loader] = acc.prepare(new data.DataLoader(samples, { batchSize: 2, collate: (s) => ({ v: arange(s.length).add(s[0].v) }) }));
+  await settle();
   const before = liveTensors();
   let layer: nn.Linear | undefined;
   const batches: Tensor[] = [];

@@ -4,6 +4,7 @@ import test from "ava";
 import {
   Tensor, tensor, zeros, ones, full, arange, randn, rand, randint, manualSeed, cat, stack, where, noGrad, isGradEnabled, tidy, liveTensors,
 } from "../ts/index.js";
+import { settle } from "./helpers/gc.js";
 
 test("nested arrays round-trip for every dtype", (t) => {
   const cases: [string, number[][] | boolean[][], unknown][] = [
@@ -161,7 +162,8 @@ test("requiresGrad, detach and noGrad", (t) => {
   t.deepEqual(w.grad?.toArray(), [3, 3]);
 });
 
-test("dispose frees now and later use throws", (t) => {
+test.serial("dispose frees now and later use throws", async (t) => {
+  await settle();
   const before = liveTensors();
   const a = ones([3]);
   t.is(liveTensors(), before + 1);
@@ -175,13 +177,6 @@ test("dispose frees now and later use throws", (t) => {
 });
 
 test.serial("tensors nobody disposes are freed once the garbage collector drops them", async (t) => {
-  const settle = async () => {
-    for (let i = 0; i < 3; i++) {
-      global.gc?.();
-      await new Promise((resolve) => setImmediate(resolve));
-    }
-  };
-  if (!global.gc) return t.fail("run with --expose-gc");
   await settle();
   const before = liveTensors();
   const kept = (() => {
@@ -231,7 +226,8 @@ test("using disposes at the end of the block", (t) => {
   t.true(liveTensors() <= before + 1, "only the sum() result may remain until GC");
 });
 
-test("tidy frees intermediates and keeps what is returned", (t) => {
+test.serial("tidy frees intermediates and keeps what is returned", async (t) => {
+  await settle();
   const before = liveTensors();
   const x = ones([8]);
   const { kept, list } = tidy(() => {
@@ -250,17 +246,10 @@ test("tidy frees intermediates and keeps what is returned", (t) => {
   t.is(liveTensors(), before + 4, "a throwing tidy still frees its tensors");
 });
 
-test("10 000 tidy iterations keep RSS within 20 MB", async (t) => {
+test.serial("10 000 tidy iterations keep RSS within 20 MB", async (t) => {
   const a = randn([64]);
   const b = randn([64]);
   const step = () => tidy(() => a.add(b).mul(a).relu().sum());
-  // Collected handles are finalized on a later turn of the event loop; let both run.
-  const settle = async () => {
-    for (let i = 0; i < 3; i++) {
-      global.gc?.();
-      await new Promise((resolve) => setImmediate(resolve));
-    }
-  };
   for (let i = 0; i < 500; i++) step().dispose();
   await settle();
   const start = process.memoryUsage().rss;
