@@ -393,6 +393,9 @@ export declare function nnDropout(x: Tensor, p: number, training: boolean): Tens
 
 export declare function nnGelu(x: Tensor, approximate?: string | undefined | null): Tensor
 
+/** `linear(gelu(x), weight, bias)` whose backward recomputes the GELU. */
+export declare function nnGeluLinear(x: Tensor, weight: Tensor, bias?: Tensor | undefined | null, approximate?: string | undefined | null): Tensor
+
 export declare function nnInitConstant(t: Tensor, value: number): void
 
 /** PyTorch's `calculate_gain(nonlinearity, param)`. */

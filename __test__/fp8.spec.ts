@@ -99,3 +99,23 @@ test("fp8: an MLP trains like bf16 (losses within 2 % over 30 steps)", (t) => {
   t.true(fp8.some((l, i) => Math.abs(l - bf16[i]) > 1e-4 * bf16[i]), "the layers inside Sequential ran in fp8");
   fp8.forEach((l, i) => t.true(Math.abs(l - bf16[i]) < 0.02 * bf16[i], `step ${i}: fp8 ${l} vs bf16 ${bf16[i]}`));
 });
+
+test("fp8: geluLinear runs as gelu then an fp8 linear, with the same result and gradients", (t) => {
+  const run = (mixedPrecision: "no" | "bf16" | "fp8", fn: (h: Tensor, w: Tensor, b: Tensor) => Tensor) => {
+    manualSeed(7);
+    const [h, w, b] = [randn([32, 64]), randn([48, 64]).mul(0.1), randn([48])];
+    for (const p of [h, w, b]) p.requiresGrad = true;
+    const acc = new Accelerator({ cpu: true, mixedPrecision });
+    const y = acc.autocast(() => fn(h, w, b)).to("float32");
+    y.square().mean().backward();
+    return { y, h: h.grad as Tensor, w: w.grad as Tensor, b: b.grad as Tensor };
+  };
+  const separately = (h: Tensor, w: Tensor, b: Tensor) => nn.functional.linear(nn.functional.gelu(h), w, b);
+  const fused = run("fp8", (h, w, b) => nn.functional.geluLinear(h, w, b));
+  const separate = run("fp8", separately);
+  const [exact, bf16] = [run("no", separately), run("bf16", separately)];
+  t.true(relative(fused.y, bf16.y) > 4 * relative(bf16.y, exact.y), "the matmul ran in fp8, not bf16");
+  for (const name of ["y", "h", "w", "b"] as const) {
+    t.is(fused[name].sub(separate[name]).abs().max().item(), 0, name);
+  }
+});

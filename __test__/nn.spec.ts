@@ -8,6 +8,7 @@
 //   def r(t): return [round(v, 6) for v in t.detach().flatten().tolist()]
 import test, { type ExecutionContext } from "ava";
 import { Accelerator, Tensor, arange, full, manualSeed, nn, noGrad, ones, randint, randn, tensor, tidy, where, zeros } from "../ts/index.js";
+import { settle } from "./helpers/gc.js";
 
 const F = nn.functional;
 
@@ -498,6 +499,84 @@ test("linearCrossEntropy computes gradients only when backward may come (not und
   const matmuls = (fn: () => void) => acc.profile(fn).rows.filter((r) => ["aten::mm", "aten::addmm", "aten::addmm_"].includes(r.name)).reduce((n, r) => n + r.count, 0);
   t.is(matmuls(() => noGrad(() => nn.functional.linearCrossEntropy(x, w, y, { chunkRows: 4 }))), 4, "one logits matmul per chunk");
   t.is(matmuls(() => nn.functional.linearCrossEntropy(x, w, y, { chunkRows: 4 })), 8, "and one weight-gradient matmul per chunk");
+});
+
+test("geluLinear gives exactly linear(gelu(x), W, b)'s value and gradients, in float32 and under bf16 autocast", (t) => {
+  manualSeed(6);
+  const [x0, w0, b0] = [randn([3, 5, 16]), randn([12, 16]), randn([12])];
+  const acc = new Accelerator({ cpu: true, mixedPrecision: "bf16" });
+  type Run = { y: Tensor; x: Tensor; w: Tensor; b?: Tensor };
+  const run = (fn: (x: Tensor, w: Tensor, b?: Tensor) => Tensor, bias: boolean, autocast: boolean): Run => {
+    const [x, w, b] = [x0.clone(), w0.clone(), b0.clone()];
+    for (const p of [x, w, b]) p.requiresGrad = true;
+    const y = autocast ? acc.autocast(() => fn(x, w, bias ? b : undefined)) : fn(x, w, bias ? b : undefined);
+    y.square().mean().backward();
+    return { y, x: x.grad as Tensor, w: w.grad as Tensor, b: bias ? (b.grad as Tensor) : undefined };
+  };
+  for (const approximate of ["none", "tanh"] as const) {
+    for (const bias of [true, false]) {
+      for (const autocast of [false, true]) {
+        const want = run((x, w, b) => F.linear(F.gelu(x, { approximate }), w, b), bias, autocast);
+        const got = run((x, w, b) => F.geluLinear(x, w, b, { approximate }), bias, autocast);
+        const label = `${approximate}, bias ${bias}, autocast ${autocast}`;
+        t.is(got.y.dtype, autocast ? "bfloat16" : "float32", label);
+        t.deepEqual(got.y.shape, [3, 5, 12]);
+        for (const name of ["y", "x", "w", "b"] as const) {
+          const [a, e] = [got[name], want[name]];
+          if (!a || !e) {
+            t.is(a, e, `${label}: ${name}`);
+            continue;
+          }
+          t.is(a.dtype, e.dtype, `${label}: ${name} dtype`);
+          // The same operations in the same dtypes: the same numbers.
+          t.is(a.to("float32").sub(e.to("float32")).abs().max().item(), 0, `${label}: ${name}`);
+        }
+      }
+    }
+  }
+});
+
+test("geluLinear recomputes the GELU in backward; without gradients it runs once", (t) => {
+  const acc = new Accelerator({ cpu: true });
+  const [x, w] = [randn([8, 16]), randn([4, 16])];
+  w.requiresGrad = true;
+  const gelus = (fn: () => void) => acc.profile(fn).rows.filter((r) => r.name === "aten::gelu").reduce((n, r) => n + r.count, 0);
+  t.is(gelus(() => F.geluLinear(x, w).sum().backward()), 2, "forward, and again in backward");
+  t.is(gelus(() => F.linear(F.gelu(x), w).sum().backward()), 1);
+  t.is(gelus(() => noGrad(() => F.geluLinear(x, w))), 1);
+});
+
+test.serial("geluLinear keeps only its input for backward: the GELU's output is not stored", async (t) => {
+  // 64 MiB of hidden activations: glibc maps a block this large on its own and unmaps it when
+  // freed, so resident memory follows what the graph holds.
+  const [x, w, b] = [randn([4096, 4096]), randn([16, 4096]), randn([16])];
+  w.requiresGrad = true;
+  const held = async (fn: () => Tensor) => {
+    await settle();
+    const start = process.memoryUsage().rss;
+    const y = fn();
+    await settle();
+    const grown = (process.memoryUsage().rss - start) / 2 ** 20;
+    y.sum().backward();
+    return grown;
+  };
+  const plain = await held(() => F.linear(F.gelu(x), w, b));
+  const fused = await held(() => F.geluLinear(x, w, b));
+  t.true(plain > 48, `the plain pair holds the GELU's output: ${plain.toFixed(1)} MiB`);
+  t.true(fused < 16, `geluLinear holds ${fused.toFixed(1)} MiB`);
+});
+
+test("geluLinear refuses what linear and gelu refuse, naming the argument", (t) => {
+  const [x, w] = [randn([4, 16]), randn([8, 16])];
+  t.throws(() => F.geluLinear(x, randn([8, 6])), { message: /^geluLinear: input of shape \[4, 16\] does not fit weight of shape \[8, 6\]/ });
+  t.throws(() => F.geluLinear(x, w, randn([3])), { message: /^geluLinear: / });
+  t.throws(() => F.geluLinear(x, w, null, { approximate: "fast" as never }), { message: /^geluLinear: unknown approximate "fast" \(expected "none" or "tanh"\)/ });
+  t.throws(() => F.geluLinear(x, w, null, { approx: "tanh" } as never), { message: /^geluLinear: unknown option "approx"; the options are: approximate/ });
+  t.throws(() => F.geluLinear(x.to("float64"), w), { message: /^geluLinear: input is float64 but weight is float32 \(convert one, or run under autocast\)/ });
+  t.throws(() => F.geluLinear(x, w, randn([8]).to("float64")), { message: /^geluLinear: input is float32 but bias is float64/ });
+  t.throws(() => F.geluLinear(x, [1] as never), { message: /^geluLinear: .*expected a Tensor/ });
+  t.throws(() => F.geluLinear(randint(0, 3, [4, 16]), w), { message: /^geluLinear: / });
+  t.deepEqual(F.geluLinear(randn([16]), w).shape, [8], "a single sample");
 });
 
 test("linearCrossEntropy refuses what crossEntropy refuses, naming the argument, and follows it at the edges", (t) => {

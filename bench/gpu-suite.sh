@@ -25,7 +25,8 @@ for what in "${@:-tests gpt ddp mlp op}"; do
         run gpt-hf 150 python3 "$ref/hf_baseline.py" --workload gpt --precision bf16 ;;
       gpt-fused)
         # Issue 15's techniques on gpt bf16, each on and off, beside HF eager and torch.compile.
-        for extra in "" "--fused-loss --loss-chunk 2048" "--fused-loss --loss-chunk 4096" --compile-step "--compile-step --fused-loss --loss-chunk 4096"; do
+        for extra in "" "--fused-loss --loss-chunk 2048" "--fused-loss --loss-chunk 4096" --recompute-gelu \
+          "--recompute-gelu --fused-loss --loss-chunk 2048" --compile-step "--compile-step --recompute-gelu --fused-loss --loss-chunk 4096"; do
           run "gpt-ours $extra" 150 "${node[@]}" bench/gpt.ts --precision bf16 $extra
         done
         run gpt-hf 150 python3 "$ref/hf_baseline.py" --workload gpt --precision bf16

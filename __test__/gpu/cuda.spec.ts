@@ -135,6 +135,34 @@ test("linearCrossEntropy under bf16 autocast: the loss and gradients of the plai
   t.true(plain.peak > logitsBytes, `plain peak ${plain.peak}`);
 });
 
+test("geluLinear under bf16 autocast on a GPU: linear(gelu(x)) without storing the GELU's output", (t) => {
+  const acc = new Accelerator({ mixedPrecision: "bf16" });
+  const [rows, hidden, out] = [8192, 3072, 768];
+  const h0 = randn([rows, hidden], { device: "cuda:0" }).to("bfloat16");
+  const w0 = randn([out, hidden], { device: "cuda:0" }).mul(0.02);
+  const b0 = randn([out], { device: "cuda:0" });
+  const run = (fn: (h: Tensor, w: Tensor, b: Tensor) => Tensor) => {
+    const [h, w, b] = [h0.clone(), w0.clone(), b0.clone()];
+    for (const p of [h, w, b]) p.requiresGrad = true;
+    acc.synchronize();
+    const before = acc.memory().allocated;
+    const y = acc.autocast(() => fn(h, w, b));
+    acc.synchronize();
+    const held = acc.memory().allocated - before; // the output and what backward keeps
+    y.square().mean().backward();
+    return { held, y, h: h.grad as Tensor, w: w.grad as Tensor, b: b.grad as Tensor };
+  };
+  const plain = run((h, w, b) => nn.functional.linear(nn.functional.gelu(h), w, b));
+  const fused = run((h, w, b) => nn.functional.geluLinear(h, w, b));
+  for (const name of ["y", "h", "w", "b"] as const) {
+    const scale = plain[name].abs().max().item();
+    const worst = fused[name].to("float32").sub(plain[name].to("float32")).abs().max().item();
+    t.true(worst <= 0.02 * scale, `${name} differs by ${worst} (largest ${scale})`);
+  }
+  const gelu = rows * hidden * 2;
+  t.true(plain.held - fused.held >= gelu * 0.9, `held ${plain.held} (plain) vs ${fused.held} bytes; the GELU output is ${gelu}`);
+});
+
 test("fp8 on a GPU of compute capability 8.9 or newer: Linear outputs and gradients within fp8's precision, unlike bf16's", (t) => {
   const [major, minor] = native.cudaDeviceInfo(0).capability;
   if (major * 10 + minor < 89) {

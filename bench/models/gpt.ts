@@ -19,9 +19,12 @@ export class Block extends nn.Module {
   readonly fc: nn.Linear;
   readonly act = new nn.GELU();
   readonly out: nn.Linear;
+  /** The MLP's second half through `geluLinear`: the GELU's output is recomputed in backward, not stored. */
+  private readonly recomputeGelu: boolean;
 
-  constructor(width: number, heads: number) {
+  constructor(width: number, heads: number, options: { recomputeGelu?: boolean } = {}) {
     super();
+    this.recomputeGelu = options.recomputeGelu ?? false;
     this.ln1 = new nn.LayerNorm(width);
     this.attn = new nn.CausalSelfAttention(width, heads);
     this.ln2 = new nn.LayerNorm(width);
@@ -31,7 +34,9 @@ export class Block extends nn.Module {
 
   forward(x: Tensor): Tensor {
     const attended = x.add(this.attn.forward(this.ln1.forward(x)));
-    return attended.add(this.out.forward(this.act.forward(this.fc.forward(this.ln2.forward(attended)))));
+    const hidden = this.fc.forward(this.ln2.forward(attended));
+    if (this.recomputeGelu) return attended.add(nn.functional.geluLinear(hidden, this.out.weight, this.out.bias));
+    return attended.add(this.out.forward(this.act.forward(hidden)));
   }
 }
 
@@ -46,14 +51,14 @@ export class GPT extends nn.Module {
   private readonly fusedLoss: boolean;
   private readonly lossChunkRows: number;
 
-  constructor(config: GPTConfig = GPT2_SMALL, options: { fusedLoss?: boolean; lossChunkRows?: number } = {}) {
+  constructor(config: GPTConfig = GPT2_SMALL, options: { fusedLoss?: boolean; lossChunkRows?: number; recomputeGelu?: boolean } = {}) {
     super();
     this.vocab = config.vocab;
     this.fusedLoss = options.fusedLoss ?? false;
     this.lossChunkRows = options.lossChunkRows ?? 1024;
     this.tok = new nn.Embedding(config.vocab, config.width);
     this.pos = new nn.Embedding(config.context, config.width);
-    this.blocks = new nn.ModuleList(Array.from({ length: config.layers }, () => new Block(config.width, config.heads)));
+    this.blocks = new nn.ModuleList(Array.from({ length: config.layers }, () => new Block(config.width, config.heads, options)));
     this.ln = new nn.LayerNorm(config.width);
     this.head = new nn.Linear(config.width, config.vocab, { bias: false });
   }

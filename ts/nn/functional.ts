@@ -94,3 +94,20 @@ export function scaledDotProductAttention(
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
   return native.nnLinear(x, weight, bias);
 }
+
+/**
+ * `linear(gelu(input, { approximate }), weight, bias)`, the second half of a transformer MLP,
+ * with the same result, but backward recomputes the GELU from `input` instead of keeping its
+ * output: the hidden activation (4x the model's width per token) is stored once, not twice,
+ * for one more elementwise pass in backward. Under `mixedPrecision: "fp8"` the two run as
+ * separate calls.
+ */
+export function geluLinear(
+  input: Tensor,
+  weight: Tensor,
+  bias?: Tensor | null,
+  options: { approximate?: "none" | "tanh" } = {},
+): Tensor {
+  checkOptionNames("geluLinear", options, ["approximate"]);
+  return withName("geluLinear", () => native.nnGeluLinear(input, weight, bias, options.approximate));
+}

@@ -21,6 +21,13 @@ extern "C" {
         bias: *const C_tensor,
         out: *mut *mut C_tensor,
     ) -> i32;
+    fn acc_gelu_linear(
+        input: *const C_tensor,
+        weight: *const C_tensor,
+        bias: *const C_tensor,
+        approximate: *const std::os::raw::c_char,
+        out: *mut *mut C_tensor,
+    ) -> i32;
     fn acc_linear_cross_entropy(
         input: *const C_tensor,
         weight: *const C_tensor,
@@ -111,6 +118,24 @@ pub fn fp8_linear(op: &str, input: &Tensor, weight: &Tensor, bias: Option<&Tenso
     let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);
     // SAFETY: live tensors (or null for the bias) for the call; `out` is a valid out-pointer.
     let status = unsafe { acc_fp8_linear(input.as_ptr(), weight.as_ptr(), bias, &mut out) };
+    owned(op, status, out)
+}
+
+/// `linear(gelu(input), weight, bias)` whose backward recomputes the GELU (shim/gelu_linear.cpp).
+pub fn gelu_linear(
+    op: &str,
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    approximate: &str,
+) -> Result<Tensor> {
+    let approximate = std::ffi::CString::new(approximate)
+        .map_err(|_| Error::invalid(op, "approximate must not contain a NUL character"))?;
+    let mut out = std::ptr::null_mut();
+    let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);
+    // SAFETY: live tensors (or null for the bias) and a NUL-terminated string for the call;
+    // `out` is a valid out-pointer.
+    let status = unsafe { acc_gelu_linear(input.as_ptr(), weight.as_ptr(), bias, approximate.as_ptr(), &mut out) };
     owned(op, status, out)
 }
 

@@ -145,6 +145,29 @@ pub fn nn_linear(env: Env, x: Tensor, weight: Tensor, bias: Option<Tensor>) -> R
     })
 }
 
+/// `linear(gelu(x), weight, bias)` whose backward recomputes the GELU.
+#[napi]
+pub fn nn_gelu_linear(
+    env: Env,
+    x: Tensor,
+    weight: Tensor,
+    bias: Option<Tensor>,
+    approximate: Option<String>,
+) -> Result<Tensor> {
+    const OP: &str = "geluLinear";
+    guarded(OP, || {
+        let bias = bias.as_ref().map(|b| b.handle.get(OP)).transpose()?;
+        let approximate = approximate.as_deref().unwrap_or("none");
+        let out = f::gelu_linear(
+            &*x.handle.get(OP)?,
+            &*weight.handle.get(OP)?,
+            bias.as_deref(),
+            approximate,
+        )?;
+        Ok(wrap(&env, out))
+    })
+}
+
 #[napi]
 pub fn nn_init_kaiming_uniform(t: Tensor, a: f64, mode: String, nonlinearity: String) -> Result<()> {
     const OP: &str = "kaimingUniform_";

@@ -26,6 +26,15 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 }
 
 pub(crate) fn linear_as(op: &str, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    check_linear_shapes(op, x, weight)?;
+    if crate::amp::fp8::is_enabled() && crate::amp::fp8::fits(x, weight) {
+        return crate::shim::fp8_linear(op, x, weight, bias);
+    }
+    x.f_linear(weight, bias)
+        .map_err(|e| Error::torch(op, shapes(&[x, weight]), e))
+}
+
+fn check_linear_shapes(op: &str, x: &Tensor, weight: &Tensor) -> Result<()> {
     let (xs, ws) = (x.size(), weight.size());
     if ws.len() != 2 || xs.last() != Some(&ws[1]) {
         return Err(Error::invalid(
@@ -36,11 +45,44 @@ pub(crate) fn linear_as(op: &str, x: &Tensor, weight: &Tensor, bias: Option<&Ten
             ),
         ));
     }
+    Ok(())
+}
+
+/// `linear(gelu(x, approximate), weight, bias)` keeping only `x` for backward, which
+/// recomputes the GELU (shim/gelu_linear.cpp): a transformer MLP's hidden activation is stored
+/// once instead of twice. Under fp8 the two run as separate calls (the fp8 matmul keeps its
+/// own fp8 copy of the GELU's output).
+pub fn gelu_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, approximate: &str) -> Result<Tensor> {
+    const OP: &str = "geluLinear";
+    gelu_approximation(OP, approximate)?;
+    check_linear_shapes(OP, x, weight)?;
+    let mut others = vec![("weight", weight)];
+    others.extend(bias.map(|b| ("bias", b)));
+    check_same_dtype(OP, x, &others)?;
     if crate::amp::fp8::is_enabled() && crate::amp::fp8::fits(x, weight) {
-        return crate::shim::fp8_linear(op, x, weight, bias);
+        let hidden = x.f_gelu(approximate).map_err(|e| Error::torch(OP, shapes(&[x]), e))?;
+        return crate::shim::fp8_linear(OP, &hidden, weight, bias);
     }
-    x.f_linear(weight, bias)
-        .map_err(|e| Error::torch(op, shapes(&[x, weight]), e))
+    crate::shim::gelu_linear(OP, x, weight, bias, approximate)
+}
+
+/// Outside autocast, each of `others` must have `input`'s dtype (as libtorch's matmuls want);
+/// under autocast they are converted to its compute dtype.
+fn check_same_dtype(op: &str, input: &Tensor, others: &[(&str, &Tensor)]) -> Result<()> {
+    let autocast = crate::amp::DeviceType::of(op, input.device())
+        .and_then(crate::amp::autocast::is_enabled)
+        .unwrap_or(false);
+    match others.iter().find(|(_, t)| t.kind() != input.kind()) {
+        Some((name, other)) if !autocast => Err(Error::invalid(
+            op,
+            format!(
+                "input is {} but {name} is {} (convert one, or run under autocast)",
+                dtype::name(input.kind()),
+                dtype::name(other.kind())
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `cross_entropy(input @ weight^T, targets)` in chunks of rows (a C++ autograd function,
@@ -74,19 +116,7 @@ pub fn linear_cross_entropy(
             ),
         ));
     }
-    let autocast = crate::amp::DeviceType::of(OP, input.device())
-        .and_then(crate::amp::autocast::is_enabled)
-        .unwrap_or(false);
-    if ik != wk && !autocast {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "input is {} but weight is {} (convert one, or run under autocast)",
-                dtype::name(ik),
-                dtype::name(wk)
-            ),
-        ));
-    }
+    check_same_dtype(OP, input, &[("weight", weight)])?;
     crate::shim::linear_cross_entropy(input, weight, targets, ignore_index, chunk_rows)
 }
 

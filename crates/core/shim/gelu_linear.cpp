@@ -1,0 +1,60 @@
+// `linear(gelu(input), weight, bias)` whose backward recomputes the GELU from `input` instead
+// of keeping its output: a transformer MLP's hidden activation (4x the model's width per
+// token) is then stored once, not twice. Recomputing costs one elementwise pass in backward.
+// The operations and their dtypes are the ones the two separate calls run, under autocast
+// too (the compute dtype is applied here, as autocast would), so results match them.
+#include "shim.h"
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct GeluLinear : torch::autograd::Function<GeluLinear> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, const std::string& approximate) {
+    const auto dtype = acc::compute_dtype(input);
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    // As the separate calls under autocast: the GELU in the input's dtype, the matmul in the
+    // compute dtype.
+    auto w = weight.to(dtype);
+    auto out = at::linear(at::gelu(input, approximate).to(dtype), w, bias ? std::optional<at::Tensor>(bias->to(dtype)) : std::nullopt);
+    // w is the weight in the compute dtype, which the matmul's backward would keep too.
+    ctx->save_for_backward({input, w});
+    ctx->saved_data["approximate"] = approximate;
+    ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
+    ctx->saved_data["bias_dtype"] = bias ? static_cast<int64_t>(bias->scalar_type()) : int64_t{-1};
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    auto saved = ctx->get_saved_variables();
+    const auto &input = saved[0], &w = saved[1];
+    const auto approximate = ctx->saved_data["approximate"].toStringRef();
+    auto dtype = [&](const char* key) { return static_cast<at::ScalarType>(ctx->saved_data[key].toInt()); };
+    auto g = grad_outputs[0].to(w.scalar_type()).reshape({-1, w.size(0)});
+    at::Tensor grad_input, grad_weight, grad_bias;
+    if (ctx->needs_input_grad(1)) {
+      auto hidden = at::gelu(input, approximate).to(w.scalar_type()).reshape({-1, w.size(1)});
+      grad_weight = g.t().mm(hidden).to(dtype("weight_dtype"));
+    }
+    // Only tensors that were given have an input edge: the bias's is index 2 when present.
+    if (ctx->saved_data["bias_dtype"].toInt() >= 0 && ctx->needs_input_grad(2)) grad_bias = g.sum(0).to(dtype("bias_dtype"));
+    if (ctx->needs_input_grad(0)) {
+      grad_input = at::gelu_backward(g.mm(w).view(input.sizes()).to(input.scalar_type()), input, approximate);
+    }
+    return {grad_input, grad_weight, grad_bias, at::Tensor()};
+  }
+};
+}  // namespace
+
+// `linear(gelu(input, approximate), weight, bias)`; `bias` may be null. Shapes and names are
+// checked by the caller (nn::functional::gelu_linear).
+extern "C" int acc_gelu_linear(acc_tensor input, acc_tensor weight, acc_tensor bias, const char* approximate,
+                               acc_tensor* out) {
+  ACC_PROTECT({
+    std::optional<at::Tensor> b;
+    if (bias != nullptr) b = *bias;
+    *out = new at::Tensor(GeluLinear::apply(*input, *weight, b, std::string(approximate)));
+  })
+}
