@@ -210,6 +210,18 @@ test.serial("profile on a GPU: kernels with device time, also with activities [\
   }
 });
 
+test.serial("causal self-attention under bf16 runs a fused attention kernel on the GPU (flash, memory-efficient or cuDNN), not softmax and batched matmuls", (t) => {
+  const acc = new Accelerator({ mixedPrecision: "bf16" });
+  const [model] = acc.prepare(new nn.CausalSelfAttention(768, 12));
+  const x = randn([8, 1024, 768], { device: "cuda:0" });
+  x.requiresGrad = true;
+  const prof = acc.profile(() => model.forward(x).to("float32").square().mean().backward(), { activities: ["cuda"] });
+  const names = prof.rows.map((r) => r.name);
+  t.log(`attention kernels: ${names.filter((n) => /flash|fmha|attention|sdpa/i.test(n)).map((n) => n.slice(0, 80)).join(" | ")}`);
+  t.true(names.some((n) => /flash|fmha|attention|sdpa/i.test(n)), `no fused attention kernel in ${names.map((n) => n.slice(0, 60)).join(" | ")}`);
+  t.false(names.some((n) => /softmax/i.test(n)), "the math path's softmax did not run");
+});
+
 /** Tests that need 2 GPUs are skipped, visibly, on a host with fewer. */
 const twoGpus = gpus >= 2 ? test : test.skip;
 
