@@ -35,8 +35,11 @@ export declare class CudaGraph {
 /** Averages one model's gradients across processes while backward runs. */
 export declare class DdpReducer {
   constructor(params: Array<Tensor>, bucketBytes: number)
-  /** Before backward: `sync` false only accumulates gradients. */
-  prepare(sync: boolean): void
+  /**
+   * Before backward: `sync` false only accumulates gradients; `deferred` averages them only
+   * in `finish` (gradients from several backward passes).
+   */
+  prepare(sync: boolean, deferred: boolean): void
   /** After backward: waits for the all-reduces and writes the averaged gradients. */
   finish(): void
 }

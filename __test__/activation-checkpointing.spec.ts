@@ -12,7 +12,7 @@ const run = async (processes: number, args: number[]): Promise<Out[]> => {
   return ranks.map((r) => lastJson(r.stdout) as Out);
 };
 
-for (const [processes, stage] of [[1, 0], [2, 0], [2, 3]] as const) {
+for (const [processes, stage] of [[1, 0], [2, 0], [2, 1], [2, 2], [2, 3]] as const) {
   test.serial(`${processes} process${processes > 1 ? "es" : ""}${stage ? `, ZeRO stage ${stage}` : ""}: checkpointed blocks train exactly as without`, async (t) => {
     const [plain] = await run(processes, [stage, 0, 4]);
     const [checkpointed] = await run(processes, [stage, 1, 4]);

@@ -296,7 +296,7 @@ export class Accelerator {
   backward(loss: Tensor): void {
     const divided = this.gradientAccumulationSteps === 1 ? loss : loss.div(this.gradientAccumulationSteps);
     const scaled = this.precision.scaleLoss(divided);
-    this.strategy.beforeBackward(this.syncGradients);
+    this.strategy.beforeBackward(this.syncGradients, this.#checkpoints.pending);
     try {
       scaled.backward();
       this.#checkpoints.backward();

@@ -89,6 +89,11 @@ export class ActivationCheckpoints {
     if (state.cuda !== undefined && this.#cudaIndex !== null) native.setCudaRngState(this.#cudaIndex, state.cuda);
   }
 
+  /** Whether modules ran checkpointed since the last backward: backward will take several passes. */
+  get pending(): boolean {
+    return this.#tape.length > 0;
+  }
+
   /**
    * After `loss.backward()`: recomputes the checkpointed modules, last first, and carries the
    * gradients their outputs received back through them to their inputs.

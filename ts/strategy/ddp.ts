@@ -26,9 +26,10 @@ export class DataParallel extends SingleProcess {
     this.#reducers.push(new native.DdpReducer(model.parameters(), this.#bucketBytes));
   }
 
-  override beforeBackward(sync: boolean): void {
+  /** Over several passes, buckets are averaged after the last one rather than as they fill. */
+  override beforeBackward(sync: boolean, severalPasses: boolean): void {
     this.markBackward();
-    for (const reducer of this.#reducers) reducer.prepare(sync);
+    for (const reducer of this.#reducers) reducer.prepare(sync, severalPasses);
   }
 
   /** Records that `accelerator.backward` ran (for `beforeStep`). */

@@ -74,8 +74,12 @@ export interface Strategy {
   setupModel(model: ModelLike): void;
   /** Called once per prepared optimizer; ZeRO partitions it and takes over its step. */
   setupOptimizer(optimizer: OptimizerLike): OptimizerHooks | undefined;
-  /** Before each backward pass; `sync` is false on micro-steps that only accumulate. */
-  beforeBackward(sync: boolean): void;
+  /**
+   * Before each backward pass; `sync` is false on micro-steps that only accumulate.
+   * `severalPasses`: the gradients arrive over several passes (activation checkpointing), so a
+   * parameter used inside and outside the checkpointed modules accumulates more than once.
+   */
+  beforeBackward(sync: boolean, severalPasses: boolean): void;
   /** After each backward pass: gradients are final (averaged across processes, when synced). */
   afterBackward(): void;
   /** Before a prepared optimizer steps over `parameters`: throws if their gradients cannot be right. */
@@ -135,7 +139,7 @@ export class SingleProcess implements Strategy {
     return undefined;
   }
 
-  beforeBackward(_sync: boolean): void {}
+  beforeBackward(_sync: boolean, _severalPasses: boolean): void {}
 
   afterBackward(): void {}
 

@@ -28,6 +28,9 @@ struct Reducer {
   std::vector<Bucket> buckets;
   std::mutex mutex;
   bool enabled = false;
+  // Gradients arrive over several backward passes (activation checkpointing): a parameter may
+  // accumulate more than once, so nothing is launched before `finish`.
+  bool deferred = false;
   size_t next_launch = 0;
 
   void reset() {
@@ -66,7 +69,7 @@ struct Reducer {
 
   void on_grad(size_t param) {
     std::lock_guard<std::mutex> lock(mutex);
-    if (!enabled) return;
+    if (!enabled || deferred) return;
     auto& b = buckets[bucket_of[param]];
     if (b.pending > 0 && --b.pending == 0) launch_ready();
   }
@@ -118,13 +121,15 @@ extern "C" int acc_reducer_new(void* group, acc_tensor* params, int count, int64
   })
 }
 
-// Before a backward pass: average its gradients (`sync` true) or only accumulate them.
-extern "C" int acc_reducer_prepare(void* handle, int sync) {
+// Before a backward pass: average its gradients (`sync` true) or only accumulate them; with
+// `deferred`, average them only in `finish` (the gradients come from several passes).
+extern "C" int acc_reducer_prepare(void* handle, int sync, int deferred) {
   ACC_PROTECT({
     auto r = static_cast<Handle*>(handle)->reducer;
     std::lock_guard<std::mutex> lock(r->mutex);
     r->reset();
     r->enabled = sync != 0;
+    r->deferred = deferred != 0;
   })
 }
 

@@ -143,10 +143,11 @@ impl DdpReducer {
         })
     }
 
-    /// Before backward: `sync` false only accumulates gradients.
+    /// Before backward: `sync` false only accumulates gradients; `deferred` averages them only
+    /// in `finish` (gradients from several backward passes).
     #[napi]
-    pub fn prepare(&self, sync: bool) -> Result<()> {
-        guarded("backward", || self.inner.prepare(sync))
+    pub fn prepare(&self, sync: bool, deferred: bool) -> Result<()> {
+        guarded("backward", || self.inner.prepare(sync, deferred))
     }
 
     /// After backward: waits for the all-reduces and writes the averaged gradients.

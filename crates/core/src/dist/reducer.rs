@@ -16,7 +16,7 @@ extern "C" {
         bucket_bytes: i64,
         out: *mut *mut c_void,
     ) -> i32;
-    fn acc_reducer_prepare(reducer: *mut c_void, sync: i32) -> i32;
+    fn acc_reducer_prepare(reducer: *mut c_void, sync: i32, deferred: i32) -> i32;
     fn acc_reducer_finish(reducer: *mut c_void) -> i32;
     fn acc_reducer_free(reducer: *mut c_void);
 }
@@ -44,10 +44,14 @@ impl Reducer {
         Ok(Reducer { raw })
     }
 
-    /// Call before each backward pass: `sync` false only accumulates (gradient accumulation).
-    pub fn prepare(&self, sync: bool) -> Result<()> {
+    /// Call before each backward pass: `sync` false only accumulates (gradient accumulation);
+    /// `deferred` averages only in `finish`, for gradients that arrive over several passes
+    /// (activation checkpointing), where a parameter may accumulate more than once.
+    pub fn prepare(&self, sync: bool, deferred: bool) -> Result<()> {
         // SAFETY: `raw` is live until drop.
-        check("backward", unsafe { acc_reducer_prepare(self.raw, i32::from(sync)) })
+        check("backward", unsafe {
+            acc_reducer_prepare(self.raw, i32::from(sync), i32::from(deferred))
+        })
     }
 
     /// Call after the backward pass: waits for the all-reduces and writes the averages into `.grad`.
