@@ -67,9 +67,15 @@ test("the same config from a file, with numbers that must agree with the run", (
   const dir = mkdtempSync(join(tmpdir(), "ds-config-"));
   const file = join(dir, "ds.json");
   writeFileSync(file, JSON.stringify({ ...exampleJson(), train_micro_batch_size_per_gpu: 8 }));
+  // A micro batch the config gives is kept whatever the loaders' batch sizes (HF); a
+  // train_batch_size that disagrees with it is an Error, as in DeepSpeed.
+  const given = new Accelerator({ cpu: true, deepspeedPlugin: { configFile: file } });
+  given.prepare(new data.DataLoader(new data.TensorDataset({ x: randn([16, 4]) }), { batchSize: 4 }));
+  t.is(given.strategyConfig.trainMicroBatchSizePerGpu, 8);
+  writeFileSync(file, JSON.stringify({ ...exampleJson(), train_micro_batch_size_per_gpu: 8, train_batch_size: 12 }));
   const mismatched = new Accelerator({ cpu: true, deepspeedPlugin: { configFile: file } });
-  const loader = new data.DataLoader(new data.TensorDataset({ x: randn([16, 4]) }), { batchSize: 4 });
-  t.throws(() => mismatched.prepare(loader), { message: /train_micro_batch_size_per_gpu is 8 but the data loader's batchSize is 4/ });
+  const loader = new data.DataLoader(new data.TensorDataset({ x: randn([16, 4]) }), { batchSize: 8 });
+  t.throws(() => mismatched.prepare(loader), { message: /train_batch_size is 12 but micro batch 8 × gradient accumulation/ });
   t.throws(() => new Accelerator({ cpu: true, gradientAccumulationSteps: 3, deepspeedPlugin: { hfDsConfig: { gradient_accumulation_steps: 2 } } }), {
     message: /gradientAccumulationSteps is 3 but the DeepSpeed config's gradient_accumulation_steps is 2/,
   });
@@ -79,6 +85,20 @@ test("the same config from a file, with numbers that must agree with the run", (
   t.throws(() => new Accelerator({ cpu: true, mixedPrecision: "fp8", deepspeedPlugin: { hfDsConfig: { fp16: { enabled: true } } } }), {
     message: /mixedPrecision is "fp8" but the DeepSpeed config's bf16\/fp16 enabled is "fp16"/,
   });
+});
+
+test("under ZeRO, an evaluation loader may have another batch size: the micro batch is the smallest of the first prepare's loaders", (t) => {
+  const loader = (batchSize: number) => new data.DataLoader(new data.TensorDataset({ x: randn([64, 4]) }), { batchSize });
+  for (const plugin of [{ deepspeedPlugin: { zeroStage: 3 } }, { fsdpPlugin: {} }]) {
+    const accelerator = new Accelerator({ cpu: true, ...plugin });
+    const net = new nn.Linear(4, 4);
+    const [, , train, evaluation] = accelerator.prepare(net, new optim.AdamW(net.parameters()), loader(16), loader(32));
+    t.is(accelerator.strategyConfig.trainMicroBatchSizePerGpu, 16, "the smaller of the two, as HF's is_train_batch_min");
+    const [later] = accelerator.prepare(loader(8));
+    t.is(accelerator.strategyConfig.trainMicroBatchSizePerGpu, 16, "a loader prepared later changes nothing");
+    t.is(accelerator.strategyConfig.trainBatchSize, 16);
+    t.deepEqual([train, evaluation, later].map((l) => [...(l as Iterable<unknown>)].length), [4, 2, 8]);
+  }
 });
 
 test("misspelled keys are named with a suggestion; NVMe offload and a static loss scale are Errors", (t) => {

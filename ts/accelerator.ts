@@ -93,6 +93,8 @@ export class Accelerator {
   readonly #checkpointer: Checkpointer;
   /** The modules whose activations are recomputed in backward (enableActivationCheckpointing). */
   readonly #checkpoints: ActivationCheckpoints;
+  /** Whether the DeepSpeed config's "auto" batch sizes were filled from the first prepared loaders. */
+  #batchSizesFilled = false;
   /** Whether each prepared optimizer's last step was skipped (fp16 overflow). */
   readonly #skipped = new Map<OptimizerLike, boolean>();
   readonly #trackers: TrackerSet;
@@ -183,6 +185,7 @@ export class Accelerator {
    * `device`. Anything else is returned unchanged.
    */
   prepare<T extends unknown[]>(...objects: T): T {
+    this.#fillBatchSizes(objects.filter(isLoader));
     // Models first: a strategy that shards parameters (ZeRO stage 3) sets up the optimizers over them.
     const models = new Map(objects.filter(isModel).map((m) => [m, this.#prepareModel(m)]));
     const prepared = objects.map((obj) => {
@@ -192,6 +195,19 @@ export class Accelerator {
       return obj;
     });
     return prepared.map((obj) => (isScheduler(obj) ? this.#prepareScheduler(obj) : obj)) as T;
+  }
+
+  /**
+   * Under DeepSpeed, the first `prepare` with loaders fills the config's "auto" batch sizes from
+   * them (HF); loaders prepared later, such as an evaluation loader, may have any batch size.
+   */
+  #fillBatchSizes(loaders: LoaderLike[]): void {
+    const config = this.strategyConfig;
+    if (this.#batchSizesFilled || (config.zeroStage === 0 && config.trainBatchSize === undefined && config.trainMicroBatchSizePerGpu === undefined)) return;
+    const sizes = loaders.filter((l) => !this.#prepared.loaders.includes(l)).flatMap((l) => l.options?.batchSize ?? []);
+    if (sizes.length === 0) return;
+    Object.assign(config, fillBatchSizes(config, { loaderBatchSizes: sizes, gradientAccumulationSteps: this.gradientAccumulationSteps, numProcesses: this.numProcesses }));
+    this.#batchSizesFilled = true;
   }
 
   /** Moves the model to the device; the strategy then sets it up across processes. */
@@ -258,15 +274,6 @@ export class Accelerator {
   /** A copy of the loader that delivers this process's shard on the device, with step scopes. */
   #prepareLoader(original: LoaderLike): LoaderLike {
     if (this.#prepared.loaders.includes(original)) return original;
-    if (this.strategyConfig.zeroStage > 0 || this.strategyConfig.trainBatchSize !== undefined || this.strategyConfig.trainMicroBatchSizePerGpu !== undefined) {
-      const batchSize = original.options?.batchSize;
-      if (batchSize !== undefined) {
-        Object.assign(
-          this.strategyConfig,
-          fillBatchSizes(this.strategyConfig, { loaderBatchSize: batchSize, gradientAccumulationSteps: this.gradientAccumulationSteps, numProcesses: this.numProcesses }),
-        );
-      }
-    }
     const shard = {
       numProcesses: this.numProcesses,
       processIndex: this.processIndex,

@@ -295,22 +295,17 @@ export function readDeepSpeedConfigFile(path: string): DeepSpeedSettings {
 }
 
 /**
- * The train batch sizes with "auto" filled from the run (HF: the micro batch is the
- * prepared loader's batch size, `train_batch_size` = micro · accumulation · processes);
- * throws when given numbers disagree, as DeepSpeed does.
+ * The train batch sizes with "auto" filled from the run, as HF's prepare does: the micro batch
+ * is the smallest batch size of the loaders prepared together (`is_train_batch_min`), and
+ * `train_batch_size` = micro · accumulation · processes; throws when the config's numbers
+ * disagree, as DeepSpeed does. A micro batch the config gives is kept, whatever the loaders'.
  */
 export function fillBatchSizes(
   settings: Pick<DeepSpeedSettings, "trainMicroBatchSizePerGpu" | "trainBatchSize">,
-  run: { loaderBatchSize: number; gradientAccumulationSteps: number; numProcesses: number },
+  run: { loaderBatchSizes: number[]; gradientAccumulationSteps: number; numProcesses: number },
 ): { trainMicroBatchSizePerGpu: number; trainBatchSize: number } {
-  const micro = settings.trainMicroBatchSizePerGpu ?? run.loaderBatchSize;
+  const micro = settings.trainMicroBatchSizePerGpu ?? Math.min(...run.loaderBatchSizes);
   const total = micro * run.gradientAccumulationSteps * run.numProcesses;
-  if (micro !== run.loaderBatchSize) {
-    throw new Error(
-      `prepare: the DeepSpeed config's train_micro_batch_size_per_gpu is ${micro} but the data loader's batchSize is ${run.loaderBatchSize}; ` +
-        `make them equal or set it to "auto"`,
-    );
-  }
   if (settings.trainBatchSize !== undefined && settings.trainBatchSize !== total) {
     throw new Error(
       `prepare: the DeepSpeed config's train_batch_size is ${settings.trainBatchSize} but micro batch ${micro} × gradient accumulation ` +
