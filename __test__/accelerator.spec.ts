@@ -5,7 +5,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Accelerator, arange, data, randn, tensor, type Tensor } from "../ts/index.js";
+import { Accelerator, arange, data, nn, randn, tensor, type Tensor } from "../ts/index.js";
 import { shareOf } from "../ts/state.js";
 
 test("one process: rank facts and device", (t) => {
@@ -81,6 +81,26 @@ test("automatic checkpoint naming numbers checkpoints and keeps totalLimit", (t)
   const again = new Accelerator({ cpu: true, projectDir, automaticCheckpointNaming: true });
   again.loadState();
   t.is(again.saveIteration, 3, "loading the latest checkpoint continues its numbering");
+});
+
+test("a misspelled or snake_case option is an Error naming it and the likely intended one, never silently ignored", (t) => {
+  const options = /the options are: /;
+  t.throws(() => new Accelerator({ cpu: true, mixed_precision: "bf16" } as never), { message: /^Accelerator: unknown option "mixed_precision" \(did you mean "mixedPrecision"\?\); the options are: mixedPrecision, / });
+  t.throws(() => new Accelerator({ cpu: true, gradientAccumulationStep: 4 } as never), { message: /^Accelerator: unknown option "gradientAccumulationStep" \(did you mean "gradientAccumulationSteps"\?\)/ });
+  const dataset = new data.TensorDataset({ x: randn([10, 2]) });
+  t.throws(() => new data.DataLoader(dataset, { batch_size: 4, drop_last: true } as never), { message: /^DataLoader: unknown option "batch_size" \(did you mean "batchSize"\?\)/ });
+  const [logits, target] = [randn([4, 3]), tensor([0, 1, 2, 0])];
+  t.throws(() => nn.functional.crossEntropy(logits, target, { reducton: "sum" } as never), { message: /^crossEntropy: unknown option "reducton" \(did you mean "reduction"\?\)/ });
+  t.throws(() => nn.functional.mseLoss(logits, logits, { reduce: "sum" } as never), { message: /^mseLoss: unknown option "reduce"; the options are: reduction$/ });
+  t.throws(() => nn.functional.gelu(logits, { approx: "tanh" } as never), { message: /^gelu: unknown option "approx"; the options are: approximate/ });
+  t.throws(() => new nn.GELU({ approx: "tanh" } as never), { message: /^GELU: unknown option "approx"/ });
+  t.throws(() => new nn.Linear(2, 2, { bais: false } as never), { message: /^Linear: unknown option "bais" \(did you mean "bias"\?\); the options are: bias, dtype, device/ });
+  t.throws(() => new nn.LayerNorm(4, { element_wise_affine: false } as never), { message: options });
+  t.throws(() => new nn.Embedding(4, 2, { padding_idx: 0 } as never), { message: /^Embedding: unknown option "padding_idx"/ });
+  t.throws(() => new nn.CausalSelfAttention(8, 2, { dropOut: 0.1 } as never), { message: /^CausalSelfAttention: unknown option "dropOut" \(did you mean "dropout"\?\)/ });
+  t.throws(() => randn([2], { requires_grad: true } as never), { message: /^randn: unknown option "requires_grad"; the options are: dtype, device/ });
+  t.throws(() => tensor([1, 2], { dtyp: "float64" } as never), { message: /^tensor: unknown option "dtyp" \(did you mean "dtype"\?\); the options are: dtype, device, shape/ });
+  t.notThrows(() => new Accelerator({ cpu: true, mixedPrecision: "no", gradientAccumulationSteps: 1 }));
 });
 
 test("bad options and inputs throw Errors naming the cause", (t) => {

@@ -29,7 +29,7 @@ test("compileStep checks its arguments when called, on every device: a function,
     t.throws(() => acc.compileStep(() => undefined, { warmup }), { message: /compileStep: warmup must be an integer of at least 1, got/ });
   }
   t.throws(() => acc.compileStep(() => undefined, { warmup: "2" as unknown as number }), { message: 'compileStep: warmup must be an integer of at least 1, got "2"' });
-  t.throws(() => acc.compileStep(() => undefined, { warmpu: 3 } as never), { message: 'compileStep: unknown option "warmpu"; the options are: warmup' });
+  t.throws(() => acc.compileStep(() => undefined, { warmpu: 3 } as never), { message: 'compileStep: unknown option "warmpu" (did you mean "warmup"?); the options are: warmup' });
   t.throws(() => acc.compileStep(42 as never), { message: /compileStep: fn must be a function \(the training step\), got/ });
   t.notThrows(() => acc.compileStep(() => undefined, { warmup: 1 }));
 });

@@ -592,7 +592,7 @@ test("linearCrossEntropy refuses what crossEntropy refuses, naming the argument,
   t.throws(() => lce(randn([]), w, y), { message: /^linearCrossEntropy: input must have a features dimension/ });
   t.throws(() => lce(y, w, y), { message: /^linearCrossEntropy: input and weight must be floating-point, got int64 and float32/ });
   t.throws(() => nn.functional.linearCrossEntropy(x, w, [1, 2] as never), { message: /^linearCrossEntropy: .*expected a Tensor/ });
-  t.throws(() => nn.functional.linearCrossEntropy(x, w, y, { chunk_rows: 4 } as never), { message: /^linearCrossEntropy: unknown option "chunk_rows"; the options are: ignoreIndex, chunkRows/ });
+  t.throws(() => nn.functional.linearCrossEntropy(x, w, y, { chunk_rows: 4 } as never), { message: /^linearCrossEntropy: unknown option "chunk_rows" \(did you mean "chunkRows"\?\); the options are: ignoreIndex, chunkRows/ });
   // Every target ignored: NaN, as crossEntropy; the gradients are zero.
   const x1 = x.clone();
   x1.requiresGrad = true;

@@ -55,7 +55,7 @@ test.serial("an async function is profiled until its Promise settles", async (t)
 
 test.serial("misuse is an Error naming profile, and leaves no profile running", async (t) => {
   const acc = new Accelerator({ cpu: true });
-  t.throws(() => acc.profile(() => 1, { activitys: ["cpu"] } as never), { message: /^profile: unknown option "activitys"; the options are: activities, recordShapes/ });
+  t.throws(() => acc.profile(() => 1, { activitys: ["cpu"] } as never), { message: /^profile: unknown option "activitys" \(did you mean "activities"\?\); the options are: activities, recordShapes/ });
   t.throws(() => acc.profile(() => 1, { activities: ["gpu"] } as never), { message: /^profile: activities hold "gpu"; each must be "cpu" or "cuda"/ });
   t.throws(() => acc.profile(() => 1, { activities: [] }), { message: /^profile: activities must be a non-empty array of "cpu" and "cuda", got an array of 0/ });
   t.throws(() => acc.profile(() => 1, { activities: null } as never), { message: /^profile: activities must be a non-empty array of "cpu" and "cuda", got null/ });

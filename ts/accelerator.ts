@@ -1,6 +1,7 @@
 // The Accelerator facade: the one object a training loop talks to. It composes the
 // process state, the precision policy, a strategy (ts/strategy/), the gradient-accumulation
 // state, the prepared objects and a checkpointer, and dispatches to them.
+import { checkOptionNames, optionNames } from "./errors.js";
 import { ActivationCheckpoints, type CheckpointSelector } from "./activation-checkpointing.js";
 import { compileStep, type CompileContext, type CompileStepOptions } from "./compile-step.js";
 import { saveWeights } from "./checkpoint.js";
@@ -64,6 +65,11 @@ export interface AcceleratorOptions {
   fsdpPlugin?: FsdpPlugin;
 }
 
+const ACCELERATOR_OPTIONS = optionNames<AcceleratorOptions>()([
+  "mixedPrecision", "gradScaler", "gradientAccumulationSteps", "cpu", "seed", "projectDir", "logWith", "automaticCheckpointNaming",
+  "totalLimit", "timeout", "bucketBytes", "evenBatches", "splitBatches", "stepScope", "deepspeedPlugin", "fsdpPlugin",
+]);
+
 /** Bytes of training state this process holds (see `stateBytes`): totals, and where they live. */
 export interface StateBytes {
   parameters: number;
@@ -100,6 +106,7 @@ export class Accelerator {
   readonly #trackers: TrackerSet;
 
   constructor(options: AcceleratorOptions = {}) {
+    checkOptionNames("Accelerator", options, ACCELERATOR_OPTIONS);
     const config = strategyConfigOf(options);
     const fromConfig = <T>(option: T | undefined, configured: T | undefined, optionName: string, key: string): T | undefined => {
       if (option !== undefined && configured !== undefined && option !== configured) {

@@ -32,9 +32,50 @@ export function withName<T>(op: string, fn: () => T): T {
   }
 }
 
-/** Throws unless `options` is an object whose keys are all in `known`, naming the unknown ones. */
+/**
+ * Throws unless `options` is an object whose keys are all in `known`, naming the first unknown
+ * one and the likely intended name (a typo, or HF's snake_case spelling of a camelCase option):
+ * a misspelled option would otherwise be ignored and its default used without a word.
+ */
 export function checkOptionNames(op: string, options: unknown, known: readonly string[]): void {
   if (options === null || typeof options !== "object" || Array.isArray(options)) throw new Error(`${op}: options must be an object, got ${describe(options)}`);
-  const unknown = Object.keys(options).filter((k) => !known.includes(k));
-  if (unknown.length > 0) throw new Error(`${op}: unknown option ${unknown.map((k) => JSON.stringify(k)).join(", ")}; the options are: ${known.join(", ")}`);
+  const key = Object.keys(options).find((k) => !known.includes(k));
+  if (key === undefined) return;
+  const camel = key.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+  const suggestion = known.includes(camel) ? camel : suggestName(key, known);
+  throw new Error(`${op}: unknown option ${JSON.stringify(key)}${suggestion ? ` (did you mean ${JSON.stringify(suggestion)}?)` : ""}; the options are: ${known.join(", ")}`);
 }
+
+/**
+ * Every option name of `T`, checked when compiled in both directions (none missing, none that
+ * `T` lacks): `optionNames<DataLoaderOptions>()(["batchSize", ...])`.
+ */
+export const optionNames =
+  <T>() =>
+  <const K extends readonly (keyof T & string)[]>(names: K & ([Exclude<keyof T, K[number]>] extends [never] ? unknown : never)): readonly string[] =>
+    names;
+
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    previous = current;
+  }
+  return previous[b.length];
+}
+
+/** The closest known name, if it is close enough to be a likely typo. */
+export function suggestName(name: string, known: Iterable<string>): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of known) {
+    const distance = editDistance(name, candidate);
+    if (distance < bestDistance) [best, bestDistance] = [candidate, distance];
+  }
+  return bestDistance <= Math.max(2, Math.floor(name.length / 4)) ? best : undefined;
+}
+
+

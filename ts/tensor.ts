@@ -1,5 +1,6 @@
 // Tensors for TypeScript: the native Tensor class, creation from JS data,
 // conversion back to JS values, and deterministic disposal (`dispose`, `using`, `tidy`).
+import { checkOptionNames, optionNames } from "./errors.js";
 import { inspect } from "node:util";
 import type * as Binding from "../index.js";
 import type { TensorHandle } from "../index.js";
@@ -18,6 +19,7 @@ export interface TensorOptions {
   dtype?: DTypeLike;
   device?: Device;
 }
+const TENSOR_OPTIONS = optionNames<TensorOptions>()(["dtype", "device"]);
 
 type Native = typeof Binding;
 type Suffix<K, P extends string> = K extends `${P}${infer R}` ? Uncapitalize<R> : never;
@@ -369,6 +371,7 @@ function flatten(data: NestedArray<number | boolean>, shape: number[]): (number 
  * float32, booleans bool, typed arrays their own dtype, unless `dtype` says otherwise.
  */
 export function tensor(data: TensorData, options: TensorOptions & { shape?: number[] } = {}): Tensor {
+  checkOptionNames("tensor", options, [...TENSOR_OPTIONS, "shape"]);
   const { dtype, device } = options;
   if (ArrayBuffer.isView(data)) {
     const match = TYPED_DTYPE.find(([ctor]) => data instanceof ctor);
@@ -398,19 +401,23 @@ function namedCall<T>(name: string, call: () => T): T {
 }
 
 export function zeros(shape: number[], options: TensorOptions = {}): Tensor {
+  checkOptionNames("zeros", options, TENSOR_OPTIONS);
   return namedCall("zeros", () => native.zeros(shape, options.dtype, options.device));
 }
 
 export function ones(shape: number[], options: TensorOptions = {}): Tensor {
+  checkOptionNames("ones", options, TENSOR_OPTIONS);
   return namedCall("ones", () => native.ones(shape, options.dtype, options.device));
 }
 
 export function full(shape: number[], value: number, options: TensorOptions = {}): Tensor {
+  checkOptionNames("full", options, TENSOR_OPTIONS);
   return namedCall("full", () => native.full(shape, value, options.dtype, options.device));
 }
 
 /** `arange(end)` or `arange(start, end, step)`. */
 export function arange(start: number, end?: number, step = 1, options: TensorOptions = {}): Tensor {
+  checkOptionNames("arange", options, TENSOR_OPTIONS);
   return namedCall("arange", () =>
     end === undefined
       ? native.arange(0, start, step, options.dtype, options.device)
@@ -419,14 +426,17 @@ export function arange(start: number, end?: number, step = 1, options: TensorOpt
 }
 
 export function randn(shape: number[], options: TensorOptions = {}): Tensor {
+  checkOptionNames("randn", options, TENSOR_OPTIONS);
   return namedCall("randn", () => native.randn(shape, options.dtype, options.device));
 }
 
 export function rand(shape: number[], options: TensorOptions = {}): Tensor {
+  checkOptionNames("rand", options, TENSOR_OPTIONS);
   return namedCall("rand", () => native.rand(shape, options.dtype, options.device));
 }
 
 export function randint(low: number, high: number, shape: number[], options: TensorOptions = {}): Tensor {
+  checkOptionNames("randint", options, TENSOR_OPTIONS);
   return namedCall("randint", () => native.randint(low, high, shape, options.dtype, options.device));
 }
 

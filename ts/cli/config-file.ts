@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import YAML from "yaml";
+import { suggestName } from "../errors.js";
 import { MIXED_PRECISIONS, type MixedPrecision } from "../mixed-precision.js";
 import { NVME_REFUSED, OFFLOAD_DEVICES, ZERO_STAGES, isZeroStage, zeroChoiceProblem, type OffloadDevice, type ZeroStage } from "../strategy/zero-options.js";
 
@@ -266,29 +267,6 @@ function describe(value: unknown): string {
   if (Array.isArray(value)) return "a list";
   if (isMapping(value)) return "a mapping";
   return String(value);
-}
-
-function editDistance(a: string, b: string): number {
-  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const current = [i];
-    for (let j = 1; j <= b.length; j++) {
-      current[j] = Math.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    previous = current;
-  }
-  return previous[b.length];
-}
-
-/** The closest known name, if it is close enough to be a likely typo. */
-export function suggestName(name: string, known: Iterable<string>): string | undefined {
-  let best: string | undefined;
-  let bestDistance = Infinity;
-  for (const candidate of known) {
-    const distance = editDistance(name, candidate);
-    if (distance < bestDistance) [best, bestDistance] = [candidate, distance];
-  }
-  return bestDistance <= Math.max(2, Math.floor(name.length / 4)) ? best : undefined;
 }
 
 /** Whether an ignored key's value asks for something (not null, false, "no"/"NO", empty, or a mapping of such). */

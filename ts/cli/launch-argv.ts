@@ -2,7 +2,7 @@
 // script belong to the launcher, everything after it to the script untouched
 // (so a script's own --help or --mixed_precision never reaches the launcher).
 import type { ArgsDef } from "citty";
-import { suggestName } from "./config-file.js";
+import { suggestName } from "../errors.js";
 
 export interface SplitLaunchArgv {
   /** The launcher's own flags, each as `--name=value` or `--name` / `--no-name`. */

@@ -1,7 +1,7 @@
 // DataLoader: iterates a dataset in batches, seeded shuffling identical on every
 // process, data-parallel sharding, resumable epochs. Over a TensorDataset the
 // batches are gathered (and moved to `device`) on a background Rust thread.
-import { describe, withName } from "../errors.js";
+import { checkOptionNames, describe, optionNames, withName } from "../errors.js";
 import { native } from "../native.js";
 import type { NativeDataLoader } from "../../index.js";
 import { closeScope, openScope, type Device, type Scope } from "../tensor.js";
@@ -50,6 +50,10 @@ export interface DataLoaderOptions<T, B> {
   disposeBatches?: boolean;
 }
 
+const DATA_LOADER_OPTIONS = optionNames<DataLoaderOptions<unknown, unknown>>()([
+  "batchSize", "shuffle", "dropLast", "seed", "collate", "device", "shard", "stepScope", "disposeBatches",
+]);
+
 /** Where a loader stands: its epoch, and how many of that epoch's batches it handed out. */
 export interface DataLoaderState {
   epoch: number;
@@ -96,6 +100,7 @@ export class DataLoader<T, B = Collated<T>> implements Iterable<B> {
   #skip = 0;
 
   constructor(dataset: DatasetLike<T>, options: DataLoaderOptions<T, B> = {}) {
+    checkOptionNames("DataLoader", options, DATA_LOADER_OPTIONS);
     this.dataset = dataset;
     this.options = { ...options };
     this.#native = withName("DataLoader", () => createNative(dataset, this.options));

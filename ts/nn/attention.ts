@@ -1,7 +1,8 @@
 // GPT-2 causal self-attention as one native module: qkv Linear, fused causal
 // scaled-dot-product attention over heads, proj Linear, residual dropout.
 import { native } from "../native.js";
-import { Linear, type ParameterOptions } from "./layers.js";
+import { checkOptionNames } from "../errors.js";
+import { Linear, PARAMETER_OPTIONS, type ParameterOptions } from "./layers.js";
 import { NativeModule, nativeLayerOf } from "./native_module.js";
 
 export interface CausalSelfAttentionOptions extends ParameterOptions {
@@ -23,6 +24,7 @@ export class CausalSelfAttention extends NativeModule {
   readonly dropout: number;
 
   constructor(dim: number, heads: number, options: CausalSelfAttentionOptions = {}) {
+    checkOptionNames("CausalSelfAttention", options, ["dropout", "bias", ...PARAMETER_OPTIONS]);
     const { dropout = 0, bias = true, dtype, device } = options;
     const qkv = new Linear(dim, 3 * dim, { bias, dtype, device });
     const proj = new Linear(dim, dim, { bias, dtype, device });

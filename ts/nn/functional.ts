@@ -1,5 +1,5 @@
 // nn.functional: losses, activations and attention as plain functions (numerics in the engine).
-import { checkOptionNames, withName } from "../errors.js";
+import { checkOptionNames, optionNames, withName } from "../errors.js";
 import { native } from "../native.js";
 import type { Tensor } from "../tensor.js";
 
@@ -17,8 +17,11 @@ export interface CrossEntropyOptions {
  * Cross entropy of unnormalised `logits` `[N, C]` (or `[C]`, or `[N, C, d...]`) against
  * `target`: class indices `[N]` (`[]`, `[N, d...]`) or class probabilities shaped like `logits`.
  */
+const CROSS_ENTROPY_OPTIONS = optionNames<CrossEntropyOptions>()(["reduction", "labelSmoothing", "ignoreIndex"]);
+
 export function crossEntropy(logits: Tensor, target: Tensor, options: CrossEntropyOptions = {}): Tensor {
-  const { reduction, labelSmoothing, ignoreIndex } = options ?? {};
+  checkOptionNames("crossEntropy", options, CROSS_ENTROPY_OPTIONS);
+  const { reduction, labelSmoothing, ignoreIndex } = options;
   return withName("crossEntropy", () => native.nnCrossEntropy(logits, target, reduction, labelSmoothing, ignoreIndex));
 }
 
@@ -45,6 +48,7 @@ export function linearCrossEntropy(
 
 /** Mean squared error; `input` and `target` must have the same shape. */
 export function mseLoss(input: Tensor, target: Tensor, options: { reduction?: Reduction } = {}): Tensor {
+  checkOptionNames("mseLoss", options, ["reduction"]);
   return native.nnMseLoss(input, target, options.reduction);
 }
 
@@ -62,6 +66,7 @@ export function relu(x: Tensor): Tensor {
 
 /** GELU, exact (erf) or with the tanh approximation GPT-2 used. */
 export function gelu(x: Tensor, options: { approximate?: "none" | "tanh" } = {}): Tensor {
+  checkOptionNames("gelu", options, ["approximate"]);
   return native.nnGelu(x, options.approximate);
 }
 

@@ -1,6 +1,6 @@
 // The layers that run in the engine, with PyTorch's constructors, defaults,
 // initialisation and parameter names.
-import { describe, withName } from "../errors.js";
+import { checkOptionNames, describe, optionNames, withName } from "../errors.js";
 import { native } from "../native.js";
 import type { Device, DTypeLike, Tensor } from "../tensor.js";
 import { NativeModule } from "./native_module.js";
@@ -12,6 +12,7 @@ export interface ParameterOptions {
   dtype?: DTypeLike;
   device?: Device;
 }
+export const PARAMETER_OPTIONS = optionNames<ParameterOptions>()(["dtype", "device"]);
 
 /** One number for both dimensions, or `[height, width]`. */
 export type Size2 = number | [number, number];
@@ -28,6 +29,7 @@ export class Linear extends NativeModule {
   readonly outFeatures: number;
 
   constructor(inFeatures: number, outFeatures: number, options: { bias?: boolean } & ParameterOptions = {}) {
+    checkOptionNames("Linear", options, ["bias", ...PARAMETER_OPTIONS]);
     super(NativeLayer.linear(inFeatures, outFeatures, options.bias ?? true, options.dtype, options.device));
     this.inFeatures = inFeatures;
     this.outFeatures = outFeatures;
@@ -100,6 +102,7 @@ export class Embedding extends NativeModule {
   readonly embeddingDim: number;
 
   constructor(numEmbeddings: number, embeddingDim: number, options: ParameterOptions = {}) {
+    checkOptionNames("Embedding", options, PARAMETER_OPTIONS);
     super(NativeLayer.embedding(numEmbeddings, embeddingDim, options.dtype, options.device));
     this.numEmbeddings = numEmbeddings;
     this.embeddingDim = embeddingDim;
@@ -121,6 +124,7 @@ export class LayerNorm extends NativeModule {
   readonly normalizedShape: number[];
 
   constructor(normalizedShape: number | number[], options: LayerNormOptions = {}) {
+    checkOptionNames("LayerNorm", options, ["eps", "elementwiseAffine", "bias", ...PARAMETER_OPTIONS]);
     const shape = withName("LayerNorm", () => {
       if (typeof normalizedShape === "number") return [normalizedShape];
       if (!Array.isArray(normalizedShape)) throw new TypeError(`normalizedShape must be a number or an array of numbers, got ${describe(normalizedShape)}`);
@@ -158,6 +162,7 @@ export class GELU extends NativeModule {
   readonly approximate: "none" | "tanh";
 
   constructor(options: { approximate?: "none" | "tanh" } = {}) {
+    checkOptionNames("GELU", options, ["approximate"]);
     const approximate = options.approximate ?? "none";
     super(NativeLayer.gelu(approximate));
     this.approximate = approximate;

@@ -2,7 +2,7 @@
 // "auto" values from the run as HF's DeepSpeed integration does, and names every key it
 // does not apply: an Error when ignoring it would change training, a "not used" line otherwise.
 import { readFileSync } from "node:fs";
-import { suggestName } from "../cli/config-file.js";
+import { suggestName } from "../errors.js";
 import type { GradScalerOptions } from "../precision.js";
 import { isNonNegativeInteger, isZeroStage, parseOffloadDevice, zeroChoiceProblem, type ZeroStage } from "./zero-options.js";
 

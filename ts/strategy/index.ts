@@ -11,8 +11,7 @@ import {
   DEFAULT_PARAM_PERSISTENCE_THRESHOLD, DEFAULT_PREFETCH_BYTES, isNonNegativeInteger, isZeroStage, parseBooleanText, parseOffloadDevice, zeroChoiceProblem,
   type OffloadDevice, type ZeroStage,
 } from "./zero-options.js";
-import { describe } from "../errors.js";
-import { suggestName } from "../cli/config-file.js";
+import { describe, suggestName } from "../errors.js";
 
 export type { OptimizerHooks, Strategy } from "./strategy.js";
 export type { DeepSpeedConfigJson, DeepSpeedConfigValue, DeepSpeedSettings } from "./deepspeed-config.js";
