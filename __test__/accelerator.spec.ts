@@ -5,7 +5,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Accelerator, arange, data, nn, randn, tensor, type Tensor } from "../ts/index.js";
+import { Accelerator, arange, data, keep, nn, noGrad, randn, tensor, tidy, type Tensor } from "../ts/index.js";
 import { shareOf } from "../ts/state.js";
 
 test("one process: rank facts and device", (t) => {
@@ -101,6 +101,21 @@ test("a misspelled or snake_case option is an Error naming it and the likely int
   t.throws(() => randn([2], { requires_grad: true } as never), { message: /^randn: unknown option "requires_grad"; the options are: dtype, device/ });
   t.throws(() => tensor([1, 2], { dtyp: "float64" } as never), { message: /^tensor: unknown option "dtyp" \(did you mean "dtype"\?\); the options are: dtype, device, shape/ });
   t.notThrows(() => new Accelerator({ cpu: true, mixedPrecision: "no", gradientAccumulationSteps: 1 }));
+});
+
+test("null or wrong-type arguments are Errors naming the operation and the argument", (t) => {
+  t.throws(() => new Accelerator(null as never), { message: "Accelerator: options must be an object, got null" });
+  const acc = new Accelerator({ cpu: true });
+  t.throws(() => acc.backward(null as never), { message: "backward: loss must be a Tensor, got null" });
+  t.throws(() => acc.saveState(null as never), { message: "saveState: dir must be a directory path (a non-empty string), got null" });
+  t.throws(() => acc.loadState(5 as never), { message: "loadState: dir must be a directory path (a non-empty string), got 5" });
+  t.throws(() => acc.saveModel(new nn.Linear(2, 2), null as never), { message: "saveModel: dir must be a directory path (a non-empty string), got null" });
+  t.throws(() => acc.saveModel(null as never, "out"), { message: "saveModel: model must have stateDict(), got null" });
+  t.throws(() => new nn.Linear(4, 2).forward(null as never), { message: "Linear.forward: expected a Tensor, got null" });
+  t.throws(() => keep(null as never), { message: "keep: expected a Tensor or an array of Tensors, got null" });
+  t.throws(() => keep([randn([1]), 3] as never), { message: "keep: expected a Tensor or an array of Tensors, got 3" });
+  t.throws(() => tidy(5 as never), { message: "tidy: expected a function, got 5" });
+  t.throws(() => noGrad(5 as never), { message: "noGrad: expected a function, got 5" });
 });
 
 test("bad options and inputs throw Errors naming the cause", (t) => {

@@ -1,7 +1,7 @@
 // The Accelerator facade: the one object a training loop talks to. It composes the
 // process state, the precision policy, a strategy (ts/strategy/), the gradient-accumulation
 // state, the prepared objects and a checkpointer, and dispatches to them.
-import { checkOptionNames, optionNames } from "./errors.js";
+import { checkOptionNames, checkPath, describe, optionNames } from "./errors.js";
 import { ActivationCheckpoints, type CheckpointSelector } from "./activation-checkpointing.js";
 import { compileStep, type CompileContext, type CompileStepOptions } from "./compile-step.js";
 import { saveWeights } from "./checkpoint.js";
@@ -308,6 +308,7 @@ export class Accelerator {
    * instead of `loss.backward()`.
    */
   backward(loss: Tensor): void {
+    if (!(loss instanceof Tensor)) throw new Error(`backward: loss must be a Tensor, got ${describe(loss)}`);
     const divided = this.gradientAccumulationSteps === 1 ? loss : loss.div(this.gradientAccumulationSteps);
     const scaled = this.precision.scaleLoss(divided);
     this.strategy.beforeBackward(this.syncGradients, this.#checkpoints.pending);
@@ -617,6 +618,8 @@ export class Accelerator {
 
   /** Saves a model's weights as `model.safetensors`, or shards with an index above `maxShardSize`. */
   saveModel(model: { stateDict(): Record<string, Tensor> }, dir: string, options: { maxShardSize?: number | string } = {}): string[] {
+    if (!hasMethods(model, "stateDict")) throw new Error(`saveModel: model must have stateDict(), got ${describe(model)}`);
+    checkPath("saveModel", "dir", dir);
     // Every process takes part: ZeRO-3 gathers the parameters one by one.
     this.strategy.agree("saveModel");
     const state = this.strategy.fullStateDict(model);

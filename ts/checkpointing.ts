@@ -1,6 +1,7 @@
 // saveState/loadState for an Accelerator: which files a checkpoint holds and who writes
 // them, automatic checkpoint naming and pruning, atomic saves and all-or-nothing loads.
 // The file formats live in ts/checkpoint.ts; the layout is documented in RELIABILITY.md.
+import { checkPath } from "./errors.js";
 import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { cleanStaging, readCheckpoint, saveSafetensors, saveStateFiles, tensorsIn, type StateValue } from "./checkpoint.js";
@@ -54,7 +55,10 @@ export class Checkpointer {
   }
 
   #target(dir: string | undefined, op: string): string {
-    if (dir !== undefined) return dir;
+    if (dir !== undefined) {
+      checkPath(op, "dir", dir);
+      return dir;
+    }
     const { automaticCheckpointNaming, projectDir } = this.#options;
     if (automaticCheckpointNaming && projectDir) {
       const next = join(projectDir, "checkpoints", `checkpoint_${this.saveIteration}`);
@@ -139,6 +143,7 @@ export class Checkpointer {
    * omitted). Every file is read and checked first; nothing changes unless all of it loads.
    */
   load(dir?: string): void {
+    if (dir !== undefined) checkPath("loadState", "dir", dir);
     const source = dir ?? this.#latest("loadState");
     if (!existsSync(source)) throw new Error(`loadState: ${source} does not exist`);
     cleanStaging(source);

@@ -20,6 +20,11 @@ export function describe(value: unknown): string {
   }
 }
 
+/** Throws unless `value` is a string (a path), naming the operation and the argument. */
+export function checkPath(op: string, name: string, value: unknown): asserts value is string {
+  if (typeof value !== "string" || value === "") throw new Error(`${op}: ${name} must be a directory path (a non-empty string), got ${describe(value)}`);
+}
+
 /** Runs `fn`; an Error it throws is given the prefix `op: ` unless it already names `op`. */
 export function withName<T>(op: string, fn: () => T): T {
   try {

@@ -1,6 +1,6 @@
 // Tensors for TypeScript: the native Tensor class, creation from JS data,
 // conversion back to JS values, and deterministic disposal (`dispose`, `using`, `tidy`).
-import { checkOptionNames, optionNames } from "./errors.js";
+import { checkOptionNames, describe, optionNames } from "./errors.js";
 import { inspect } from "node:util";
 import type * as Binding from "../index.js";
 import type { TensorHandle } from "../index.js";
@@ -190,8 +190,11 @@ export function closeScope(scope: Scope, options: { step?: number; handOn?: Read
  * Returns its argument. Parameters, buffers and anything a Module holds are kept already.
  */
 export function keep<T extends Tensor | readonly Tensor[]>(tensors: T): T {
-  const list: readonly Tensor[] = tensors instanceof Tensor ? [tensors] : (tensors as readonly Tensor[]);
-  for (const tensor of list) tensor._kept = true;
+  const list: readonly unknown[] = tensors instanceof Tensor ? [tensors] : Array.isArray(tensors) ? tensors : [tensors];
+  for (const tensor of list) {
+    if (!(tensor instanceof Tensor)) throw new Error(`keep: expected a Tensor or an array of Tensors, got ${describe(tensor)}`);
+  }
+  for (const tensor of list as readonly Tensor[]) tensor._kept = true;
   return tensors;
 }
 
@@ -459,6 +462,7 @@ export function isGradEnabled(): boolean {
 
 /** Runs `fn` without recording gradients. */
 export function noGrad<T>(fn: () => T): T {
+  if (typeof fn !== "function") throw new Error(`noGrad: expected a function, got ${describe(fn)}`);
   const previous = native.setGradEnabled(false);
   try {
     return fn();
@@ -483,6 +487,7 @@ function collectTensors(value: unknown, into: Tensor[], seen = new Set<unknown>(
  * (tensors found in the returned value, arrays, Maps and plain objects, are kept) or `keep()`.
  */
 export function tidy<T>(fn: () => T): T {
+  if (typeof fn !== "function") throw new Error(`tidy: expected a function, got ${describe(fn)}`);
   const scope = openScope();
   let result: T;
   try {

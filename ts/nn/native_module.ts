@@ -1,6 +1,7 @@
 // The base of modules that run in the engine: a thin wrapper over a NativeLayer whose
 // parameters appear as ordinary properties sharing the engine's tensors.
 import type { NativeLayer } from "../../index.js";
+import { describe } from "../errors.js";
 import { keep, Tensor } from "../tensor.js";
 import { Module } from "./module.js";
 
@@ -51,6 +52,7 @@ export abstract class NativeModule extends Module {
   }
 
   forward(x: Tensor): Tensor {
+    if (!(x instanceof Tensor)) throw new Error(`${this.constructor.name}.forward: expected a Tensor, got ${describe(x)}`);
     return this.#layer.forward(x, this.training);
   }
 }
