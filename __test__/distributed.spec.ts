@@ -1,6 +1,9 @@
 // Multi-process behaviour on 2 CPU processes over loopback: every collective,
 // fail-fast shape mismatches, and data-parallel training equal to one process.
 import test from "ava";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { lastJson, runRanks, worstDifferences } from "./helpers/ranks.js";
 
 const parse = lastJson;
@@ -40,6 +43,17 @@ test("a rank starting later than the timeout still joins; a collective that time
     t.regex(out.error, /([Tt]imed out|[Cc]onnection closed)[\s\S]*; rank 2 did not reach this collective \(#\d+ on every rank\) within 2\.0 s of this rank's timeout/, out.error);
     t.true(out.ms < 8000, `the Error came after ${out.ms} ms`);
   }
+});
+
+test("a call made on one process only (saveState under isMainProcess) times out naming both processes' collectives", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "acc-mismatch-"));
+  const ranks = await runRanks("../fixtures/dist/mismatch.ts", 2, [join(dir, "ckpt")]);
+  for (const r of ranks) t.is(r.code, 0, r.stderr);
+  const [saving, training] = ranks.map((r) => parse(r.stdout).error as string);
+  const hint = /: the processes are not making the same calls in the same order \(is a call that every process must make, such as saveState, saveModel or gather, made on some processes only\?\)$/;
+  t.regex(saving, /^saveState: [\s\S]*; rank 1 waits in ALLREDUCE where this rank waits in (?!ALLREDUCE)[A-Z]+ \(collective #\d+\)/, saving);
+  t.regex(training, /^backward: [\s\S]*; rank 0 waits in (?!ALLREDUCE)[A-Z]+ where this rank waits in ALLREDUCE \(collective #\d+\)/, training);
+  for (const error of [saving, training]) t.regex(error, hint);
 });
 
 test("2 processes with batch 8 train to the same parameters as 1 process with batch 16", async (t) => {

@@ -23,9 +23,11 @@
 // Which ranks reached a collective that timed out. Nothing is written while collectives
 // succeed: each rank counts the collectives it waits on (the same sequence on every rank,
 // as every rank issues the same collectives in the same order), and only a rank whose wait
-// times out writes "arrived/<sequence>/<rank>" to the store, then gives the others that
-// reached the same collective (and so time out at about the same moment) a grace period
-// to write theirs. The ranks without a key never got there.
+// times out writes "arrived/<sequence>/<rank>" to the store, with the kind of collective it
+// waits in, then gives the others that reached the same collective (and so time out at about
+// the same moment) a grace period to write theirs. The ranks without a key never got there;
+// a rank whose kind differs is in another call (one process saving a checkpoint while the
+// others go on into backward).
 struct AccArrivals {
   c10::intrusive_ptr<c10d::Store> store;
   int rank;
@@ -36,10 +38,10 @@ struct AccArrivals {
 
   // "; ranks 2, 3 did not reach this collective (#17) within Ns of this rank's timeout",
   // or "" when every rank reached it.
-  std::string absent(int64_t seq, std::chrono::milliseconds grace) const {
+  std::string absent(int64_t seq, std::chrono::milliseconds grace, const std::string& kind) const {
     try {
       const std::string prefix = "arrived/" + std::to_string(seq) + "/";
-      store->set(prefix + std::to_string(rank), std::vector<uint8_t>{1});
+      store->set(prefix + std::to_string(rank), std::vector<uint8_t>(kind.begin(), kind.end()));
       std::vector<int> missing;
       const auto deadline = std::chrono::steady_clock::now() + grace;
       do {
@@ -47,7 +49,7 @@ struct AccArrivals {
         for (int r = 0; r < world_size; r++) {
           if (r != rank && !store->check({prefix + std::to_string(r)})) missing.push_back(r);
         }
-        if (missing.empty()) return "";
+        if (missing.empty()) return different(prefix, seq, kind);
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       } while (std::chrono::steady_clock::now() < deadline);
       std::string names;
@@ -61,6 +63,22 @@ struct AccArrivals {
     } catch (...) {
       return "";
     }
+  }
+
+  // "; rank 1 waits in ALLREDUCE where this rank waits in ALLGATHER ...", or "" when
+  // every rank waits in the same kind of collective.
+  std::string different(const std::string& prefix, int64_t seq, const std::string& kind) const {
+    std::string others;
+    for (int r = 0; r < world_size; r++) {
+      if (r == rank) continue;
+      const auto bytes = store->get(prefix + std::to_string(r));
+      const std::string theirs(bytes.begin(), bytes.end());
+      if (theirs != kind) others += (others.empty() ? "" : ", ") + std::string("rank ") + std::to_string(r) + " waits in " + theirs;
+    }
+    if (others.empty()) return "";
+    return "; " + others + " where this rank waits in " + kind + " (collective #" + std::to_string(seq) +
+           "): the processes are not making the same calls in the same order (is a call that every process must make, "
+           "such as saveState, saveModel or gather, made on some processes only?)";
   }
 };
 
@@ -161,7 +179,7 @@ inline void acc_wait(const c10::intrusive_ptr<c10d::Work>& work, bool blocking, 
         const auto grace = std::min(timeout, std::chrono::milliseconds(5000));
         const auto ms = timeout.count();
         throw std::runtime_error("collective timed out after " + std::to_string(ms / 1000) + "." +
-                                 std::to_string(ms % 1000 / 100) + " s" + arrivals->absent(seq, grace));
+                                 std::to_string(ms % 1000 / 100) + " s" + arrivals->absent(seq, grace, c10d::opTypeToString(work->retrieveOpType())));
       }
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
@@ -175,6 +193,6 @@ inline void acc_wait(const c10::intrusive_ptr<c10d::Work>& work, bool blocking, 
     const auto grace = std::min(timeout, std::chrono::milliseconds(5000));
     // The first line only: c10's messages go on with a backtrace, which callers drop.
     const std::string message = e.what();
-    throw std::runtime_error(message.substr(0, message.find('\n')) + arrivals->absent(seq, grace));
+    throw std::runtime_error(message.substr(0, message.find('\n')) + arrivals->absent(seq, grace, c10d::opTypeToString(work->retrieveOpType())));
   }
 }
