@@ -430,6 +430,19 @@ test("modules built inside tidy() survive it when returned", (t) => {
   t.deepEqual(y.shape, [1, 2]);
 });
 
+test("a built-in layer's parameter cannot be disposed by hand: the layer keeps working and so does the property", (t) => {
+  const net = new nn.Linear(4, 2);
+  t.throws(() => net.weight.dispose(), { message: "dispose: this tensor is the parameter Linear.weight, which lives as long as its layer; detach() or clone() it for a tensor of your own" });
+  t.deepEqual(net.forward(randn([1, 4])).shape, [1, 2]);
+  t.true(Number.isFinite(net.weight.sum().item()));
+  const other = new nn.Linear(4, 2);
+  other.weight = net.weight; // tied: still the first layer's parameter
+  t.throws(() => other.weight.dispose(), { message: /^dispose: this tensor is the parameter Linear\.weight/ });
+  const copy = net.weight.clone();
+  copy.dispose();
+  t.true(copy.isDisposed, "a clone is the user's own");
+});
+
 test("linearCrossEntropy equals crossEntropy(linear(x, W), y) in value and gradients, in any chunking", (t) => {
   manualSeed(3);
   const reference = (x: Tensor, w: Tensor, y: Tensor) =>

@@ -1,7 +1,7 @@
 // The Accelerator facade: the one object a training loop talks to. It composes the
 // process state, the precision policy, a strategy (ts/strategy/), the gradient-accumulation
 // state, the prepared objects and a checkpointer, and dispatches to them.
-import { checkOptionNames, checkPath, describe, optionNames, withName } from "./errors.js";
+import { checkOptionNames, checkPath, describe, optionNames } from "./errors.js";
 import { ActivationCheckpoints, type CheckpointSelector } from "./activation-checkpointing.js";
 import { compileStep, type CompileContext, type CompileStepOptions } from "./compile-step.js";
 import { saveWeights } from "./checkpoint.js";
@@ -649,7 +649,7 @@ export class Accelerator {
    * and RNG states into `dir`, atomically (a crash leaves the previous checkpoint intact).
    */
   saveState(dir?: string): string {
-    return withName("saveState", () => this.#checkpointer.save(dir));
+    return this.#checkpointer.save(dir);
   }
 
   /**
@@ -657,6 +657,6 @@ export class Accelerator {
    * Every file is read and checked before anything changes.
    */
   loadState(dir?: string): void {
-    withName("loadState", () => this.#checkpointer.load(dir));
+    this.#checkpointer.load(dir);
   }
 }

@@ -43,6 +43,8 @@ export class Tensor {
   readonly _native: TensorHandle;
   /** @internal Set by `keep()`: no scope frees this tensor. */
   _kept = false;
+  /** @internal Set for a built-in layer's parameter ("Linear.weight"), which its layer shares: never disposed by hand. */
+  _parameterOf: string | undefined = undefined;
 
   /**
    * Tensors are made by operations (`tensor()`, `zeros()`, `x.add(y)`, ...): a handle
@@ -58,10 +60,13 @@ export class Tensor {
     else toGarbageCollector(this);
   }
 
-  /** Frees the tensor's memory now. Later calls on it throw. Idempotent. */
+  /** Frees the tensor's memory now. Later calls on it throw. Idempotent. A layer's parameter cannot be disposed. */
   dispose(): void {
     const handle = this._native;
     if (handle >= FREED) return;
+    if (this._parameterOf !== undefined) {
+      throw new Error(`dispose: this tensor is the parameter ${this._parameterOf}, which lives as long as its layer; detach() or clone() it for a tensor of your own`);
+    }
     (this as { _native: TensorHandle })._native = DISPOSED;
     native.disposeTensor(handle);
   }

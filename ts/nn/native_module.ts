@@ -35,6 +35,7 @@ export abstract class NativeModule extends Module {
   /** Exposes parameter `name` as a property; assigning a Tensor of the same shape shares it (weight tying). */
   #adopt(layer: NativeLayer, name: string, initial: Tensor | null): void {
     let current = initial;
+    if (initial !== null) initial._parameterOf = `${layer.kind}.${name}`;
     Object.defineProperty(this, name, {
       enumerable: true,
       configurable: true,
@@ -46,6 +47,7 @@ export abstract class NativeModule extends Module {
         }
         layer.setParameter(name, value);
         current = keep(value);
+        current._parameterOf ??= `${layer.kind}.${name}`;
       },
     });
     this.registerParameter(name, initial);
