@@ -99,6 +99,10 @@ test("under ZeRO, an evaluation loader may have another batch size: the micro ba
     t.is(accelerator.strategyConfig.trainBatchSize, 16);
     t.deepEqual([train, evaluation, later].map((l) => [...(l as Iterable<unknown>)].length), [4, 2, 8]);
   }
+  // A loader left at the default batch size batches 1 sample, and counts as 1.
+  const defaults = new Accelerator({ cpu: true, deepspeedPlugin: { zeroStage: 2 } });
+  defaults.prepare(new data.DataLoader(new data.TensorDataset({ x: randn([8, 4]) })), loader(4));
+  t.is(defaults.strategyConfig.trainMicroBatchSizePerGpu, 1);
 });
 
 test("misspelled keys are named with a suggestion; NVMe offload and a static loss scale are Errors", (t) => {

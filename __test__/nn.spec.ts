@@ -552,17 +552,21 @@ test("geluLinear gives exactly linear(gelu(x), W, b)'s value and gradients, in f
 test("geluLinear recomputes the GELU in backward; without gradients it runs once", (t) => {
   const acc = new Accelerator({ cpu: true });
   const [x, w] = [randn([8, 16]), randn([4, 16])];
+  x.requiresGrad = true;
   w.requiresGrad = true;
   const gelus = (fn: () => void) => acc.profile(fn).rows.filter((r) => r.name === "aten::gelu").reduce((n, r) => n + r.count, 0);
   t.is(gelus(() => F.geluLinear(x, w).sum().backward()), 2, "forward, and again in backward");
   t.is(gelus(() => F.linear(F.gelu(x), w).sum().backward()), 1);
   t.is(gelus(() => noGrad(() => F.geluLinear(x, w))), 1);
+  const frozen = randn([8, 16]);
+  t.is(gelus(() => F.geluLinear(frozen, w).sum().backward()), 1, "an input that needs no gradient: the hidden is kept instead, as the separate calls keep it");
 });
 
 test.serial("geluLinear keeps only its input for backward: the GELU's output is not stored", async (t) => {
   // 64 MiB of hidden activations: glibc maps a block this large on its own and unmaps it when
   // freed, so resident memory follows what the graph holds.
   const [x, w, b] = [randn([4096, 4096]), randn([16, 4096]), randn([16])];
+  x.requiresGrad = true; // as an MLP's hidden activation, which comes from the first Linear
   w.requiresGrad = true;
   const held = async (fn: () => Tensor) => {
     await settle();
@@ -590,6 +594,12 @@ test("geluLinear refuses what linear and gelu refuse, naming the argument", (t) 
   t.throws(() => F.geluLinear(x, [1] as never), { message: /^geluLinear: .*expected a Tensor/ });
   t.throws(() => F.geluLinear(randint(0, 3, [4, 16]), w), { message: /^geluLinear: / });
   t.deepEqual(F.geluLinear(randn([16]), w).shape, [8], "a single sample");
+  // Autocast leaves float64 alone, in the separate calls and here.
+  const acc = new Accelerator({ cpu: true, mixedPrecision: "bf16" });
+  const [x64, w64] = [x.to("float64"), w.to("float64")];
+  const [fused, separate] = acc.autocast(() => [F.geluLinear(x64, w64), F.linear(F.gelu(x64), w64)]);
+  t.is(fused.dtype, "float64");
+  t.is(fused.sub(separate).abs().max().item(), 0);
 });
 
 test("linearCrossEntropy refuses what crossEntropy refuses, naming the argument, and follows it at the edges", (t) => {

@@ -211,7 +211,11 @@ export class Accelerator {
   #fillBatchSizes(loaders: LoaderLike[]): void {
     const config = this.strategyConfig;
     if (this.#batchSizesFilled || (config.zeroStage === 0 && config.trainBatchSize === undefined && config.trainMicroBatchSizePerGpu === undefined)) return;
-    const sizes = loaders.filter((l) => !this.#prepared.loaders.includes(l)).flatMap((l) => l.options?.batchSize ?? []);
+    // A DataLoader without batchSize batches 1 sample; split batches are shared between the processes (HF).
+    const split = this.#options.splitBatches ? this.numProcesses : 1;
+    const sizes = loaders
+      .filter((l) => !this.#prepared.loaders.includes(l) && l.options !== undefined)
+      .map((l) => Math.max(1, Math.floor((l.options?.batchSize ?? 1) / split)));
     if (sizes.length === 0) return;
     Object.assign(config, fillBatchSizes(config, { loaderBatchSizes: sizes, gradientAccumulationSteps: this.gradientAccumulationSteps, numProcesses: this.numProcesses }));
     this.#batchSizesFilled = true;

@@ -102,7 +102,7 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
 
 /**
  * `linear(gelu(input, { approximate }), weight, bias)`, the second half of a transformer MLP,
- * with the same result, but backward recomputes the GELU from `input` instead of keeping its
+ * with the same result (bit for bit for a contiguous input), but backward recomputes the GELU from `input` instead of keeping its
  * output: the hidden activation (4x the model's width per token) is stored once, not twice,
  * for one more elementwise pass in backward. Under `mixedPrecision: "fp8"` the two run as
  * separate calls.

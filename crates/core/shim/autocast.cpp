@@ -17,7 +17,9 @@ at::DeviceType device_type(int32_t code) {
 
 at::ScalarType acc::compute_dtype(const at::Tensor& input) {
   const auto device = input.device().type();
-  const bool on = (device == at::kCUDA || device == at::kCPU) && at::autocast::is_autocast_enabled(device);
+  // As autocast's own eligibility: float64 (and any non-floating type) is never converted.
+  const bool eligible = input.is_floating_point() && input.scalar_type() != at::kDouble;
+  const bool on = eligible && (device == at::kCUDA || device == at::kCPU) && at::autocast::is_autocast_enabled(device);
   return on ? at::autocast::get_autocast_dtype(device) : input.scalar_type();
 }
 

@@ -18,9 +18,14 @@ struct GeluLinear : torch::autograd::Function<GeluLinear> {
     // As the separate calls under autocast: the GELU in the input's dtype, the matmul in the
     // compute dtype.
     auto w = weight.to(dtype);
-    auto out = at::linear(at::gelu(input, approximate).to(dtype), w, bias ? std::optional<at::Tensor>(bias->to(dtype)) : std::nullopt);
-    // w is the weight in the compute dtype, which the matmul's backward would keep too.
-    ctx->save_for_backward({input, w});
+    auto hidden = at::gelu(input, approximate).to(dtype);
+    auto out = at::linear(hidden, w, bias ? std::optional<at::Tensor>(bias->to(dtype)) : std::nullopt);
+    // w is the weight in the compute dtype, which the matmul's backward would keep too. An
+    // input that needs no gradient is not needed at all: the hidden (in the compute dtype,
+    // perhaps smaller than the input's) is kept instead, as the separate calls would.
+    const bool recompute = input.requires_grad();
+    ctx->save_for_backward({recompute ? input : hidden, w});
+    ctx->saved_data["recompute"] = recompute;
     ctx->saved_data["approximate"] = approximate;
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
     ctx->saved_data["bias_dtype"] = bias ? static_cast<int64_t>(bias->scalar_type()) : int64_t{-1};
@@ -29,18 +34,19 @@ struct GeluLinear : torch::autograd::Function<GeluLinear> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     auto saved = ctx->get_saved_variables();
-    const auto &input = saved[0], &w = saved[1];
+    const auto &input = saved[0], &w = saved[1];  // input, or the hidden (see forward)
     const auto approximate = ctx->saved_data["approximate"].toStringRef();
     auto dtype = [&](const char* key) { return static_cast<at::ScalarType>(ctx->saved_data[key].toInt()); };
     auto g = grad_outputs[0].to(w.scalar_type()).reshape({-1, w.size(0)});
     at::Tensor grad_input, grad_weight, grad_bias;
+    const bool recompute = ctx->saved_data["recompute"].toBool();
     if (ctx->needs_input_grad(1)) {
-      auto hidden = at::gelu(input, approximate).to(w.scalar_type()).reshape({-1, w.size(1)});
+      auto hidden = (recompute ? at::gelu(input, approximate).to(w.scalar_type()) : input).reshape({-1, w.size(1)});
       grad_weight = g.t().mm(hidden).to(dtype("weight_dtype"));
     }
     // Only tensors that were given have an input edge: the bias's is index 2 when present.
     if (ctx->saved_data["bias_dtype"].toInt() >= 0 && ctx->needs_input_grad(2)) grad_bias = g.sum(0).to(dtype("bias_dtype"));
-    if (ctx->needs_input_grad(0)) {
+    if (recompute && ctx->needs_input_grad(0)) {
       grad_input = at::gelu_backward(g.mm(w).view(input.sizes()).to(input.scalar_type()), input, approximate);
     }
     return {grad_input, grad_weight, grad_bias, at::Tensor()};
