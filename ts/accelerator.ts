@@ -1,9 +1,9 @@
 // The Accelerator facade: the one object a training loop talks to. It composes the
 // process state, the precision policy, a strategy (ts/strategy/), the gradient-accumulation
 // state, the prepared objects and a checkpointer, and dispatches to them.
-import { checkOptionNames, checkPath, describe, optionNames } from "./errors.js";
 import { ActivationCheckpoints, type CheckpointSelector } from "./activation-checkpointing.js";
 import { compileStep, type CompileContext, type CompileStepOptions } from "./compile-step.js";
+import { checkOptionNames, checkPath, describe, optionNames } from "./errors.js";
 import { saveWeights } from "./checkpoint.js";
 import { Checkpointer } from "./checkpointing.js";
 import {

@@ -1,10 +1,10 @@
 // saveState/loadState for an Accelerator: which files a checkpoint holds and who writes
 // them, automatic checkpoint naming and pruning, atomic saves and all-or-nothing loads.
 // The file formats live in ts/checkpoint.ts; the layout is documented in RELIABILITY.md.
-import { checkPath } from "./errors.js";
 import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { cleanStaging, readCheckpoint, saveSafetensors, saveStateFiles, tensorsIn, type StateValue } from "./checkpoint.js";
+import { checkPath } from "./errors.js";
 import { broadcastObject, waitForEveryone } from "./collectives.js";
 import type { GradientState } from "./gradient-state.js";
 import { native } from "./native.js";

@@ -82,5 +82,3 @@ export function suggestName(name: string, known: Iterable<string>): string | und
   }
   return bestDistance <= Math.max(2, Math.floor(name.length / 4)) ? best : undefined;
 }
-
-

@@ -3,7 +3,7 @@
 // spent per operator and per GPU kernel, and writes a Chrome trace when asked.
 import { existsSync, mkdirSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { checkOptionNames, describe } from "./errors.js";
+import { checkOptionNames, describe, optionNames } from "./errors.js";
 import { native } from "./native.js";
 
 /** HF's ProfileKwargs, camelCased. */
@@ -30,7 +30,7 @@ export interface ProfileRow {
   flops: number;
 }
 
-const OPTIONS = ["activities", "recordShapes", "profileMemory", "withFlops", "outputTraceDir"];
+const OPTIONS = optionNames<ProfileOptions>()(["activities", "recordShapes", "profileMemory", "withFlops", "outputTraceDir"]);
 
 /** What `accelerator.profile` returns: the function's result and what the profiler saw. */
 export class Profile<R> {

@@ -1,9 +1,9 @@
 // Tensors for TypeScript: the native Tensor class, creation from JS data,
 // conversion back to JS values, and deterministic disposal (`dispose`, `using`, `tidy`).
-import { checkOptionNames, describe, optionNames } from "./errors.js";
 import { inspect } from "node:util";
 import type * as Binding from "../index.js";
 import type { TensorHandle } from "../index.js";
+import { checkOptionNames, describe, optionNames } from "./errors.js";
 import { native } from "./native.js";
 
 export type DType = "float32" | "float64" | "float16" | "bfloat16" | "int64" | "int32" | "bool" | "uint8";
@@ -20,6 +20,7 @@ export interface TensorOptions {
   device?: Device;
 }
 const TENSOR_OPTIONS = optionNames<TensorOptions>()(["dtype", "device"]);
+const TENSOR_DATA_OPTIONS = optionNames<TensorOptions & { shape?: number[] }>()(["dtype", "device", "shape"]);
 
 type Native = typeof Binding;
 type Suffix<K, P extends string> = K extends `${P}${infer R}` ? Uncapitalize<R> : never;
@@ -379,7 +380,7 @@ function flatten(data: NestedArray<number | boolean>, shape: number[]): (number 
  * float32, booleans bool, typed arrays their own dtype, unless `dtype` says otherwise.
  */
 export function tensor(data: TensorData, options: TensorOptions & { shape?: number[] } = {}): Tensor {
-  checkOptionNames("tensor", options, [...TENSOR_OPTIONS, "shape"]);
+  checkOptionNames("tensor", options, TENSOR_DATA_OPTIONS);
   const { dtype, device } = options;
   if (ArrayBuffer.isView(data)) {
     const match = TYPED_DTYPE.find(([ctor]) => data instanceof ctor);

@@ -1,8 +1,8 @@
 // GPT-2 causal self-attention as one native module: qkv Linear, fused causal
 // scaled-dot-product attention over heads, proj Linear, residual dropout.
 import { native } from "../native.js";
-import { checkOptionNames } from "../errors.js";
-import { Linear, PARAMETER_OPTIONS, type ParameterOptions } from "./layers.js";
+import { checkOptionNames, optionNames } from "../errors.js";
+import { Linear, type ParameterOptions } from "./layers.js";
 import { NativeModule, nativeLayerOf } from "./native_module.js";
 
 export interface CausalSelfAttentionOptions extends ParameterOptions {
@@ -11,6 +11,7 @@ export interface CausalSelfAttentionOptions extends ParameterOptions {
   /** Biases in the qkv and output projections; default true. */
   bias?: boolean;
 }
+const CAUSAL_SELF_ATTENTION_OPTIONS = optionNames<CausalSelfAttentionOptions>()(["dropout", "bias", "dtype", "device"]);
 
 /**
  * Input and output `[batch, time, dim]`. Parameters `qkv.weight` `[3*dim, dim]`,
@@ -24,7 +25,7 @@ export class CausalSelfAttention extends NativeModule {
   readonly dropout: number;
 
   constructor(dim: number, heads: number, options: CausalSelfAttentionOptions = {}) {
-    checkOptionNames("CausalSelfAttention", options, ["dropout", "bias", ...PARAMETER_OPTIONS]);
+    checkOptionNames("CausalSelfAttention", options, CAUSAL_SELF_ATTENTION_OPTIONS);
     const { dropout = 0, bias = true, dtype, device } = options;
     const qkv = new Linear(dim, 3 * dim, { bias, dtype, device });
     const proj = new Linear(dim, dim, { bias, dtype, device });

@@ -2,6 +2,7 @@
 import { checkOptionNames, optionNames, withName } from "../errors.js";
 import { native } from "../native.js";
 import type { Tensor } from "../tensor.js";
+import { GELU_OPTIONS, type GeluOptions } from "./layers.js";
 
 export type Reduction = "mean" | "sum" | "none";
 
@@ -13,12 +14,12 @@ export interface CrossEntropyOptions {
   ignoreIndex?: number;
 }
 
+const CROSS_ENTROPY_OPTIONS = optionNames<CrossEntropyOptions>()(["reduction", "labelSmoothing", "ignoreIndex"]);
+
 /**
  * Cross entropy of unnormalised `logits` `[N, C]` (or `[C]`, or `[N, C, d...]`) against
  * `target`: class indices `[N]` (`[]`, `[N, d...]`) or class probabilities shaped like `logits`.
  */
-const CROSS_ENTROPY_OPTIONS = optionNames<CrossEntropyOptions>()(["reduction", "labelSmoothing", "ignoreIndex"]);
-
 export function crossEntropy(logits: Tensor, target: Tensor, options: CrossEntropyOptions = {}): Tensor {
   checkOptionNames("crossEntropy", options, CROSS_ENTROPY_OPTIONS);
   const { reduction, labelSmoothing, ignoreIndex } = options;
@@ -65,8 +66,8 @@ export function relu(x: Tensor): Tensor {
 }
 
 /** GELU, exact (erf) or with the tanh approximation GPT-2 used. */
-export function gelu(x: Tensor, options: { approximate?: "none" | "tanh" } = {}): Tensor {
-  checkOptionNames("gelu", options, ["approximate"]);
+export function gelu(x: Tensor, options: GeluOptions = {}): Tensor {
+  checkOptionNames("gelu", options, GELU_OPTIONS);
   return native.nnGelu(x, options.approximate);
 }
 
@@ -102,17 +103,12 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
 
 /**
  * `linear(gelu(input, { approximate }), weight, bias)`, the second half of a transformer MLP,
- * with the same result (bit for bit for a contiguous input), but backward recomputes the GELU from `input` instead of keeping its
- * output: the hidden activation (4x the model's width per token) is stored once, not twice,
- * for one more elementwise pass in backward. Under `mixedPrecision: "fp8"` the two run as
- * separate calls.
+ * with the same result (bit for bit for a contiguous input), but backward recomputes the GELU
+ * from `input` instead of keeping its output: the hidden activation (4x the model's width per
+ * token) is stored once, not twice, for one more elementwise pass in backward. Under
+ * `mixedPrecision: "fp8"` the two run as separate calls.
  */
-export function geluLinear(
-  input: Tensor,
-  weight: Tensor,
-  bias?: Tensor | null,
-  options: { approximate?: "none" | "tanh" } = {},
-): Tensor {
-  checkOptionNames("geluLinear", options, ["approximate"]);
+export function geluLinear(input: Tensor, weight: Tensor, bias?: Tensor | null, options: GeluOptions = {}): Tensor {
+  checkOptionNames("geluLinear", options, GELU_OPTIONS);
   return withName("geluLinear", () => native.nnGeluLinear(input, weight, bias, options.approximate));
 }

@@ -12,7 +12,13 @@ export interface ParameterOptions {
   dtype?: DTypeLike;
   device?: Device;
 }
-export const PARAMETER_OPTIONS = optionNames<ParameterOptions>()(["dtype", "device"]);
+const PARAMETER_OPTIONS = optionNames<ParameterOptions>()(["dtype", "device"]);
+/** GELU's options (the layer's and nn.functional's): exact (erf, the default) or the tanh approximation GPT-2 used. */
+export interface GeluOptions {
+  approximate?: "none" | "tanh";
+}
+export const GELU_OPTIONS = optionNames<GeluOptions>()(["approximate"]);
+const LINEAR_OPTIONS = optionNames<{ bias?: boolean } & ParameterOptions>()(["bias", "dtype", "device"]);
 
 /** One number for both dimensions, or `[height, width]`. */
 export type Size2 = number | [number, number];
@@ -29,7 +35,7 @@ export class Linear extends NativeModule {
   readonly outFeatures: number;
 
   constructor(inFeatures: number, outFeatures: number, options: { bias?: boolean } & ParameterOptions = {}) {
-    checkOptionNames("Linear", options, ["bias", ...PARAMETER_OPTIONS]);
+    checkOptionNames("Linear", options, LINEAR_OPTIONS);
     super(NativeLayer.linear(inFeatures, outFeatures, options.bias ?? true, options.dtype, options.device));
     this.inFeatures = inFeatures;
     this.outFeatures = outFeatures;
@@ -116,6 +122,7 @@ export interface LayerNormOptions extends ParameterOptions {
   /** With elementwiseAffine, whether to learn a bias too; default true. */
   bias?: boolean;
 }
+const LAYER_NORM_OPTIONS = optionNames<LayerNormOptions>()(["eps", "elementwiseAffine", "bias", "dtype", "device"]);
 
 /** Normalises over the trailing `normalizedShape` dimensions. */
 export class LayerNorm extends NativeModule {
@@ -124,7 +131,7 @@ export class LayerNorm extends NativeModule {
   readonly normalizedShape: number[];
 
   constructor(normalizedShape: number | number[], options: LayerNormOptions = {}) {
-    checkOptionNames("LayerNorm", options, ["eps", "elementwiseAffine", "bias", ...PARAMETER_OPTIONS]);
+    checkOptionNames("LayerNorm", options, LAYER_NORM_OPTIONS);
     const shape = withName("LayerNorm", () => {
       if (typeof normalizedShape === "number") return [normalizedShape];
       if (!Array.isArray(normalizedShape)) throw new TypeError(`normalizedShape must be a number or an array of numbers, got ${describe(normalizedShape)}`);
@@ -161,8 +168,8 @@ export class ReLU extends NativeModule {
 export class GELU extends NativeModule {
   readonly approximate: "none" | "tanh";
 
-  constructor(options: { approximate?: "none" | "tanh" } = {}) {
-    checkOptionNames("GELU", options, ["approximate"]);
+  constructor(options: GeluOptions = {}) {
+    checkOptionNames("GELU", options, GELU_OPTIONS);
     const approximate = options.approximate ?? "none";
     super(NativeLayer.gelu(approximate));
     this.approximate = approximate;

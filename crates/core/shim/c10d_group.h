@@ -37,7 +37,7 @@ struct AccArrivals {
   AccArrivals(c10::intrusive_ptr<c10d::Store> s, int r, int w) : store(std::move(s)), rank(r), world_size(w) {}
 
   // "; ranks 2, 3 did not reach this collective (#17) within Ns of this rank's timeout",
-  // or "" when every rank reached it.
+  // or, when every rank reached it, whether they wait in different kinds (`different`).
   std::string absent(int64_t seq, std::chrono::milliseconds grace, const std::string& kind) const {
     try {
       const std::string prefix = "arrived/" + std::to_string(seq) + "/";

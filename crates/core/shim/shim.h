@@ -9,7 +9,7 @@ namespace acc {
 void set_last_error(const std::string& message);
 
 // The dtype an operation on `input` computes in: autocast's for its device when autocast is
-// on there, else the input's (shim/autocast.cpp).
+// on there and would convert `input` (not float64), else the input's (shim/autocast.cpp).
 at::ScalarType compute_dtype(const at::Tensor& input);
 }
 

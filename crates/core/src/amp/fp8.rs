@@ -35,6 +35,11 @@ pub fn is_enabled() -> bool {
     ON.with(Cell::get)
 }
 
+/// Whether `x @ weight^T` runs in fp8: fp8 is on and the matmul `fits`.
+pub fn applies(x: &Tensor, weight: &Tensor) -> bool {
+    is_enabled() && fits(x, weight)
+}
+
 /// Whether `x @ weight^T` can run in fp8 here: a float32 or bfloat16 input and weight (a
 /// float16 tensor's scales can overflow its range) on the CPU or a GPU, and rows, input
 /// features and output features all multiples of 16.

@@ -27,7 +27,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 
 pub(crate) fn linear_as(op: &str, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     check_linear_shapes(op, x, weight)?;
-    if crate::amp::fp8::is_enabled() && crate::amp::fp8::fits(x, weight) {
+    if crate::amp::fp8::applies(x, weight) {
         return crate::shim::fp8_linear(op, x, weight, bias);
     }
     x.f_linear(weight, bias)
@@ -59,7 +59,7 @@ pub fn gelu_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, approxima
     let mut others = vec![("weight", weight)];
     others.extend(bias.map(|b| ("bias", b)));
     check_same_dtype(OP, x, &others)?;
-    if crate::amp::fp8::is_enabled() && crate::amp::fp8::fits(x, weight) {
+    if crate::amp::fp8::applies(x, weight) {
         let hidden = x.f_gelu(approximate).map_err(|e| Error::torch(OP, shapes(&[x]), e))?;
         return crate::shim::fp8_linear(OP, &hidden, weight, bias);
     }
