@@ -514,6 +514,49 @@ test("linearCrossEntropy computes gradients only when backward may come (not und
   t.is(matmuls(() => nn.functional.linearCrossEntropy(x, w, y, { chunkRows: 4 })), 8, "and one weight-gradient matmul per chunk");
 });
 
+test("linear under bf16 autocast: a bf16 output, and float32 parameter gradients that are not rounded to bf16", (t) => {
+  manualSeed(11);
+  const [x0, w0, b0, g0] = [randn([2, 48, 64]), randn([24, 64]), randn([24]), randn([2, 48, 24])];
+  // What the bf16 operands give in exact arithmetic.
+  const [xb, wb, gb] = [x0, w0, g0].map((v) => v.to("bfloat16").to("float64"));
+  const flat = (v: Tensor) => v.reshape([-1, 24]);
+  const want = { w: flat(gb).t().matmul(xb.reshape([-1, 64])), b: flat(gb).sum(0), x: gb.matmul(wb) };
+  const relative = (a: Tensor, e: Tensor) => a.to("float64").sub(e).abs().max().item() / e.abs().max().item();
+  const acc = new Accelerator({ cpu: true, mixedPrecision: "bf16" });
+  // nn.functional.linear under autocast, and a prepared nn.Linear (autocast from prepare).
+  const functional = () => {
+    const [w, b] = [w0.clone(), b0.clone()];
+    w.requiresGrad = true;
+    b.requiresGrad = true;
+    return { params: { w, b }, forward: (x: Tensor) => acc.autocast(() => F.linear(x, w, b)) };
+  };
+  const layer = () => {
+    const net = new nn.Linear(64, 24);
+    net.loadStateDict({ weight: w0, bias: b0 });
+    const [model] = acc.prepare(net);
+    return { params: { w: net.weight, b: net.bias as Tensor }, forward: (x: Tensor) => model.forward(x) };
+  };
+  for (const [label, make] of [["linear", functional], ["Linear", layer]] as const) {
+    const { params, forward } = make();
+    const x = x0.clone();
+    x.requiresGrad = true;
+    const y = forward(x);
+    t.is(y.dtype, label === "linear" ? "bfloat16" : "float32", label); // a prepared model's outputs are float32, as HF's
+    y.to("float32").mul(g0).sum().backward(); // y's gradient: g0 in bf16, as autocast hands it over
+    for (const name of ["w", "b"] as const) {
+      const grad = params[name].grad as Tensor;
+      t.is(grad.dtype, "float32");
+      // Rounding to bf16 would leave up to 2^-9 (2e-3); float32 sums leave about 1e-6.
+      const error = relative(grad, want[name]);
+      t.true(error < 2e-5, `${label}: ${name} gradient relative error ${error}`);
+    }
+    // The input's gradient is made in bf16, as autocast's.
+    const error = relative(x.grad as Tensor, want.x);
+    t.true(error < 1e-2 && error > 1e-5, `${label}: input gradient relative error ${error}`);
+    t.is((x.grad as Tensor).dtype, "float32");
+  }
+});
+
 test("geluLinear gives exactly linear(gelu(x), W, b)'s value and gradients, in float32 and under bf16 autocast", (t) => {
   manualSeed(6);
   const [x0, w0, b0] = [randn([3, 5, 16]), randn([12, 16]), randn([12])];

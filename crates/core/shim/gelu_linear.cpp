@@ -42,10 +42,10 @@ struct GeluLinear : torch::autograd::Function<GeluLinear> {
     const bool recompute = ctx->saved_data["recompute"].toBool();
     if (ctx->needs_input_grad(1)) {
       auto hidden = (recompute ? at::gelu(input, approximate).to(w.scalar_type()) : input).reshape({-1, w.size(1)});
-      grad_weight = g.t().mm(hidden).to(dtype("weight_dtype"));
+      grad_weight = acc::mm_as(g.t(), hidden, dtype("weight_dtype"));
     }
     // Only tensors that were given have an input edge: the bias's is index 2 when present.
-    if (ctx->saved_data["bias_dtype"].toInt() >= 0 && ctx->needs_input_grad(2)) grad_bias = g.sum(0).to(dtype("bias_dtype"));
+    if (ctx->saved_data["bias_dtype"].toInt() >= 0 && ctx->needs_input_grad(2)) grad_bias = acc::sum_rows_as(g, dtype("bias_dtype"));
     if (recompute && ctx->needs_input_grad(0)) {
       grad_input = at::gelu_backward(g.mm(w).view(input.sizes()).to(input.scalar_type()), input, approximate);
     }

@@ -11,6 +11,11 @@ void set_last_error(const std::string& message);
 // The dtype an operation on `input` computes in: autocast's for its device when autocast is
 // on there and would convert `input` (not float64), else the input's (shim/autocast.cpp).
 at::ScalarType compute_dtype(const at::Tensor& input);
+
+// A linear layer's gradients in its parameters' dtype (shim/linear.cpp): `a @ b` and the sum of
+// `g`'s rows written in `dtype` (float32 for a bf16 `a`, `b`, `g`) without rounding to theirs first.
+at::Tensor mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType dtype);
+at::Tensor sum_rows_as(const at::Tensor& g, at::ScalarType dtype);
 }
 
 #define ACC_PROTECT(...)                                   \

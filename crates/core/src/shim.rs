@@ -21,6 +21,12 @@ extern "C" {
         bias: *const C_tensor,
         out: *mut *mut C_tensor,
     ) -> i32;
+    fn acc_autocast_linear(
+        input: *const C_tensor,
+        weight: *const C_tensor,
+        bias: *const C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> i32;
     fn acc_gelu_linear(
         input: *const C_tensor,
         weight: *const C_tensor,
@@ -118,6 +124,16 @@ pub fn fp8_linear(op: &str, input: &Tensor, weight: &Tensor, bias: Option<&Tenso
     let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);
     // SAFETY: live tensors (or null for the bias) for the call; `out` is a valid out-pointer.
     let status = unsafe { acc_fp8_linear(input.as_ptr(), weight.as_ptr(), bias, &mut out) };
+    owned(op, status, out)
+}
+
+/// `input @ weight^T + bias` under autocast, its parameters' gradients made in their dtype
+/// (shim/linear.cpp).
+pub fn autocast_linear(op: &str, input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);
+    // SAFETY: live tensors (or null for the bias) for the call; `out` is a valid out-pointer.
+    let status = unsafe { acc_autocast_linear(input.as_ptr(), weight.as_ptr(), bias, &mut out) };
     owned(op, status, out)
 }
 

@@ -30,8 +30,26 @@ pub(crate) fn linear_as(op: &str, x: &Tensor, weight: &Tensor, bias: Option<&Ten
     if crate::amp::fp8::applies(x, weight) {
         return crate::shim::fp8_linear(op, x, weight, bias);
     }
+    if autocast_lowers(x, weight) {
+        return crate::shim::autocast_linear(op, x, weight, bias);
+    }
     x.f_linear(weight, bias)
         .map_err(|e| Error::torch(op, shapes(&[x, weight]), e))
+}
+
+/// Whether autocast runs `x @ weight^T` below the precision of a float32 weight that will get
+/// a gradient. Such a linear makes the weight's and bias's gradients in float32 straight from
+/// the matmul and the row sum (shim/linear.cpp) instead of in bf16 and then converted: the
+/// same forward, one kernel less per parameter and step, and gradients not rounded to bf16.
+fn autocast_lowers(x: &Tensor, weight: &Tensor) -> bool {
+    let autocast = crate::amp::DeviceType::of("linear", x.device())
+        .and_then(crate::amp::autocast::is_enabled)
+        .unwrap_or(false);
+    autocast
+        && weight.kind() == Kind::Float
+        && matches!(x.kind(), Kind::Float | Kind::BFloat16 | Kind::Half)
+        && weight.requires_grad()
+        && crate::tensor::is_grad_enabled()
 }
 
 fn check_linear_shapes(op: &str, x: &Tensor, weight: &Tensor) -> Result<()> {

@@ -1,0 +1,72 @@
+// `input @ weight^T + bias` under autocast, with the weight's and the bias's gradients made in
+// their own dtype (float32) by the matmul and the row sum themselves. Autocast's way makes them
+// in the compute dtype (bf16) and converts them: for every Linear, every step, a bf16 gradient
+// written, read back and written again as float32, one more kernel each. Forward is autocast's:
+// input, weight and bias converted to the compute dtype, the same matmul, the same output; the
+// gradients differ only in not being rounded to bf16 on the way (on every device).
+#include "shim.h"
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct AutocastLinear : torch::autograd::Function<AutocastLinear> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias) {
+    const auto dtype = acc::compute_dtype(input);
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    auto x = input.to(dtype);
+    auto w = weight.to(dtype);
+    auto out = at::linear(x, w, bias ? std::optional<at::Tensor>(bias->to(dtype)) : std::nullopt);
+    // What the matmul's backward keeps under autocast too: the input in the compute dtype for
+    // the weight's gradient, the weight in the compute dtype for the input's, each only if needed.
+    ctx->save_for_backward({weight.requires_grad() ? x : at::Tensor(), input.requires_grad() ? w : at::Tensor()});
+    ctx->saved_data["input_sizes"] = input.sizes().vec();
+    ctx->saved_data["compute_dtype"] = static_cast<int64_t>(dtype);
+    ctx->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
+    ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
+    ctx->saved_data["bias_dtype"] = bias ? static_cast<int64_t>(bias->scalar_type()) : int64_t{-1};
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w = saved[1];
+    auto dtype = [&](const char* key) { return static_cast<at::ScalarType>(ctx->saved_data[key].toInt()); };
+    const auto sizes = ctx->saved_data["input_sizes"].toIntVector();
+    auto g = grad_outputs[0].to(dtype("compute_dtype"));
+    g = g.reshape({-1, g.size(-1)});
+    at::Tensor grad_input, grad_weight, grad_bias;
+    if (ctx->needs_input_grad(0)) grad_input = g.mm(w).view(sizes).to(dtype("input_dtype"));
+    if (ctx->needs_input_grad(1)) grad_weight = acc::mm_as(g.t(), x.reshape({-1, sizes.back()}), dtype("weight_dtype"));
+    // Only tensors that were given have an input edge: the bias's is index 2 when present.
+    if (ctx->saved_data["bias_dtype"].toInt() >= 0 && ctx->needs_input_grad(2)) grad_bias = acc::sum_rows_as(g, dtype("bias_dtype"));
+    return {grad_input, grad_weight, grad_bias};
+  }
+};
+}  // namespace
+
+at::Tensor acc::mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType dtype) {
+  if (a.scalar_type() == dtype) return at::mm(a, b);
+  // cuBLAS writes float32 straight from its float32 accumulator (mm's out_dtype, GPU only).
+  if (a.is_cuda() && dtype == at::kFloat) return at::mm(a, b, dtype);
+  // Elsewhere the same numbers from the operands converted: bf16 and fp16 values, and their
+  // products, are exact in float32, whose sums are then the accumulator's.
+  return at::mm(a.to(dtype), b.to(dtype));
+}
+
+at::Tensor acc::sum_rows_as(const at::Tensor& g, at::ScalarType dtype) {
+  // The sum accumulates in float32 in any case; this stores it without rounding to g's dtype.
+  return g.sum(0, false, dtype);
+}
+
+// `linear(input, weight, bias)` under autocast (see above); `bias` may be null. Shapes and
+// dtypes are checked by the caller (nn::functional::linear).
+extern "C" int acc_autocast_linear(acc_tensor input, acc_tensor weight, acc_tensor bias, acc_tensor* out) {
+  ACC_PROTECT({
+    std::optional<at::Tensor> b;
+    if (bias != nullptr) b = *bias;
+    *out = new at::Tensor(AutocastLinear::apply(*input, *weight, b));
+  })
+}
