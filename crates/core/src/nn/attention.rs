@@ -72,13 +72,19 @@ impl Layer for CausalSelfAttention {
         }
         let fail = |e| Error::torch(OP, vec![size.clone()], e);
         let qkv = self.qkv.forward(x, train)?;
-        // [b, t, 3d] -> [3, b, heads, t, head_dim]: q, k, v as strided views, no copies.
-        let qkv = qkv
-            .f_view([b, t, 3, self.heads, d / self.heads])
-            .and_then(|v| v.f_permute([2, 0, 3, 1, 4]))
-            .map_err(fail)?;
-        let [q, k, v] = <[Tensor; 3]>::try_from(qkv.f_unbind(0).map_err(fail)?)
-            .map_err(|_| Error::invalid(OP, "qkv projection did not give three parts"))?;
+        // [b, t, 3d] -> q, k, v of [b, heads, t, head_dim], as strided views (no copies). Split
+        // along the features, so that backward joins the three gradients with one
+        // concatenation into [b, t, 3d]; splitting a [3, b, heads, t, head_dim] permutation
+        // instead would stack them and then copy the stack into that layout.
+        let heads = |part: Tensor| {
+            part.f_view([b, t, self.heads, d / self.heads])
+                .and_then(|v| v.f_transpose(1, 2))
+        };
+        let parts = qkv.f_split(d, 2).map_err(fail)?;
+        let [q, k, v] = <[Tensor; 3]>::try_from(parts)
+            .map_err(|_| Error::invalid(OP, "qkv projection did not give three parts"))?
+            .map(heads);
+        let (q, k, v) = (q.map_err(fail)?, k.map_err(fail)?, v.map_err(fail)?);
         let p = if train { self.dropout } else { 0.0 };
         let y = scaled_dot_product_attention(&q, &k, &v, None, p, true, None)?;
         let y = y.f_transpose(1, 2).and_then(|y| y.f_reshape([b, t, d])).map_err(fail)?;
