@@ -2,7 +2,7 @@
 # The GPU run: CUDA tests, then each workload of shared/bench/WORKLOADS.md beside the
 # Hugging Face reference in the same command, on the same cards. Runs on a GPU host
 # inside .gpu/app through .gpu/run.sh (see README "GPUs"); writes $OUT/gpu-run.log and
-# prints the result lines. Usage: bash bench/gpu-suite.sh [tests] [gpt] [gpt-fused] [gpt-profile] [fp8] [ddp] [ddp4] [ddp8] [zero1] [zero2] [zero3] [offload] [mlp] [op]
+# prints the result lines. Usage: bash bench/gpu-suite.sh [tests] [gpt] [gpt-fused] [gpt-profile] [fp8] [fp8-profile] [ab] [ddp] [ddp4] [ddp8] [zero1] [zero2] [zero3] [offload] [mlp] [op]
 # (ddp runs the gpt workload on 2 GPUs, ddpN on N GPUs, one process per GPU).
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -25,8 +25,9 @@ for what in "${@:-tests gpt ddp mlp op}"; do
         run gpt-hf 150 python3 "$ref/hf_baseline.py" --workload gpt --precision bf16 ;;
       gpt-fused)
         # Issue 15's techniques on gpt bf16, each on and off, beside HF eager and torch.compile.
-        for extra in "" "--fused-loss --loss-chunk 2048" "--fused-loss --loss-chunk 4096" --recompute-gelu \
-          "--recompute-gelu --fused-loss --loss-chunk 2048" --compile-step "--compile-step --recompute-gelu --fused-loss --loss-chunk 4096"; do
+        for extra in "" "--fused-loss --loss-chunk 2048" "--fused-loss --loss-chunk 4096" "--fused-loss --loss-chunk 8192" \
+          --recompute-gelu "--recompute-gelu --fused-loss --loss-chunk 4096" "--recompute-gelu --fused-loss --loss-chunk 8192" \
+          --compile-step "--compile-step --recompute-gelu --fused-loss --loss-chunk 4096" "--compile-step --recompute-gelu --fused-loss --loss-chunk 8192"; do
           run "gpt-ours $extra" 150 "${node[@]}" bench/gpt.ts --precision bf16 $extra
         done
         run gpt-hf 150 python3 "$ref/hf_baseline.py" --workload gpt --precision bf16
@@ -66,9 +67,25 @@ for what in "${@:-tests gpt ddp mlp op}"; do
         # ZeRO stage 1 or 2 on the ddp workload (2 GPUs), beside our plain data parallelism in the ddp step.
         run "$step-ours" 240 node ts/cli/bin.mjs launch --num_processes 2 --main_process_port 0 --mixed_precision bf16 --use_deepspeed --zero_stage "${step#zero}" bench/gpt.ts --precision bf16 ;;
       mlp)
-        run mlp-fp32 150 "${node[@]}" bench/mlp.ts --precision no --reference "$ref/hf_baseline.py" --python python3
-        run mlp-bf16 150 "${node[@]}" bench/mlp.ts --precision bf16 --reference "$ref/hf_baseline.py" --python python3 ;;
+        for precision in no bf16; do
+          for extra in "" --compile-step; do
+            run "mlp-$precision $extra" 150 "${node[@]}" bench/mlp.ts --precision "$precision" $extra --reference "$ref/hf_baseline.py" --python python3
+          done
+        done ;;
       op) run op 120 "${node[@]}" bench/op-overhead.ts --reference "$ref/op_overhead.py" --python python3 ;;
+      ab)
+        # An earlier build of the addon ($AB_ADDON) against the current one, alternating, on gpt
+        # bf16 (plain, and with geluLinear and the fused loss) and mlp bf16 (bench/ab-addon.sh).
+        for extra in "" "--recompute-gelu --fused-loss --loss-chunk 4096"; do
+          run "ab gpt $extra" 200 bash bench/ab-addon.sh "$AB_ADDON" 2 "${node[@]}" bench/gpt.ts --precision bf16 $extra
+        done
+        run "ab mlp" 200 bash bench/ab-addon.sh "$AB_ADDON" 2 "${node[@]}" bench/mlp.ts --precision bf16 --reference none ;;
+      fp8-profile)
+        # Where an fp8 step's GPU time goes on the larger shape, beside bf16's.
+        for precision in bf16 fp8; do
+          run "fp8-profile-$precision" 200 "${node[@]}" bench/gpt.ts --precision "$precision" --layers 24 --width 2048 --heads 16 --batch 8 \
+            --fused-loss --loss-chunk 4096 --steps 5 --warmup 3 --profile
+        done ;;
     esac
   done
 done

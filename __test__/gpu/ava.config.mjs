@@ -2,7 +2,7 @@
 export default {
   files: ["__test__/gpu/**/*.spec.ts"],
   extensions: { ts: "module" },
-  nodeArguments: ["--import", "@oxc-node/core/register"],
+  nodeArguments: ["--import", "@oxc-node/core/register", "--expose-gc"],
   workerThreads: false,
   timeout: "5m",
   concurrency: 1,

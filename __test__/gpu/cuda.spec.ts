@@ -4,6 +4,7 @@ import test from "ava";
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { Accelerator, data, native, nn, ones, optim, randint, randn, tensor, type Tensor } from "../gpu-imports.js";
+import { settle } from "../helpers/gc.js";
 import { lastJson, runRanks, worstDifferences } from "../helpers/ranks.js";
 
 const gpus = native.cudaDeviceCount();
@@ -135,15 +136,34 @@ test("linearCrossEntropy under bf16 autocast: the loss and gradients of the plai
   t.true(plain.peak > logitsBytes, `plain peak ${plain.peak}`);
 });
 
-test("geluLinear under bf16 autocast on a GPU: linear(gelu(x)) without storing the GELU's output", (t) => {
+test("linear under bf16 autocast on a GPU: float32 parameter gradients straight from the matmul, not rounded to bf16", (t) => {
+  const acc = new Accelerator({ mixedPrecision: "bf16" });
+  const on = { device: "cuda:0" };
+  const [x0, w0, b0, g0] = [randn([4096, 768], on), randn([3072, 768], on), randn([3072], on), randn([4096, 3072], on)];
+  const [w, b, x] = [w0.clone(), b0.clone(), x0.clone()];
+  for (const p of [w, b, x]) p.requiresGrad = true;
+  const y = acc.autocast(() => nn.functional.linear(x, w, b));
+  t.is(y.dtype, "bfloat16");
+  y.to("float32").mul(g0).sum().backward();
+  const [xb, gb] = [x0, g0].map((v) => v.to("bfloat16").to("float64"));
+  const relative = (a: Tensor, e: Tensor) => a.to("float64").sub(e).abs().max().item() / e.abs().max().item();
+  const errors = { w: relative(w.grad as Tensor, gb.t().matmul(xb)), b: relative(b.grad as Tensor, gb.sum(0)) };
+  t.true(errors.w < 1e-4 && errors.b < 1e-4, `relative errors ${JSON.stringify(errors)} (bf16 rounding leaves up to 2e-3)`);
+  t.is((w.grad as Tensor).dtype, "float32");
+});
+
+// Serial, and settled before each count: a collection in between would free earlier tests'
+// garbage and make a count drop (it once read -50 MB for the plain calls).
+test.serial("geluLinear under bf16 autocast on a GPU: linear(gelu(x)) without storing the GELU's output", async (t) => {
   const acc = new Accelerator({ mixedPrecision: "bf16" });
   const [rows, hidden, out] = [8192, 3072, 768];
   const h0 = randn([rows, hidden], { device: "cuda:0" }).to("bfloat16");
   const w0 = randn([out, hidden], { device: "cuda:0" }).mul(0.02);
   const b0 = randn([out], { device: "cuda:0" });
-  const run = (fn: (h: Tensor, w: Tensor, b: Tensor) => Tensor) => {
+  const run = async (fn: (h: Tensor, w: Tensor, b: Tensor) => Tensor) => {
     const [h, w, b] = [h0.clone(), w0.clone(), b0.clone()];
     for (const p of [h, w, b]) p.requiresGrad = true;
+    await settle();
     acc.synchronize();
     const before = acc.memory().allocated;
     const y = acc.autocast(() => fn(h, w, b));
@@ -152,8 +172,8 @@ test("geluLinear under bf16 autocast on a GPU: linear(gelu(x)) without storing t
     y.square().mean().backward();
     return { held, y, h: h.grad as Tensor, w: w.grad as Tensor, b: b.grad as Tensor };
   };
-  const plain = run((h, w, b) => nn.functional.linear(nn.functional.gelu(h), w, b));
-  const fused = run((h, w, b) => nn.functional.geluLinear(h, w, b));
+  const plain = await run((h, w, b) => nn.functional.linear(nn.functional.gelu(h), w, b));
+  const fused = await run((h, w, b) => nn.functional.geluLinear(h, w, b));
   for (const name of ["y", "h", "w", "b"] as const) {
     const scale = plain[name].abs().max().item();
     const worst = fused[name].to("float32").sub(plain[name].to("float32")).abs().max().item();
@@ -205,7 +225,13 @@ test.serial("profile on a GPU: kernels with device time, also with activities [\
     const kernels = prof.rows.filter((r) => r.device === "cuda");
     t.true(kernels.length > 0 && kernels.every((r) => r.totalMs > 0), `${activities}: ${prof.table({ rowLimit: 5 })}`);
     t.true(kernels.some((r) => /gemm|gemv|cutlass|nvjet|xmma|sm90/i.test(r.name)), `${activities}: a matmul kernel in ${kernels.map((r) => r.name.slice(0, 60)).join(" | ")}`);
-    if (activities?.length === 1) t.false(prof.rows.some((r) => r.device === "cpu"), "no host operators when only cuda is asked for");
+    // With "cuda" alone the host rows are the CUDA runtime's calls (cudaLaunchKernel...), as
+    // in torch.profiler, but no operator.
+    const operators = prof.rows.filter((r) => r.device === "cpu" && r.name.startsWith("aten::"));
+    if (activities?.length === 1) {
+      t.log(`host rows with "cuda" alone: ${[...new Set(prof.rows.filter((r) => r.device === "cpu").map((r) => r.name))].join(", ")}`);
+      t.deepEqual(operators.map((r) => r.name), [], "no host operators when only cuda is asked for");
+    }
     else t.true(prof.rows.some((r) => r.name === "aten::addmm" || r.name === "aten::mm"), `${activities}: host operators`);
   }
 });
