@@ -57,6 +57,12 @@ at::Tensor acc::mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType d
 }
 
 at::Tensor acc::sum_rows_as(const at::Tensor& g, at::ScalarType dtype) {
+  if (g.is_cuda() && dtype == at::kFloat && g.scalar_type() != dtype && g.dim() == 2) {
+    // On a GPU as a matrix-vector product, g^T @ 1: cuBLAS reads g at the memory's speed,
+    // where ATen's sum over rows ran at about 40 % of it on an H200. Products by 1 are
+    // exact, and cuBLAS accumulates in float32, as the sum does.
+    return at::mm(g.t(), at::ones({g.size(0), 1}, g.options()), dtype).view({-1});
+  }
   // The sum accumulates in float32 in any case; this stores it without rounding to g's dtype.
   return g.sum(0, false, dtype);
 }
