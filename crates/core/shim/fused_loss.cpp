@@ -3,7 +3,7 @@
 // with respect to the input and the weight are computed during the forward pass, so backward
 // only scales them by the incoming gradient. For a language model's head this never
 // materialises the whole logits or their gradient (Liger Kernel's fused linear cross-entropy,
-// on ATen operations). Per chunk: the logits matmul, one softmax, a row sum, two row maxima and the two
+// on ATen operations). Per chunk: the logits matmul, one softmax, a row sum, one row maximum and the two
 // gradient matmuls; no elementwise pass over the chunk in float32.
 #include "shim.h"
 #include <cmath>
@@ -70,11 +70,13 @@ struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
       // probability is at least 1/classes (no underflow), and a confident row's loss, about
       // the sum of the other probabilities, is resolved to float32's absolute precision (as
       // the plain head's) rather than bf16's.
+      auto [largest, argmax] = at::max(logits, 1, true);
       auto probs = at::_softmax(logits, 1, false);
       auto total = probs.sum({1}, true, accumulate);
-      auto top = at::amax(probs, {1}, true).to(accumulate);
-      auto row_loss = (at::amax(logits, {1}, true).to(accumulate) - logits.gather(1, safe).to(accumulate))
-                          .add_(total.sub(top).div_(top).log1p_());
+      // The largest probability is the largest logit's (softmax and rounding keep the order):
+      // a gather, not a second pass over the chunk.
+      auto top = probs.gather(1, argmax).to(accumulate);
+      auto row_loss = (largest.to(accumulate) - logits.gather(1, safe).to(accumulate)).add_(total.sub(top).div_(top).log1p_());
       loss.add_(row_loss.masked_fill_(keep.logical_not(), 0).masked_fill_(bad, NAN).sum());
       if (!want_input && !want_weight) continue;
       logits = at::Tensor();
