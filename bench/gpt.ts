@@ -12,7 +12,7 @@ const { values } = parseArgs({
   options: {
     precision: { type: "string", default: "bf16" },
     "fused-loss": { type: "boolean", default: false },
-    "loss-chunk": { type: "string", default: "1024" },
+    "loss-chunk": { type: "string", default: "4096" },
     steps: { type: "string", default: "30" },
     warmup: { type: "string", default: "5" },
     batch: { type: "string", default: "8" },

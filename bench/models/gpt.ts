@@ -55,7 +55,7 @@ export class GPT extends nn.Module {
     super();
     this.vocab = config.vocab;
     this.fusedLoss = options.fusedLoss ?? false;
-    this.lossChunkRows = options.lossChunkRows ?? 1024;
+    this.lossChunkRows = options.lossChunkRows ?? 4096;
     this.tok = new nn.Embedding(config.vocab, config.width);
     this.pos = new nn.Embedding(config.context, config.width);
     this.blocks = new nn.ModuleList(Array.from({ length: config.layers }, () => new Block(config.width, config.heads, options)));

@@ -28,7 +28,7 @@ export function crossEntropy(logits: Tensor, target: Tensor, options: CrossEntro
 
 /**
  * `crossEntropy(linear(input, weight), targets)` (mean over the rows whose target is not
- * `ignoreIndex`, default -100; no bias) computed `chunkRows` rows at a time (default 1024),
+ * `ignoreIndex`, default -100; no bias) computed `chunkRows` rows at a time (default 4096),
  * so the `[rows, classes]` logits and their gradient never exist whole: for a language
  * model's output head. `input` is `[..., features]`, `weight` `[classes, features]`,
  * `targets` integer class indices of `input`'s shape without its last dimension. Under

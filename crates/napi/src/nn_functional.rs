@@ -51,7 +51,10 @@ pub fn nn_linear_cross_entropy(
             .map(|i| i.get(OP, "ignoreIndex"))
             .transpose()?
             .unwrap_or(-100);
-        let chunk_rows = chunk_rows.map(|i| i.get(OP, "chunkRows")).transpose()?.unwrap_or(1024);
+        let chunk_rows = chunk_rows
+            .map(|i| i.get(OP, "chunkRows"))
+            .transpose()?
+            .unwrap_or(f::LINEAR_CROSS_ENTROPY_CHUNK_ROWS);
         let (x, w, t) = (input.handle.get(OP)?, weight.handle.get(OP)?, targets.handle.get(OP)?);
         Ok(wrap(
             &env,

@@ -103,6 +103,11 @@ fn check_same_dtype(op: &str, input: &Tensor, others: &[(&str, &Tensor)]) -> Res
     }
 }
 
+/// `linear_cross_entropy`'s rows per chunk when none are given: on the `gpt` workload (a
+/// 50 304-word vocabulary, bf16, one H200) 4 096 rows ran at the plain head's speed, 2 048 rows
+/// 16 % slower, and the chunk's logits take 0.4 GB.
+pub const LINEAR_CROSS_ENTROPY_CHUNK_ROWS: i64 = 4096;
+
 /// `cross_entropy(input @ weight^T, targets)` in chunks of rows (a C++ autograd function,
 /// shim/fused_loss.cpp, which checks shapes and values); dtypes are checked here, by their
 /// names in this library.
