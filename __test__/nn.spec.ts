@@ -557,6 +557,34 @@ test("linear under bf16 autocast: a bf16 output, and float32 parameter gradients
   }
 });
 
+test("linear under bf16 autocast: a weight used twice in a region is converted once; no bias, 1-d inputs and a backward inside autocast keep float32 gradients", (t) => {
+  manualSeed(12);
+  const [x1, x2, v, w0, g1, g2, gv] = [randn([32, 48]), randn([8, 48]), randn([48]), randn([16, 48]), randn([32, 16]), randn([8, 16]), randn([16])];
+  const acc = new Accelerator({ cpu: true, mixedPrecision: "bf16" });
+  const b16 = (t: Tensor) => t.to("bfloat16").to("float64");
+  const relative = (a: Tensor, e: Tensor) => a.to("float64").sub(e).abs().max().item() / e.abs().max().item();
+  // Two uses of one weight in one region (a shared layer, a recurrent loop) and a 1-d input.
+  const w = w0.clone();
+  w.requiresGrad = true;
+  let ys: Tensor[] = [];
+  const prof = acc.profile(() => {
+    ys = acc.autocast(() => [F.linear(x1, w), F.linear(x2, w), F.linear(v, w)]);
+  });
+  t.is(prof.rows.find((r) => r.name === "aten::_to_copy")?.count, 4, "x1, x2, v and the weight once");
+  t.deepEqual(ys[2].shape, [16]);
+  const [y1, y2, yv] = ys;
+  y1.to("float32").mul(g1).sum().add(y2.to("float32").mul(g2).sum()).add(yv.to("float32").mul(gv).sum()).backward();
+  const want = b16(g1).t().matmul(b16(x1)).add(b16(g2).t().matmul(b16(x2))).add(b16(gv).reshape([16, 1]).matmul(b16(v).reshape([1, 48])));
+  const error = relative(w.grad as Tensor, want);
+  t.true(error < 2e-5, `weight gradient relative error ${error}`);
+  // A backward that runs inside an autocast region (on the CPU, on the calling thread).
+  const u = w0.clone();
+  u.requiresGrad = true;
+  acc.autocast(() => F.linear(x1, u).to("float32").mul(g1).sum().backward());
+  const inside = relative(u.grad as Tensor, b16(g1).t().matmul(b16(x1)));
+  t.true(inside < 2e-5, `backward inside autocast: relative error ${inside}`);
+});
+
 test("geluLinear gives exactly linear(gelu(x), W, b)'s value and gradients, in float32 and under bf16 autocast", (t) => {
   manualSeed(6);
   const [x0, w0, b0] = [randn([3, 5, 16]), randn([12, 16]), randn([12])];

@@ -8,11 +8,15 @@ set -u
 earlier=$1 rounds=$2
 shift 2
 addon=accelerate.linux-x64-gnu.node
-cp "$addon" "$addon.current"
-trap 'cp "$addon.current" "$addon"' EXIT
+keep=$(mktemp -d)
+cp "$addon" "$keep/B.node"
+cp "$earlier" "$keep/A.node"
+# Each build is copied beside the addon and renamed over it (a process never loads a half-written file).
+use() { cp "$keep/$1.node" "$addon.next" && mv "$addon.next" "$addon"; }
+trap 'use B; rm -rf "$keep"' EXIT
 for ((round = 1; round <= rounds; round++)); do
   for build in A B; do
-    if [ "$build" = A ]; then cp "$earlier" "$addon"; else cp "$addon.current" "$addon"; fi
+    use "$build"
     "$@" 2>&1 | grep -E '^\{|rror' | sed "s/^/$build /"
   done
 done

@@ -105,7 +105,7 @@ for (const { x, y } of loader) {
     host.step += mark - t2;
   }
   curve.push(accelerator.keep(loss.detach())); // read at the end: reading now would wait for the GPU every step
-  if (values.profile) lastBatch = { x: accelerator.keep(x), y: accelerator.keep(y) };
+  if (values.profile && step === steps + warmup - 1) lastBatch = { x: accelerator.keep(x), y: accelerator.keep(y) };
   if (step === steps + warmup - 1) lastLoss = accelerator.reduce(loss, "mean").item();
   step += 1;
 }

@@ -76,6 +76,10 @@ for what in "${@:-tests gpt ddp mlp op}"; do
       ab)
         # An earlier build of the addon ($AB_ADDON) against the current one, alternating, on gpt
         # bf16 (plain, and with geluLinear and the fused loss) and mlp bf16 (bench/ab-addon.sh).
+        if [ -z "${AB_ADDON:-}" ]; then
+          echo "== ab: skipped (set AB_ADDON to an earlier build of the addon)" | tee -a "$out"
+          continue
+        fi
         for extra in "" "--recompute-gelu --fused-loss --loss-chunk 4096"; do
           run "ab gpt $extra" 200 bash bench/ab-addon.sh "$AB_ADDON" 2 "${node[@]}" bench/gpt.ts --precision bf16 $extra
         done

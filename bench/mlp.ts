@@ -62,7 +62,7 @@ const train = (x: Tensor, y: Tensor): Tensor => {
 const trainStep = values["compile-step"] ? accelerator.compileStep(train) : train;
 let lastBatch: { x: Tensor; y: Tensor } | null = null;
 for (const { x, y } of loader) {
-  if (values.profile) lastBatch = { x: accelerator.keep(x), y: accelerator.keep(y) };
+  if (values.profile && step === steps + warmup - 1) lastBatch = { x: accelerator.keep(x), y: accelerator.keep(y) };
   if (step === warmup) {
     started = process.hrtime.bigint();
     timed = true;

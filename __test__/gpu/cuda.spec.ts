@@ -149,7 +149,7 @@ test("linear under bf16 autocast on a GPU: float32 parameter gradients straight 
   const relative = (a: Tensor, e: Tensor) => a.to("float64").sub(e).abs().max().item() / e.abs().max().item();
   const errors = { w: relative(w.grad as Tensor, gb.t().matmul(xb)), b: relative(b.grad as Tensor, gb.sum(0)) };
   t.true(errors.w < 1e-4 && errors.b < 1e-4, `relative errors ${JSON.stringify(errors)} (bf16 rounding leaves up to 2e-3)`);
-  t.is((w.grad as Tensor).dtype, "float32");
+  t.deepEqual([(w.grad as Tensor).dtype, (b.grad as Tensor).dtype], ["float32", "float32"]);
 });
 
 // Serial, and settled before each count: a collection in between would free earlier tests'

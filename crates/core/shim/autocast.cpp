@@ -43,11 +43,15 @@ extern "C" int acc_autocast_enter(int32_t device, int32_t enabled, int32_t dtype
 }
 
 // torch.autocast.__exit__: leaving the outermost level frees the cached low-precision
-// copies of weights; then the state from before the matching enter comes back.
+// copies of weights (autocast's and shim/linear.cpp's); then the state from before the
+// matching enter comes back.
 extern "C" int acc_autocast_exit(int32_t device, int32_t enabled, int32_t dtype) {
   ACC_PROTECT({
     auto type = device_type(device);
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    if (at::autocast::decrement_nesting() == 0) {
+      at::autocast::clear_cache();
+      acc::clear_linear_casts();
+    }
     at::autocast::set_autocast_enabled(type, enabled != 0);
     at::autocast::set_autocast_dtype(type, static_cast<at::ScalarType>(dtype));
   })

@@ -61,6 +61,7 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // backward may run inside autocast
     auto saved = ctx->get_saved_variables();
     const auto &x8 = saved[0], &x_scale = saved[1], &w8 = saved[2], &w_scale = saved[3];
     auto g = grad_outputs[0].reshape({-1, w8.size(0)});

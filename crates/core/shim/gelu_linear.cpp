@@ -17,7 +17,7 @@ struct GeluLinear : torch::autograd::Function<GeluLinear> {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     // As the separate calls under autocast: the GELU in the input's dtype, the matmul in the
     // compute dtype.
-    auto w = weight.to(dtype);
+    auto w = acc::cast_weight(weight, dtype);
     auto hidden = at::gelu(input, approximate).to(dtype);
     auto out = at::linear(hidden, w, bias ? std::optional<at::Tensor>(bias->to(dtype)) : std::nullopt);
     // w is the weight in the compute dtype, which the matmul's backward would keep too. An
@@ -33,6 +33,9 @@ struct GeluLinear : torch::autograd::Function<GeluLinear> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // As the separate calls' backward, which autocast does not touch (also when backward runs
+    // inside an autocast region, on the CPU).
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     auto saved = ctx->get_saved_variables();
     const auto &input = saved[0], &w = saved[1];  // input, or the hidden (see forward)
     const auto approximate = ctx->saved_data["approximate"].toStringRef();

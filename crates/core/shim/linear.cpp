@@ -6,18 +6,50 @@
 // gradients differ only in not being rounded to bf16 on the way (on every device).
 #include "shim.h"
 #include <torch/csrc/autograd/custom_function.h>
+#include <unordered_map>
 
 namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The weights this file converted in the current autocast region, as autocast's own cache
+// keeps its conversions: a weight used several times in one region (shared layers, a
+// recurrent loop) is converted and kept for backward once. The cache is emptied when the
+// outermost autocast region ends (shim/autocast.cpp), and an entry serves only the same
+// tensor (a weak reference: a freed weight's address may be reused), at the same version
+// (an in-place update makes it stale) and dtype.
+struct CachedCast {
+  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> weight;
+  int64_t version;
+  at::ScalarType dtype;
+  at::Tensor cast;
+};
+thread_local std::unordered_map<const c10::TensorImpl*, CachedCast> weight_casts;
+}  // namespace
+
+at::Tensor acc::cast_weight(const at::Tensor& weight, at::ScalarType dtype) {
+  if (weight.scalar_type() == dtype) return weight;
+  const auto* key = weight.unsafeGetTensorImpl();
+  auto found = weight_casts.find(key);
+  if (found != weight_casts.end() && !found->second.weight.expired() && found->second.version == weight._version() &&
+      found->second.dtype == dtype) {
+    return found->second.cast;
+  }
+  auto cast = weight.to(dtype);
+  weight_casts.insert_or_assign(
+      key, CachedCast{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(weight.getIntrusivePtr()),
+                      weight._version(), dtype, cast});
+  return cast;
+}
+
+namespace {
 struct AutocastLinear : torch::autograd::Function<AutocastLinear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias) {
     const auto dtype = acc::compute_dtype(input);
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     auto x = input.to(dtype);
-    auto w = weight.to(dtype);
+    auto w = acc::cast_weight(weight, dtype);
     auto out = at::linear(x, w, bias ? std::optional<at::Tensor>(bias->to(dtype)) : std::nullopt);
     // What the matmul's backward keeps under autocast too: the input in the compute dtype for
     // the weight's gradient, the weight in the compute dtype for the input's, each only if needed.
@@ -31,6 +63,9 @@ struct AutocastLinear : torch::autograd::Function<AutocastLinear> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // Backward may run inside an autocast region (on the CPU, on the calling thread); its
+    // float32 matmul must stay float32.
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     auto saved = ctx->get_saved_variables();
     const auto &x = saved[0], &w = saved[1];
     auto dtype = [&](const char* key) { return static_cast<at::ScalarType>(ctx->saved_data[key].toInt()); };
@@ -47,17 +82,24 @@ struct AutocastLinear : torch::autograd::Function<AutocastLinear> {
 };
 }  // namespace
 
+namespace {
+bool half_precision(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf; }
+}  // namespace
+
+void acc::clear_linear_casts() { weight_casts.clear(); }
+
 at::Tensor acc::mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType dtype) {
   if (a.scalar_type() == dtype) return at::mm(a, b);
-  // cuBLAS writes float32 straight from its float32 accumulator (mm's out_dtype, GPU only).
-  if (a.is_cuda() && dtype == at::kFloat) return at::mm(a, b, dtype);
+  // cuBLAS writes float32 straight from its float32 accumulator (mm's out_dtype, GPU only,
+  // for bf16 and fp16 operands).
+  if (a.is_cuda() && dtype == at::kFloat && half_precision(a)) return at::mm(a, b, dtype);
   // Elsewhere the same numbers from the operands converted: bf16 and fp16 values, and their
   // products, are exact in float32, whose sums are then the accumulator's.
   return at::mm(a.to(dtype), b.to(dtype));
 }
 
 at::Tensor acc::sum_rows_as(const at::Tensor& g, at::ScalarType dtype) {
-  if (g.is_cuda() && dtype == at::kFloat && g.scalar_type() != dtype && g.dim() == 2) {
+  if (g.is_cuda() && dtype == at::kFloat && half_precision(g) && g.dim() == 2) {
     // On a GPU as a matrix-vector product, g^T @ 1: cuBLAS reads g at the memory's speed,
     // where ATen's sum over rows ran at about 40 % of it on an H200. Products by 1 are
     // exact, and cuBLAS accumulates in float32, as the sum does.

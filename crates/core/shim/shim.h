@@ -16,6 +16,10 @@ at::ScalarType compute_dtype(const at::Tensor& input);
 // `g`'s rows written in `dtype` (float32 for a bf16 `a`, `b`, `g`) without rounding to theirs first.
 at::Tensor mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType dtype);
 at::Tensor sum_rows_as(const at::Tensor& g, at::ScalarType dtype);
+// `weight` in `dtype`, converted once per autocast region, version and dtype (shim/linear.cpp);
+// clear_linear_casts forgets them when the outermost autocast region ends.
+at::Tensor cast_weight(const at::Tensor& weight, at::ScalarType dtype);
+void clear_linear_casts();
 }
 
 #define ACC_PROTECT(...)                                   \
