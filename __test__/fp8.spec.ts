@@ -100,6 +100,33 @@ test("fp8: an MLP trains like bf16 (losses within 2 % over 30 steps)", (t) => {
   fp8.forEach((l, i) => t.true(Math.abs(l - bf16[i]) < 0.02 * bf16[i], `step ${i}: fp8 ${l} vs bf16 ${bf16[i]}`));
 });
 
+test("fp8: delayed scaling, the input's scale comes from the largest amax of its last 16 calls, and larger values saturate", (t) => {
+  manualSeed(5);
+  const layer = new nn.Linear(32, 48);
+  const acc = new Accelerator({ cpu: true, mixedPrecision: "fp8" });
+  const [model] = acc.prepare(layer);
+  const x = randn([16, 32]);
+  const exact = x.matmul(layer.weight.t()).add(layer.bias as Tensor);
+  const first = model.forward(x); // no history yet: scaled by its own amax
+  t.true(relative(first, exact) < 0.08, `first call: ${relative(first, exact)}`);
+  // A call 16 384x larger puts its amax in the history: the next 16 calls scale by it, which
+  // leaves their values in fp8's subnormal range, coarser (a power of two costs nothing else).
+  model.forward(x.mul(16384));
+  for (let call = 1; call <= 16; call++) {
+    const y = model.forward(x);
+    t.true(relative(y, first) > 0.01, `call ${call} after the large one still scales by its amax: ${relative(y, first)}`);
+  }
+  t.is(model.forward(x).sub(first).abs().max().item(), 0, "17 calls later the large amax has left the history");
+  // A new layer whose first call is 64x smaller: most of its second call's values saturate at
+  // fp8's largest value (the history's largest amax is the smaller call's).
+  const [fresh] = new Accelerator({ cpu: true, mixedPrecision: "fp8" }).prepare(new nn.Linear(32, 48));
+  (fresh as nn.Module).loadStateDict(layer.stateDict());
+  fresh.forward(x.mul(1 / 64));
+  const saturated = fresh.forward(x);
+  t.true(relative(saturated, exact) > 0.1, `saturated: ${relative(saturated, exact)}`);
+  t.true(Number.isFinite(saturated.abs().max().item()), "saturated values stay finite");
+});
+
 test("fp8: geluLinear runs as gelu then an fp8 linear, with the same result and gradients", (t) => {
   const run = (mixedPrecision: "no" | "bf16" | "fp8", fn: (h: Tensor, w: Tensor, b: Tensor) => Tensor) => {
     manualSeed(7);

@@ -211,6 +211,80 @@ test("fp8 on a GPU of compute capability 8.9 or newer: Linear outputs and gradie
   }
 });
 
+test("fp8 on a GPU quantizes as on the CPU: dynamic scaling, delayed scaling that saturates, partial tiles, float32 and bf16 inputs", (t) => {
+  const [major, minor] = native.cudaDeviceInfo(0).capability;
+  if (major * 10 + minor < 89) {
+    t.log("skipped: fp8 needs compute capability 8.9");
+    return;
+  }
+  // 80 rows and 272 -> 528 features: none a multiple of the kernels' 128-wide tiles.
+  const reference = new nn.Linear(272, 528);
+  const x = randn([2, 40, 272]).mul(3);
+  const step = (model: { forward(x: Tensor): Tensor }, input: Tensor) => {
+    input.requiresGrad = true;
+    const y = model.forward(input);
+    y.to("float32").square().mean().backward();
+    return y;
+  };
+  const run = (device: "cpu" | "cuda:0", inputDtype: "float32" | "bfloat16") => {
+    const acc = new Accelerator({ cpu: device === "cpu", mixedPrecision: "fp8" });
+    const layer = new nn.Linear(272, 528);
+    layer.loadStateDict(reference.stateDict());
+    const [model] = acc.prepare(layer);
+    const host = (v: Tensor | null) => (v as Tensor).to("float32", "cpu");
+    // The first call scales by its own amax; the second by the first's, a quarter of its own,
+    // so its largest values saturate.
+    const first = x.mul(0.25).to(inputDtype, device).detach();
+    const y1 = step(model, first);
+    layer.zeroGrad();
+    const input = x.to(inputDtype, device).detach();
+    const y = step(model, input);
+    return { y1: host(y1), x1: host(first.grad), y: host(y), x: host(input.grad), w: host(layer.weight.grad), b: host((layer.bias as Tensor).grad) };
+  };
+  const relative = (a: Tensor, b: Tensor) => a.sub(b).square().sum().sqrt().item() / b.square().sum().sqrt().item();
+  for (const dtype of ["float32", "bfloat16"] as const) {
+    const cpu = run("cpu", dtype);
+    const gpu = run("cuda:0", dtype);
+    // A wrong scale, rounding, saturation or transpose differs by fp8's precision (several %)
+    // or more; the two devices' matmuls differ only in their order of summation and bf16 rounding.
+    for (const name of ["y1", "x1", "y", "x", "w", "b"] as const) {
+      const error = relative(gpu[name], cpu[name]);
+      t.true(error < 5e-3, `${dtype} ${name}: GPU vs CPU relative difference ${error}`);
+    }
+    const exact = x.matmul((reference.weight as Tensor).t()).add(reference.bias as Tensor);
+    t.true(relative(cpu.y, exact) > 0.02, "the second call saturated (delayed scaling)");
+  }
+});
+
+test("LayerNorm on a GPU: output and gradients match float64 on the CPU, for widths the CUDA kernels take and widths they leave to ATen, the same from run to run", (t) => {
+  // 768 (192 threads a row), 20 (one warp, partial), 2048 (two vectors a thread) and
+  // 8 192 take the kernels; 30 (not a multiple of 4) and 8 200 (too wide) go to ATen.
+  for (const [rows, width] of [[4096, 768], [38, 20], [64, 2048], [16, 8192], [16, 30], [8, 8200]]) {
+    const state = { weight: randn([width]).mul(0.5).add(1), bias: randn([width]).mul(0.1) };
+    const x = randn([2, rows / 2, width]).mul(2).add(0.5);
+    const g = randn([2, rows / 2, width]);
+    const run = (device: "cpu" | "cuda:0", dtype: "float32" | "float64") => {
+      const ln = new nn.LayerNorm(width, { device, dtype });
+      ln.loadStateDict(state);
+      const input = x.to(dtype, device).detach();
+      input.requiresGrad = true;
+      const y = ln.forward(input);
+      y.mul(g.to(dtype, device)).sum().backward();
+      const host = (v: Tensor | null) => (v as Tensor).to("float64", "cpu");
+      return { y: host(y), x: host(input.grad), w: host((ln.weight as Tensor).grad), b: host((ln.bias as Tensor).grad) };
+    };
+    const exact = run("cpu", "float64");
+    const gpu = run("cuda:0", "float32");
+    for (const name of ["y", "x", "w", "b"] as const) {
+      const worst = gpu[name].sub(exact[name]).abs().max().item();
+      const scale = exact[name].abs().max().item();
+      t.true(worst <= 2e-5 * scale, `width ${width} ${name}: differs by ${worst} (largest ${scale})`);
+    }
+    const again = run("cuda:0", "float32");
+    t.true(again.w.sub(gpu.w).abs().max().item() === 0 && again.b.sub(gpu.b).abs().max().item() === 0, `width ${width}: gradients differ between runs`);
+  }
+});
+
 test.serial("profile on a GPU: kernels with device time, also with activities [\"cuda\"] alone, and profiling again after", (t) => {
   const acc = new Accelerator({ mixedPrecision: "bf16" });
   const net = new nn.Linear(256, 256);

@@ -91,11 +91,18 @@ fn build_cuda_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
         .arg(&cuda)
         .arg("-I")
         .arg(&nccl)
-        .arg("shim-cuda/cuda.cpp")
+        .args([
+            "shim-cuda/cuda.cpp",
+            "shim-cuda/jit.cpp",
+            "shim-cuda/kernels.cpp",
+            "shim-cuda/fp8_quantize.cpp",
+            "shim-cuda/layer_norm.cpp",
+        ])
         .arg("-o")
         .arg(&out)
         .arg(format!("-L{}", lib.display()))
         .args([
+            "-ldl",
             "-Wl,--no-as-needed",
             "-ltorch_cuda",
             "-lc10_cuda",

@@ -1,12 +1,16 @@
-// A Linear layer's matmuls in fp8 with dynamic per-tensor scaling (mixedPrecision "fp8", as
-// torchao's float8 training with tensorwise scales): forward casts the input and the weight to
+// A Linear layer's matmuls in fp8 with per-tensor scaling (mixedPrecision "fp8", as torchao's
+// float8 training with tensorwise scales): forward casts the input and the weight to
 // float8_e4m3fn, backward casts the output gradient to float8_e5m2, and libtorch's _scaled_mm
-// multiplies them with float32 accumulation. Each scale is the power of two that brings the
-// tensor's largest magnitude to at most the format's largest value, computed on the device from
-// the tensor itself (no host sync, capturable in a CUDA graph); a power of two is exact in every
-// dtype, so scaling loses nothing before the cast. Backward saves the fp8 input, not the input.
+// multiplies them with float32 accumulation. Each scale is the power of two that brings an
+// amax to at most the format's largest value: the weight's own (dynamic scaling), and for the
+// input and the output gradient the largest of their last 16 calls' (delayed scaling, below),
+// computed on the device (no host sync, capturable in a CUDA graph); a power of two is exact
+// in every dtype, so scaling loses nothing before the cast. Backward saves the fp8 input's and
+// weight's transposes (the layouts its matmuls take), not the input; on a GPU the CUDA side
+// quantizes each matrix and writes its transpose in one pass (shim-cuda/fp8_quantize.cpp).
 #include "shim.h"
 #include <torch/csrc/autograd/custom_function.h>
+#include <unordered_map>
 
 namespace {
 using torch::autograd::AutogradContext;
@@ -15,46 +19,117 @@ using torch::autograd::variable_list;
 constexpr double E4M3_MAX = 448.0;
 constexpr double E5M2_MAX = 57344.0;
 
-struct Scaled {
-  at::Tensor data;   // fp8
-  at::Tensor scale;  // float32, 0-dim: data * scale is the original
+// Each input's and output gradient's amax history: the largest magnitudes of its last
+// AMAX_HISTORY calls, newest first (0 where there was none), then the current call's. As in
+// Transformer Engine and torchao's delayed scaling (history length 16), a call scales by the
+// largest in the history and records its own amax for the calls after it; values beyond the
+// format's range saturate to its largest value. The first call of each has no history and
+// scales by its own amax. Weights always scale by their own (dynamic scaling).
+constexpr int64_t AMAX_HISTORY = 16;
+
+struct History {
+  at::Tensor amax;  // float32 [AMAX_HISTORY + 1] on the tensors' device
+  at::Tensor seen;  // CPU int64 [1]: 1 once a call has recorded an amax (backward flips it)
 };
 
-Scaled quantize(const at::Tensor& t, at::ScalarType dtype, double max) {
-  auto amax = at::linalg_vector_norm(t, INFINITY, at::OptionalIntArrayRef{}, false, at::kFloat).clamp_min(1e-30);
-  auto scale = at::exp2(at::ceil(at::log2(amax.div(max))));
-  // One pass: the multiply stores straight into a row-major fp8 tensor (as _scaled_mm wants
-  // its first operand, which a transposed input or gradient is not); by a power of two it is
-  // exact, so the only rounding is the cast.
-  auto data = at::empty(t.sizes(), t.options().dtype(dtype));
-  at::mul_out(data, t, scale.reciprocal());
-  return {data, scale};
+History new_history(const at::Device& device) {
+  return {at::zeros({AMAX_HISTORY + 1}, at::TensorOptions().dtype(at::kFloat).device(device)),
+          at::zeros({1}, at::kLong)};
 }
 
-// The same matrix in column-major layout, as _scaled_mm wants its second operand.
-at::Tensor column_major(const at::Tensor& m) { return m.t().contiguous().t(); }
+// Moves the current call's amax (the last entry) to the front, shifting the rest by one.
+void roll(const at::Tensor& history) {
+  auto shifted = at::cat({history.narrow(0, AMAX_HISTORY, 1), history.narrow(0, 0, AMAX_HISTORY - 1),
+                          at::zeros({1}, history.options())});
+  history.copy_(shifted);
+}
+
+// `t` (a matrix) in `dtype` with its scale, and its transpose when `transpose` (the
+// column-major copy that backward's matmuls take), by its own amax, or by `history`'s (see
+// above) when one is given. The CUDA side's kernels where they apply, else ATen's operations,
+// which compute the same values.
+acc::Fp8Quantized quantize(const at::Tensor& t, at::ScalarType dtype, double max, bool transpose,
+                           History* history = nullptr) {
+  acc::Fp8Quantized q;
+  const bool delayed = history != nullptr && history->seen.item<int64_t>() > 0;
+  const auto amaxes = history != nullptr ? history->amax : at::Tensor();
+  if (history != nullptr) history->seen.fill_(1);
+  const auto* kernels = acc::cuda_kernels();
+  if (t.is_cuda() && kernels != nullptr && kernels->fp8_quantize(t, dtype, max, transpose, amaxes, delayed, q)) return q;
+  auto own = at::linalg_vector_norm(t, INFINITY, at::OptionalIntArrayRef{}, false, at::kFloat);
+  auto amax = delayed ? amaxes.narrow(0, 0, AMAX_HISTORY).max() : own;
+  q.scale = at::exp2(at::ceil(at::log2(amax.clamp_min(1e-30).div(max))));
+  // By a power of two the multiply is exact, so the only rounding is the cast; the clamp
+  // saturates what a delayed scale leaves beyond the format's range (ATen's cast would not).
+  // Row-major, as _scaled_mm wants its first operand (which a transposed gradient is not).
+  q.data = t.mul(q.scale.reciprocal()).clamp_(-max, max).to(dtype, false, false, at::MemoryFormat::Contiguous);
+  if (transpose) q.data_t = q.data.t().contiguous();
+  if (history != nullptr) {
+    amaxes.narrow(0, AMAX_HISTORY, 1).copy_(own.reshape({1}));
+    roll(amaxes);
+  }
+  return q;
+}
+
+// The amax histories of each fp8 Linear's input and output gradient, by its weight (a weak
+// reference, as the autocast cast cache keeps them); entries of freed weights are dropped.
+struct LayerHistories {
+  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> weight;
+  History input, grad;
+};
+thread_local std::unordered_map<const c10::TensorImpl*, LayerHistories> histories;
+
+LayerHistories& histories_of(const at::Tensor& weight, const at::Device& device) {
+  for (auto it = histories.begin(); it != histories.end();) {
+    it = it->second.weight.expired() ? histories.erase(it) : std::next(it);
+  }
+  const auto* key = weight.unsafeGetTensorImpl();
+  auto found = histories.find(key);
+  if (found == histories.end() || found->second.input.amax.device() != device) {
+    found = histories
+                .insert_or_assign(key, LayerHistories{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
+                                                          weight.getIntrusivePtr()),
+                                                      new_history(device), new_history(device)})
+                .first;
+  }
+  return found->second;
+}
 
 // _scaled_mm with cuBLASLt's layout contract checked on every device (the CPU would accept
 // any layout, so the tests hold the GPU's): `a` row-major, `b` column-major.
 at::Tensor scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
-                     at::ScalarType out_dtype, bool fast_accum = false) {
+                     at::ScalarType out_dtype, bool fast_accum = false,
+                     const std::optional<at::Tensor>& bias = std::nullopt) {
   TORCH_CHECK(a.is_contiguous() && b.t().is_contiguous(), "fp8 matmul operands must be row-major and column-major");
-  return at::_scaled_mm(a, b, scale_a, scale_b, std::nullopt, std::nullopt, out_dtype, fast_accum);
+  return at::_scaled_mm(a, b, scale_a, scale_b, bias, std::nullopt, out_dtype, fast_accum);
 }
 
 struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias) {
     const auto out_dtype = acc::compute_dtype(input);  // the layer's output dtype
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     auto sizes = input.sizes().vec();
-    auto x = quantize(input.reshape({-1, weight.size(1)}), at::kFloat8_e4m3fn, E4M3_MAX);
-    auto w = quantize(weight, at::kFloat8_e4m3fn, E4M3_MAX);
+    // Backward takes the input's transpose for the weight's gradient, the weight's for the input's.
+    auto& layer = histories_of(weight, input.device());
+    auto x = quantize(input.reshape({-1, weight.size(1)}), at::kFloat8_e4m3fn, E4M3_MAX, weight.requires_grad(),
+                      &layer.input);
+    auto w = quantize(weight, at::kFloat8_e4m3fn, E4M3_MAX, input.requires_grad());
+    // Not saved variables: backward updates the gradient's history in place.
+    ctx->saved_data["grad_amax"] = layer.grad.amax;
+    ctx->saved_data["grad_seen"] = layer.grad.seen;
+    // cuBLASLt adds a bf16 bias to the float32 accumulator before rounding (_scaled_mm takes
+    // no other); for another output dtype the bias is added to the output.
+    const bool bias_inside = bias && out_dtype == at::kBFloat16;
     // weight is [out, in] row-major, so its transpose is the column-major [in, out] operand.
-    auto out = scaled_mm(x.data, w.data.t(), x.scale, w.scale, out_dtype, /*fast_accum=*/true);
-    ctx->save_for_backward({x.data, x.scale, w.data, w.scale});
+    auto out = scaled_mm(x.data, w.data.t(), x.scale, w.scale, out_dtype, /*fast_accum=*/true,
+                         bias_inside ? std::optional<at::Tensor>(bias->to(at::kBFloat16)) : std::nullopt);
+    if (bias && !bias_inside) out.add_(bias->to(out_dtype));
+    ctx->save_for_backward({x.data_t, x.scale, w.data_t, w.scale});
     ctx->saved_data["input_sizes"] = sizes;
     ctx->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
+    ctx->saved_data["bias_dtype"] = bias ? static_cast<int64_t>(bias->scalar_type()) : int64_t{-1};
     sizes.back() = weight.size(0);
     // Not a view (an in-place op on a custom Function's view output is refused).
     return at::_unsafe_view(out, sizes);
@@ -63,31 +138,35 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // backward may run inside autocast
     auto saved = ctx->get_saved_variables();
-    const auto &x8 = saved[0], &x_scale = saved[1], &w8 = saved[2], &w_scale = saved[3];
-    auto g = grad_outputs[0].reshape({-1, w8.size(0)});
-    auto g8 = quantize(g, at::kFloat8_e5m2, E5M2_MAX);
+    // x_t: the input's [in, rows] transpose; w_t: the weight's [in, out] transpose.
+    const auto &x_t = saved[0], &x_scale = saved[1], &w_t = saved[2], &w_scale = saved[3];
+    auto g = grad_outputs[0].reshape({-1, grad_outputs[0].size(-1)});
+    History history{ctx->saved_data["grad_amax"].toTensor(), ctx->saved_data["grad_seen"].toTensor()};
+    auto g8 = quantize(g, at::kFloat8_e5m2, E5M2_MAX, ctx->needs_input_grad(1), &history);
     auto dtype = [&](const char* key) { return static_cast<at::ScalarType>(ctx->saved_data[key].toInt()); };
-    at::Tensor grad_input, grad_weight;
+    at::Tensor grad_input, grad_weight, grad_bias;
     if (ctx->needs_input_grad(0)) {
-      grad_input = scaled_mm(g8.data, column_major(w8), g8.scale, w_scale, dtype("input_dtype"))
+      grad_input = scaled_mm(g8.data, w_t.t(), g8.scale, w_scale, dtype("input_dtype"))
                        .view(ctx->saved_data["input_sizes"].toIntVector());
     }
     if (ctx->needs_input_grad(1)) {
-      grad_weight = scaled_mm(g8.data.t().contiguous(), column_major(x8), g8.scale, x_scale, dtype("weight_dtype"));
+      grad_weight = scaled_mm(g8.data_t, x_t.t(), g8.scale, x_scale, dtype("weight_dtype"));
     }
-    return {grad_input, grad_weight};
+    // The bias's gradient from the unquantized output gradient, summed in float32.
+    if (ctx->saved_data["bias_dtype"].toInt() >= 0 && ctx->needs_input_grad(2)) {
+      grad_bias = acc::sum_rows_as(g, dtype("bias_dtype"));
+    }
+    return {grad_input, grad_weight, grad_bias};
   }
 };
 }  // namespace
 
 // `input @ weight^T + bias` through fp8 matmuls; `bias` may be null. The caller checks that
-// every matmul dimension is a multiple of 16 (rows of input, in and out features). The bias is
-// added outside the autograd function (a C++ Function cannot take an undefined tensor), in
-// the output's dtype.
+// every matmul dimension is a multiple of 16 (rows of input, in and out features).
 extern "C" int acc_fp8_linear(acc_tensor input, acc_tensor weight, acc_tensor bias, acc_tensor* out) {
   ACC_PROTECT({
-    auto result = Fp8Linear::apply(*input, *weight);
-    if (bias != nullptr) result = result.add(bias->to(result.scalar_type()));
-    *out = new at::Tensor(std::move(result));
+    std::optional<at::Tensor> b;
+    if (bias != nullptr) b = *bias;
+    *out = new at::Tensor(Fp8Linear::apply(*input, *weight, b));
   })
 }

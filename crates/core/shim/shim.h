@@ -20,7 +20,37 @@ at::Tensor sum_rows_as(const at::Tensor& g, at::ScalarType dtype);
 // clear_linear_casts forgets them when the outermost autocast region ends.
 at::Tensor cast_weight(const at::Tensor& weight, at::ScalarType dtype);
 void clear_linear_casts();
+
+// A matrix in fp8: `data` (row-major), its transpose `data_t` (row-major, or undefined when not
+// asked for) and the 0-dim float32 `scale` (data * scale is the original).
+struct Fp8Quantized {
+  at::Tensor data, data_t, scale;
+};
+
+// Kernels of the CUDA side (shim-cuda), which registers them when it is loaded. Where one does
+// not apply (it says so, or its check says so) the caller takes its ATen path.
+struct CudaKernels {
+  // `input` (a matrix) in fp8 `dtype` with the power-of-two scale that brings an amax to at most
+  // `max`, and its transpose when `transpose`. The amax is the input's own (dynamic scaling)
+  // or, when `delayed`, the largest in `history` (shim/fp8.cpp's amax history, whose last entry
+  // then receives the input's own); with a `history`, it is shifted after (see fp8.cpp).
+  bool (*fp8_quantize)(const at::Tensor& input, at::ScalarType dtype, double max, bool transpose,
+                       const at::Tensor& history, bool delayed, Fp8Quantized& result);
+  // LayerNorm of contiguous float32 matrices over their last dimension, for the widths
+  // layer_norm_fits (shim/layer_norm.cpp checks the rest).
+  bool (*layer_norm_fits)(int64_t cols);
+  void (*layer_norm_forward)(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
+                             at::Tensor& y, at::Tensor& mean, at::Tensor& rstd);
+  void (*layer_norm_backward)(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                              const at::Tensor& rstd, const at::Tensor& weight, at::Tensor& dx, at::Tensor& dweight,
+                              at::Tensor& dbias);
+};
+// The registered kernels, or null (no CUDA side loaded).
+const CudaKernels* cuda_kernels();
 }
+
+// Registers the CUDA side's kernels (shim/cuda_kernels.cpp); crates/core/src/cuda.rs calls it.
+extern "C" void acc_set_cuda_kernels(const acc::CudaKernels* kernels);
 
 #define ACC_PROTECT(...)                                   \
   try {                                                    \

@@ -1,6 +1,7 @@
 //! The CUDA side of the engine: a shared library embedded at build time (it links
 //! libtorch_cuda) and loaded on first use, so CPU-only hosts never need CUDA. It
-//! provides the NCCL process group and the caching allocator's statistics.
+//! provides the NCCL process group, the caching allocator's statistics, CUDA graphs and
+//! run-time compiled kernels that the main shim uses once registered.
 
 use crate::{Error, Result};
 use std::ffi::{c_void, CStr};
@@ -57,6 +58,21 @@ fn call<F: Copy>(op: &str, symbol: &[u8], f: impl FnOnce(F) -> i32) -> Result<()
     // SAFETY: the shim returns its thread-local NUL-terminated message.
     let message = unsafe { CStr::from_ptr(last_error()) }.to_string_lossy().into_owned();
     Err(Error::invalid(op, message.lines().next().unwrap_or("").to_string()))
+}
+
+/// Hands the CUDA side's kernels (shim-cuda/kernels.cpp) to the main shim, once. Where the
+/// CUDA side cannot be loaded the shim keeps its ATen paths, which compute the same values.
+pub fn register_kernels() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let Ok(lib) = library("kernels") else { return };
+        // SAFETY: our shim's symbol, with the signature kernels.cpp defines.
+        let Ok(table) = (unsafe { lib.get::<unsafe extern "C" fn() -> *const c_void>(b"acc_cuda_kernels\0") }) else {
+            return;
+        };
+        // SAFETY: the table is a static of the library, which stays loaded for the process's life.
+        unsafe { crate::shim::set_cuda_kernels(table()) }
+    });
 }
 
 type GroupNew = unsafe extern "C" fn(*const std::os::raw::c_char, i32, i32, i32, i64, i32, *mut *mut c_void) -> i32;

@@ -15,10 +15,20 @@ extern "C" {
     fn acc_reset_grad_accumulators(tensors: *const *const C_tensor, n: i32) -> i32;
     fn acc_host_bytes(tensor: *const C_tensor) -> i64;
     fn acc_storage_missing(tensor: *const C_tensor) -> i32;
+    fn acc_set_cuda_kernels(kernels: *const std::ffi::c_void);
     fn acc_fp8_linear(
         input: *const C_tensor,
         weight: *const C_tensor,
         bias: *const C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> i32;
+    fn acc_layer_norm(
+        input: *const C_tensor,
+        shape: *const i64,
+        shape_len: i32,
+        weight: *const C_tensor,
+        bias: *const C_tensor,
+        eps: f64,
         out: *mut *mut C_tensor,
     ) -> i32;
     fn acc_autocast_linear(
@@ -120,10 +130,41 @@ pub fn linear_cross_entropy(
 /// `input @ weight^T + bias` with fp8 matmuls (shim/fp8.cpp); every matmul dimension must be
 /// a multiple of 16 (`amp::fp8::fits`).
 pub fn fp8_linear(op: &str, input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if input.device().is_cuda() {
+        crate::cuda::register_kernels();
+    }
     let mut out = std::ptr::null_mut();
     let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);
     // SAFETY: live tensors (or null for the bias) for the call; `out` is a valid out-pointer.
     let status = unsafe { acc_fp8_linear(input.as_ptr(), weight.as_ptr(), bias, &mut out) };
+    owned(op, status, out)
+}
+
+/// `layer_norm` on a GPU: the CUDA side's kernels where they apply, else ATen's (shim/layer_norm.cpp).
+pub fn cuda_layer_norm(
+    op: &str,
+    input: &Tensor,
+    shape: &[i64],
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    crate::cuda::register_kernels();
+    let mut out = std::ptr::null_mut();
+    let weight = weight.map_or(std::ptr::null(), Tensor::as_ptr);
+    let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);
+    // SAFETY: live tensors (or nulls), a slice valid for the call, and a valid out-pointer.
+    let status = unsafe {
+        acc_layer_norm(
+            input.as_ptr(),
+            shape.as_ptr(),
+            shape.len() as i32,
+            weight,
+            bias,
+            eps,
+            &mut out,
+        )
+    };
     owned(op, status, out)
 }
 
@@ -180,6 +221,15 @@ pub fn set_cuda_rng_state(index: usize, state: &Tensor) -> Result<()> {
     check("setCudaRngState", unsafe {
         acc_set_cuda_rng_state(index as i64, state.as_ptr())
     })
+}
+
+/// Hands the shim the CUDA side's table of kernels (`acc::CudaKernels`).
+///
+/// # Safety
+/// `kernels` must point at a table that lives for the rest of the process.
+pub(crate) unsafe fn set_cuda_kernels(kernels: *const std::ffi::c_void) {
+    // SAFETY: the caller guarantees the table outlives every use.
+    unsafe { acc_set_cuda_kernels(kernels) }
 }
 
 #[cfg(test)]

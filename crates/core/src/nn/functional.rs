@@ -389,6 +389,9 @@ pub fn layer_norm(
             format!("input of shape {xs:?} does not end with the normalized shape {shape:?}"),
         ));
     }
+    if x.device().is_cuda() {
+        return crate::shim::cuda_layer_norm(op, x, shape, weight, bias, eps);
+    }
     x.f_layer_norm(shape, weight, bias, eps, true)
         .map_err(|e| Error::torch(op, vec![xs], e))
 }

@@ -1,0 +1,217 @@
+// Run-time compiled kernels: NVRTC makes a cubin for the current GPU's architecture, the CUDA
+// driver loads it into the device's primary context (the one the CUDA runtime, and so
+// libtorch, uses) and launches it on the current stream.
+#include "jit.h"
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <cuda.h>
+#include <dirent.h>
+#include <dlfcn.h>
+#include <link.h>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nvrtc.h>
+#include <tuple>
+
+namespace acc::jit {
+namespace {
+
+// The NVRTC and driver functions used here, looked up once.
+struct Api {
+  decltype(&::nvrtcCreateProgram) nvrtcCreateProgram;
+  decltype(&::nvrtcCompileProgram) nvrtcCompileProgram;
+  decltype(&::nvrtcGetProgramLogSize) nvrtcGetProgramLogSize;
+  decltype(&::nvrtcGetProgramLog) nvrtcGetProgramLog;
+  decltype(&::nvrtcGetCUBINSize) nvrtcGetCUBINSize;
+  decltype(&::nvrtcGetCUBIN) nvrtcGetCUBIN;
+  decltype(&::nvrtcDestroyProgram) nvrtcDestroyProgram;
+  decltype(&::nvrtcGetErrorString) nvrtcGetErrorString;
+  decltype(&::cuDeviceGet) cuDeviceGet;
+  decltype(&::cuDevicePrimaryCtxRetain) cuDevicePrimaryCtxRetain;
+  decltype(&::cuCtxGetCurrent) cuCtxGetCurrent;
+  decltype(&::cuCtxSetCurrent) cuCtxSetCurrent;
+  decltype(&::cuModuleLoadData) cuModuleLoadData;
+  decltype(&::cuModuleGetFunction) cuModuleGetFunction;
+  decltype(&::cuLaunchKernel) cuLaunchKernel;
+  decltype(&::cuGetErrorString) cuGetErrorString;
+};
+
+// The directory of the loaded CUDA runtime (a pip torch keeps NVRTC beside it).
+std::string cudart_directory() {
+  std::string found;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* out) {
+        std::string path = info->dlpi_name != nullptr ? info->dlpi_name : "";
+        if (path.find("libcudart.so") == std::string::npos) return 0;
+        *static_cast<std::string*>(out) = path.substr(0, path.rfind('/') + 1);
+        return 1;
+      },
+      &found);
+  return found;
+}
+
+// NVRTC opens its builtins library by name when it compiles; loaded first from the same
+// directory, it is found under that name without the directory being on the library path.
+void preload_builtins(const std::string& dir) {
+  std::unique_ptr<DIR, int (*)(DIR*)> listing(opendir(dir.c_str()), closedir);
+  if (!listing) return;
+  while (dirent* entry = readdir(listing.get())) {
+    const std::string name = entry->d_name;
+    if (name.rfind("libnvrtc-builtins.so.", 0) == 0) dlopen((dir + name).c_str(), RTLD_NOW | RTLD_LOCAL);
+  }
+}
+
+void* find_nvrtc() {
+  const std::string soname = "libnvrtc.so." + std::to_string(CUDA_VERSION / 1000);
+  if (void* h = dlopen(soname.c_str(), RTLD_NOW | RTLD_NOLOAD)) return h;
+  if (auto dir = cudart_directory(); !dir.empty()) {
+    if (void* h = dlopen((dir + soname).c_str(), RTLD_NOW | RTLD_LOCAL)) return h;
+  }
+  if (void* h = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL)) return h;
+  return dlopen("libnvrtc.so", RTLD_NOW | RTLD_LOCAL);
+}
+
+void* open_nvrtc() {
+  void* h = find_nvrtc();
+  Dl_info info{};
+  if (h != nullptr && dladdr(dlsym(h, "nvrtcVersion"), &info) != 0 && info.dli_fname != nullptr) {
+    const std::string path = info.dli_fname;
+    preload_builtins(path.substr(0, path.rfind('/') + 1));
+  }
+  return h;
+}
+
+template <typename F>
+void bind(void* library, const char* name, F& function) {
+  function = reinterpret_cast<F>(dlsym(library, name));
+  TORCH_CHECK(function != nullptr, "CUDA kernels: ", name, " not found (", dlerror(), ")");
+}
+
+const Api& api() {
+  static const Api loaded = [] {
+    Api a{};
+    void* nvrtc = open_nvrtc();
+    TORCH_CHECK(nvrtc != nullptr, "CUDA kernels: could not load NVRTC (libnvrtc.so.", CUDA_VERSION / 1000,
+                ") beside the CUDA runtime or on the library path");
+    void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    TORCH_CHECK(driver != nullptr, "CUDA kernels: could not load the CUDA driver (libcuda.so.1)");
+    bind(nvrtc, "nvrtcCreateProgram", a.nvrtcCreateProgram);
+    bind(nvrtc, "nvrtcCompileProgram", a.nvrtcCompileProgram);
+    bind(nvrtc, "nvrtcGetProgramLogSize", a.nvrtcGetProgramLogSize);
+    bind(nvrtc, "nvrtcGetProgramLog", a.nvrtcGetProgramLog);
+    bind(nvrtc, "nvrtcGetCUBINSize", a.nvrtcGetCUBINSize);
+    bind(nvrtc, "nvrtcGetCUBIN", a.nvrtcGetCUBIN);
+    bind(nvrtc, "nvrtcDestroyProgram", a.nvrtcDestroyProgram);
+    bind(nvrtc, "nvrtcGetErrorString", a.nvrtcGetErrorString);
+    bind(driver, "cuDeviceGet", a.cuDeviceGet);
+    bind(driver, "cuDevicePrimaryCtxRetain", a.cuDevicePrimaryCtxRetain);
+    bind(driver, "cuCtxGetCurrent", a.cuCtxGetCurrent);
+    bind(driver, "cuCtxSetCurrent", a.cuCtxSetCurrent);
+    bind(driver, "cuModuleLoadData", a.cuModuleLoadData);
+    bind(driver, "cuModuleGetFunction", a.cuModuleGetFunction);
+    bind(driver, "cuLaunchKernel", a.cuLaunchKernel);
+    bind(driver, "cuGetErrorString", a.cuGetErrorString);
+    return a;
+  }();
+  return loaded;
+}
+
+void check(CUresult result, const char* what) {
+  if (result == CUDA_SUCCESS) return;
+  const char* message = nullptr;
+  api().cuGetErrorString(result, &message);
+  TORCH_CHECK(false, "CUDA kernels: ", what, " failed: ", message != nullptr ? message : "unknown error");
+}
+
+void check(nvrtcResult result, const char* what) {
+  TORCH_CHECK(result == NVRTC_SUCCESS, "CUDA kernels: ", what, " failed: ", api().nvrtcGetErrorString(result));
+}
+
+// Makes the device's primary context (the runtime's, which libtorch uses) current on this
+// thread if no context is; the runtime makes it current whenever it selects the device.
+void ensure_context(int device) {
+  const Api& a = api();
+  CUcontext current = nullptr;
+  check(a.cuCtxGetCurrent(&current), "cuCtxGetCurrent");
+  if (current != nullptr) return;
+  CUdevice handle;
+  check(a.cuDeviceGet(&handle, device), "cuDeviceGet");
+  CUcontext primary = nullptr;
+  check(a.cuDevicePrimaryCtxRetain(&primary, handle), "cuDevicePrimaryCtxRetain");
+  check(a.cuCtxSetCurrent(primary), "cuCtxSetCurrent");
+}
+
+std::vector<char> compile(const char* source, const std::vector<std::string>& options, int device) {
+  const Api& a = api();
+  const auto* properties = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(device));
+  std::vector<std::string> all{"--gpu-architecture=sm_" + std::to_string(properties->major * 10 + properties->minor),
+                               "-std=c++17"};
+  all.insert(all.end(), options.begin(), options.end());
+  std::vector<const char*> pointers;
+  for (const auto& o : all) pointers.push_back(o.c_str());
+  nvrtcProgram program;
+  check(a.nvrtcCreateProgram(&program, source, "kernels.cu", 0, nullptr, nullptr), "nvrtcCreateProgram");
+  std::unique_ptr<nvrtcProgram, void (*)(nvrtcProgram*)> owned(&program, [](nvrtcProgram* p) {
+    api().nvrtcDestroyProgram(p);
+  });
+  if (a.nvrtcCompileProgram(program, static_cast<int>(pointers.size()), pointers.data()) != NVRTC_SUCCESS) {
+    size_t size = 0;
+    a.nvrtcGetProgramLogSize(program, &size);
+    std::string log(size, '\0');
+    a.nvrtcGetProgramLog(program, log.data());
+    TORCH_CHECK(false, "CUDA kernels: compiling failed:\n", log);
+  }
+  size_t size = 0;
+  check(a.nvrtcGetCUBINSize(program, &size), "nvrtcGetCUBINSize");
+  std::vector<char> cubin(size);
+  check(a.nvrtcGetCUBIN(program, cubin.data()), "nvrtcGetCUBIN");
+  return cubin;
+}
+
+}  // namespace
+
+bool available() {
+  static const bool loaded = [] {
+    try {
+      api();
+      return true;
+    } catch (const c10::Error&) {
+      return false;
+    }
+  }();
+  return loaded;
+}
+
+Kernel get(const char* source, const std::vector<std::string>& options, const std::string& name) {
+  static std::mutex mutex;
+  // Modules by source, options and device; their kernels by name as well.
+  static std::map<std::tuple<const char*, std::vector<std::string>, int>, CUmodule> modules;
+  static std::map<std::tuple<const char*, std::vector<std::string>, int, std::string>, Kernel> kernels;
+  const int device = c10::cuda::current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  if (auto it = kernels.find({source, options, device, name}); it != kernels.end()) return it->second;
+  auto module = modules.find({source, options, device});
+  if (module == modules.end()) {
+    auto cubin = compile(source, options, device);
+    ensure_context(device);
+    CUmodule loaded;  // kept for the process's life, like the kernels that point into it
+    check(api().cuModuleLoadData(&loaded, cubin.data()), "cuModuleLoadData");
+    module = modules.emplace(std::make_tuple(source, options, device), loaded).first;
+  }
+  CUfunction function;
+  check(api().cuModuleGetFunction(&function, module->second, name.c_str()), "cuModuleGetFunction");
+  return kernels[{source, options, device, name}] = Kernel{function};
+}
+
+void launch(Kernel kernel, unsigned grid_x, unsigned grid_y, unsigned block_x, unsigned block_y,
+            std::vector<void*> args) {
+  if (grid_x == 0 || grid_y == 0) return;
+  ensure_context(c10::cuda::current_device());
+  auto stream = at::cuda::getCurrentCUDAStream().stream();
+  check(api().cuLaunchKernel(static_cast<CUfunction>(kernel.function), grid_x, grid_y, 1, block_x, block_y, 1, 0,
+                             stream, args.data(), nullptr),
+        "cuLaunchKernel");
+}
+
+}  // namespace acc::jit
