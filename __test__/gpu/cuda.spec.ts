@@ -256,6 +256,36 @@ test("fp8 on a GPU quantizes as on the CPU: dynamic scaling, delayed scaling tha
   }
 });
 
+test("fp8 geluLinear on a GPU (the GELU applied while quantizing) matches the CPU's gelu then fp8 linear, erf and tanh", (t) => {
+  const [major, minor] = native.cudaDeviceInfo(0).capability;
+  if (major * 10 + minor < 89) {
+    t.log("skipped: fp8 needs compute capability 8.9");
+    return;
+  }
+  const [h0, w0, b0] = [randn([96, 256]), randn([128, 256]).mul(0.05), randn([128])];
+  const run = (device: "cpu" | "cuda:0", approximate: "none" | "tanh") => {
+    const acc = new Accelerator({ cpu: device === "cpu", mixedPrecision: "fp8" });
+    const [h, w, b] = [h0, w0, b0].map((v) => v.to("float32", device).detach());
+    for (const v of [h, w, b]) v.requiresGrad = true;
+    const host = (v: Tensor | null) => (v as Tensor).to("float32", "cpu");
+    // Two calls (gradients add up): the second scales by the first's amax history.
+    let y = h;
+    for (let call = 0; call < 2; call++) {
+      y = acc.autocast(() => nn.functional.geluLinear(h, w, b, { approximate }));
+      y.to("float32").square().mean().backward();
+    }
+    return { y: host(y), h: host(h.grad), w: host(w.grad), b: host(b.grad) };
+  };
+  const relative = (a: Tensor, b: Tensor) => a.sub(b).square().sum().sqrt().item() / b.square().sum().sqrt().item();
+  for (const approximate of ["none", "tanh"] as const) {
+    const [cpu, gpu] = [run("cpu", approximate), run("cuda:0", approximate)];
+    for (const name of ["y", "h", "w", "b"] as const) {
+      const error = relative(gpu[name], cpu[name]);
+      t.true(error < 5e-3, `${approximate} ${name}: GPU vs CPU relative difference ${error}`);
+    }
+  }
+});
+
 test("LayerNorm on a GPU: output and gradients match float64 on the CPU, for widths the CUDA kernels take and widths they leave to ATen, the same from run to run", (t) => {
   // 768 (192 threads a row), 20 (one warp, partial), 2048 (two vectors a thread) and
   // 8 192 take the kernels; 30 (not a multiple of 4) and 8 200 (too wide) go to ATen.

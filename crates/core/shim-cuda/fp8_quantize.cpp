@@ -12,8 +12,12 @@
 
 namespace {
 
-// Compiled with -DIN_BF16 (else float input) and -DE5M2 (else e4m3).
+// Compiled with -DIN_BF16 (else float input), -DE5M2 (else e4m3) and -DGELU=1 (erf) or 2
+// (tanh) to quantize the input's GELU (shim/fp8.cpp's geluLinear).
 const char* SOURCE = R"CUDA(
+#ifndef GELU
+#define GELU 0
+#endif
 // Four neighbouring elements, read at once, and their values.
 #ifdef IN_BF16
 typedef uint2 in4_t;
@@ -25,6 +29,21 @@ __device__ __forceinline__ float4 values(in4_t v) {
 typedef float4 in4_t;
 __device__ __forceinline__ float4 values(in4_t v) { return v; }
 #endif
+
+// The activation applied before quantizing, as ATen's GELU computes it in float32.
+__device__ __forceinline__ float act(float v) {
+#if GELU == 1
+  return 0.5f * v * (1.f + erff(v * 0.70710678118654752440f));
+#elif GELU == 2
+  return 0.5f * v * (1.f + tanhf(0.79788456080286535588f * (v + 0.044715f * v * v * v)));
+#else
+  return v;
+#endif
+}
+__device__ __forceinline__ float4 activated(in4_t v) {
+  const float4 f = values(v);
+  return make_float4(act(f.x), act(f.y), act(f.z), act(f.w));
+}
 
 // Two floats to two fp8 values (`lo` in the low byte): round to nearest even, finite.
 __device__ __forceinline__ unsigned int fp8x2(float lo, float hi) {
@@ -65,28 +84,27 @@ extern "C" __global__ void amax(const in4_t* x, long long n, unsigned int* out) 
   const long long stride = (long long)gridDim.x * blockDim.x;
   long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
   for (; i + stride < n; i += 2 * stride) {
-    const float4 a = values(x[i]), b = values(x[i + stride]);
+    const float4 a = activated(x[i]), b = activated(x[i + stride]);
     m = max(m, max(largest(a), largest(b)));
   }
-  if (i < n) m = max(m, largest(values(x[i])));
+  if (i < n) m = max(m, largest(activated(x[i])));
   block_max_into(m, out);
 }
 
-// The largest of `count` non-negative floats (as bits: NaN above all), read by one thread.
-__device__ __forceinline__ unsigned int largest_of(const unsigned int* bits, int count) {
-  unsigned int m = 0;
-  for (int i = 0; i < count; ++i) m = max(m, bits[i]);
-  return m;
-}
-
-// Shifts an amax history of h <= 31 entries (newest first) by one, moving in the current
-// call's amax from entry h and zeroing it for the next call. One warp.
+// Shifts an amax history of h <= 30 entries (newest first) by one, moving in the current
+// call's amax from entry h and zeroing it for the next call, and stores the largest entry in
+// entry h + 1 (the next call's scale comes from it). One warp.
 extern "C" __global__ void roll(float* history, int h) {
   const int i = threadIdx.x;
   const float v = i == 0 ? history[h] : (i < h ? history[i - 1] : 0.f);
   __syncwarp();
   if (i < h) history[i] = v;
-  if (i == 0) history[h] = 0.f;
+  unsigned int m = i < h ? __float_as_uint(v) : 0u;  // amaxes are >= 0 (or NaN, which wins)
+  for (int offset = 16; offset > 0; offset >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, offset));
+  if (i == 0) {
+    history[h] = 0.f;
+    history[h + 1] = __uint_as_float(m);
+  }
 }
 
 // The power of two s with amax / s <= max (as shim/fp8.cpp: exp2(ceil(log2(max(amax, 1e-30) / max)))).
@@ -96,60 +114,72 @@ __device__ __forceinline__ float scale_of(unsigned int amax_bits, float max_valu
   return exp2f(ceilf(log2f(a / max_value)));
 }
 
+// The 4 x 4 bytes of rows r[0..3] (byte i of each is column i) as columns: byte j of column
+// i is r[j]'s byte i.
+__device__ __forceinline__ void transpose4x4(const unsigned int r[4], unsigned int c[4]) {
+  const unsigned int t0 = __byte_perm(r[0], r[1], 0x5140), t1 = __byte_perm(r[2], r[3], 0x5140);
+  const unsigned int t2 = __byte_perm(r[0], r[1], 0x7362), t3 = __byte_perm(r[2], r[3], 0x7362);
+  c[0] = __byte_perm(t0, t1, 0x5410);
+  c[1] = __byte_perm(t0, t1, 0x7632);
+  c[2] = __byte_perm(t2, t3, 0x5410);
+  c[3] = __byte_perm(t2, t3, 0x7632);
+}
+
 // out = fp8(x / s) for the [rows, cols] row-major x, and out_t = its transpose when not null;
-// scale_out = s, where s is the scale of the largest of the `count` amaxes at `amax_bits`.
-// When amax_out is not null, the largest |x| is recorded into it. rows and cols are multiples of 4. A block of 32 x 8 threads converts a tile
-// of 128 x 128, each thread four neighbouring columns of 16 rows; for the transpose, each
-// warp writes 128 bytes of a row of out_t at a time. The tile's rows are 129 bytes apart, so
-// the transposing reads fall in different banks.
+// scale_out = s, the scale of the amax at `amax_bits`. When amax_out is not null, the largest
+// |x| is recorded into it. rows and cols are multiples of 4.
+// A block of 32 x 8 threads converts a tile of 128 x 128: thread (tx, ty) the 4 x 4 blocks
+// of rows 4a..4a+3 (a = ty + 8k, k < 4) and columns 4tx..4tx+3, whose rows it writes to out
+// and whose columns (transposed in registers) to shared memory; then each warp writes rows of
+// out_t, 128 bytes at a time. Shared words are XOR-swizzled by column group: no bank conflicts.
 extern "C" __global__ void cast(const in4_t* x, long long rows, long long cols, const unsigned int* amax_bits,
-                                int count, unsigned int* amax_out, float max_value, unsigned int* out,
-                                unsigned int* out_t, float* scale_out) {
-  __shared__ unsigned char tile[128 * 129];
-  __shared__ unsigned int source;
-  if (threadIdx.x == 0 && threadIdx.y == 0) source = largest_of(amax_bits, count);
-  __syncthreads();
-  const float s = scale_of(source, max_value);
+                                unsigned int* amax_out, float max_value, unsigned int* out, unsigned int* out_t,
+                                float* scale_out) {
+  __shared__ unsigned int tile[128 * 32];  // [column][row group]
+  const float s = scale_of(*amax_bits, max_value);
   const float inverse = 1.0f / s;
   if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0 && threadIdx.y == 0) *scale_out = s;
   const long long r0 = (long long)blockIdx.x * 128, c0 = (long long)blockIdx.y * 128;
   const long long c = c0 + 4 * threadIdx.x;
   unsigned int m = 0;
 #pragma unroll
-  for (int k = 0; k < 16; ++k) {
-    const int tr = threadIdx.y + 8 * k;
-    const long long r = r0 + tr;
+  for (int k = 0; k < 4; ++k) {
+    const int a = threadIdx.y + 8 * k;
+    const long long r = r0 + 4 * a;
     if (r < rows && c < cols) {
-      const float4 v = values(x[(r * cols + c) / 4]);
-      m = max(m, largest(v));
-      const unsigned int packed = fp8x2(v.x * inverse, v.y * inverse) | (fp8x2(v.z * inverse, v.w * inverse) << 16);
-      out[(r * cols + c) / 4] = packed;
-      unsigned char* t = tile + tr * 129 + 4 * threadIdx.x;
-      t[0] = packed & 0xff;
-      t[1] = (packed >> 8) & 0xff;
-      t[2] = (packed >> 16) & 0xff;
-      t[3] = packed >> 24;
+      unsigned int packed[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float4 v = activated(x[((r + j) * cols + c) / 4]);
+        m = max(m, largest(v));
+        packed[j] = fp8x2(v.x * inverse, v.y * inverse) | (fp8x2(v.z * inverse, v.w * inverse) << 16);
+        out[((r + j) * cols + c) / 4] = packed[j];
+      }
+      if (out_t != nullptr) {
+        unsigned int columns[4];
+        transpose4x4(packed, columns);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) tile[(4 * threadIdx.x + i) * 32 + (a ^ threadIdx.x)] = columns[i];
+      }
     }
   }
-  if (amax_out != nullptr) block_max_into(m, amax_out);  // its __syncthreads also orders the tile
+  if (amax_out != nullptr) block_max_into(m, amax_out);
   if (out_t == nullptr) return;
   __syncthreads();
-  // out_t[col][row]: each thread writes four neighbouring rows of one column.
+  // out_t[col][row]: lane l of a warp writes rows 4l..4l+3 of one column.
   const long long r = r0 + 4 * threadIdx.x;
 #pragma unroll
   for (int k = 0; k < 16; ++k) {
     const int tc = threadIdx.y + 8 * k;
     const long long cc = c0 + tc;
-    if (r < rows && cc < cols) {
-      const unsigned char* t = tile + 4 * threadIdx.x * 129 + tc;
-      out_t[(cc * rows + r) / 4] = t[0] | (t[129] << 8) | (t[2 * 129] << 16) | ((unsigned int)t[3 * 129] << 24);
-    }
+    if (r < rows && cc < cols) out_t[(cc * rows + r) / 4] = tile[tc * 32 + (threadIdx.x ^ (tc >> 2))];
   }
 }
 )CUDA";
 
-std::vector<std::string> options(const at::Tensor& t, at::ScalarType dtype) {
+std::vector<std::string> options(const at::Tensor& t, at::ScalarType dtype, int gelu) {
   std::vector<std::string> o;
+  if (gelu != 0) o.push_back("-DGELU=" + std::to_string(gelu));
   if (t.scalar_type() == at::kBFloat16) o.push_back("-DIN_BF16");
   if (dtype == at::kFloat8_e5m2) o.push_back("-DE5M2");
   return o;
@@ -160,13 +190,14 @@ unsigned blocks(int64_t n, int64_t per_block) { return static_cast<unsigned>((n 
 }  // namespace
 
 bool acc::kernels::fp8_quantize(const at::Tensor& input, at::ScalarType dtype, double max, bool transpose,
-                                const at::Tensor& history, bool delayed, acc::Fp8Quantized& result) {
+                                const at::Tensor& history, bool delayed, int gelu, acc::Fp8Quantized& result) {
   if (!input.is_cuda() || input.dim() != 2 || input.size(0) % 4 != 0 || input.size(1) % 4 != 0 ||
       blocks(input.size(1), 128) > 65535 || (input.scalar_type() != at::kFloat && input.scalar_type() != at::kBFloat16) ||
       !acc::jit::available())
     return false;
   if (history.defined() && (!history.is_cuda() || history.device() != input.device() ||
-                            history.scalar_type() != at::kFloat || !history.is_contiguous() || history.numel() > 32))
+                            history.scalar_type() != at::kFloat || !history.is_contiguous() || history.numel() > 32 ||
+                            history.numel() < 3))
     return false;
   c10::cuda::CUDAGuard guard(input.device());
   const auto t = input.contiguous();
@@ -176,17 +207,16 @@ bool acc::kernels::fp8_quantize(const at::Tensor& input, at::ScalarType dtype, d
   result.scale = at::empty({}, t.options().dtype(at::kFloat));
   result.data = at::empty({rows, cols}, t.options().dtype(dtype));
   result.data_t = transpose ? at::empty({cols, rows}, t.options().dtype(dtype)) : at::Tensor();
-  const auto opts = options(t, dtype);
+  const auto opts = options(t, dtype, gelu);
   const void* x = t.data_ptr();
   long long groups = t.numel() / 4, r = rows, c = cols;
   // The amaxes the scale comes from, and where this call's amax goes: without a history, a
   // scratch word; with one, its last entry (the current call's), which the history's
   // earlier entries give the scale instead when delayed.
-  int h = history.defined() ? static_cast<int>(history.numel()) - 1 : 0;
+  int h = history.defined() ? static_cast<int>(history.numel()) - 2 : 0;
   at::Tensor scratch = history.defined() ? at::Tensor() : at::zeros({1}, t.options().dtype(at::kFloat));
   float* current = history.defined() ? history.data_ptr<float>() + h : scratch.data_ptr<float>();
-  const void* source = delayed ? history.data_ptr<float>() : current;
-  int count = delayed ? h : 1;
+  const void* source = delayed ? history.data_ptr<float>() + h + 1 : current;
   void* amax_out = delayed ? current : nullptr;
   if (!delayed) {
     void* bits = current;
@@ -198,7 +228,7 @@ bool acc::kernels::fp8_quantize(const at::Tensor& input, at::ScalarType dtype, d
   void* out_t = transpose ? result.data_t.data_ptr() : nullptr;
   void* scale = result.scale.data_ptr();
   acc::jit::launch(acc::jit::get(SOURCE, opts, "cast"), blocks(rows, 128), blocks(cols, 128), 32, 8,
-                   {&x, &r, &c, &source, &count, &amax_out, &limit, &out, &out_t, &scale});
+                   {&x, &r, &c, &source, &amax_out, &limit, &out, &out_t, &scale});
   if (history.defined()) {
     void* entries = history.data_ptr();
     acc::jit::launch(acc::jit::get(SOURCE, opts, "roll"), 1, 1, 32, 1, {&entries, &h});

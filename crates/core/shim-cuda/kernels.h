@@ -7,7 +7,7 @@ namespace acc::kernels {
 // acc::CudaKernels::fp8_quantize says (shim-cuda/fp8_quantize.cpp). False, leaving the work
 // to the caller, for other inputs.
 bool fp8_quantize(const at::Tensor& input, at::ScalarType dtype, double max, bool transpose, const at::Tensor& history,
-                  bool delayed, Fp8Quantized& result);
+                  bool delayed, int gelu, Fp8Quantized& result);
 
 // LayerNorm over the last dimension of contiguous float32 [rows, cols] CUDA matrices with a
 // weight and a bias (shim-cuda/layer_norm.cpp), for widths that layer_norm_fits. Forward

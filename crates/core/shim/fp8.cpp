@@ -19,50 +19,57 @@ using torch::autograd::variable_list;
 constexpr double E4M3_MAX = 448.0;
 constexpr double E5M2_MAX = 57344.0;
 
-// Each input's and output gradient's amax history: the largest magnitudes of its last
-// AMAX_HISTORY calls, newest first (0 where there was none), then the current call's. As in
-// Transformer Engine and torchao's delayed scaling (history length 16), a call scales by the
-// largest in the history and records its own amax for the calls after it; values beyond the
-// format's range saturate to its largest value. The first call of each has no history and
-// scales by its own amax. Weights always scale by their own (dynamic scaling).
+// Each fp8 Linear's input, weight and output gradient have an amax history: the largest
+// magnitudes of their last AMAX_HISTORY calls, newest first (0 where there was none), then the
+// current call's, then the largest of the first AMAX_HISTORY. As in Transformer Engine's delayed scaling (history length 16), a call
+// scales by the largest in the history and records its own amax for the calls after it;
+// values beyond the format's range saturate to its largest value. The first call of each has
+// no history and scales by its own amax (dynamic scaling).
 constexpr int64_t AMAX_HISTORY = 16;
 
 struct History {
-  at::Tensor amax;  // float32 [AMAX_HISTORY + 1] on the tensors' device
+  at::Tensor amax;  // float32 [AMAX_HISTORY + 2] on the tensors' device
   at::Tensor seen;  // CPU int64 [1]: 1 once a call has recorded an amax (backward flips it)
 };
 
 History new_history(const at::Device& device) {
-  return {at::zeros({AMAX_HISTORY + 1}, at::TensorOptions().dtype(at::kFloat).device(device)),
+  return {at::zeros({AMAX_HISTORY + 2}, at::TensorOptions().dtype(at::kFloat).device(device)),
           at::zeros({1}, at::kLong)};
 }
 
-// Moves the current call's amax (the last entry) to the front, shifting the rest by one.
+// Moves the current call's amax to the front, shifting the rest by one, and stores their largest.
 void roll(const at::Tensor& history) {
-  auto shifted = at::cat({history.narrow(0, AMAX_HISTORY, 1), history.narrow(0, 0, AMAX_HISTORY - 1),
-                          at::zeros({1}, history.options())});
-  history.copy_(shifted);
+  auto shifted = at::cat({history.narrow(0, AMAX_HISTORY, 1), history.narrow(0, 0, AMAX_HISTORY - 1)});
+  history.narrow(0, 0, AMAX_HISTORY).copy_(shifted);
+  history.narrow(0, AMAX_HISTORY, 1).zero_();
+  history.narrow(0, AMAX_HISTORY + 1, 1).copy_(shifted.max().reshape({1}));
 }
 
 // `t` (a matrix) in `dtype` with its scale, and its transpose when `transpose` (the
 // column-major copy that backward's matmuls take), by its own amax, or by `history`'s (see
 // above) when one is given. The CUDA side's kernels where they apply, else ATen's operations,
 // which compute the same values.
-acc::Fp8Quantized quantize(const at::Tensor& t, at::ScalarType dtype, double max, bool transpose,
-                           History* history = nullptr) {
+// With `gelu` ("none" or "tanh", as ATen's gelu takes) the quantized matrix is t's GELU.
+acc::Fp8Quantized quantize(const at::Tensor& t, at::ScalarType dtype, double max, bool transpose, History* history,
+                           const std::string& gelu = "") {
   acc::Fp8Quantized q;
   const bool delayed = history != nullptr && history->seen.item<int64_t>() > 0;
   const auto amaxes = history != nullptr ? history->amax : at::Tensor();
   if (history != nullptr) history->seen.fill_(1);
   const auto* kernels = acc::cuda_kernels();
-  if (t.is_cuda() && kernels != nullptr && kernels->fp8_quantize(t, dtype, max, transpose, amaxes, delayed, q)) return q;
-  auto own = at::linalg_vector_norm(t, INFINITY, at::OptionalIntArrayRef{}, false, at::kFloat);
-  auto amax = delayed ? amaxes.narrow(0, 0, AMAX_HISTORY).max() : own;
+  const int activation = gelu.empty() ? 0 : gelu == "tanh" ? 2 : 1;
+  if (t.is_cuda() && kernels != nullptr &&
+      kernels->fp8_quantize(t, dtype, max, transpose, amaxes, delayed, activation, q)) {
+    return q;
+  }
+  const auto source = gelu.empty() ? t : at::gelu(t, gelu);
+  auto own = at::linalg_vector_norm(source, INFINITY, at::OptionalIntArrayRef{}, false, at::kFloat);
+  auto amax = delayed ? amaxes[AMAX_HISTORY + 1] : own;
   q.scale = at::exp2(at::ceil(at::log2(amax.clamp_min(1e-30).div(max))));
   // By a power of two the multiply is exact, so the only rounding is the cast; the clamp
   // saturates what a delayed scale leaves beyond the format's range (ATen's cast would not).
   // Row-major, as _scaled_mm wants its first operand (which a transposed gradient is not).
-  q.data = t.mul(q.scale.reciprocal()).clamp_(-max, max).to(dtype, false, false, at::MemoryFormat::Contiguous);
+  q.data = source.mul(q.scale.reciprocal()).clamp_(-max, max).to(dtype, false, false, at::MemoryFormat::Contiguous);
   if (transpose) q.data_t = q.data.t().contiguous();
   if (history != nullptr) {
     amaxes.narrow(0, AMAX_HISTORY, 1).copy_(own.reshape({1}));
@@ -71,17 +78,17 @@ acc::Fp8Quantized quantize(const at::Tensor& t, at::ScalarType dtype, double max
   return q;
 }
 
-// The amax histories of each fp8 Linear's input and output gradient, by its weight (a weak
+// The amax histories of each fp8 Linear's input, weight and output gradient, by its weight (a weak
 // reference, as the autocast cast cache keeps them); entries of freed weights are dropped.
 struct LayerHistories {
-  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> weight;
-  History input, grad;
+  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> owner;  // the weight
+  History input, weight, grad;
 };
 thread_local std::unordered_map<const c10::TensorImpl*, LayerHistories> histories;
 
 LayerHistories& histories_of(const at::Tensor& weight, const at::Device& device) {
   for (auto it = histories.begin(); it != histories.end();) {
-    it = it->second.weight.expired() ? histories.erase(it) : std::next(it);
+    it = it->second.owner.expired() ? histories.erase(it) : std::next(it);
   }
   const auto* key = weight.unsafeGetTensorImpl();
   auto found = histories.find(key);
@@ -89,7 +96,7 @@ LayerHistories& histories_of(const at::Tensor& weight, const at::Device& device)
     found = histories
                 .insert_or_assign(key, LayerHistories{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
                                                           weight.getIntrusivePtr()),
-                                                      new_history(device), new_history(device)})
+                                                      new_history(device), new_history(device), new_history(device)})
                 .first;
   }
   return found->second;
@@ -104,17 +111,20 @@ at::Tensor scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor&
   return at::_scaled_mm(a, b, scale_a, scale_b, bias, std::nullopt, out_dtype, fast_accum);
 }
 
+// `gelu` empty: input @ weight^T + bias; else linear(gelu(input, gelu), weight, bias), whose
+// GELU is applied while quantizing (its output is never stored) and recomputed in backward
+// from the input.
 struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias) {
+                            const std::optional<at::Tensor>& bias, const std::string& gelu) {
     const auto out_dtype = acc::compute_dtype(input);  // the layer's output dtype
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     auto sizes = input.sizes().vec();
     // Backward takes the input's transpose for the weight's gradient, the weight's for the input's.
     auto& layer = histories_of(weight, input.device());
     auto x = quantize(input.reshape({-1, weight.size(1)}), at::kFloat8_e4m3fn, E4M3_MAX, weight.requires_grad(),
-                      &layer.input);
-    auto w = quantize(weight, at::kFloat8_e4m3fn, E4M3_MAX, input.requires_grad());
+                      &layer.input, gelu);
+    auto w = quantize(weight, at::kFloat8_e4m3fn, E4M3_MAX, input.requires_grad(), &layer.weight);
     // Not saved variables: backward updates the gradient's history in place.
     ctx->saved_data["grad_amax"] = layer.grad.amax;
     ctx->saved_data["grad_seen"] = layer.grad.seen;
@@ -125,7 +135,9 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
     auto out = scaled_mm(x.data, w.data.t(), x.scale, w.scale, out_dtype, /*fast_accum=*/true,
                          bias_inside ? std::optional<at::Tensor>(bias->to(at::kBFloat16)) : std::nullopt);
     if (bias && !bias_inside) out.add_(bias->to(out_dtype));
-    ctx->save_for_backward({x.data_t, x.scale, w.data_t, w.scale});
+    const bool recompute = !gelu.empty() && input.requires_grad();
+    ctx->save_for_backward({x.data_t, x.scale, w.data_t, w.scale, recompute ? input : at::Tensor()});
+    ctx->saved_data["gelu"] = gelu;
     ctx->saved_data["input_sizes"] = sizes;
     ctx->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
@@ -138,8 +150,8 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // backward may run inside autocast
     auto saved = ctx->get_saved_variables();
-    // x_t: the input's [in, rows] transpose; w_t: the weight's [in, out] transpose.
-    const auto &x_t = saved[0], &x_scale = saved[1], &w_t = saved[2], &w_scale = saved[3];
+    // x_t: the (activated) input's [in, rows] transpose; w_t: the weight's [in, out] transpose.
+    const auto &x_t = saved[0], &x_scale = saved[1], &w_t = saved[2], &w_scale = saved[3], &input = saved[4];
     auto g = grad_outputs[0].reshape({-1, grad_outputs[0].size(-1)});
     History history{ctx->saved_data["grad_amax"].toTensor(), ctx->saved_data["grad_seen"].toTensor()};
     auto g8 = quantize(g, at::kFloat8_e5m2, E5M2_MAX, ctx->needs_input_grad(1), &history);
@@ -148,6 +160,8 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
     if (ctx->needs_input_grad(0)) {
       grad_input = scaled_mm(g8.data, w_t.t(), g8.scale, w_scale, dtype("input_dtype"))
                        .view(ctx->saved_data["input_sizes"].toIntVector());
+      const auto gelu = ctx->saved_data["gelu"].toStringRef();
+      if (!gelu.empty()) grad_input = at::gelu_backward(grad_input, input, gelu);
     }
     if (ctx->needs_input_grad(1)) {
       grad_weight = scaled_mm(g8.data_t, x_t.t(), g8.scale, x_scale, dtype("weight_dtype"));
@@ -156,17 +170,19 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
     if (ctx->saved_data["bias_dtype"].toInt() >= 0 && ctx->needs_input_grad(2)) {
       grad_bias = acc::sum_rows_as(g, dtype("bias_dtype"));
     }
-    return {grad_input, grad_weight, grad_bias};
+    return {grad_input, grad_weight, grad_bias, at::Tensor()};
   }
 };
 }  // namespace
 
-// `input @ weight^T + bias` through fp8 matmuls; `bias` may be null. The caller checks that
-// every matmul dimension is a multiple of 16 (rows of input, in and out features).
-extern "C" int acc_fp8_linear(acc_tensor input, acc_tensor weight, acc_tensor bias, acc_tensor* out) {
+// `input @ weight^T + bias` through fp8 matmuls, of the input's GELU when `gelu` ("none" or
+// "tanh") is not null; `bias` may be null. The caller checks that every matmul dimension is a
+// multiple of 16 (rows of input, in and out features).
+extern "C" int acc_fp8_linear(acc_tensor input, acc_tensor weight, acc_tensor bias, const char* gelu,
+                              acc_tensor* out) {
   ACC_PROTECT({
     std::optional<at::Tensor> b;
     if (bias != nullptr) b = *bias;
-    *out = new at::Tensor(Fp8Linear::apply(*input, *weight, b));
+    *out = new at::Tensor(Fp8Linear::apply(*input, *weight, b, std::string(gelu != nullptr ? gelu : "")));
   })
 }

@@ -33,9 +33,10 @@ struct CudaKernels {
   // `input` (a matrix) in fp8 `dtype` with the power-of-two scale that brings an amax to at most
   // `max`, and its transpose when `transpose`. The amax is the input's own (dynamic scaling)
   // or, when `delayed`, the largest in `history` (shim/fp8.cpp's amax history, whose last entry
-  // then receives the input's own); with a `history`, it is shifted after (see fp8.cpp).
+  // then receives the input's own); with a `history`, it is shifted after (see fp8.cpp). With
+  // `gelu` 1 (erf) or 2 (tanh) the input's GELU is quantized instead of the input.
   bool (*fp8_quantize)(const at::Tensor& input, at::ScalarType dtype, double max, bool transpose,
-                       const at::Tensor& history, bool delayed, Fp8Quantized& result);
+                       const at::Tensor& history, bool delayed, int gelu, Fp8Quantized& result);
   // LayerNorm of contiguous float32 matrices over their last dimension, for the widths
   // layer_norm_fits (shim/layer_norm.cpp checks the rest).
   bool (*layer_norm_fits)(int64_t cols);

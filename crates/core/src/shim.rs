@@ -20,6 +20,7 @@ extern "C" {
         input: *const C_tensor,
         weight: *const C_tensor,
         bias: *const C_tensor,
+        gelu: *const std::os::raw::c_char,
         out: *mut *mut C_tensor,
     ) -> i32;
     fn acc_layer_norm(
@@ -127,16 +128,29 @@ pub fn linear_cross_entropy(
     owned("linearCrossEntropy", status, out)
 }
 
-/// `input @ weight^T + bias` with fp8 matmuls (shim/fp8.cpp); every matmul dimension must be
-/// a multiple of 16 (`amp::fp8::fits`).
-pub fn fp8_linear(op: &str, input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// `input @ weight^T + bias` with fp8 matmuls (shim/fp8.cpp), of `gelu(input, approximate)`
+/// when `gelu` is `Some(approximate)`; every matmul dimension must be a multiple of 16
+/// (`amp::fp8::fits`).
+pub fn fp8_linear(
+    op: &str,
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    gelu: Option<&str>,
+) -> Result<Tensor> {
     if input.device().is_cuda() {
         crate::cuda::register_kernels();
     }
+    let gelu = gelu
+        .map(std::ffi::CString::new)
+        .transpose()
+        .map_err(|_| Error::invalid(op, "the GELU approximation contains a NUL byte"))?;
     let mut out = std::ptr::null_mut();
     let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);
-    // SAFETY: live tensors (or null for the bias) for the call; `out` is a valid out-pointer.
-    let status = unsafe { acc_fp8_linear(input.as_ptr(), weight.as_ptr(), bias, &mut out) };
+    let gelu_ptr = gelu.as_ref().map_or(std::ptr::null(), |g| g.as_ptr());
+    // SAFETY: live tensors (or null for the bias), a NUL-terminated string (or null) for the
+    // call; `out` is a valid out-pointer.
+    let status = unsafe { acc_fp8_linear(input.as_ptr(), weight.as_ptr(), bias, gelu_ptr, &mut out) };
     owned(op, status, out)
 }
 

@@ -28,7 +28,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 pub(crate) fn linear_as(op: &str, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     check_linear_shapes(op, x, weight)?;
     if crate::amp::fp8::applies(x, weight) {
-        return crate::shim::fp8_linear(op, x, weight, bias);
+        return crate::shim::fp8_linear(op, x, weight, bias, None);
     }
     if autocast_lowers(x, weight) {
         return crate::shim::autocast_linear(op, x, weight, bias);
@@ -68,8 +68,8 @@ fn check_linear_shapes(op: &str, x: &Tensor, weight: &Tensor) -> Result<()> {
 
 /// `linear(gelu(x, approximate), weight, bias)` keeping only `x` for backward, which
 /// recomputes the GELU (shim/gelu_linear.cpp): a transformer MLP's hidden activation is stored
-/// once instead of twice. Under fp8 the two run as separate calls (the fp8 matmul keeps its
-/// own fp8 copy of the GELU's output).
+/// once instead of twice. Under fp8 the GELU is applied while quantizing its output to fp8
+/// (shim/fp8.cpp), which keeps its fp8 copy and `x`.
 pub fn gelu_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, approximate: &str) -> Result<Tensor> {
     const OP: &str = "geluLinear";
     gelu_approximation(OP, approximate)?;
@@ -78,8 +78,7 @@ pub fn gelu_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, approxima
     others.extend(bias.map(|b| ("bias", b)));
     check_same_dtype(OP, x, &others)?;
     if crate::amp::fp8::applies(x, weight) {
-        let hidden = x.f_gelu(approximate).map_err(|e| Error::torch(OP, shapes(&[x]), e))?;
-        return crate::shim::fp8_linear(OP, &hidden, weight, bias);
+        return crate::shim::fp8_linear(OP, x, weight, bias, Some(approximate));
     }
     crate::shim::gelu_linear(OP, x, weight, bias, approximate)
 }
