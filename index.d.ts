@@ -308,6 +308,12 @@ export declare function distInit(options: ProcessGroupOptions): void
 
 export declare function distIsInitialized(): boolean
 
+/**
+ * The fp8 amax histories of the Linear layer whose weight is `weight` (a float32 [3, 19]
+ * tensor; empty when it never ran in fp8), for exact resumes.
+ */
+export declare function fp8State(weight: Tensor): Tensor
+
 /** Creates a tensor from raw elements of `sourceDtype`, converted to `dtype` on `device`. */
 export declare function fromBytes(bytes: Uint8Array, shape: Ints, sourceDtype: string, dtype?: string | undefined | null, device?: string | undefined | null): Tensor
 
@@ -539,6 +545,8 @@ export declare function saveSafetensors(path: string, names: Array<string>, tens
 export declare function setCpuRngState(state: Tensor): void
 
 export declare function setCudaRngState(index: number, state: Tensor): void
+
+export declare function setFp8State(weight: Tensor, state: Tensor): void
 
 /** Turns gradient recording on or off; returns the previous setting. */
 export declare function setGradEnabled(enabled: boolean): boolean

@@ -2,6 +2,9 @@
 // whose matmul dimensions are multiples of 16 multiply in fp8 e4m3 (forward) and e5m2 (output
 // gradient) with per-tensor scales, everything else runs as under "bf16", and training follows bf16.
 import test from "ava";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Accelerator, manualSeed, nn, optim, randn, type Tensor } from "../ts/index.js";
 
 /** ‖a - b‖ / ‖b‖. */
@@ -145,4 +148,38 @@ test("fp8: geluLinear runs as gelu then an fp8 linear, with the same result and 
   for (const name of ["y", "h", "w", "b"] as const) {
     t.is(fused[name].sub(separate[name]).abs().max().item(), 0, name);
   }
+});
+
+test("fp8: saveState and loadState carry the amax histories, so the losses after loading are the uninterrupted run's", (t) => {
+  const dir = join(mkdtempSync(join(tmpdir(), "acc-fp8-")), "ckpt");
+  const setup = () => {
+    manualSeed(3);
+    const net = new nn.Sequential(new nn.Linear(64, 128), new nn.GELU(), new nn.Linear(128, 64));
+    const acc = new Accelerator({ cpu: true, mixedPrecision: "fp8" });
+    const [model, opt] = acc.prepare(net, new optim.SGD(net.parameters(), { lr: 0.1 }));
+    return { acc, model, opt };
+  };
+  // The batches after the save are 4x larger than those before: with the histories, their
+  // first step scales by the earlier amaxes (and saturates); without, by its own.
+  manualSeed(9);
+  const batches = Array.from({ length: 8 }, (_, i) => randn([32, 64]).mul(i < 4 ? 1 : 4));
+  const step = (run: ReturnType<typeof setup>, x: Tensor) => {
+    const loss = run.model.forward(x).square().mean();
+    run.acc.backward(loss);
+    run.opt.step();
+    run.opt.zeroGrad();
+    return loss.item();
+  };
+  const first = setup();
+  for (const x of batches.slice(0, 4)) step(first, x);
+  first.acc.saveState(dir);
+  t.true(existsSync(join(dir, "fp8_states_0.safetensors")));
+  const uninterrupted = batches.slice(4).map((x) => step(first, x));
+  const resumed = setup();
+  resumed.acc.loadState(dir);
+  t.deepEqual(batches.slice(4).map((x) => step(resumed, x)), uninterrupted);
+  rmSync(join(dir, "fp8_states_0.safetensors"));
+  const without = setup();
+  without.acc.loadState(dir);
+  t.notDeepEqual(batches.slice(4).map((x) => step(without, x)), uninterrupted, "the histories made the difference");
 });

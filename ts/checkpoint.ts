@@ -148,6 +148,9 @@ export interface CheckpointLayout {
   processIndex: number;
 }
 
+/** Columns of a Linear layer's fp8 state (`native.fp8State`): a 16-call amax history and 3 more. */
+const FP8_STATE_COLUMNS = 19;
+
 /** Everything a checkpoint holds, read and checked, not yet applied. */
 export interface StagedCheckpoint {
   meta: CheckpointMeta;
@@ -158,6 +161,8 @@ export interface StagedCheckpoint {
   customObjects: StateValue[];
   scaler: unknown;
   rng: Record<string, Tensor> | undefined;
+  /** fp8 amax histories by `model<i>.<parameter>` (this process's; absent without fp8). */
+  fp8: Record<string, Tensor> | undefined;
   /** Frees the tensors read (after applying them, or when giving up). */
   dispose(): void;
 }
@@ -214,8 +219,15 @@ export function readCheckpoint(dir: string, layout: CheckpointLayout, op = "load
     const rngName = `random_states_${layout.processIndex}.safetensors`;
     const rng = present(join(dir, rngName)) ? track(loadSafetensorsIn(dir, rngName)) : undefined;
     if (rng !== undefined && !(rng.cpu instanceof Tensor)) throw new Error(`${op}: ${join(dir, rngName)} holds no "cpu" generator state`);
+    const fp8Name = `fp8_states_${layout.processIndex}.safetensors`;
+    const fp8 = present(join(dir, fp8Name)) ? track(loadSafetensorsIn(dir, fp8Name)) : undefined;
+    for (const [key, t] of Object.entries(fp8 ?? {})) {
+      if (t.shape.length !== 2 || t.shape[0] !== 3 || t.shape[1] !== FP8_STATE_COLUMNS) {
+        throw new Error(`${op}: ${join(dir, fp8Name)} holds "${key}" of shape [${t.shape.join(", ")}]; an fp8 state is [3, ${FP8_STATE_COLUMNS}]`);
+      }
+    }
     return {
-      meta, models, optimizers, schedulers, loaders, customObjects, scaler, rng,
+      meta, models, optimizers, schedulers, loaders, customObjects, scaler, rng, fp8,
       dispose: () => {
         for (const t of read) t.dispose();
       },

@@ -98,6 +98,13 @@ export class Checkpointer {
       const rng: Record<string, Tensor> = { cpu: native.cpuRngState() };
       if (this.#device.startsWith("cuda")) rng.cuda = native.cudaRngState(this.#cudaIndex);
       saveSafetensors(join(staging, `random_states_${state.processIndex}.safetensors`), rng);
+      // Each process's fp8 amax histories (its inputs and gradients differ from the others').
+      const fp8 = this.#fp8States();
+      try {
+        if (fp8 !== undefined) saveSafetensors(join(staging, `fp8_states_${state.processIndex}.safetensors`), fp8);
+      } finally {
+        for (const t of Object.values(fp8 ?? {})) t.dispose();
+      }
     } catch (error) {
       if (strategy.writesSharedState) rmSync(staging, { recursive: true, force: true });
       throw error;
@@ -128,6 +135,26 @@ export class Checkpointer {
     if (scaler) native.writeFileAtomic(join(staging, "scaler.json"), `${JSON.stringify(scaler)}\n`);
     const meta = { step: gradientState.step, saveIteration: this.saveIteration + 1, customObjects: prepared.customObjects.length };
     native.writeFileAtomic(join(staging, "accelerator_state.json"), `${JSON.stringify(meta)}\n`);
+  }
+
+  /** The fp8 amax histories of the prepared models' layers, by `model<i>.<parameter>`; undefined when none has any. */
+  #fp8States(): Record<string, Tensor> | undefined {
+    const out: Record<string, Tensor> = {};
+    for (const [key, parameter] of this.#parameters()) {
+      const state = native.fp8State(parameter);
+      if (state.shape[0] === 0) state.dispose();
+      else out[key] = state;
+    }
+    return Object.keys(out).length > 0 ? out : undefined;
+  }
+
+  /** The prepared models' parameters (of those that are a `Module`), by `model<i>.<name>`. */
+  #parameters(): Map<string, Tensor> {
+    const out = new Map<string, Tensor>();
+    this.#parts.prepared.models.forEach((m, i) => {
+      if (m instanceof Module) for (const [name, p] of m.namedParameters()) out.set(`model${i}.${name}`, p);
+    });
+    return out;
   }
 
   #prune(): void {
@@ -163,8 +190,8 @@ export class Checkpointer {
     } finally {
       if (!applied) staged.dispose();
     }
-    // Models, the engine's optimizers and the RNG copied what they read; other objects may keep theirs.
-    const copied = [...staged.models.flatMap(Object.values), ...Object.values(staged.rng ?? {})];
+    // Models, the engine's optimizers, the RNG and fp8 states copied what they read; other objects may keep theirs.
+    const copied = [...staged.models.flatMap(Object.values), ...Object.values(staged.rng ?? {}), ...Object.values(staged.fp8 ?? {})];
     prepared.optimizers.forEach((o, i) => {
       if (prepared.unwrapped.get(o) instanceof Optimizer) copied.push(...tensorsIn(staged.optimizers[i]));
     });
@@ -209,6 +236,12 @@ export class Checkpointer {
       // The strategy makes sharded parameters writable (ZeRO-3) and its copies follow them after.
       this.#parts.strategy.agree("loadState");
       this.#parts.strategy.loadParameters(() => prepared.models.forEach((m, i) => m.loadStateDict(staged.models[i] as never)));
+      // fp8 amax histories of parameters that still exist (a layer without one starts afresh).
+      const parameters = this.#parameters();
+      for (const [key, state] of Object.entries(staged.fp8 ?? {})) {
+        const parameter = parameters.get(key);
+        if (parameter !== undefined) native.setFp8State(parameter, state);
+      }
     } catch (error) {
       for (const restore of undo.reverse()) {
         try {

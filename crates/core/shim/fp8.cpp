@@ -186,3 +186,36 @@ extern "C" int acc_fp8_linear(acc_tensor input, acc_tensor weight, acc_tensor bi
     *out = new at::Tensor(Fp8Linear::apply(*input, *weight, b, std::string(gelu != nullptr ? gelu : "")));
   })
 }
+
+// For checkpoints: the amax histories of the fp8 Linear whose weight is `weight`, as a CPU
+// float32 [3, AMAX_HISTORY + 3] tensor, a row each for its input, weight and output gradient
+// (the history as kept above, then 1 if it has recorded an amax, else 0); [0] when it has none.
+extern "C" int acc_fp8_state(acc_tensor weight, acc_tensor* out) {
+  ACC_PROTECT({
+    auto found = histories.find(weight->unsafeGetTensorImpl());
+    if (found == histories.end() || found->second.owner.expired()) {
+      *out = new at::Tensor(at::empty({0}, at::kFloat));
+    } else {
+      std::vector<at::Tensor> rows;
+      for (const History* h : {&found->second.input, &found->second.weight, &found->second.grad}) {
+        rows.push_back(at::cat({h->amax.cpu(), h->seen.to(at::kFloat)}));
+      }
+      *out = new at::Tensor(at::stack(rows));
+    }
+  })
+}
+
+// Restores what acc_fp8_state returned for `weight` (the histories then live on its device).
+extern "C" int acc_set_fp8_state(acc_tensor weight, acc_tensor state) {
+  ACC_PROTECT({
+    TORCH_CHECK(state->dim() == 2 && state->size(0) == 3 && state->size(1) == AMAX_HISTORY + 3,
+                "an fp8 state has shape [3, ", AMAX_HISTORY + 3, "], not ", state->sizes());
+    auto& layer = histories_of(*weight, weight->device());
+    const auto values = state->to(at::kFloat);
+    History* rows[] = {&layer.input, &layer.weight, &layer.grad};
+    for (int64_t i = 0; i < 3; ++i) {
+      rows[i]->amax.copy_(values[i].narrow(0, 0, AMAX_HISTORY + 2));
+      rows[i]->seen.fill_(values[i][AMAX_HISTORY + 2].item<float>() > 0 ? 1 : 0);
+    }
+  })
+}

@@ -16,6 +16,8 @@ extern "C" {
     fn acc_host_bytes(tensor: *const C_tensor) -> i64;
     fn acc_storage_missing(tensor: *const C_tensor) -> i32;
     fn acc_set_cuda_kernels(kernels: *const std::ffi::c_void);
+    fn acc_fp8_state(weight: *const C_tensor, out: *mut *mut C_tensor) -> i32;
+    fn acc_set_fp8_state(weight: *const C_tensor, state: *const C_tensor) -> i32;
     fn acc_fp8_linear(
         input: *const C_tensor,
         weight: *const C_tensor,
@@ -208,6 +210,23 @@ pub fn gelu_linear(
     // `out` is a valid out-pointer.
     let status = unsafe { acc_gelu_linear(input.as_ptr(), weight.as_ptr(), bias, approximate.as_ptr(), &mut out) };
     owned(op, status, out)
+}
+
+/// The fp8 amax histories of the Linear layer whose weight is `weight` (shim/fp8.cpp), a
+/// float32 `[3, 19]` CPU tensor, or an empty one when it has none (it never ran in fp8).
+pub fn fp8_state(weight: &Tensor) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    // SAFETY: a live tensor for the call; `out` is a valid out-pointer.
+    let status = unsafe { acc_fp8_state(weight.as_ptr(), &mut out) };
+    owned("fp8State", status, out)
+}
+
+/// Restores what `fp8_state` returned for `weight`.
+pub fn set_fp8_state(weight: &Tensor, state: &Tensor) -> Result<()> {
+    // SAFETY: live tensors for the duration of the call.
+    check("setFp8State", unsafe {
+        acc_set_fp8_state(weight.as_ptr(), state.as_ptr())
+    })
 }
 
 /// The default CPU generator's state (a uint8 tensor).

@@ -156,6 +156,22 @@ pub fn commit_staging_dir(staging: String, dir: String) -> Result<()> {
     })
 }
 
+/// The fp8 amax histories of the Linear layer whose weight is `weight` (a float32 [3, 19]
+/// tensor; empty when it never ran in fp8), for exact resumes.
+#[napi]
+pub fn fp8_state(env: Env, weight: Tensor) -> Result<Tensor> {
+    guarded("fp8State", || {
+        Ok(wrap(&env, shim::fp8_state(&*weight.handle.get("fp8State")?)?))
+    })
+}
+
+#[napi]
+pub fn set_fp8_state(weight: Tensor, state: Tensor) -> Result<()> {
+    guarded("setFp8State", || {
+        shim::set_fp8_state(&*weight.handle.get("setFp8State")?, &*state.handle.get("setFp8State")?)
+    })
+}
+
 /// The default CPU generator state (a uint8 tensor), for exact resumes.
 #[napi]
 pub fn cpu_rng_state(env: Env) -> Result<Tensor> {
