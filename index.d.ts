@@ -309,6 +309,13 @@ export declare function distInit(options: ProcessGroupOptions): void
 export declare function distIsInitialized(): boolean
 
 /**
+ * Tells fp8 Linear layers which forward passes follow for activation checkpointing: 0 plain,
+ * 1 a checkpointed module's first (gradient-free) pass, 2 its recomputation in backward,
+ * which must scale as the first did. Returns the previous value, to restore.
+ */
+export declare function fp8Pass(next: number): number
+
+/**
  * The fp8 amax histories of the Linear layer whose weight is `weight` (a float32 [3, 19]
  * tensor; empty when it never ran in fp8), for exact resumes.
  */

@@ -21,6 +21,20 @@ interface Frame {
   rng: { cpu: Tensor; cuda?: Tensor };
 }
 
+/** fp8 Linear layers' passes (`native.fp8Pass`): a checkpointed module's first run, and its recomputation. */
+const FP8_CHECKPOINTED = 1;
+const FP8_RECOMPUTE = 2;
+
+/** Runs `fn` with fp8 Linear layers told which pass it is: the recomputation scales as the first run did. */
+function fp8Pass<T>(pass: number, fn: () => T): T {
+  const previous = native.fp8Pass(pass);
+  try {
+    return fn();
+  } finally {
+    native.fp8Pass(previous);
+  }
+}
+
 function disposeRng(state: { cpu: Tensor; cuda?: Tensor }): void {
   state.cpu.dispose();
   state.cuda?.dispose();
@@ -67,7 +81,7 @@ export class ActivationCheckpoints {
     module.forward = (...args: unknown[]): unknown => {
       if (!module.training || !isGradEnabled()) return forward(...args);
       const rng = this.#rngState();
-      const out = noGrad(() => forward(...args));
+      const out = fp8Pass(FP8_CHECKPOINTED, () => noGrad(() => forward(...args)));
       if (!(out instanceof Tensor)) {
         throw new Error(`enableActivationCheckpointing: ${name}.forward must return one Tensor to be checkpointed, got ${typeof out}`);
       }
@@ -135,7 +149,7 @@ export class ActivationCheckpoints {
       let out: unknown;
       try {
         this.#setRng(frame.rng);
-        out = this.#autocast(() => frame.forward(...inputs));
+        out = fp8Pass(FP8_RECOMPUTE, () => this.#autocast(() => frame.forward(...inputs)));
       } finally {
         this.#setRng(now);
         disposeRng(now);

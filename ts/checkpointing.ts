@@ -14,7 +14,7 @@ import type { PreparedObjects } from "./prepared.js";
 import type { ProcessState } from "./state.js";
 import type { Strategy } from "./strategy/index.js";
 import { Optimizer } from "./optim/optimizer.js";
-import { Tensor } from "./tensor.js";
+import { Tensor, zeros } from "./tensor.js";
 
 export interface CheckpointingOptions {
   /** Where `saveState()` without a directory writes, with `automaticCheckpointNaming`. */
@@ -140,10 +140,15 @@ export class Checkpointer {
   /** The fp8 amax histories of the prepared models' layers, by `model<i>.<parameter>`; undefined when none has any. */
   #fp8States(): Record<string, Tensor> | undefined {
     const out: Record<string, Tensor> = {};
-    for (const [key, parameter] of this.#parameters()) {
-      const state = native.fp8State(parameter);
-      if (state.shape[0] === 0) state.dispose();
-      else out[key] = state;
+    try {
+      for (const [key, parameter] of this.#parameters()) {
+        const state = native.fp8State(parameter);
+        if (state.shape[0] === 0) state.dispose();
+        else out[key] = state;
+      }
+    } catch (error) {
+      for (const t of Object.values(out)) t.dispose();
+      throw error;
     }
     return Object.keys(out).length > 0 ? out : undefined;
   }
@@ -236,11 +241,13 @@ export class Checkpointer {
       // The strategy makes sharded parameters writable (ZeRO-3) and its copies follow them after.
       this.#parts.strategy.agree("loadState");
       this.#parts.strategy.loadParameters(() => prepared.models.forEach((m, i) => m.loadStateDict(staged.models[i] as never)));
-      // fp8 amax histories of parameters that still exist (a layer without one starts afresh).
-      const parameters = this.#parameters();
-      for (const [key, state] of Object.entries(staged.fp8 ?? {})) {
-        const parameter = parameters.get(key);
-        if (parameter !== undefined) native.setFp8State(parameter, state);
+      // fp8 amax histories: the checkpoint's, and none for a layer it has none of (its next
+      // call scales by its own amax), whatever the layers kept before.
+      const none = zeros([0]);
+      try {
+        for (const [key, parameter] of this.#parameters()) native.setFp8State(parameter, staged.fp8?.[key] ?? none);
+      } finally {
+        none.dispose();
       }
     } catch (error) {
       for (const restore of undo.reverse()) {

@@ -91,6 +91,9 @@ fn build_cuda_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
         .arg(&cuda)
         .arg("-I")
         .arg(&nccl)
+        // NVRTC's header: beside the runtime's in CUDA 13 wheels and CUDA_HOME, its own folder in CUDA 12 wheels.
+        .arg("-I")
+        .arg(nvidia.join("cuda_nvrtc/include"))
         .args([
             "shim-cuda/cuda.cpp",
             "shim-cuda/jit.cpp",

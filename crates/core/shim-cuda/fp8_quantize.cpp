@@ -30,14 +30,24 @@ typedef float4 in4_t;
 __device__ __forceinline__ float4 values(in4_t v) { return v; }
 #endif
 
-// The activation applied before quantizing, as ATen's GELU computes it in float32.
+// The activation applied before quantizing, as ATen's GELU computes it: in float32, its
+// result rounded to the input's dtype (to nearest even, for bf16).
 __device__ __forceinline__ float act(float v) {
 #if GELU == 1
-  return 0.5f * v * (1.f + erff(v * 0.70710678118654752440f));
+  float g = 0.5f * v * (1.f + erff(v * 0.70710678118654752440f));
 #elif GELU == 2
-  return 0.5f * v * (1.f + tanhf(0.79788456080286535588f * (v + 0.044715f * v * v * v)));
+  const float cube = v * v * v;
+  float g = 0.5f * v * (1.f + tanhf(0.79788456080286535588f * (v + 0.044715f * cube)));
 #else
   return v;
+#endif
+#if GELU != 0 && defined(IN_BF16)
+  unsigned int bits = __float_as_uint(g);
+  if (g == g) bits += 0x7fffu + ((bits >> 16) & 1u);
+  g = __uint_as_float(bits & 0xffff0000u);
+#endif
+#if GELU != 0
+  return g;
 #endif
 }
 __device__ __forceinline__ float4 activated(in4_t v) {
@@ -203,11 +213,13 @@ bool acc::kernels::fp8_quantize(const at::Tensor& input, at::ScalarType dtype, d
   const auto t = input.contiguous();
   // Four elements are read at once.
   if (reinterpret_cast<uintptr_t>(t.data_ptr()) % (4 * t.element_size()) != 0) return false;
+  const auto opts = options(t, dtype, gelu);
+  std::vector<acc::jit::Kernel> kernels;
+  if (!acc::jit::get_all(SOURCE, opts, {"amax", "cast", "roll"}, kernels)) return false;
   const int64_t rows = t.size(0), cols = t.size(1);
   result.scale = at::empty({}, t.options().dtype(at::kFloat));
   result.data = at::empty({rows, cols}, t.options().dtype(dtype));
   result.data_t = transpose ? at::empty({cols, rows}, t.options().dtype(dtype)) : at::Tensor();
-  const auto opts = options(t, dtype, gelu);
   const void* x = t.data_ptr();
   long long groups = t.numel() / 4, r = rows, c = cols;
   // The amaxes the scale comes from, and where this call's amax goes: without a history, a
@@ -220,18 +232,18 @@ bool acc::kernels::fp8_quantize(const at::Tensor& input, at::ScalarType dtype, d
   void* amax_out = delayed ? current : nullptr;
   if (!delayed) {
     void* bits = current;
-    acc::jit::launch(acc::jit::get(SOURCE, opts, "amax"), std::min<unsigned>(blocks(groups, 256 * 8), 2048), 1, 256,
+    acc::jit::launch(kernels[0], std::min<unsigned>(blocks(groups, 256 * 8), 2048), 1, 256,
                      1, {&x, &groups, &bits});
   }
   float limit = static_cast<float>(max);
   void* out = result.data.data_ptr();
   void* out_t = transpose ? result.data_t.data_ptr() : nullptr;
   void* scale = result.scale.data_ptr();
-  acc::jit::launch(acc::jit::get(SOURCE, opts, "cast"), blocks(rows, 128), blocks(cols, 128), 32, 8,
+  acc::jit::launch(kernels[1], blocks(rows, 128), blocks(cols, 128), 32, 8,
                    {&x, &r, &c, &source, &amax_out, &limit, &out, &out_t, &scale});
   if (history.defined()) {
     void* entries = history.data_ptr();
-    acc::jit::launch(acc::jit::get(SOURCE, opts, "roll"), 1, 1, 32, 1, {&entries, &h});
+    acc::jit::launch(kernels[2], 1, 1, 32, 1, {&entries, &h});
   }
   return true;
 }

@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <nvrtc.h>
+#include <set>
 #include <tuple>
 
 namespace acc::jit {
@@ -202,6 +203,28 @@ Kernel get(const char* source, const std::vector<std::string>& options, const st
   CUfunction function;
   check(api().cuModuleGetFunction(&function, module->second, name.c_str()), "cuModuleGetFunction");
   return kernels[{source, options, device, name}] = Kernel{function};
+}
+
+bool get_all(const char* source, const std::vector<std::string>& options, std::initializer_list<const char*> names,
+             std::vector<Kernel>& kernels) {
+  static std::mutex mutex;
+  static std::set<std::tuple<const char*, std::vector<std::string>, int>> failed;
+  const auto key = std::make_tuple(source, options, static_cast<int>(c10::cuda::current_device()));
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (failed.count(key) > 0) return false;
+  }
+  try {
+    kernels.clear();
+    for (const char* name : names) kernels.push_back(get(source, options, name));
+    return true;
+  } catch (const c10::Error& e) {
+    TORCH_WARN("accelerate-ts: a CUDA kernel is unavailable, so ATen's operations run instead: ",
+               e.what_without_backtrace());
+    std::lock_guard<std::mutex> lock(mutex);
+    failed.insert(key);
+    return false;
+  }
 }
 
 void launch(Kernel kernel, unsigned grid_x, unsigned grid_y, unsigned block_x, unsigned block_y,

@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <string>
+#include <initializer_list>
 #include <vector>
 
 namespace acc::jit {
@@ -18,6 +19,12 @@ struct Kernel {
   void* function;  // CUfunction
 };
 Kernel get(const char* source, const std::vector<std::string>& options, const std::string& name);
+
+// The kernels `names` of `source` (as get), or false when compiling or loading it failed
+// here (say, an NVRTC that does not know this GPU): a warning says why, once, and later calls
+// with the same source and options answer false at once, for the caller's ATen path.
+bool get_all(const char* source, const std::vector<std::string>& options, std::initializer_list<const char*> names,
+             std::vector<Kernel>& kernels);
 
 // Launches `kernel` on the current CUDA stream of the current device (so it is captured with
 // the rest of a CUDA graph); `args` point at the kernel's arguments, in order.

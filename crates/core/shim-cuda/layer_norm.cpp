@@ -157,13 +157,17 @@ struct Shape {
   std::vector<std::string> options;
 };
 
+// Threads per row: a warp per 128 columns, at most 256.
+unsigned threads_for(int64_t cols) { return static_cast<unsigned>(std::min<int64_t>(256, (cols / 4 + 31) / 32 * 32)); }
+
+std::vector<std::string> options_for(int64_t cols) {
+  const int64_t vectors = cols / 4, threads = threads_for(cols);
+  return {"-DCOLS4=" + std::to_string(vectors), "-DTHREADS=" + std::to_string(threads),
+          "-DITERS=" + std::to_string((vectors + threads - 1) / threads)};
+}
+
 Shape shape_of(const at::Tensor& x2d) {
-  const int64_t cols = x2d.size(1), vectors = cols / 4;
-  const unsigned threads = static_cast<unsigned>(std::min<int64_t>(256, (vectors + 31) / 32 * 32));
-  const int64_t iters = (vectors + threads - 1) / threads;
-  return {x2d.size(0), cols, threads,
-          {"-DCOLS4=" + std::to_string(vectors), "-DTHREADS=" + std::to_string(threads),
-           "-DITERS=" + std::to_string(iters)}};
+  return {x2d.size(0), x2d.size(1), threads_for(x2d.size(1)), options_for(x2d.size(1))};
 }
 
 // Blocks in flight: four per multiprocessor, at most one per row.
@@ -183,7 +187,10 @@ void check_inputs(const char* op, std::initializer_list<const at::Tensor*> tenso
 }  // namespace
 
 bool acc::kernels::layer_norm_fits(int64_t cols) {
-  return cols > 0 && cols % 4 == 0 && cols <= 8192 && acc::jit::available();
+  if (cols <= 0 || cols % 4 != 0 || cols > 8192 || !acc::jit::available()) return false;
+  // Compiled for this width now (once), so that a failure leaves the work to ATen.
+  std::vector<acc::jit::Kernel> kernels;
+  return acc::jit::get_all(SOURCE, options_for(cols), {"forward", "backward", "reduce"}, kernels);
 }
 
 void acc::kernels::layer_norm_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,

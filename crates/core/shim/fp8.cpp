@@ -28,53 +28,73 @@ constexpr double E5M2_MAX = 57344.0;
 constexpr int64_t AMAX_HISTORY = 16;
 
 struct History {
-  at::Tensor amax;  // float32 [AMAX_HISTORY + 2] on the tensors' device
+  // float32 [AMAX_HISTORY + 3] on the tensors' device: the history as described above
+  // (AMAX_HISTORY + 2 entries, what the kernels and checkpoints see), then the amax the last
+  // checkpointed forward scaled by (see Pass).
+  at::Tensor amax;
   at::Tensor seen;  // CPU int64 [1]: 1 once a call has recorded an amax (backward flips it)
 };
+constexpr int64_t CURRENT = AMAX_HISTORY, LARGEST = AMAX_HISTORY + 1, USED = AMAX_HISTORY + 2;
 
 History new_history(const at::Device& device) {
-  return {at::zeros({AMAX_HISTORY + 2}, at::TensorOptions().dtype(at::kFloat).device(device)),
+  return {at::zeros({AMAX_HISTORY + 3}, at::TensorOptions().dtype(at::kFloat).device(device)),
           at::zeros({1}, at::kLong)};
 }
 
+// Activation checkpointing runs a module's forward twice: without gradients, then again in
+// backward (ts/activation-checkpointing.ts says which through acc_fp8_pass). The second run
+// must compute what the first did: the first keeps the amax it scaled by, and the second
+// scales by it and records nothing, so the histories also advance once per step.
+enum class Pass { normal = 0, checkpointed = 1, recompute = 2 };
+thread_local Pass pass = Pass::normal;
+
 // Moves the current call's amax to the front, shifting the rest by one, and stores their largest.
 void roll(const at::Tensor& history) {
-  auto shifted = at::cat({history.narrow(0, AMAX_HISTORY, 1), history.narrow(0, 0, AMAX_HISTORY - 1)});
+  auto shifted = at::cat({history.narrow(0, CURRENT, 1), history.narrow(0, 0, AMAX_HISTORY - 1)});
   history.narrow(0, 0, AMAX_HISTORY).copy_(shifted);
-  history.narrow(0, AMAX_HISTORY, 1).zero_();
-  history.narrow(0, AMAX_HISTORY + 1, 1).copy_(shifted.max().reshape({1}));
+  history.narrow(0, CURRENT, 1).zero_();
+  history.narrow(0, LARGEST, 1).copy_(shifted.max().reshape({1}));
 }
 
 // `t` (a matrix) in `dtype` with its scale, and its transpose when `transpose` (the
 // column-major copy that backward's matmuls take), by its own amax, or by `history`'s (see
 // above) when one is given. The CUDA side's kernels where they apply, else ATen's operations,
 // which compute the same values.
-// With `gelu` ("none" or "tanh", as ATen's gelu takes) the quantized matrix is t's GELU.
+// With `gelu` ("none" or "tanh", as ATen's gelu takes) the quantized matrix is t's GELU, in t's dtype.
 acc::Fp8Quantized quantize(const at::Tensor& t, at::ScalarType dtype, double max, bool transpose, History* history,
                            const std::string& gelu = "") {
   acc::Fp8Quantized q;
-  const bool delayed = history != nullptr && history->seen.item<int64_t>() > 0;
+  const Pass now = history != nullptr ? pass : Pass::normal;
+  const bool recompute = now == Pass::recompute;
+  const bool delayed = history != nullptr && (recompute || history->seen.item<int64_t>() > 0);
   const auto amaxes = history != nullptr ? history->amax : at::Tensor();
-  if (history != nullptr) history->seen.fill_(1);
-  const auto* kernels = acc::cuda_kernels();
-  const int activation = gelu.empty() ? 0 : gelu == "tanh" ? 2 : 1;
-  if (t.is_cuda() && kernels != nullptr &&
-      kernels->fp8_quantize(t, dtype, max, transpose, amaxes, delayed, activation, q)) {
-    return q;
+  if (now == Pass::checkpointed && delayed) amaxes[USED].copy_(amaxes[LARGEST]);
+  bool done = false;
+  if (!recompute) {
+    if (history != nullptr) history->seen.fill_(1);
+    const auto* kernels = acc::cuda_kernels();
+    const int activation = gelu.empty() ? 0 : gelu == "tanh" ? 2 : 1;
+    const auto kept = history != nullptr ? amaxes.narrow(0, 0, AMAX_HISTORY + 2) : at::Tensor();
+    done = t.is_cuda() && kernels != nullptr &&
+           kernels->fp8_quantize(t, dtype, max, transpose, kept, delayed, activation, q);
   }
-  const auto source = gelu.empty() ? t : at::gelu(t, gelu);
-  auto own = at::linalg_vector_norm(source, INFINITY, at::OptionalIntArrayRef{}, false, at::kFloat);
-  auto amax = delayed ? amaxes[AMAX_HISTORY + 1] : own;
-  q.scale = at::exp2(at::ceil(at::log2(amax.clamp_min(1e-30).div(max))));
-  // By a power of two the multiply is exact, so the only rounding is the cast; the clamp
-  // saturates what a delayed scale leaves beyond the format's range (ATen's cast would not).
-  // Row-major, as _scaled_mm wants its first operand (which a transposed gradient is not).
-  q.data = source.mul(q.scale.reciprocal()).clamp_(-max, max).to(dtype, false, false, at::MemoryFormat::Contiguous);
-  if (transpose) q.data_t = q.data.t().contiguous();
-  if (history != nullptr) {
-    amaxes.narrow(0, AMAX_HISTORY, 1).copy_(own.reshape({1}));
-    roll(amaxes);
+  if (!done) {
+    const auto source = gelu.empty() ? t : at::gelu(t, gelu);
+    auto own = at::linalg_vector_norm(source, INFINITY, at::OptionalIntArrayRef{}, false, at::kFloat);
+    auto amax = recompute ? amaxes[USED] : delayed ? amaxes[LARGEST] : own;
+    q.scale = at::exp2(at::ceil(at::log2(amax.clamp_min(1e-30).div(max))));
+    // By a power of two the multiply is exact, so the only rounding is the cast; the clamp
+    // saturates what a delayed scale leaves beyond the format's range (ATen's cast would not).
+    // Row-major, as _scaled_mm wants its first operand (which a transposed gradient is not).
+    q.data = source.mul(q.scale.reciprocal()).clamp_(-max, max).to(dtype, false, false, at::MemoryFormat::Contiguous);
+    if (transpose) q.data_t = q.data.t().contiguous();
+    if (history != nullptr && !recompute) {
+      amaxes.narrow(0, CURRENT, 1).copy_(own.reshape({1}));
+      roll(amaxes);
+    }
   }
+  // A first call scaled by its own amax, now the history's newest entry.
+  if (now == Pass::checkpointed && !delayed) amaxes[USED].copy_(amaxes[0]);
   return q;
 }
 
@@ -92,12 +112,16 @@ LayerHistories& histories_of(const at::Tensor& weight, const at::Device& device)
   }
   const auto* key = weight.unsafeGetTensorImpl();
   auto found = histories.find(key);
-  if (found == histories.end() || found->second.input.amax.device() != device) {
+  if (found == histories.end()) {
     found = histories
-                .insert_or_assign(key, LayerHistories{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
-                                                          weight.getIntrusivePtr()),
-                                                      new_history(device), new_history(device), new_history(device)})
+                .emplace(key, LayerHistories{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
+                                                 weight.getIntrusivePtr()),
+                                             new_history(device), new_history(device), new_history(device)})
                 .first;
+  }
+  // A model moved to another device takes its histories along.
+  for (History* h : {&found->second.input, &found->second.weight, &found->second.grad}) {
+    if (h->amax.device() != device) h->amax = h->amax.to(device);
   }
   return found->second;
 }
@@ -116,15 +140,15 @@ at::Tensor scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor&
 // from the input.
 struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, const std::string& gelu) {
+                            const std::optional<at::Tensor>& bias, const std::string& gelu, bool grad_enabled) {
     const auto out_dtype = acc::compute_dtype(input);  // the layer's output dtype
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     auto sizes = input.sizes().vec();
     // Backward takes the input's transpose for the weight's gradient, the weight's for the input's.
     auto& layer = histories_of(weight, input.device());
-    auto x = quantize(input.reshape({-1, weight.size(1)}), at::kFloat8_e4m3fn, E4M3_MAX, weight.requires_grad(),
-                      &layer.input, gelu);
-    auto w = quantize(weight, at::kFloat8_e4m3fn, E4M3_MAX, input.requires_grad(), &layer.weight);
+    auto x = quantize(input.reshape({-1, weight.size(1)}), at::kFloat8_e4m3fn, E4M3_MAX,
+                      grad_enabled && weight.requires_grad(), &layer.input, gelu);
+    auto w = quantize(weight, at::kFloat8_e4m3fn, E4M3_MAX, grad_enabled && input.requires_grad(), &layer.weight);
     // Not saved variables: backward updates the gradient's history in place.
     ctx->saved_data["grad_amax"] = layer.grad.amax;
     ctx->saved_data["grad_seen"] = layer.grad.seen;
@@ -170,7 +194,7 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
     if (ctx->saved_data["bias_dtype"].toInt() >= 0 && ctx->needs_input_grad(2)) {
       grad_bias = acc::sum_rows_as(g, dtype("bias_dtype"));
     }
-    return {grad_input, grad_weight, grad_bias, at::Tensor()};
+    return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor()};
   }
 };
 }  // namespace
@@ -183,7 +207,9 @@ extern "C" int acc_fp8_linear(acc_tensor input, acc_tensor weight, acc_tensor bi
   ACC_PROTECT({
     std::optional<at::Tensor> b;
     if (bias != nullptr) b = *bias;
-    *out = new at::Tensor(Fp8Linear::apply(*input, *weight, b, std::string(gelu != nullptr ? gelu : "")));
+    // The transposes backward takes are made only when gradients are being recorded.
+    *out = new at::Tensor(
+        Fp8Linear::apply(*input, *weight, b, std::string(gelu != nullptr ? gelu : ""), at::GradMode::is_enabled()));
   })
 }
 
@@ -198,24 +224,40 @@ extern "C" int acc_fp8_state(acc_tensor weight, acc_tensor* out) {
     } else {
       std::vector<at::Tensor> rows;
       for (const History* h : {&found->second.input, &found->second.weight, &found->second.grad}) {
-        rows.push_back(at::cat({h->amax.cpu(), h->seen.to(at::kFloat)}));
+        rows.push_back(at::cat({h->amax.narrow(0, 0, AMAX_HISTORY + 2).cpu(), h->seen.to(at::kFloat)}));
       }
       *out = new at::Tensor(at::stack(rows));
     }
   })
 }
 
-// Restores what acc_fp8_state returned for `weight` (the histories then live on its device).
+// Restores what acc_fp8_state returned for `weight` (the histories then live on its device);
+// an empty `state` forgets its histories (its next call scales by its own amax).
 extern "C" int acc_set_fp8_state(acc_tensor weight, acc_tensor state) {
   ACC_PROTECT({
+    if (state->numel() == 0) {
+      histories.erase(weight->unsafeGetTensorImpl());
+      return 0;
+    }
     TORCH_CHECK(state->dim() == 2 && state->size(0) == 3 && state->size(1) == AMAX_HISTORY + 3,
                 "an fp8 state has shape [3, ", AMAX_HISTORY + 3, "], not ", state->sizes());
     auto& layer = histories_of(*weight, weight->device());
     const auto values = state->to(at::kFloat);
     History* rows[] = {&layer.input, &layer.weight, &layer.grad};
     for (int64_t i = 0; i < 3; ++i) {
-      rows[i]->amax.copy_(values[i].narrow(0, 0, AMAX_HISTORY + 2));
+      rows[i]->amax.narrow(0, 0, AMAX_HISTORY + 2).copy_(values[i].narrow(0, 0, AMAX_HISTORY + 2));
       rows[i]->seen.fill_(values[i][AMAX_HISTORY + 2].item<float>() > 0 ? 1 : 0);
     }
+  })
+}
+
+// Says what the forward passes that follow are for activation checkpointing (0 a plain one, 1
+// the first, gradient-free pass of a checkpointed module, 2 its recomputation; see Pass);
+// returns what it was, to be restored after.
+extern "C" int acc_fp8_pass(int next, int* previous) {
+  ACC_PROTECT({
+    TORCH_CHECK(next >= 0 && next <= 2, "fp8Pass: pass ", next, " is not 0, 1 or 2");
+    *previous = static_cast<int>(pass);
+    pass = static_cast<Pass>(next);
   })
 }

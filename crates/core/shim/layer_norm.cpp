@@ -17,13 +17,15 @@ struct CudaLayerNorm : torch::autograd::Function<CudaLayerNorm> {
     at::Tensor y, mean, rstd;
     acc::cuda_kernels()->layer_norm_forward(x, weight, bias, eps, y, mean, rstd);
     ctx->save_for_backward({x, weight, mean, rstd});
-    return y.view(input.sizes());
+    // Not a view (an in-place op on a custom Function's view output is refused).
+    return at::_unsafe_view(y, input.sizes());
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     auto saved = ctx->get_saved_variables();
     const auto &x = saved[0], &weight = saved[1], &mean = saved[2], &rstd = saved[3];
-    const auto dy = grad_outputs[0].contiguous().view({-1, x.size(1)});
+    auto dy = grad_outputs[0].contiguous().view({-1, x.size(1)});
+    if (reinterpret_cast<uintptr_t>(dy.data_ptr()) % 16 != 0) dy = dy.clone();  // the kernels read 16 bytes at once
     at::Tensor dx, dweight, dbias;
     acc::cuda_kernels()->layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias);
     return {dx.view(grad_outputs[0].sizes()), dweight, dbias, at::Tensor()};
@@ -40,7 +42,9 @@ bool kernels_apply(const at::Tensor& input, at::IntArrayRef shape, const at::Ten
   if (kernels == nullptr || shape.size() != 1 || input.dim() < 1 || input.numel() == 0) return false;
   if (!float_cuda(input) || !float_cuda(weight) || !float_cuda(bias)) return false;
   if (weight.device() != input.device() || bias.device() != input.device()) return false;
-  if (!weight.is_contiguous() || !bias.is_contiguous() || weight.dim() != 1 || bias.dim() != 1) return false;
+  if (!weight.is_contiguous() || !bias.is_contiguous() || weight.numel() != shape[0] || bias.numel() != shape[0]) {
+    return false;
+  }
   const auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
   if (!aligned(weight) || !aligned(bias) || (input.is_contiguous() && !aligned(input))) return false;
   return input.size(-1) == shape[0] && kernels->layer_norm_fits(shape[0]);

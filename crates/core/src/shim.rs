@@ -18,6 +18,7 @@ extern "C" {
     fn acc_set_cuda_kernels(kernels: *const std::ffi::c_void);
     fn acc_fp8_state(weight: *const C_tensor, out: *mut *mut C_tensor) -> i32;
     fn acc_set_fp8_state(weight: *const C_tensor, state: *const C_tensor) -> i32;
+    fn acc_fp8_pass(next: i32, previous: *mut i32) -> i32;
     fn acc_fp8_linear(
         input: *const C_tensor,
         weight: *const C_tensor,
@@ -227,6 +228,15 @@ pub fn set_fp8_state(weight: &Tensor, state: &Tensor) -> Result<()> {
     check("setFp8State", unsafe {
         acc_set_fp8_state(weight.as_ptr(), state.as_ptr())
     })
+}
+
+/// Which forward passes follow for activation checkpointing under fp8 (shim/fp8.cpp's Pass: 0
+/// plain, 1 a checkpointed module's first pass, 2 its recomputation); returns the previous.
+pub fn fp8_pass(next: i32) -> Result<i32> {
+    let mut previous = 0;
+    // SAFETY: `previous` is a valid out-pointer for the call.
+    check("fp8Pass", unsafe { acc_fp8_pass(next, &mut previous) })?;
+    Ok(previous)
 }
 
 /// The default CPU generator's state (a uint8 tensor).

@@ -30,6 +30,14 @@ pub fn autocast_exit(token: u32) -> Result<()> {
     guarded("autocast", || amp::autocast::exit_scope(token as usize))
 }
 
+/// Tells fp8 Linear layers which forward passes follow for activation checkpointing: 0 plain,
+/// 1 a checkpointed module's first (gradient-free) pass, 2 its recomputation in backward,
+/// which must scale as the first did. Returns the previous value, to restore.
+#[napi]
+pub fn fp8_pass(next: i32) -> Result<i32> {
+    guarded("fp8Pass", || accelerate_core::shim::fp8_pass(next))
+}
+
 #[napi]
 pub fn autocast_is_enabled(device: String) -> Result<bool> {
     guarded("autocast", || amp::autocast::is_enabled(device_type(&device)?))

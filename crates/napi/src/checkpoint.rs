@@ -161,14 +161,15 @@ pub fn commit_staging_dir(staging: String, dir: String) -> Result<()> {
 #[napi]
 pub fn fp8_state(env: Env, weight: Tensor) -> Result<Tensor> {
     guarded("fp8State", || {
-        Ok(wrap(&env, shim::fp8_state(&*weight.handle.get("fp8State")?)?))
+        // Only the weight's identity is read: a parameter ZeRO stage 3 released is fine.
+        Ok(wrap(&env, shim::fp8_state(&*weight.handle.peek("fp8State")?)?))
     })
 }
 
 #[napi]
 pub fn set_fp8_state(weight: Tensor, state: Tensor) -> Result<()> {
     guarded("setFp8State", || {
-        shim::set_fp8_state(&*weight.handle.get("setFp8State")?, &*state.handle.get("setFp8State")?)
+        shim::set_fp8_state(&*weight.handle.peek("setFp8State")?, &*state.handle.get("setFp8State")?)
     })
 }
 
