@@ -38,9 +38,13 @@ for what in "${@:-tests gpt ddp mlp op}"; do
           run "gpt-profile $extra" 150 "${node[@]}" bench/gpt.ts --precision bf16 --steps 10 --profile $extra
         done ;;
       fp8)
-        # fp8 Linear layers against bf16 on the larger gpt shape (24 layers, width 2048, 16 heads, batch 8).
-        for precision in bf16 fp8 bf16 fp8; do
-          run "fp8-shape-$precision" 200 "${node[@]}" bench/gpt.ts --precision "$precision" --layers 24 --width 2048 --heads 16 --batch 8 --fused-loss --loss-chunk 4096
+        # fp8 Linear layers against bf16 on the larger gpt shape (24 layers, width 2048, 16 heads, batch 8),
+        # with geluLinear (under fp8 its GELU is applied inside the cast), uncaptured and captured.
+        for extra in "" --compile-step; do
+          for precision in bf16 fp8 bf16 fp8; do
+            run "fp8-shape-$precision $extra" 200 "${node[@]}" bench/gpt.ts --precision "$precision" --layers 24 --width 2048 --heads 16 --batch 8 \
+              --fused-loss --loss-chunk 4096 --recompute-gelu $extra
+          done
         done ;;
       ddp | ddp[0-9])
         gpus=${step#ddp}
