@@ -107,12 +107,15 @@ struct LayerHistories {
 thread_local std::unordered_map<const c10::TensorImpl*, LayerHistories> histories;
 
 LayerHistories& histories_of(const at::Tensor& weight, const at::Device& device) {
-  for (auto it = histories.begin(); it != histories.end();) {
-    it = it->second.owner.expired() ? histories.erase(it) : std::next(it);
-  }
   const auto* key = weight.unsafeGetTensorImpl();
   auto found = histories.find(key);
+  // An entry left by a freed weight whose address a new one reuses is not its.
+  if (found != histories.end() && found->second.owner.expired()) found = histories.end();
   if (found == histories.end()) {
+    // Entries of freed weights are dropped when a new one is made, not on every call.
+    for (auto it = histories.begin(); it != histories.end();) {
+      it = it->second.owner.expired() ? histories.erase(it) : std::next(it);
+    }
     found = histories
                 .emplace(key, LayerHistories{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
                                                  weight.getIntrusivePtr()),
