@@ -400,6 +400,9 @@ export interface NativeLoaderState {
   batchesSeen: number
 }
 
+/** `[residual + x, layerNorm(residual + x)]` over the last dimension, fused on a GPU. */
+export declare function nnAddLayerNorm(residual: Tensor, x: Tensor, weight?: Tensor | undefined | null, bias?: Tensor | undefined | null, eps?: number | undefined | null): Array<Tensor>
+
 /** Drops each tensor's gradient (`grad` becomes null). */
 export declare function nnClearGrads(tensors: Array<Tensor>): void
 

@@ -585,6 +585,60 @@ test("linear under bf16 autocast: a weight used twice in a region is converted o
   t.true(inside < 2e-5, `backward inside autocast: relative error ${inside}`);
 });
 
+test("addLayerNorm gives exactly residual.add(x) and the LayerNorm of it, values and gradients; under autocast normed is bf16", (t) => {
+  manualSeed(7);
+  const [r0, x0, g1, g2] = [randn([2, 6, 16]), randn([2, 6, 16]), randn([2, 6, 16]), randn([2, 6, 16])];
+  const state = { weight: randn([16]).mul(0.5).add(1), bias: randn([16]).mul(0.1) };
+  const acc = new Accelerator({ cpu: true, mixedPrecision: "bf16" });
+  const run = (fused: boolean, xDtype: "float32" | "bfloat16", autocast: boolean, useSum: boolean) => {
+    const ln = new nn.LayerNorm(16);
+    ln.loadStateDict(state);
+    const [r, x] = [r0.clone(), x0.to(xDtype).detach()];
+    for (const p of [r, x]) p.requiresGrad = true;
+    const forward = () => {
+      if (fused) return F.addLayerNorm(r, x, ln.weight, ln.bias);
+      const sum = r.add(x);
+      return [sum, ln.forward(sum)] as const;
+    };
+    const [sum, normed] = autocast ? acc.autocast(forward) : forward();
+    // Under autocast the Linear that reads normed would convert it to bf16: the same value.
+    const read = autocast ? normed.to("bfloat16") : normed;
+    const loss = read.to("float32").mul(g2).sum();
+    (useSum ? loss.add(sum.mul(g1).sum()) : loss).backward();
+    const w = ln.weight as Tensor;
+    const b = ln.bias as Tensor;
+    return { sum, normedDtype: normed.dtype, normed: read, r: r.grad as Tensor, x: x.grad as Tensor, w: w.grad as Tensor, b: b.grad as Tensor };
+  };
+  for (const xDtype of ["float32", "bfloat16"] as const) {
+    for (const autocast of [false, true]) {
+      for (const useSum of [true, false]) {
+        const label = `x ${xDtype}, autocast ${autocast}, sum used ${useSum}`;
+        const [got, want] = [run(true, xDtype, autocast, useSum), run(false, xDtype, autocast, useSum)];
+        t.is(got.sum.dtype, "float32", label);
+        t.is(got.normedDtype, autocast ? "bfloat16" : "float32", label);
+        t.is(got.x.dtype, xDtype, `${label}: x's gradient`);
+        for (const name of ["sum", "normed", "r", "x", "w", "b"] as const) {
+          t.deepEqual(got[name].shape, want[name].shape, `${label}: ${name}`);
+          t.is(got[name].to("float32").sub(want[name].to("float32")).abs().max().item(), 0, `${label}: ${name}`);
+        }
+      }
+    }
+  }
+  const [sum, normed] = F.addLayerNorm(randn([3, 8]), randn([3, 8]), null, null, { eps: 0.1 });
+  const expected = new nn.LayerNorm(8, { elementwiseAffine: false, eps: 0.1 }).forward(sum);
+  t.is(normed.sub(expected).abs().max().item(), 0, "without weight and bias, with eps");
+});
+
+test("addLayerNorm refuses mismatched shapes, widths and dtypes, naming the argument", (t) => {
+  const [r, x, w] = [randn([4, 16]), randn([4, 16]), randn([16])];
+  t.throws(() => F.addLayerNorm(r, randn([4, 8]), w, null), { message: /^addLayerNorm: residual of shape \[4, 16\] and x of shape \[4, 8\] differ/ });
+  t.throws(() => F.addLayerNorm(r, x, randn([8]), null), { message: /^addLayerNorm: weight of shape \[8\] does not match the width 16/ });
+  t.throws(() => F.addLayerNorm(r, x, w, randn([4])), { message: /^addLayerNorm: bias of shape \[4\] does not match the width 16/ });
+  t.throws(() => F.addLayerNorm(randint(0, 3, [4, 16]), x, w, null), { message: /^addLayerNorm: residual must be floating point, got int64/ });
+  t.throws(() => F.addLayerNorm(r, x, w, null, { epsilon: 1 } as never), { message: /^addLayerNorm: unknown option "epsilon"; the options are: eps/ });
+  t.throws(() => F.addLayerNorm(r, [1] as never, w, null), { message: /^addLayerNorm: .*expected a Tensor/ });
+});
+
 test("geluLinear gives exactly linear(gelu(x), W, b)'s value and gradients, in float32 and under bf16 autocast", (t) => {
   manualSeed(6);
   const [x0, w0, b0] = [randn([3, 5, 16]), randn([12, 16]), randn([12])];

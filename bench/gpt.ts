@@ -2,7 +2,7 @@
 // tokens through the DataLoader, AdamW, bf16 autocast, 30 steps after 5 warm-up.
 // One process per GPU; for `ddp` start it with `accelerate launch --num_processes 2`.
 //   node --import @oxc-node/core/register bench/gpt.ts [--precision bf16] [--steps 30] [--warmup 5] [--batch 8]
-//     [--layers 12 --width 768 --heads 12] [--checkpoint-blocks] [--recompute-gelu] [--compile-step] [--profile]   (the `offload` workload: --layers 48 --width 1600 --heads 25 --batch 4,
+//     [--layers 12 --width 768 --heads 12] [--checkpoint-blocks] [--recompute-gelu] [--fused-norm] [--compile-step] [--profile]   (the `offload` workload: --layers 48 --width 1600 --heads 25 --batch 4,
 //     launched with --use_deepspeed --zero_stage 3 --offload_optimizer_device cpu --offload_param_device cpu)
 import { parseArgs } from "node:util";
 import { Accelerator, data, manualSeed, optim, randint, type MixedPrecision, type Tensor } from "../ts/index.js";
@@ -22,12 +22,16 @@ const { values } = parseArgs({
     "checkpoint-blocks": { type: "boolean", default: false },
     // The MLP's GELU recomputed in backward (nn.functional.geluLinear) instead of stored.
     "recompute-gelu": { type: "boolean", default: false },
+    // Each residual add fused with the LayerNorm after it (nn.functional.addLayerNorm).
+    "fused-norm": { type: "boolean", default: false },
     "compile-step": { type: "boolean", default: false },
     // After the timed steps, 3 more under accelerator.profile: a second JSON line with the
     // 30 largest GPU kernels (ms per step), or host operators on the CPU.
     profile: { type: "boolean", default: false },
   },
 });
+// Checkpointing wraps Block.forward, which returns one tensor; the fused blocks pass two on.
+if (values["fused-norm"] && values["checkpoint-blocks"]) throw new Error("gpt: --fused-norm and --checkpoint-blocks do not combine");
 const [steps, warmup, batch] = [values.steps, values.warmup, values.batch].map(Number);
 const sequence = GPT2_SMALL.context;
 
@@ -37,7 +41,7 @@ const n = batch * accelerator.numProcesses * (steps + warmup);
 const tokens = randint(0, GPT2_SMALL.vocab, [n, sequence + 1]);
 const dataset = new data.TensorDataset({ x: tokens.slice(1, 0, sequence).contiguous(), y: tokens.slice(1, 1).contiguous() });
 const shape = { ...GPT2_SMALL, layers: Number(values.layers), width: Number(values.width), heads: Number(values.heads) };
-const net = new GPT(shape, { fusedLoss: values["fused-loss"], lossChunkRows: Number(values["loss-chunk"]), recomputeGelu: values["recompute-gelu"] });
+const net = new GPT(shape, { fusedLoss: values["fused-loss"], lossChunkRows: Number(values["loss-chunk"]), recomputeGelu: values["recompute-gelu"], fusedNorm: values["fused-norm"] });
 const params = net.parameters().reduce((sum, p) => sum + p.numel, 0);
 const [model, opt, loader] = accelerator.prepare(
   net,
@@ -118,7 +122,7 @@ if (accelerator.isMainProcess) {
   console.log(
     JSON.stringify({
       system: "accelerate-ts", workload: "gpt", precision: values.precision, fused_loss: values["fused-loss"] ? Number(values["loss-chunk"]) : false,
-      checkpoint_blocks: values["checkpoint-blocks"], recompute_gelu: values["recompute-gelu"], compile_step: values["compile-step"], processes: accelerator.numProcesses, params,
+      checkpoint_blocks: values["checkpoint-blocks"], recompute_gelu: values["recompute-gelu"], fused_norm: values["fused-norm"], compile_step: values["compile-step"], processes: accelerator.numProcesses, params,
       batch_per_process: batch, steps, seconds: Math.round(seconds * 1e4) / 1e4,
       tokens_per_s_total: Math.round((batch * sequence * steps * accelerator.numProcesses) / seconds),
       step_ms: Math.round((1e6 * seconds) / steps) / 1e3, peak_mem_gib: Math.round((memory.peak / 2 ** 30) * 1e3) / 1e3, reserved_gib: Math.round((memory.reserved / 2 ** 30) * 1e3) / 1e3,

@@ -4,6 +4,7 @@ import test from "ava";
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { Accelerator, data, native, nn, ones, optim, randint, randn, tensor, type Tensor } from "../gpu-imports.js";
+const F = nn.functional;
 import { settle } from "../helpers/gc.js";
 import { lastJson, runRanks, worstDifferences } from "../helpers/ranks.js";
 
@@ -134,6 +135,46 @@ test("linearCrossEntropy under bf16 autocast: the loss and gradients of the plai
   const logitsBytes = rows * classes * 4;
   t.true(fused.peak < logitsBytes / 2, `fused peak ${fused.peak} bytes against float32 logits of ${logitsBytes}`);
   t.true(plain.peak > logitsBytes, `plain peak ${plain.peak}`);
+});
+
+test("linearCrossEntropy on a GPU: one kernel per chunk for the loss and the logits' gradient, float32 and bf16, with ignored targets; an invalid target gives NaN; other vocabularies take ATen's path", (t) => {
+  const acc = new Accelerator({ mixedPrecision: "bf16" });
+  for (const classes of [1000, 1001]) {
+    const [rows, features] = [300, 64];
+    const x0 = randn([rows, features]);
+    const w0 = randn([classes, features]).mul(0.2);
+    // Rows 10 to 39 ignored.
+    const labels = Array.from({ length: rows }, (_, i) => (i >= 10 && i < 40 ? -100 : (i * 7919) % classes));
+    const y = tensor(labels, { dtype: "int64" });
+    for (const autocast of [false, true]) {
+      const run = (device: "cpu" | "cuda:0", dtype: "float32" | "float64", fused: boolean, targets = y) => {
+        const [x, w] = [x0.to(dtype, device).detach(), w0.to(dtype, device).detach()];
+        x.requiresGrad = true;
+        w.requiresGrad = true;
+        const target = targets.to("int64", device);
+        const loss = () => fused ? F.linearCrossEntropy(x, w, target, { chunkRows: 128 }) : F.crossEntropy(x.matmul(w.t()), target);
+        const value = autocast ? acc.autocast(loss) : loss();
+        value.backward();
+        const host = (v: Tensor | null) => (v as Tensor).to("float64", "cpu");
+        return { loss: host(value), x: host(x.grad), w: host(w.grad) };
+      };
+      const label = `${classes} classes, autocast ${autocast}`;
+      // Float32: against float64. Under autocast: against the plain head, whose logits are rounded to bf16 alike.
+      const want = autocast ? run("cuda:0", "float32", false) : run("cpu", "float64", false);
+      const got = run("cuda:0", "float32", true);
+      for (const name of ["loss", "x", "w"] as const) {
+        const worst = got[name].sub(want[name]).abs().max().item();
+        const scale = want[name].abs().max().item();
+        t.true(worst <= (autocast ? (name === "loss" ? 1e-4 : 0.02) : 2e-5) * scale, `${label}: ${name} differs by ${worst} (largest ${scale})`);
+      }
+      const invalid = tensor(labels.map((v, i) => (i === 50 ? classes + 3 : v)), { dtype: "int64" });
+      const nan = run("cuda:0", "float32", true, invalid);
+      t.true(Number.isNaN(nan.loss.item()) && Number.isNaN(nan.w.sum().item()), `${label}: an invalid target makes the loss and gradients NaN`);
+    }
+  }
+  const prof = acc.profile(() => acc.autocast(() => F.linearCrossEntropy(randn([256, 64], { device: "cuda:0" }), randn([1000, 64], { device: "cuda:0" }), randint(0, 1000, [256], { device: "cuda:0" }))));
+  const kernels = prof.rows.filter((r) => r.device === "cuda").map((r) => r.name);
+  t.true(kernels.includes("rows_loss") && !kernels.some((k) => /SoftMax/.test(k)), `kernels: ${kernels.join(" | ")}`);
 });
 
 test("linear under bf16 autocast on a GPU: float32 parameter gradients straight from the matmul, not rounded to bf16", (t) => {
@@ -313,6 +354,68 @@ test("LayerNorm on a GPU: output and gradients match float64 on the CPU, for wid
     const again = run("cuda:0", "float32");
     t.true(again.w.sub(gpu.w).abs().max().item() === 0 && again.b.sub(gpu.b).abs().max().item() === 0, `width ${width}: gradients differ between runs`);
   }
+});
+
+test("addLayerNorm on a GPU: sum, normed and all four gradients match float64 on the CPU, x float32 or bf16, with autocast or not, on the fused kernels and off them", (t) => {
+  const acc = new Accelerator({ mixedPrecision: "bf16" });
+  // 768 and 2 048 take the kernels; 30 (not a multiple of 4) goes to ATen's operations.
+  for (const [rows, width] of [[4096, 768], [64, 2048], [16, 30]]) {
+    const state = { weight: randn([width]).mul(0.5).add(1), bias: randn([width]).mul(0.1) };
+    const [r0, x0, g1, g2] = [0, 1, 2, 3].map(() => randn([2, rows / 2, width]));
+    for (const xDtype of ["float32", "bfloat16"] as const) {
+      for (const autocast of [false, true]) {
+        for (const useSum of [true, false]) {
+          // normed's gradient as a bf16 normed would get it (exact in bf16), for both runs.
+          const gNormed = autocast ? g2.to("bfloat16").to("float32") : g2;
+          const run = (device: "cpu" | "cuda:0", dtype: "float32" | "float64") => {
+            const ln = new nn.LayerNorm(width, { device, dtype });
+            ln.loadStateDict(state);
+            // x as the sublayer gave it (rounded to bf16 if it is bf16), then as the test's dtype.
+            const r = r0.to(dtype, device).detach();
+            const x = x0.to(xDtype).to(dtype === "float64" ? "float64" : xDtype, device).detach();
+            for (const p of [r, x]) p.requiresGrad = true;
+            const forward = () => F.addLayerNorm(r, x, ln.weight, ln.bias);
+            const [sum, normed] = autocast && device !== "cpu" ? acc.autocast(forward) : forward();
+            const loss = normed.to(dtype).mul(gNormed.to(dtype, device)).sum();
+            (useSum ? loss.add(sum.mul(g1.to(dtype, device)).sum()) : loss).backward();
+            const host = (v: Tensor | null) => (v as Tensor).to("float64", "cpu");
+            return {
+              dtypes: [sum.dtype, normed.dtype, (x.grad as Tensor).dtype],
+              sum: host(sum), normed: host(normed), r: host(r.grad), x: host(x.grad), w: host((ln.weight as Tensor).grad), b: host((ln.bias as Tensor).grad),
+            };
+          };
+          const label = `width ${width}, x ${xDtype}, autocast ${autocast}, sum used ${useSum}`;
+          const exact = run("cpu", "float64");
+          const gpu = run("cuda:0", "float32");
+          t.deepEqual(gpu.dtypes, ["float32", autocast ? "bfloat16" : "float32", xDtype], label);
+          for (const name of ["sum", "normed", "r", "x", "w", "b"] as const) {
+            // bf16 outputs round at 2^-8; x's bf16 gradient too.
+            const bf16 = (name === "normed" && autocast) || (name === "x" && xDtype === "bfloat16");
+            const worst = gpu[name].sub(exact[name]).abs().max().item();
+            const scale = exact[name].abs().max().item();
+            t.true(worst <= (bf16 ? 8e-3 : 2e-5) * scale, `${label}: ${name} differs by ${worst} (largest ${scale})`);
+          }
+          const again = run("cuda:0", "float32");
+          t.true(again.w.sub(gpu.w).abs().max().item() === 0 && again.b.sub(gpu.b).abs().max().item() === 0, `${label}: gradients differ between runs`);
+        }
+      }
+    }
+  }
+});
+
+test.serial("addLayerNorm on a GPU runs no ATen add, layer_norm or conversion, forward or backward", (t) => {
+  const acc = new Accelerator({ mixedPrecision: "bf16" });
+  const ln = new nn.LayerNorm(768, { device: "cuda:0" });
+  const [r, x] = [randn([8, 128, 768], { device: "cuda:0" }), randn([8, 128, 768], { device: "cuda:0" }).to("bfloat16")];
+  for (const p of [r, x]) p.requiresGrad = true;
+  const prof = acc.profile(() => {
+    const [sum, normed] = acc.autocast(() => F.addLayerNorm(r, x, ln.weight, ln.bias));
+    sum.sum().add(normed.to("float32").sum()).backward();
+  });
+  const names = prof.rows.filter((row) => row.device === "cpu").map((row) => row.name);
+  for (const op of ["aten::native_layer_norm", "aten::native_layer_norm_backward", "aten::layer_norm"]) t.false(names.includes(op), `${op} ran: ${names.join(", ")}`);
+  const kernels = prof.rows.filter((row) => row.device === "cuda").map((row) => row.name);
+  t.true(kernels.includes("forward") && kernels.includes("backward"), `the fused kernels: ${kernels.join(" | ")}`);
 });
 
 test.serial("profile on a GPU: kernels with device time, also with activities [\"cuda\"] alone, and profiling again after", (t) => {

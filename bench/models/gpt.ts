@@ -34,9 +34,28 @@ export class Block extends nn.Module {
 
   forward(x: Tensor): Tensor {
     const attended = x.add(this.attn.forward(this.ln1.forward(x)));
-    const hidden = this.fc.forward(this.ln2.forward(attended));
-    if (this.recomputeGelu) return attended.add(nn.functional.geluLinear(hidden, this.out.weight, this.out.bias));
-    return attended.add(this.out.forward(this.act.forward(hidden)));
+    return attended.add(this.mlp(this.ln2.forward(attended)));
+  }
+
+  /**
+   * The block with each residual add fused with the LayerNorm after it
+   * (`nn.functional.addLayerNorm`): takes the residual stream and the previous block's MLP
+   * output not yet added to it (null for the first block), returns the same pair for the next.
+   */
+  forwardFused(residual: Tensor, pending: Tensor | null): [Tensor, Tensor] {
+    const [x, normed] = pending === null ? [residual, this.ln1.forward(residual)] : this.addNorm(residual, pending, this.ln1);
+    const [attended, normed2] = this.addNorm(x, this.attn.forward(normed), this.ln2);
+    return [attended, this.mlp(normed2)];
+  }
+
+  private addNorm(residual: Tensor, x: Tensor, norm: nn.LayerNorm): [Tensor, Tensor] {
+    return nn.functional.addLayerNorm(residual, x, norm.weight, norm.bias);
+  }
+
+  private mlp(normed: Tensor): Tensor {
+    const hidden = this.fc.forward(normed);
+    if (this.recomputeGelu) return nn.functional.geluLinear(hidden, this.out.weight, this.out.bias);
+    return this.out.forward(this.act.forward(hidden));
   }
 }
 
@@ -49,12 +68,18 @@ export class GPT extends nn.Module {
   private readonly vocab: number;
   /** Head and loss through `linearCrossEntropy` (the logits never exist whole). */
   private readonly fusedLoss: boolean;
+  /** Residual adds fused with the LayerNorms after them (`Block.forwardFused`). */
+  private readonly fusedNorm: boolean;
   private readonly lossChunkRows: number;
 
-  constructor(config: GPTConfig = GPT2_SMALL, options: { fusedLoss?: boolean; lossChunkRows?: number; recomputeGelu?: boolean } = {}) {
+  constructor(
+    config: GPTConfig = GPT2_SMALL,
+    options: { fusedLoss?: boolean; lossChunkRows?: number; recomputeGelu?: boolean; fusedNorm?: boolean } = {},
+  ) {
     super();
     this.vocab = config.vocab;
     this.fusedLoss = options.fusedLoss ?? false;
+    this.fusedNorm = options.fusedNorm ?? false;
     this.lossChunkRows = options.lossChunkRows ?? 4096;
     this.tok = new nn.Embedding(config.vocab, config.width);
     this.pos = new nn.Embedding(config.context, config.width);
@@ -71,9 +96,13 @@ export class GPT extends nn.Module {
   forward(tokens: Tensor, targets: Tensor): Tensor {
     const time = tokens.shape[1];
     let x = tidy(() => this.tok.forward(tokens).add(this.pos.forward(arange(time, undefined, 1, { device: tokens.device }))));
-    for (const block of this.blocks) x = tidy(() => block.forward(x));
+    let pending: Tensor | null = null;
+    for (const block of this.blocks) {
+      if (this.fusedNorm) [x, pending] = tidy(() => block.forwardFused(x, pending));
+      else x = tidy(() => block.forward(x));
+    }
     return tidy(() => {
-      const features = this.ln.forward(x);
+      const features = pending === null ? this.ln.forward(x) : nn.functional.addLayerNorm(x, pending, this.ln.weight, this.ln.bias)[1];
       if (this.fusedLoss) return nn.functional.linearCrossEntropy(features, this.head.weight, targets, { chunkRows: this.lossChunkRows });
       const logits = this.head.forward(features);
       return nn.functional.crossEntropy(logits.view([-1, this.vocab]), targets.view([-1]));

@@ -100,6 +100,7 @@ fn build_cuda_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
             "shim-cuda/kernels.cpp",
             "shim-cuda/fp8_quantize.cpp",
             "shim-cuda/layer_norm.cpp",
+            "shim-cuda/cross_entropy.cpp",
         ])
         .arg("-o")
         .arg(&out)

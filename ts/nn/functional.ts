@@ -102,6 +102,32 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
 }
 
 /**
+ * `[sum, normed]` with `sum = residual.add(x)` and `normed` the LayerNorm of `sum` over its
+ * last dimension (`weight` and `bias` of that width, or null; `eps` default 1e-5): the
+ * residual add and the LayerNorm that a pre-LayerNorm transformer runs between sublayers, in
+ * one call. `residual` and `x` have the same shape; `sum` has their promoted dtype. Under
+ * autocast `normed` is in autocast's dtype, the conversion the Linear it feeds would make
+ * anyway. On a GPU, with a float32 residual (the residual stream under autocast), float32 or
+ * bf16 `x`, float32 weight and bias and a width that is a multiple of 4 up to 8 192, forward
+ * is one kernel and backward is one pass (plus a small reduction), in place of the add, the
+ * LayerNorm, the conversions and the gradients' accumulation; elsewhere it is the same
+ * operations one after the other.
+ */
+export function addLayerNorm(
+  residual: Tensor,
+  x: Tensor,
+  weight: Tensor | null,
+  bias: Tensor | null,
+  options: { eps?: number } = {},
+): [sum: Tensor, normed: Tensor] {
+  checkOptionNames("addLayerNorm", options, ["eps"]);
+  return withName("addLayerNorm", () => {
+    const [sum, normed] = native.nnAddLayerNorm(residual, x, weight, bias, options.eps);
+    return [sum, normed];
+  });
+}
+
+/**
  * `linear(gelu(input, { approximate }), weight, bias)`, the second half of a transformer MLP,
  * with the same result (bit for bit for a contiguous input), but backward recomputes the GELU
  * from `input` instead of keeping its output: the hidden activation (4x the model's width per

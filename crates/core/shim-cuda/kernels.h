@@ -9,13 +9,28 @@ namespace acc::kernels {
 bool fp8_quantize(const at::Tensor& input, at::ScalarType dtype, double max, bool transpose, const at::Tensor& history,
                   bool delayed, int gelu, Fp8Quantized& result);
 
-// LayerNorm over the last dimension of contiguous float32 [rows, cols] CUDA matrices with a
-// weight and a bias (shim-cuda/layer_norm.cpp), for widths that layer_norm_fits. Forward
-// returns the output and each row's mean and 1 / standard deviation; backward the gradients
-// of the input, the weight and the bias.
-bool layer_norm_fits(int64_t cols);
-void layer_norm_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps, at::Tensor& y,
-                        at::Tensor& mean, at::Tensor& rstd);
-void layer_norm_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
-                         const at::Tensor& weight, at::Tensor& dx, at::Tensor& dweight, at::Tensor& dbias);
+// LayerNorm over the last dimension of contiguous [rows, cols] CUDA matrices with a float32
+// weight and bias (shim-cuda/layer_norm.cpp), for the widths and dtypes layer_norm_fits:
+// x float32, or bf16 when a float32 residual is added first (`add`); the output float32 or
+// bf16. Forward normalizes x, or residual + x, which it then writes into `sum`; it fills the
+// given `y` and returns each row's mean and 1 / standard deviation. Backward takes the
+// output's gradient `dy` (y's dtype), the gradient `dsum` of sum's other uses (or undefined),
+// the normalized input `v` (x, or sum); it returns v's whole gradient `dv` (float32), x's
+// gradient `dx` (dv, or a bf16 copy for a bf16 x) and the weight's and the bias's.
+bool layer_norm_fits(int64_t cols, bool add, at::ScalarType x_dtype, at::ScalarType y_dtype);
+void layer_norm_forward(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                        const at::Tensor& bias, double eps, at::Tensor& sum, at::Tensor& y, at::Tensor& mean,
+                        at::Tensor& rstd);
+void layer_norm_backward(const at::Tensor& dy, const at::Tensor& dsum, const at::Tensor& v, const at::Tensor& mean,
+                         const at::Tensor& rstd, const at::Tensor& weight, bool add, at::ScalarType x_dtype,
+                         at::Tensor& dv, at::Tensor& dx, at::Tensor& dweight, at::Tensor& dbias);
+
+// Cross-entropy of each row of `logits` (a contiguous [rows, classes] bf16 or float32 CUDA
+// matrix, classes a multiple of 8) against int64 `targets` (shim-cuda/cross_entropy.cpp):
+// `row_loss` (float32) is logsumexp - logit[target], 0 where the target is `ignore_index`
+// and NaN where it is neither that nor a class; with `grad` the logits are overwritten with
+// softmax - one_hot(target), zero rows where ignored and NaN rows where invalid. False,
+// leaving the work to the caller, for other inputs.
+bool cross_entropy_rows(at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index, bool grad,
+                        at::Tensor& row_loss);
 }  // namespace acc::kernels

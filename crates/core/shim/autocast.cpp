@@ -15,12 +15,15 @@ at::DeviceType device_type(int32_t code) {
 
 }  // namespace
 
-at::ScalarType acc::compute_dtype(const at::Tensor& input) {
-  const auto device = input.device().type();
+at::ScalarType acc::compute_dtype(at::DeviceType device, at::ScalarType dtype) {
   // As autocast's own eligibility: float64 (and any non-floating type) is never converted.
-  const bool eligible = input.is_floating_point() && input.scalar_type() != at::kDouble;
+  const bool eligible = at::isFloatingType(dtype) && dtype != at::kDouble;
   const bool on = eligible && (device == at::kCUDA || device == at::kCPU) && at::autocast::is_autocast_enabled(device);
-  return on ? at::autocast::get_autocast_dtype(device) : input.scalar_type();
+  return on ? at::autocast::get_autocast_dtype(device) : dtype;
+}
+
+at::ScalarType acc::compute_dtype(const at::Tensor& input) {
+  return compute_dtype(input.device().type(), input.scalar_type());
 }
 
 // The current setting for a device type (autocast state is thread-local in libtorch).

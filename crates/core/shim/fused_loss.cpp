@@ -4,7 +4,8 @@
 // only scales them by the incoming gradient. For a language model's head this never
 // materialises the whole logits or their gradient (Liger Kernel's fused linear cross-entropy,
 // on ATen operations). Per chunk: the logits matmul, one softmax, a row sum, one row maximum and the two
-// gradient matmuls; no elementwise pass over the chunk in float32.
+// gradient matmuls; no elementwise pass over the chunk in float32. On a GPU one kernel
+// (shim-cuda/cross_entropy.cpp) replaces the reductions and the softmax where it applies.
 #include "shim.h"
 #include <cmath>
 #include <torch/csrc/autograd/custom_function.h>
@@ -58,6 +59,7 @@ struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
     const bool want_input = grad_mode && input.requires_grad(), want_weight = grad_mode && weight.requires_grad();
     auto grad_input = want_input ? at::empty({rows, x.size(1)}, input.options()) : at::Tensor();
     auto grad_weight = want_weight ? at::zeros_like(weight, weight.options().dtype(accumulate)) : at::Tensor();
+    const auto* kernels = acc::cuda_kernels();
     for (int64_t start = 0; start < rows; start += chunk_rows) {
       const int64_t n = std::min(chunk_rows, rows - start);
       auto xc = x.narrow(0, start, n);
@@ -65,6 +67,18 @@ struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
       auto bad = invalid.narrow(0, start, n).unsqueeze(1);
       auto safe = t.narrow(0, start, n).clamp(0, classes - 1).unsqueeze(1);
       auto logits = at::mm(xc, w.t());
+      const bool want_grad = want_input || want_weight;
+      at::Tensor rows_loss;
+      if (kernels != nullptr && logits.is_cuda() &&
+          kernels->cross_entropy_rows(logits, t.narrow(0, start, n), ignore_index, want_grad, rows_loss)) {
+        // One kernel (shim-cuda/cross_entropy.cpp): each row's loss, and the gradient written
+        // over the logits, its rows already zero where ignored and NaN where invalid.
+        loss.add_(rows_loss.sum(at::kFloat).to(accumulate));
+        if (!want_grad) continue;
+        if (want_input) grad_input.narrow(0, start, n).copy_(at::mm(logits, w));
+        if (want_weight) accumulate_weight_grad(grad_weight, logits, xc);
+        continue;
+      }
       // Each row's loss is logsumexp - logit[target] = (max - logit[target]) + log(sum / max
       // probability), from reductions over the (bf16) probabilities in float32: the largest
       // probability is at least 1/classes (no underflow), and a confident row's loss, about
@@ -78,7 +92,7 @@ struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
       auto top = probs.gather(1, argmax).to(accumulate);
       auto row_loss = (largest.to(accumulate) - logits.gather(1, safe).to(accumulate)).add_(total.sub(top).div_(top).log1p_());
       loss.add_(row_loss.masked_fill_(keep.logical_not(), 0).masked_fill_(bad, NAN).sum());
-      if (!want_input && !want_weight) continue;
+      if (!want_grad) continue;
       logits = at::Tensor();
       // d(loss)/d(logits) = softmax - one_hot on kept rows, the target's entry being minus the
       // sum of the others (probability - sum, in float32, not probability - 1 in bf16); the

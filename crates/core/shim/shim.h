@@ -11,6 +11,8 @@ void set_last_error(const std::string& message);
 // The dtype an operation on `input` computes in: autocast's for its device when autocast is
 // on there and would convert `input` (not float64), else the input's (shim/autocast.cpp).
 at::ScalarType compute_dtype(const at::Tensor& input);
+// The same for a tensor of `dtype` on a device of type `device`.
+at::ScalarType compute_dtype(at::DeviceType device, at::ScalarType dtype);
 
 // A linear layer's gradients in its parameters' dtype (shim/linear.cpp): `a @ b` and the sum of
 // `g`'s rows written in `dtype` (float32 for a bf16 `a`, `b`, `g`) without rounding to theirs first.
@@ -37,14 +39,21 @@ struct CudaKernels {
   // `gelu` 1 (erf) or 2 (tanh) the input's GELU is quantized instead of the input.
   bool (*fp8_quantize)(const at::Tensor& input, at::ScalarType dtype, double max, bool transpose,
                        const at::Tensor& history, bool delayed, int gelu, Fp8Quantized& result);
-  // LayerNorm of contiguous float32 matrices over their last dimension, for the widths
-  // layer_norm_fits (shim/layer_norm.cpp checks the rest).
-  bool (*layer_norm_fits)(int64_t cols);
-  void (*layer_norm_forward)(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
-                             at::Tensor& y, at::Tensor& mean, at::Tensor& rstd);
-  void (*layer_norm_backward)(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                              const at::Tensor& rstd, const at::Tensor& weight, at::Tensor& dx, at::Tensor& dweight,
+  // LayerNorm of contiguous matrices over their last dimension, with the residual add before it
+  // or not, for the widths and dtypes layer_norm_fits (shim-cuda/kernels.h says what each
+  // takes; shim/layer_norm.cpp checks the rest).
+  bool (*layer_norm_fits)(int64_t cols, bool add, at::ScalarType x_dtype, at::ScalarType y_dtype);
+  void (*layer_norm_forward)(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+                             const at::Tensor& bias, double eps, at::Tensor& sum, at::Tensor& y, at::Tensor& mean,
+                             at::Tensor& rstd);
+  void (*layer_norm_backward)(const at::Tensor& dy, const at::Tensor& dsum, const at::Tensor& v,
+                              const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& weight, bool add,
+                              at::ScalarType x_dtype, at::Tensor& dv, at::Tensor& dx, at::Tensor& dweight,
                               at::Tensor& dbias);
+  // Each row's cross-entropy of a chunk of logits, whose gradient (softmax - one-hot) then
+  // overwrites them, for the inputs it takes (shim-cuda/kernels.h; false for others).
+  bool (*cross_entropy_rows)(at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index, bool grad,
+                             at::Tensor& row_loss);
 };
 // The registered kernels, or null (no CUDA side loaded).
 const CudaKernels* cuda_kernels();

@@ -35,6 +35,15 @@ extern "C" {
         eps: f64,
         out: *mut *mut C_tensor,
     ) -> i32;
+    fn acc_add_layer_norm(
+        residual: *const C_tensor,
+        x: *const C_tensor,
+        weight: *const C_tensor,
+        bias: *const C_tensor,
+        eps: f64,
+        out_sum: *mut *mut C_tensor,
+        out_normed: *mut *mut C_tensor,
+    ) -> i32;
     fn acc_autocast_linear(
         input: *const C_tensor,
         weight: *const C_tensor,
@@ -116,6 +125,9 @@ pub fn linear_cross_entropy(
     ignore_index: i64,
     chunk_rows: i64,
 ) -> Result<Tensor> {
+    if input.device().is_cuda() {
+        crate::cuda::register_kernels();
+    }
     let mut out = std::ptr::null_mut();
     // SAFETY: live tensors for the call; `out` is a valid out-pointer.
     let status = unsafe {
@@ -183,6 +195,30 @@ pub fn cuda_layer_norm(
         )
     };
     owned(op, status, out)
+}
+
+/// `(residual + x, layer_norm(residual + x))` over the last dimension, the second in
+/// autocast's dtype under autocast: the CUDA side's fused kernels where they apply, else
+/// ATen's operations (shim/layer_norm.cpp).
+pub fn add_layer_norm(
+    op: &str,
+    residual: &Tensor,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    if x.device().is_cuda() {
+        crate::cuda::register_kernels();
+    }
+    let (mut sum, mut normed) = (std::ptr::null_mut(), std::ptr::null_mut());
+    let weight = weight.map_or(std::ptr::null(), Tensor::as_ptr);
+    let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);
+    // SAFETY: live tensors (or nulls) for the call, and valid out-pointers.
+    let status = unsafe { acc_add_layer_norm(residual.as_ptr(), x.as_ptr(), weight, bias, eps, &mut sum, &mut normed) };
+    // On failure neither is set; on success both are (owned takes each one's ownership).
+    let sum = owned(op, status, sum)?;
+    Ok((sum, owned(op, status, normed)?))
 }
 
 /// `input @ weight^T + bias` under autocast, its parameters' gradients made in their dtype

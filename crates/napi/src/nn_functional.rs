@@ -171,6 +171,31 @@ pub fn nn_gelu_linear(
     })
 }
 
+/// `[residual + x, layerNorm(residual + x)]` over the last dimension, fused on a GPU.
+#[napi]
+pub fn nn_add_layer_norm(
+    env: Env,
+    residual: Tensor,
+    x: Tensor,
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+    eps: Option<f64>,
+) -> Result<Vec<Tensor>> {
+    const OP: &str = "addLayerNorm";
+    guarded(OP, || {
+        let weight = weight.as_ref().map(|w| w.handle.get(OP)).transpose()?;
+        let bias = bias.as_ref().map(|b| b.handle.get(OP)).transpose()?;
+        let (sum, normed) = f::add_layer_norm(
+            &*residual.handle.get(OP)?,
+            &*x.handle.get(OP)?,
+            weight.as_deref(),
+            bias.as_deref(),
+            eps.unwrap_or(1e-5),
+        )?;
+        Ok(crate::convert::wrap_all(&env, vec![sum, normed]))
+    })
+}
+
 #[napi]
 pub fn nn_init_kaiming_uniform(t: Tensor, a: f64, mode: String, nonlinearity: String) -> Result<()> {
     const OP: &str = "kaimingUniform_";

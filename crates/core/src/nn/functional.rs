@@ -395,6 +395,56 @@ pub fn layer_norm(
         .map_err(|e| Error::torch(op, vec![xs], e))
 }
 
+/// `(sum, normed)`: `sum = residual + x` and `normed = layer_norm(sum)` over the last
+/// dimension (`weight` and `bias` of its width, or none), as a pre-LayerNorm transformer
+/// computes between sublayers; under autocast `normed` is in autocast's dtype (the Linear it
+/// feeds would convert it). On a GPU one kernel does the add and the LayerNorm, and one their
+/// backward (shim/layer_norm.cpp).
+pub fn add_layer_norm(
+    residual: &Tensor,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "addLayerNorm";
+    let (rs, xs) = (residual.size(), x.size());
+    if rs != xs {
+        return Err(Error::invalid(
+            OP,
+            format!("residual of shape {rs:?} and x of shape {xs:?} differ"),
+        ));
+    }
+    let Some(&width) = xs.last() else {
+        return Err(Error::invalid(OP, "x must have at least one dimension"));
+    };
+    for (name, t) in [("residual", residual), ("x", x)] {
+        if !t.is_floating_point() {
+            return Err(Error::invalid(
+                OP,
+                format!("{name} must be floating point, got {}", dtype::name(t.kind())),
+            ));
+        }
+    }
+    if residual.device() != x.device() {
+        return Err(Error::invalid(
+            OP,
+            format!("residual is on {:?} but x on {:?}", residual.device(), x.device()),
+        ));
+    }
+    for (name, t) in [("weight", weight), ("bias", bias)] {
+        if let Some(t) = t {
+            if t.size() != [width] {
+                return Err(Error::invalid(
+                    OP,
+                    format!("{name} of shape {:?} does not match the width {width}", t.size()),
+                ));
+            }
+        }
+    }
+    crate::shim::add_layer_norm(OP, residual, x, weight, bias, eps)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
