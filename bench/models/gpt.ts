@@ -98,8 +98,14 @@ export class GPT extends nn.Module {
     let x = tidy(() => this.tok.forward(tokens).add(this.pos.forward(arange(time, undefined, 1, { device: tokens.device }))));
     let pending: Tensor | null = null;
     for (const block of this.blocks) {
-      if (this.fusedNorm) [x, pending] = tidy(() => block.forwardFused(x, pending));
-      else x = tidy(() => block.forward(x));
+      if (!this.fusedNorm) {
+        x = tidy(() => block.forward(x));
+        continue;
+      }
+      const previous: Tensor | null = pending;
+      [x, pending] = tidy((): [Tensor, Tensor] => block.forwardFused(x, previous));
+      // Added into x now, and kept by nothing for backward: freed at once, not when the step ends.
+      previous?.dispose();
     }
     return tidy(() => {
       const features = pending === null ? this.ln.forward(x) : nn.functional.addLayerNorm(x, pending, this.ln.weight, this.ln.bias)[1];

@@ -68,6 +68,13 @@ void* find_nvrtc() {
   if (void* h = dlopen(soname.c_str(), RTLD_NOW | RTLD_NOLOAD)) return h;
   if (auto dir = cudart_directory(); !dir.empty()) {
     if (void* h = dlopen((dir + soname).c_str(), RTLD_NOW | RTLD_LOCAL)) return h;
+    // CUDA 12's pip wheels keep each library in its own package: nvidia/cuda_runtime/lib
+    // beside nvidia/cuda_nvrtc/lib.
+    const std::string runtime = "/cuda_runtime/lib/";
+    if (const auto at = dir.rfind(runtime); at != std::string::npos && at + runtime.size() == dir.size()) {
+      const auto sibling = dir.substr(0, at) + "/cuda_nvrtc/lib/" + soname;
+      if (void* h = dlopen(sibling.c_str(), RTLD_NOW | RTLD_LOCAL)) return h;
+    }
   }
   if (void* h = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL)) return h;
   return dlopen("libnvrtc.so", RTLD_NOW | RTLD_LOCAL);
