@@ -3,7 +3,7 @@
 import test from "ava";
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { Accelerator, data, native, nn, ones, optim, randint, randn, tensor, type Tensor } from "../gpu-imports.js";
+import { Accelerator, data, native, nn, noGrad, ones, optim, randint, randn, tensor, type Tensor } from "../gpu-imports.js";
 const F = nn.functional;
 import { settle } from "../helpers/gc.js";
 import { lastJson, runRanks, worstDifferences } from "../helpers/ranks.js";
@@ -175,6 +175,21 @@ test("linearCrossEntropy on a GPU: one kernel per chunk for the loss and the log
   const prof = acc.profile(() => acc.autocast(() => F.linearCrossEntropy(randn([256, 64], { device: "cuda:0" }), randn([1000, 64], { device: "cuda:0" }), randint(0, 1000, [256], { device: "cuda:0" }))));
   const kernels = prof.rows.filter((r) => r.device === "cuda").map((r) => r.name);
   t.true(kernels.includes("rows_loss") && !kernels.some((k) => /SoftMax/.test(k)), `kernels: ${kernels.join(" | ")}`);
+});
+
+test("linearCrossEntropy on a GPU: the loss with gradients equals the loss without, on many rows whose target is the last class", (t) => {
+  // Each row's target logit is read before the row is overwritten with its gradient.
+  const [rows, features, classes] = [262144, 64, 2048];
+  const x = randn([rows, features], { device: "cuda:0" });
+  const w = randn([classes, features], { device: "cuda:0" }).mul(0.3);
+  w.requiresGrad = true;
+  const y = ones([rows], { dtype: "int64", device: "cuda:0" }).mul(classes - 1);
+  const plain = noGrad(() => F.linearCrossEntropy(x, w, y)).item();
+  for (let i = 0; i < 3; i++) {
+    const withGrad = F.linearCrossEntropy(x, w, y);
+    t.is(withGrad.item(), plain, `run ${i}`);
+    withGrad.backward();
+  }
 });
 
 test("linear under bf16 autocast on a GPU: float32 parameter gradients straight from the matmul, not rounded to bf16", (t) => {
@@ -401,6 +416,30 @@ test("addLayerNorm on a GPU: sum, normed and all four gradients match float64 on
       }
     }
   }
+});
+
+test("LayerNorm and addLayerNorm on a GPU: a weight that is a misaligned view trains; with only the sum used, its gradient passes through and the weight gets none", (t) => {
+  const on = { device: "cuda:0" } as const;
+  const base = randn([769], on);
+  const weight = base.narrow(0, 1, 768).detach(); // 4 bytes past a 16-byte boundary
+  weight.requiresGrad = true;
+  const bias = randn([768], on);
+  bias.requiresGrad = true;
+  const x = randn([64, 768], on);
+  const [, normed] = F.addLayerNorm(randn([64, 768], on), x, weight, bias);
+  normed.square().sum().backward();
+  t.true((weight.grad as Tensor).abs().sum().item() > 0, "the weight's gradient");
+  const [r, x2] = [randn([64, 768], on), randn([64, 768], on).to("bfloat16")];
+  for (const p of [r, x2]) p.requiresGrad = true;
+  const w2 = randn([768], on);
+  w2.requiresGrad = true;
+  const g = randn([64, 768], on);
+  const [sum] = F.addLayerNorm(r, x2, w2, randn([768], on));
+  sum.mul(g).sum().backward();
+  t.is((r.grad as Tensor).sub(g).abs().max().item(), 0, "the residual's gradient is the sum's");
+  t.is((x2.grad as Tensor).dtype, "bfloat16");
+  t.is((x2.grad as Tensor).to("float32").sub(g.to("bfloat16").to("float32")).abs().max().item(), 0, "x's gradient is the sum's, in bf16");
+  t.is(w2.grad, null, "no gradient for the weight when normed is not used");
 });
 
 test.serial("addLayerNorm on a GPU runs no ATen add, layer_norm or conversion, forward or backward", (t) => {

@@ -101,12 +101,12 @@ extern "C" __global__ void __launch_bounds__(THREADS) rows_loss(logit_t* logits,
       for (int i = 0; i < 8; ++i) s += m == NEG_INF ? 0.f : expf(v[i] - m);
       part = combine(part, make_float2(m, s));
     }
-    const float2 total = block_combine(part, shared);
     const long long target = targets[row];
     const bool ignored = target == ignore_index, valid = !ignored && target >= 0 && target < cols;
-    if (threadIdx.x == 0) {
-      row_loss[row] = ignored ? 0.f : valid ? (total.x + logf(total.y)) - value(x + target) : QNAN;
-    }
+    // Read before block_combine's barrier: after it, other warps overwrite the row.
+    const float picked = threadIdx.x == 0 && valid ? value(x + target) : 0.f;
+    const float2 total = block_combine(part, shared);
+    if (threadIdx.x == 0) row_loss[row] = ignored ? 0.f : valid ? (total.x + logf(total.y)) - picked : QNAN;
     if (!grad) continue;
     const float inverse = 1.f / total.y;
     for (long long j = 8LL * threadIdx.x; j < cols; j += 8LL * THREADS) {
@@ -144,9 +144,9 @@ bool acc::kernels::cross_entropy_rows(at::Tensor& logits, const at::Tensor& targ
     return false;
   }
   if (!acc::jit::available()) return false;
+  c10::cuda::CUDAGuard guard(logits.device());  // the kernel is compiled and loaded for this device
   std::vector<acc::jit::Kernel> kernels;
   if (!acc::jit::get_all(SOURCE, options_for(bf16), {"rows_loss"}, kernels)) return false;
-  c10::cuda::CUDAGuard guard(logits.device());
   const int64_t rows = logits.size(0);
   row_loss = at::empty({rows}, logits.options().dtype(at::kFloat));
   if (rows == 0) return true;

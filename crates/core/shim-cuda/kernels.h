@@ -17,7 +17,7 @@ bool fp8_quantize(const at::Tensor& input, at::ScalarType dtype, double max, boo
 // output's gradient `dy` (y's dtype), the gradient `dsum` of sum's other uses (or undefined),
 // the normalized input `v` (x, or sum); it returns v's whole gradient `dv` (float32), x's
 // gradient `dx` (dv, or a bf16 copy for a bf16 x) and the weight's and the bias's.
-bool layer_norm_fits(int64_t cols, bool add, at::ScalarType x_dtype, at::ScalarType y_dtype);
+bool layer_norm_fits(const at::Tensor& x, bool add, at::ScalarType y_dtype);
 void layer_norm_forward(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
                         const at::Tensor& bias, double eps, at::Tensor& sum, at::Tensor& y, at::Tensor& mean,
                         at::Tensor& rstd);

@@ -235,11 +235,14 @@ void check_inputs(const char* op, int64_t cols, std::initializer_list<const at::
 
 }  // namespace
 
-bool acc::kernels::layer_norm_fits(int64_t cols, bool add, at::ScalarType x_dtype, at::ScalarType y_dtype) {
-  if (cols <= 0 || cols % 4 != 0 || cols > 8192 || !acc::jit::available()) return false;
+bool acc::kernels::layer_norm_fits(const at::Tensor& x, bool add, at::ScalarType y_dtype) {
+  const int64_t cols = x.size(-1);
+  const auto x_dtype = x.scalar_type();
+  if (cols <= 0 || cols % 4 != 0 || cols > 8192 || !x.is_cuda() || !acc::jit::available()) return false;
   if (x_dtype != at::kFloat && !(add && x_dtype == at::kBFloat16)) return false;
   if (y_dtype != at::kFloat && y_dtype != at::kBFloat16) return false;
-  // Compiled for this width now (once), so that a failure leaves the work to ATen.
+  // Compiled for this width and x's device now (once), so that a failure leaves the work to ATen.
+  c10::cuda::CUDAGuard guard(x.device());
   std::vector<acc::jit::Kernel> kernels;
   return acc::jit::get_all(SOURCE, options_for(cols, add, x_dtype == at::kBFloat16, y_dtype == at::kBFloat16),
                            {"forward", "backward", "reduce"}, kernels);

@@ -33,8 +33,12 @@ struct CudaLayerNorm : torch::autograd::Function<CudaLayerNorm> {
     auto y2 = normed.view({-1, cols});
     auto sum2 = add ? sum.view({-1, cols}) : at::Tensor();
     at::Tensor mean, rstd;
-    acc::cuda_kernels()->layer_norm_forward(x2, r2, aligned(weight), aligned(bias), eps, sum2, y2, mean, rstd);
-    ctx->save_for_backward({add ? sum : x2, weight, mean, rstd});
+    const auto w = aligned(weight);
+    acc::cuda_kernels()->layer_norm_forward(x2, r2, w, aligned(bias), eps, sum2, y2, mean, rstd);
+    ctx->save_for_backward({add ? sum : x2, w, mean, rstd});
+    // An output's gradient that nothing produced stays undefined (not zeros): when only the sum
+    // is used, its gradient passes through, and the weight and the bias get none.
+    ctx->set_materialize_grads(false);
     ctx->saved_data["add"] = add;
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
     ctx->saved_data["sizes"] = x.sizes().vec();
@@ -78,7 +82,7 @@ bool kernels_apply(const at::Tensor& x, const at::Tensor* residual, at::IntArray
   if (residual != nullptr && (!float_cuda(*residual) || residual->device() != x.device() || residual->sizes() != x.sizes())) {
     return false;
   }
-  return kernels->layer_norm_fits(shape[0], residual != nullptr, x.scalar_type(), out_dtype);
+  return kernels->layer_norm_fits(x, residual != nullptr, out_dtype);
 }
 }  // namespace
 

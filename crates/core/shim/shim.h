@@ -42,7 +42,7 @@ struct CudaKernels {
   // LayerNorm of contiguous matrices over their last dimension, with the residual add before it
   // or not, for the widths and dtypes layer_norm_fits (shim-cuda/kernels.h says what each
   // takes; shim/layer_norm.cpp checks the rest).
-  bool (*layer_norm_fits)(int64_t cols, bool add, at::ScalarType x_dtype, at::ScalarType y_dtype);
+  bool (*layer_norm_fits)(const at::Tensor& x, bool add, at::ScalarType y_dtype);
   void (*layer_norm_forward)(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
                              const at::Tensor& bias, double eps, at::Tensor& sum, at::Tensor& y, at::Tensor& mean,
                              at::Tensor& rstd);
