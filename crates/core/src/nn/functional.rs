@@ -429,7 +429,11 @@ pub fn add_layer_norm(
     if residual.device() != x.device() {
         return Err(Error::invalid(
             OP,
-            format!("residual is on {:?} but x on {:?}", residual.device(), x.device()),
+            format!(
+                "residual is on {} but x on {}",
+                crate::device::name(residual.device()),
+                crate::device::name(x.device())
+            ),
         ));
     }
     for (name, t) in [("weight", weight), ("bias", bias)] {
