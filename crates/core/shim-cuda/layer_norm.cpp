@@ -253,7 +253,7 @@ void acc::kernels::layer_norm_forward(const at::Tensor& x, const at::Tensor& res
                                       at::Tensor& mean, at::Tensor& rstd) {
   const int64_t rows = x.size(0), cols = x.size(1);
   const bool add = residual.defined();
-  check_inputs("layer_norm_forward", cols, {&x, &residual, &weight, &bias, &y, add ? &sum : &residual});
+  check_inputs("layer_norm_forward", cols, {&x, &residual, &weight, &bias, &y, &sum});
   TORCH_CHECK(!add || (residual.scalar_type() == at::kFloat && sum.scalar_type() == at::kFloat),
               "layer_norm_forward: expects a float32 residual and sum");
   c10::cuda::CUDAGuard guard(x.device());

@@ -59,26 +59,26 @@ struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
     const bool want_input = grad_mode && input.requires_grad(), want_weight = grad_mode && weight.requires_grad();
     auto grad_input = want_input ? at::empty({rows, x.size(1)}, input.options()) : at::Tensor();
     auto grad_weight = want_weight ? at::zeros_like(weight, weight.options().dtype(accumulate)) : at::Tensor();
+    const bool want_grad = want_input || want_weight;
     const auto* kernels = acc::cuda_kernels();
     for (int64_t start = 0; start < rows; start += chunk_rows) {
       const int64_t n = std::min(chunk_rows, rows - start);
       auto xc = x.narrow(0, start, n);
-      auto keep = kept.narrow(0, start, n).unsqueeze(1);
-      auto bad = invalid.narrow(0, start, n).unsqueeze(1);
-      auto safe = t.narrow(0, start, n).clamp(0, classes - 1).unsqueeze(1);
       auto logits = at::mm(xc, w.t());
-      const bool want_grad = want_input || want_weight;
       at::Tensor rows_loss;
       if (kernels != nullptr && logits.is_cuda() &&
           kernels->cross_entropy_rows(logits, t.narrow(0, start, n), ignore_index, want_grad, rows_loss)) {
-        // One kernel (shim-cuda/cross_entropy.cpp): each row's loss, and the gradient written
-        // over the logits, its rows already zero where ignored and NaN where invalid.
-        loss.add_(rows_loss.sum(at::kFloat).to(accumulate));
+        // One kernel (shim-cuda/cross_entropy.cpp): each row's loss (float32), and the gradient
+        // written over the logits, its rows already zero where ignored and NaN where invalid.
+        loss.add_(rows_loss.sum());
         if (!want_grad) continue;
         if (want_input) grad_input.narrow(0, start, n).copy_(at::mm(logits, w));
         if (want_weight) accumulate_weight_grad(grad_weight, logits, xc);
         continue;
       }
+      auto keep = kept.narrow(0, start, n).unsqueeze(1);
+      auto bad = invalid.narrow(0, start, n).unsqueeze(1);
+      auto safe = t.narrow(0, start, n).clamp(0, classes - 1).unsqueeze(1);
       // Each row's loss is logsumexp - logit[target] = (max - logit[target]) + log(sum / max
       // probability), from reductions over the (bf16) probabilities in float32: the largest
       // probability is at least 1/classes (no underflow), and a confident row's loss, about

@@ -54,12 +54,13 @@ struct CudaLayerNorm : torch::autograd::Function<CudaLayerNorm> {
     const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
     const auto sizes = ctx->saved_data["sizes"].toIntVector();
     const auto& dnormed = add ? grad_outputs[1] : grad_outputs[0];
-    const auto dsum = add && grad_outputs[0].defined() ? aligned(grad_outputs[0]).view({-1, v.size(1)}) : at::Tensor();
+    const at::Tensor dsum_given = add ? grad_outputs[0] : at::Tensor();
     if (!dnormed.defined()) {
-      // Only the sum was used: its gradient passes to the residual and to x.
-      return {dsum.defined() ? dsum.view(sizes).to(x_dtype) : at::Tensor(), dsum.defined() ? dsum.view(sizes) : at::Tensor(),
-              at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+      // Only the sum was used: its gradient passes to x and to the residual.
+      return {dsum_given.defined() ? dsum_given.to(x_dtype) : at::Tensor(), dsum_given, at::Tensor(), at::Tensor(),
+              at::Tensor(), at::Tensor()};
     }
+    const auto dsum = dsum_given.defined() ? aligned(dsum_given).view({-1, v.size(1)}) : at::Tensor();
     const auto dy = aligned(dnormed).view({-1, v.size(1)});
     at::Tensor dv, dx, dweight, dbias;
     acc::cuda_kernels()->layer_norm_backward(dy, dsum, v, mean, rstd, weight, add, x_dtype, dv, dx, dweight, dbias);
