@@ -585,6 +585,40 @@ test("linear under bf16 autocast: a weight used twice in a region is converted o
   t.true(inside < 2e-5, `backward inside autocast: relative error ${inside}`);
 });
 
+test("a Sequential under bf16 autocast converts its Linear weights and biases in one multi-tensor copy, and gives exactly what its layers give one by one", (t) => {
+  manualSeed(13);
+  const acc = new Accelerator({ cpu: true, mixedPrecision: "bf16" });
+  const seq = new nn.Sequential(new nn.Linear(12, 16), new nn.ReLU(), new nn.Sequential(new nn.Linear(16, 16, { bias: false }), new nn.GELU()), new nn.Linear(16, 4));
+  t.true(seq.runsNatively);
+  const x = randn([8, 12]);
+  const g = randn([8, 4]);
+  // Each layer called on its own, the inner chain's too.
+  const inner = seq.at(2) as nn.Sequential;
+  const layers = [seq.at(0), seq.at(1), inner.at(0), inner.at(1), seq.at(3)];
+  const oneByOne = () => layers.reduce((h, layer) => layer.forward(h) as Tensor, x);
+  const run = (native: boolean) => {
+    seq.zeroGrad();
+    let y: Tensor | undefined;
+    const prof = acc.profile(() => {
+      y = acc.autocast(() => (native ? seq.forward(x) : oneByOne()));
+    });
+    const count = (name: string) => prof.rows.find((r) => r.name === name)?.count ?? 0;
+    (y as Tensor).to("float32").mul(g).sum().backward();
+    return { y: (y as Tensor).to("float32").toArray(), grads: seq.parameters().map((p) => p.grad!.toArray()), copies: count("aten::_foreach_copy_"), casts: count("aten::_to_copy") };
+  };
+  const [native, loop] = [run(true), run(false)];
+  t.deepEqual(native.y, loop.y);
+  t.deepEqual(native.grads, loop.grads);
+  // The chain: one copy for 5 weights and biases, and the input's conversion; one by one, 6.
+  t.is(native.copies, 1);
+  t.is(native.casts, 1);
+  t.is(loop.copies, 0);
+  t.is(loop.casts, 6);
+  // Without gradients nothing is converted ahead (linear then leaves conversions to autocast).
+  const prof = acc.profile(() => noGrad(() => acc.autocast(() => seq.forward(x))));
+  t.is(prof.rows.find((r) => r.name === "aten::_foreach_copy_"), undefined);
+});
+
 test("addLayerNorm gives exactly residual.add(x) and the LayerNorm of it, values and gradients; under autocast normed is bf16", (t) => {
   manualSeed(7);
   const [r0, x0, g1, g2] = [randn([2, 6, 16]), randn([2, 6, 16]), randn([2, 6, 16]), randn([2, 6, 16])];

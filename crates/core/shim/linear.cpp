@@ -6,7 +6,9 @@
 // gradients differ only in not being rounded to bf16 on the way (on every device).
 #include "shim.h"
 #include <torch/csrc/autograd/custom_function.h>
+#include <algorithm>
 #include <unordered_map>
+#include <vector>
 
 namespace {
 using torch::autograd::AutogradContext;
@@ -25,21 +27,58 @@ struct CachedCast {
   at::Tensor cast;
 };
 thread_local std::unordered_map<const c10::TensorImpl*, CachedCast> weight_casts;
+
+// The valid cached conversion of `weight` to `dtype`, or null.
+const at::Tensor* cached(const at::Tensor& weight, at::ScalarType dtype) {
+  auto found = weight_casts.find(weight.unsafeGetTensorImpl());
+  if (found == weight_casts.end()) return nullptr;
+  const auto& entry = found->second;
+  const bool valid = !entry.weight.expired() && entry.version == weight._version() && entry.dtype == dtype;
+  return valid ? &entry.cast : nullptr;
+}
+
+void remember_cast(const at::Tensor& weight, const at::Tensor& cast) {
+  weight_casts.insert_or_assign(
+      weight.unsafeGetTensorImpl(),
+      CachedCast{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(weight.getIntrusivePtr()),
+                 weight._version(), cast.scalar_type(), cast});
+}
 }  // namespace
 
 at::Tensor acc::cast_weight(const at::Tensor& weight, at::ScalarType dtype) {
   if (weight.scalar_type() == dtype) return weight;
-  const auto* key = weight.unsafeGetTensorImpl();
-  auto found = weight_casts.find(key);
-  if (found != weight_casts.end() && !found->second.weight.expired() && found->second.version == weight._version() &&
-      found->second.dtype == dtype) {
-    return found->second.cast;
-  }
+  if (const auto* cast = cached(weight, dtype)) return *cast;
   auto cast = weight.to(dtype);
-  weight_casts.insert_or_assign(
-      key, CachedCast{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(weight.getIntrusivePtr()),
-                      weight._version(), dtype, cast});
+  remember_cast(weight, cast);
   return cast;
+}
+
+void acc::cast_weights(const std::vector<at::Tensor>& weights) {
+  // The conversions cast_weight would make, grouped by device and dtypes: one multi-tensor
+  // copy per group instead of one conversion per tensor (on a GPU, one kernel launch instead
+  // of several, in a step that may be bound by launching them).
+  struct Group {
+    at::Device device;
+    at::ScalarType from, to;
+    std::vector<at::Tensor> sources, casts;
+  };
+  std::vector<Group> groups;
+  for (const auto& weight : weights) {
+    const auto dtype = compute_dtype(weight);
+    if (!weight.defined() || weight.scalar_type() == dtype || cached(weight, dtype) != nullptr) continue;
+    auto group = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
+      return g.device == weight.device() && g.from == weight.scalar_type() && g.to == dtype;
+    });
+    if (group == groups.end()) group = groups.insert(groups.end(), Group{weight.device(), weight.scalar_type(), dtype, {}, {}});
+    group->sources.push_back(weight);
+    group->casts.push_back(at::empty_like(weight, weight.options().dtype(dtype)));
+  }
+  at::NoGradGuard no_grad;
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  for (auto& group : groups) {
+    at::_foreach_copy_(group.casts, group.sources);
+    for (size_t i = 0; i < group.sources.size(); ++i) remember_cast(group.sources[i], group.casts[i]);
+  }
 }
 
 namespace {
@@ -50,7 +89,7 @@ struct AutocastLinear : torch::autograd::Function<AutocastLinear> {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     auto x = input.to(dtype);
     auto w = acc::cast_weight(weight, dtype);
-    auto out = at::linear(x, w, bias ? std::optional<at::Tensor>(bias->to(dtype)) : std::nullopt);
+    auto out = at::linear(x, w, bias ? std::optional<at::Tensor>(acc::cast_weight(*bias, dtype)) : std::nullopt);
     // What the matmul's backward keeps under autocast too: the input in the compute dtype for
     // the weight's gradient, the weight in the compute dtype for the input's, each only if needed.
     ctx->save_for_backward({weight.requires_grad() ? x : at::Tensor(), input.requires_grad() ? w : at::Tensor()});
@@ -99,7 +138,10 @@ at::Tensor acc::mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType d
 }
 
 at::Tensor acc::sum_rows_as(const at::Tensor& g, at::ScalarType dtype) {
-  if (g.is_cuda() && dtype == at::kFloat && half_precision(g) && g.dim() == 2) {
+  // A gradient of 4 Mi elements (8 MiB in bf16) takes about as long to read as a kernel takes
+  // to launch: below that the sum's one launch is faster than the product's two.
+  constexpr int64_t large = int64_t{1} << 22;
+  if (g.is_cuda() && dtype == at::kFloat && half_precision(g) && g.dim() == 2 && g.numel() >= large) {
     // On a GPU as a matrix-vector product, g^T @ 1: cuBLAS reads g at the memory's speed,
     // where ATen's sum over rows ran at about 40 % of it on an H200. Products by 1 are
     // exact, and cuBLAS accumulates in float32, as the sum does.
@@ -111,6 +153,17 @@ at::Tensor acc::sum_rows_as(const at::Tensor& g, at::ScalarType dtype) {
 
 // `linear(input, weight, bias)` under autocast (see above); `bias` may be null. Shapes and
 // dtypes are checked by the caller (nn::functional::linear).
+// Converts `weights` (n tensors) for the current autocast region at once, for the linear layers
+// that will use them (acc::cast_weights).
+extern "C" int acc_cast_linear_weights(const acc_tensor* weights, int64_t n) {
+  ACC_PROTECT({
+    std::vector<at::Tensor> list;
+    list.reserve(n);
+    for (int64_t i = 0; i < n; ++i) list.push_back(*weights[i]);
+    acc::cast_weights(list);
+  })
+}
+
 extern "C" int acc_autocast_linear(acc_tensor input, acc_tensor weight, acc_tensor bias, acc_tensor* out) {
   ACC_PROTECT({
     std::optional<at::Tensor> b;

@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <string>
+#include <vector>
 
 namespace acc {
 void set_last_error(const std::string& message);
@@ -21,6 +22,9 @@ at::Tensor sum_rows_as(const at::Tensor& g, at::ScalarType dtype);
 // `weight` in `dtype`, converted once per autocast region, version and dtype (shim/linear.cpp);
 // clear_linear_casts forgets them when the outermost autocast region ends.
 at::Tensor cast_weight(const at::Tensor& weight, at::ScalarType dtype);
+// The conversions cast_weight would make for each of `weights` to its compute dtype, made ahead,
+// several in one multi-tensor copy.
+void cast_weights(const std::vector<at::Tensor>& weights);
 void clear_linear_casts();
 
 // A matrix in fp8: `data` (row-major), its transpose `data_t` (row-major, or undefined when not

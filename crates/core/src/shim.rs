@@ -44,6 +44,7 @@ extern "C" {
         out_sum: *mut *mut C_tensor,
         out_normed: *mut *mut C_tensor,
     ) -> i32;
+    fn acc_cast_linear_weights(weights: *const *const C_tensor, n: i64) -> i32;
     fn acc_autocast_linear(
         input: *const C_tensor,
         weight: *const C_tensor,
@@ -223,6 +224,15 @@ pub fn add_layer_norm(
 
 /// `input @ weight^T + bias` under autocast, its parameters' gradients made in their dtype
 /// (shim/linear.cpp).
+/// Converts `weights` ahead for the linear layers of the current autocast region (shim/linear.cpp).
+pub fn cast_linear_weights(weights: &[&Tensor]) -> Result<()> {
+    let pointers: Vec<*const C_tensor> = weights.iter().map(|w| w.as_ptr()).collect();
+    let n = i64::try_from(pointers.len()).map_err(|_| Error::invalid("linear", "too many weights"))?;
+    // SAFETY: `pointers` holds live tensors borrowed for the call, and `n` is its length.
+    let status = unsafe { acc_cast_linear_weights(pointers.as_ptr(), n) };
+    check("linear", status)
+}
+
 pub fn autocast_linear(op: &str, input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let mut out = std::ptr::null_mut();
     let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);

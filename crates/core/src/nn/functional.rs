@@ -42,14 +42,31 @@ pub(crate) fn linear_as(op: &str, x: &Tensor, weight: &Tensor, bias: Option<&Ten
 /// the matmul and the row sum (shim/linear.cpp) instead of in bf16 and then converted: the
 /// same forward, one kernel less per parameter and step, and gradients not rounded to bf16.
 fn autocast_lowers(x: &Tensor, weight: &Tensor) -> bool {
-    let autocast = crate::amp::DeviceType::of("linear", x.device())
+    matches!(x.kind(), Kind::Float | Kind::BFloat16 | Kind::Half) && autocast_lowers_weight(weight)
+}
+
+/// The weight's part of `autocast_lowers`: a float32 weight that will get a gradient, on a
+/// device where autocast is on.
+fn autocast_lowers_weight(weight: &Tensor) -> bool {
+    let autocast = crate::amp::DeviceType::of("linear", weight.device())
         .and_then(crate::amp::autocast::is_enabled)
         .unwrap_or(false);
-    autocast
-        && weight.kind() == Kind::Float
-        && matches!(x.kind(), Kind::Float | Kind::BFloat16 | Kind::Half)
-        && weight.requires_grad()
-        && crate::tensor::is_grad_enabled()
+    autocast && weight.kind() == Kind::Float && weight.requires_grad() && crate::tensor::is_grad_enabled()
+}
+
+/// Converts ahead the weights (and biases) that `linear` will convert under autocast in this
+/// region, in one multi-tensor copy per device instead of one conversion per layer: a chain of
+/// small layers (`Sequential`) calls it before it runs, when launching kernels bounds its step.
+/// Nothing under fp8, whose layers read the float32 weights.
+pub(crate) fn cast_linear_weights(weights: &[Tensor]) -> Result<()> {
+    if crate::amp::fp8::is_enabled() {
+        return Ok(());
+    }
+    let lowered: Vec<&Tensor> = weights.iter().filter(|w| autocast_lowers_weight(w)).collect();
+    if lowered.is_empty() {
+        return Ok(());
+    }
+    crate::shim::cast_linear_weights(&lowered)
 }
 
 fn check_linear_shapes(op: &str, x: &Tensor, weight: &Tensor) -> Result<()> {

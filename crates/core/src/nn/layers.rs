@@ -67,6 +67,10 @@ impl Layer for Linear {
         f::linear_as("Linear", x, &self.weight.get(), bias.as_deref())
     }
 
+    fn linear_weights(&self) -> Vec<Tensor> {
+        self.own_parameters().into_iter().map(|(_, p)| p).collect()
+    }
+
     fn params(&self) -> Vec<(&'static str, Option<&Param>)> {
         vec![("weight", Some(&self.weight)), ("bias", self.bias.as_ref())]
     }

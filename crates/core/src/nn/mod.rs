@@ -54,6 +54,15 @@ pub trait Layer {
         Vec::new()
     }
 
+    /// The parameters this layer and its children multiply through `linear` (a Linear's weight
+    /// and bias), which a chain converts ahead under autocast (`Sequential::forward`).
+    fn linear_weights(&self) -> Vec<Tensor> {
+        self.children()
+            .iter()
+            .flat_map(|(_, child)| child.linear_weights())
+            .collect()
+    }
+
     /// Own parameters as shallow clones (same tensor, same gradient), absent ones skipped.
     fn own_parameters(&self) -> Vec<(&'static str, Tensor)> {
         self.params()
