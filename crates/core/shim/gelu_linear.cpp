@@ -17,9 +17,9 @@ struct GeluLinear : torch::autograd::Function<GeluLinear> {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     // As the separate calls under autocast: the GELU in the input's dtype, the matmul in the
     // compute dtype.
-    auto w = acc::cast_weight(weight, dtype);
+    auto w = acc::cached_cast(weight, dtype);
     auto hidden = at::gelu(input, approximate).to(dtype);
-    auto out = at::linear(hidden, w, bias ? std::optional<at::Tensor>(acc::cast_weight(*bias, dtype)) : std::nullopt);
+    auto out = at::linear(hidden, w, bias ? std::optional<at::Tensor>(acc::cached_cast(*bias, dtype)) : std::nullopt);
     // w is the weight in the compute dtype, which the matmul's backward would keep too. An
     // input that needs no gradient is not needed at all: the hidden (in the compute dtype,
     // perhaps smaller than the input's) is kept instead, as the separate calls would.

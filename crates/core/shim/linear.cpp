@@ -16,7 +16,9 @@ using torch::autograd::variable_list;
 
 // The weights this file converted in the current autocast region, as autocast's own cache
 // keeps its conversions: a weight used several times in one region (shared layers, a
-// recurrent loop) is converted and kept for backward once. The cache is emptied when the
+// recurrent loop) is converted and kept for backward once. Inputs are kept too (a Linear keeps
+// its converted input for backward anyway), so that a chain's input converted ahead with its
+// weights (nn::Sequential) serves its first layer. The cache is emptied when the
 // outermost autocast region ends (shim/autocast.cpp), and an entry serves only the same
 // tensor (a weak reference: a freed weight's address may be reused), at the same version
 // (an in-place update makes it stale) and dtype.
@@ -45,16 +47,16 @@ void remember_cast(const at::Tensor& weight, const at::Tensor& cast) {
 }
 }  // namespace
 
-at::Tensor acc::cast_weight(const at::Tensor& weight, at::ScalarType dtype) {
-  if (weight.scalar_type() == dtype) return weight;
-  if (const auto* cast = cached(weight, dtype)) return *cast;
-  auto cast = weight.to(dtype);
-  remember_cast(weight, cast);
+at::Tensor acc::cached_cast(const at::Tensor& tensor, at::ScalarType dtype) {
+  if (tensor.scalar_type() == dtype) return tensor;
+  if (const auto* cast = cached(tensor, dtype)) return *cast;
+  auto cast = tensor.to(dtype);
+  remember_cast(tensor, cast);
   return cast;
 }
 
-void acc::cast_weights(const std::vector<at::Tensor>& weights) {
-  // The conversions cast_weight would make, grouped by device and dtypes: one multi-tensor
+void acc::cast_ahead(const std::vector<at::Tensor>& tensors) {
+  // The conversions cached_cast would make, grouped by device and dtypes: one multi-tensor
   // copy per group instead of one conversion per tensor (on a GPU, one kernel launch instead
   // of several, in a step that may be bound by launching them).
   struct Group {
@@ -63,15 +65,15 @@ void acc::cast_weights(const std::vector<at::Tensor>& weights) {
     std::vector<at::Tensor> sources, casts;
   };
   std::vector<Group> groups;
-  for (const auto& weight : weights) {
-    const auto dtype = compute_dtype(weight);
-    if (!weight.defined() || weight.scalar_type() == dtype || cached(weight, dtype) != nullptr) continue;
+  for (const auto& tensor : tensors) {
+    const auto dtype = compute_dtype(tensor);
+    if (!tensor.defined() || tensor.scalar_type() == dtype || cached(tensor, dtype) != nullptr) continue;
     auto group = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
-      return g.device == weight.device() && g.from == weight.scalar_type() && g.to == dtype;
+      return g.device == tensor.device() && g.from == tensor.scalar_type() && g.to == dtype;
     });
-    if (group == groups.end()) group = groups.insert(groups.end(), Group{weight.device(), weight.scalar_type(), dtype, {}, {}});
-    group->sources.push_back(weight);
-    group->casts.push_back(at::empty_like(weight, weight.options().dtype(dtype)));
+    if (group == groups.end()) group = groups.insert(groups.end(), Group{tensor.device(), tensor.scalar_type(), dtype, {}, {}});
+    group->sources.push_back(tensor);
+    group->casts.push_back(at::empty_like(tensor, tensor.options().dtype(dtype)));
   }
   at::NoGradGuard no_grad;
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
@@ -87,9 +89,9 @@ struct AutocastLinear : torch::autograd::Function<AutocastLinear> {
                             const std::optional<at::Tensor>& bias) {
     const auto dtype = acc::compute_dtype(input);
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    auto x = input.to(dtype);
-    auto w = acc::cast_weight(weight, dtype);
-    auto out = at::linear(x, w, bias ? std::optional<at::Tensor>(acc::cast_weight(*bias, dtype)) : std::nullopt);
+    auto x = acc::cached_cast(input, dtype);
+    auto w = acc::cached_cast(weight, dtype);
+    auto out = at::linear(x, w, bias ? std::optional<at::Tensor>(acc::cached_cast(*bias, dtype)) : std::nullopt);
     // What the matmul's backward keeps under autocast too: the input in the compute dtype for
     // the weight's gradient, the weight in the compute dtype for the input's, each only if needed.
     ctx->save_for_backward({weight.requires_grad() ? x : at::Tensor(), input.requires_grad() ? w : at::Tensor()});
@@ -151,19 +153,19 @@ at::Tensor acc::sum_rows_as(const at::Tensor& g, at::ScalarType dtype) {
   return g.sum(0, false, dtype);
 }
 
-// `linear(input, weight, bias)` under autocast (see above); `bias` may be null. Shapes and
-// dtypes are checked by the caller (nn::functional::linear).
-// Converts `weights` (n tensors) for the current autocast region at once, for the linear layers
-// that will use them (acc::cast_weights).
-extern "C" int acc_cast_linear_weights(const acc_tensor* weights, int64_t n) {
+// Converts `tensors` (n weights, biases and inputs) for the current autocast region at once, for
+// the linear layers that will use them (acc::cast_ahead).
+extern "C" int acc_cast_ahead(const acc_tensor* tensors, int64_t n) {
   ACC_PROTECT({
     std::vector<at::Tensor> list;
     list.reserve(n);
-    for (int64_t i = 0; i < n; ++i) list.push_back(*weights[i]);
-    acc::cast_weights(list);
+    for (int64_t i = 0; i < n; ++i) list.push_back(*tensors[i]);
+    acc::cast_ahead(list);
   })
 }
 
+// `linear(input, weight, bias)` under autocast (see above); `bias` may be null. Shapes and
+// dtypes are checked by the caller (nn::functional::linear).
 extern "C" int acc_autocast_linear(acc_tensor input, acc_tensor weight, acc_tensor bias, acc_tensor* out) {
   ACC_PROTECT({
     std::optional<at::Tensor> b;

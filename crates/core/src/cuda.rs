@@ -60,6 +60,13 @@ fn call<F: Copy>(op: &str, symbol: &[u8], f: impl FnOnce(F) -> i32) -> Result<()
     Err(Error::invalid(op, message.lines().next().unwrap_or("").to_string()))
 }
 
+/// `register_kernels` when `tensor` is on a GPU: what a shim function taking it may use.
+pub fn register_kernels_for(tensor: &tch::Tensor) {
+    if tensor.device().is_cuda() {
+        register_kernels();
+    }
+}
+
 /// Hands the CUDA side's kernels (shim-cuda/kernels.cpp) to the main shim, once. Where the
 /// CUDA side cannot be loaded the shim keeps its ATen paths, which compute the same values.
 pub fn register_kernels() {

@@ -44,7 +44,7 @@ extern "C" {
         out_sum: *mut *mut C_tensor,
         out_normed: *mut *mut C_tensor,
     ) -> i32;
-    fn acc_cast_linear_weights(weights: *const *const C_tensor, n: i64) -> i32;
+    fn acc_cast_ahead(tensors: *const *const C_tensor, n: i64) -> i32;
     fn acc_autocast_linear(
         input: *const C_tensor,
         weight: *const C_tensor,
@@ -126,9 +126,7 @@ pub fn linear_cross_entropy(
     ignore_index: i64,
     chunk_rows: i64,
 ) -> Result<Tensor> {
-    if input.device().is_cuda() {
-        crate::cuda::register_kernels();
-    }
+    crate::cuda::register_kernels_for(input);
     let mut out = std::ptr::null_mut();
     // SAFETY: live tensors for the call; `out` is a valid out-pointer.
     let status = unsafe {
@@ -154,9 +152,7 @@ pub fn fp8_linear(
     bias: Option<&Tensor>,
     gelu: Option<&str>,
 ) -> Result<Tensor> {
-    if input.device().is_cuda() {
-        crate::cuda::register_kernels();
-    }
+    crate::cuda::register_kernels_for(input);
     let gelu = gelu
         .map(std::ffi::CString::new)
         .transpose()
@@ -209,9 +205,7 @@ pub fn add_layer_norm(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<(Tensor, Tensor)> {
-    if x.device().is_cuda() {
-        crate::cuda::register_kernels();
-    }
+    crate::cuda::register_kernels_for(x);
     let (mut sum, mut normed) = (std::ptr::null_mut(), std::ptr::null_mut());
     let weight = weight.map_or(std::ptr::null(), Tensor::as_ptr);
     let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);
@@ -224,12 +218,13 @@ pub fn add_layer_norm(
 
 /// `input @ weight^T + bias` under autocast, its parameters' gradients made in their dtype
 /// (shim/linear.cpp).
-/// Converts `weights` ahead for the linear layers of the current autocast region (shim/linear.cpp).
-pub fn cast_linear_weights(weights: &[&Tensor]) -> Result<()> {
-    let pointers: Vec<*const C_tensor> = weights.iter().map(|w| w.as_ptr()).collect();
-    let n = i64::try_from(pointers.len()).map_err(|_| Error::invalid("linear", "too many weights"))?;
+/// Converts `tensors` (weights, biases, inputs) ahead for the linear layers of the current
+/// autocast region (shim/linear.cpp).
+pub fn cast_ahead(tensors: &[&Tensor]) -> Result<()> {
+    let pointers: Vec<*const C_tensor> = tensors.iter().map(|t| t.as_ptr()).collect();
+    let n = i64::try_from(pointers.len()).map_err(|_| Error::invalid("linear", "too many tensors"))?;
     // SAFETY: `pointers` holds live tensors borrowed for the call, and `n` is its length.
-    let status = unsafe { acc_cast_linear_weights(pointers.as_ptr(), n) };
+    let status = unsafe { acc_cast_ahead(pointers.as_ptr(), n) };
     check("linear", status)
 }
 

@@ -54,19 +54,20 @@ fn autocast_lowers_weight(weight: &Tensor) -> bool {
     autocast && weight.kind() == Kind::Float && weight.requires_grad() && crate::tensor::is_grad_enabled()
 }
 
-/// Converts ahead the weights (and biases) that `linear` will convert under autocast in this
-/// region, in one multi-tensor copy per device instead of one conversion per layer: a chain of
-/// small layers (`Sequential`) calls it before it runs, when launching kernels bounds its step.
-/// Nothing under fp8, whose layers read the float32 weights.
-pub(crate) fn cast_linear_weights(weights: &[Tensor]) -> Result<()> {
+/// Converts ahead the weights and biases that `linear` will convert under autocast in this
+/// region, and `input` for the first of them, in one multi-tensor copy per device instead of
+/// one conversion each: a chain of small layers (`Sequential`) calls it before it runs, when
+/// launching kernels bounds its step. Nothing under fp8, whose layers read float32 weights.
+pub(crate) fn cast_ahead(weights: &[Tensor], input: Option<&Tensor>) -> Result<()> {
     if crate::amp::fp8::is_enabled() {
         return Ok(());
     }
-    let lowered: Vec<&Tensor> = weights.iter().filter(|w| autocast_lowers_weight(w)).collect();
+    let mut lowered: Vec<&Tensor> = weights.iter().filter(|w| autocast_lowers_weight(w)).collect();
     if lowered.is_empty() {
         return Ok(());
     }
-    crate::shim::cast_linear_weights(&lowered)
+    lowered.extend(input.filter(|x| x.kind() == Kind::Float));
+    crate::shim::cast_ahead(&lowered)
 }
 
 fn check_linear_shapes(op: &str, x: &Tensor, weight: &Tensor) -> Result<()> {

@@ -40,7 +40,8 @@ impl Layer for Sequential {
         let Some((_, first)) = layers.next() else {
             return Ok(x.shallow_clone());
         };
-        super::functional::cast_linear_weights(&self.linear_weights())?;
+        let first_is_linear = first.name() == "Linear";
+        super::functional::cast_ahead(&self.linear_weights(), first_is_linear.then_some(x))?;
         let mut h = first.forward(x, train).map_err(|e| in_layer(0, first.as_ref(), e))?;
         for (i, layer) in layers {
             h = layer.forward(&h, train).map_err(|e| in_layer(i, layer.as_ref(), e))?;
