@@ -594,7 +594,7 @@ test("a Sequential under bf16 autocast converts its Linear weights and biases in
   const g = randn([8, 4]);
   // Each layer called on its own, the inner chain's too.
   const inner = seq.at(2) as nn.Sequential;
-  const layers = [seq.at(0), seq.at(1), inner.at(0), inner.at(1), seq.at(3)];
+  const layers = [seq.at(0), seq.at(1), inner.at(0), inner.at(1), seq.at(3)].map((layer) => layer as nn.Module);
   const oneByOne = () => layers.reduce((h, layer) => layer.forward(h) as Tensor, x);
   const run = (native: boolean) => {
     seq.zeroGrad();
