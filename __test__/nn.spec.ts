@@ -614,9 +614,16 @@ test("a Sequential under bf16 autocast converts its Linear weights and biases in
   t.is(native.casts, 0);
   t.is(loop.copies, 0);
   t.is(loop.casts, 6);
+  // Twice in one region: the weights are converted once; the input, which the first layer
+  // takes from the cache (a region of many steps keeps no inputs), is converted ahead again.
+  const twice = acc.profile(() => acc.autocast(() => [seq.forward(x), seq.forward(x)]));
+  const rows = (prof: { rows: { name: string; count: number }[] }, name: string) => prof.rows.find((r) => r.name === name)?.count ?? 0;
+  t.is(rows(twice, "aten::_foreach_copy_"), 2);
+  t.is(rows(twice, "aten::_to_copy"), 0);
+  t.is(rows(twice, "aten::empty_like"), 7, "the input twice, 5 weights and biases once");
   // Without gradients nothing is converted ahead (linear then leaves conversions to autocast).
   const prof = acc.profile(() => noGrad(() => acc.autocast(() => seq.forward(x))));
-  t.is(prof.rows.find((r) => r.name === "aten::_foreach_copy_"), undefined);
+  t.is(rows(prof, "aten::_foreach_copy_"), 0);
 });
 
 test("addLayerNorm gives exactly residual.add(x) and the LayerNorm of it, values and gradients; under autocast normed is bf16", (t) => {

@@ -16,9 +16,9 @@ using torch::autograd::variable_list;
 
 // The weights this file converted in the current autocast region, as autocast's own cache
 // keeps its conversions: a weight used several times in one region (shared layers, a
-// recurrent loop) is converted and kept for backward once. Inputs are kept too (a Linear keeps
-// its converted input for backward anyway), so that a chain's input converted ahead with its
-// weights (nn::Sequential) serves its first layer. The cache is emptied when the
+// recurrent loop) is converted and kept for backward once. A chain's input converted ahead with
+// its weights (nn::Sequential) waits here too, until its first layer takes it. The cache is
+// emptied when the
 // outermost autocast region ends (shim/autocast.cpp), and an entry serves only the same
 // tensor (a weak reference: a freed weight's address may be reused), at the same version
 // (an in-place update makes it stale) and dtype.
@@ -30,13 +30,30 @@ struct CachedCast {
 };
 thread_local std::unordered_map<const c10::TensorImpl*, CachedCast> weight_casts;
 
-// The valid cached conversion of `weight` to `dtype`, or null.
-const at::Tensor* cached(const at::Tensor& weight, at::ScalarType dtype) {
+// The entry of a valid cached conversion of `weight` to `dtype`, or the end.
+auto find_cast(const at::Tensor& weight, at::ScalarType dtype) {
   auto found = weight_casts.find(weight.unsafeGetTensorImpl());
-  if (found == weight_casts.end()) return nullptr;
+  if (found == weight_casts.end()) return found;
   const auto& entry = found->second;
   const bool valid = !entry.weight.expired() && entry.version == weight._version() && entry.dtype == dtype;
-  return valid ? &entry.cast : nullptr;
+  return valid ? found : weight_casts.end();
+}
+
+const at::Tensor* cached(const at::Tensor& weight, at::ScalarType dtype) {
+  auto found = find_cast(weight, dtype);
+  return found == weight_casts.end() ? nullptr : &found->second.cast;
+}
+
+// A linear layer's input in `dtype`: its conversion made ahead, taken out of the cache (an
+// input is used once; a region running many steps would otherwise keep each step's), or a new
+// one.
+at::Tensor converted_input(const at::Tensor& input, at::ScalarType dtype) {
+  if (input.scalar_type() == dtype) return input;
+  auto found = find_cast(input, dtype);
+  if (found == weight_casts.end()) return input.to(dtype);
+  auto cast = std::move(found->second.cast);
+  weight_casts.erase(found);
+  return cast;
 }
 
 void remember_cast(const at::Tensor& weight, const at::Tensor& cast) {
@@ -89,7 +106,7 @@ struct AutocastLinear : torch::autograd::Function<AutocastLinear> {
                             const std::optional<at::Tensor>& bias) {
     const auto dtype = acc::compute_dtype(input);
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    auto x = acc::cached_cast(input, dtype);
+    auto x = converted_input(input, dtype);
     auto w = acc::cached_cast(weight, dtype);
     auto out = at::linear(x, w, bias ? std::optional<at::Tensor>(acc::cached_cast(*bias, dtype)) : std::nullopt);
     // What the matmul's backward keeps under autocast too: the input in the compute dtype for

@@ -19,12 +19,12 @@ at::ScalarType compute_dtype(at::DeviceType device, at::ScalarType dtype);
 // `g`'s rows written in `dtype` (float32 for a bf16 `a`, `b`, `g`) without rounding to theirs first.
 at::Tensor mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType dtype);
 at::Tensor sum_rows_as(const at::Tensor& g, at::ScalarType dtype);
-// `tensor` (a linear layer's weight, bias or input) in `dtype`, converted once per autocast
-// region, version and dtype (shim/linear.cpp); clear_linear_casts forgets them when the
-// outermost autocast region ends.
+// `tensor` (a linear layer's weight or bias) in `dtype`, converted once per autocast region,
+// version and dtype (shim/linear.cpp); clear_linear_casts forgets them when the outermost
+// autocast region ends.
 at::Tensor cached_cast(const at::Tensor& tensor, at::ScalarType dtype);
-// The conversions cached_cast would make for each of `tensors` to its compute dtype, made ahead,
-// several in one multi-tensor copy.
+// The conversions of `tensors` (weights, biases, and a chain's input) to their compute dtype,
+// made ahead for the linear layers that will use them, several in one multi-tensor copy.
 void cast_ahead(const std::vector<at::Tensor>& tensors);
 void clear_linear_casts();
 

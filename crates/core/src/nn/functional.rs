@@ -55,18 +55,23 @@ fn autocast_lowers_weight(weight: &Tensor) -> bool {
 }
 
 /// Converts ahead the weights and biases that `linear` will convert under autocast in this
-/// region, and `input` for the first of them, in one multi-tensor copy per device instead of
-/// one conversion each: a chain of small layers (`Sequential`) calls it before it runs, when
-/// launching kernels bounds its step. Nothing under fp8, whose layers read float32 weights.
+/// region, and `input`, the input of the layer whose weight is `weights[0]`, if that layer will
+/// convert it, in one multi-tensor copy per device instead of one conversion each: a chain of
+/// small layers (`Sequential`) calls it before it runs, when launching kernels bounds its
+/// step. Nothing under fp8, whose layers read float32 weights.
 pub(crate) fn cast_ahead(weights: &[Tensor], input: Option<&Tensor>) -> Result<()> {
     if crate::amp::fp8::is_enabled() {
         return Ok(());
     }
     let mut lowered: Vec<&Tensor> = weights.iter().filter(|w| autocast_lowers_weight(w)).collect();
+    if let (Some(x), Some(first)) = (input, weights.first()) {
+        if x.kind() == Kind::Float && autocast_lowers(x, first) {
+            lowered.push(x);
+        }
+    }
     if lowered.is_empty() {
         return Ok(());
     }
-    lowered.extend(input.filter(|x| x.kind() == Kind::Float));
     crate::shim::cast_ahead(&lowered)
 }
 
