@@ -83,8 +83,9 @@ void acc::cast_ahead(const std::vector<at::Tensor>& tensors) {
   };
   std::vector<Group> groups;
   for (const auto& tensor : tensors) {
+    if (!tensor.defined()) continue;
     const auto dtype = compute_dtype(tensor);
-    if (!tensor.defined() || tensor.scalar_type() == dtype || cached(tensor, dtype) != nullptr) continue;
+    if (tensor.scalar_type() == dtype || cached(tensor, dtype) != nullptr) continue;
     auto group = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
       return g.device == tensor.device() && g.from == tensor.scalar_type() && g.to == dtype;
     });
