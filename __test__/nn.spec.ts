@@ -596,15 +596,15 @@ test("a Sequential under bf16 autocast converts its Linear weights and biases in
   const inner = seq.at(2) as nn.Sequential;
   const layers = [seq.at(0), seq.at(1), inner.at(0), inner.at(1), seq.at(3)].map((layer) => layer as nn.Module);
   const oneByOne = () => layers.reduce((h, layer) => layer.forward(h) as Tensor, x);
+  const rows = (prof: { rows: { name: string; count: number }[] }, name: string) => prof.rows.find((r) => r.name === name)?.count ?? 0;
   const run = (native: boolean) => {
     seq.zeroGrad();
     let y: Tensor | undefined;
     const prof = acc.profile(() => {
       y = acc.autocast(() => (native ? seq.forward(x) : oneByOne()));
     });
-    const count = (name: string) => prof.rows.find((r) => r.name === name)?.count ?? 0;
     (y as Tensor).to("float32").mul(g).sum().backward();
-    return { y: (y as Tensor).to("float32").toArray(), grads: seq.parameters().map((p) => p.grad!.toArray()), copies: count("aten::_foreach_copy_"), casts: count("aten::_to_copy") };
+    return { y: (y as Tensor).to("float32").toArray(), grads: seq.parameters().map((p) => p.grad!.toArray()), copies: rows(prof, "aten::_foreach_copy_"), casts: rows(prof, "aten::_to_copy") };
   };
   const [native, loop] = [run(true), run(false)];
   t.deepEqual(native.y, loop.y);
@@ -617,7 +617,6 @@ test("a Sequential under bf16 autocast converts its Linear weights and biases in
   // Twice in one region: the weights are converted once; the input, which the first layer
   // takes from the cache (a region of many steps keeps no inputs), is converted ahead again.
   const twice = acc.profile(() => acc.autocast(() => [seq.forward(x), seq.forward(x)]));
-  const rows = (prof: { rows: { name: string; count: number }[] }, name: string) => prof.rows.find((r) => r.name === name)?.count ?? 0;
   t.is(rows(twice, "aten::_foreach_copy_"), 2);
   t.is(rows(twice, "aten::_to_copy"), 0);
   t.is(rows(twice, "aten::empty_like"), 7, "the input twice, 5 weights and biases once");

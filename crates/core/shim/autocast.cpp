@@ -64,9 +64,7 @@ extern "C" int acc_autocast_exit(int32_t device, int32_t enabled, int32_t dtype)
 // inf or NaN. All tensors share one device; the gradients also one dtype.
 extern "C" int acc_amp_unscale(const acc_tensor* grads, int64_t n, acc_tensor found_inf, acc_tensor inv_scale) {
   ACC_PROTECT({
-    std::vector<at::Tensor> list;
-    list.reserve(n);
-    for (int64_t i = 0; i < n; ++i) list.push_back(*grads[i]);
+    auto list = acc::to_list(grads, n);
     at::_amp_foreach_non_finite_check_and_unscale_(list, *found_inf, *inv_scale);
   })
 }

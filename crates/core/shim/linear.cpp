@@ -175,10 +175,7 @@ at::Tensor acc::sum_rows_as(const at::Tensor& g, at::ScalarType dtype) {
 // the linear layers that will use them (acc::cast_ahead).
 extern "C" int acc_cast_ahead(const acc_tensor* tensors, int64_t n) {
   ACC_PROTECT({
-    std::vector<at::Tensor> list;
-    list.reserve(n);
-    for (int64_t i = 0; i < n; ++i) list.push_back(*tensors[i]);
-    acc::cast_ahead(list);
+    acc::cast_ahead(acc::to_list(tensors, n));
   })
 }
 

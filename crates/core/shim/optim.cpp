@@ -10,13 +10,6 @@
 
 namespace {
 
-std::vector<at::Tensor> to_list(const acc_tensor* tensors, int64_t n) {
-  std::vector<at::Tensor> out;
-  out.reserve(n);
-  for (int64_t i = 0; i < n; ++i) out.push_back(*tensors[i]);
-  return out;
-}
-
 std::optional<at::Tensor> optional_on(acc_tensor t, const at::Device& device) {
   if (t == nullptr) return std::nullopt;
   return t->to(device);
@@ -61,12 +54,12 @@ extern "C" int acc_fused_adam(const acc_tensor* params, const acc_tensor* grads,
                               acc_tensor grad_scale, acc_tensor found_inf, acc_tensor lr_tensor) {
   ACC_PROTECT({
     c10::NoGradGuard no_grad;
-    auto all_params = to_list(params, n);
-    auto all_grads = to_list(grads, n);
-    auto all_exp_avgs = to_list(exp_avgs, n);
-    auto all_exp_avg_sqs = to_list(exp_avg_sqs, n);
-    auto all_max = amsgrad ? to_list(max_exp_avg_sqs, n) : std::vector<at::Tensor>{};
-    auto all_steps = to_list(steps, n);
+    auto all_params = acc::to_list(params, n);
+    auto all_grads = acc::to_list(grads, n);
+    auto all_exp_avgs = acc::to_list(exp_avgs, n);
+    auto all_exp_avg_sqs = acc::to_list(exp_avg_sqs, n);
+    auto all_max = amsgrad ? acc::to_list(max_exp_avg_sqs, n) : std::vector<at::Tensor>{};
+    auto all_steps = acc::to_list(steps, n);
     for (const auto& indices : group_by_device_and_dtype(all_params)) {
       auto device = all_params[indices[0]].device();
       auto device_steps = pick(all_steps, indices);
@@ -109,9 +102,9 @@ extern "C" int acc_fused_sgd(const acc_tensor* params, const acc_tensor* grads, 
                              acc_tensor found_inf, acc_tensor lr_tensor) {
   ACC_PROTECT({
     c10::NoGradGuard no_grad;
-    auto all_params = to_list(params, n);
-    auto all_grads = to_list(grads, n);
-    auto all_buffers = momentum_buffers ? to_list(momentum_buffers, n) : std::vector<at::Tensor>{};
+    auto all_params = acc::to_list(params, n);
+    auto all_grads = acc::to_list(grads, n);
+    auto all_buffers = momentum_buffers ? acc::to_list(momentum_buffers, n) : std::vector<at::Tensor>{};
     for (const auto& indices : group_by_device_and_dtype(all_params)) {
       auto device = all_params[indices[0]].device();
       if (lr_tensor != nullptr) {

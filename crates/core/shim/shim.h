@@ -82,3 +82,13 @@ extern "C" void acc_set_cuda_kernels(const acc::CudaKernels* kernels);
 
 // tch hands tensors over as pointers to heap-allocated at::Tensor.
 typedef at::Tensor* acc_tensor;
+
+namespace acc {
+// The `n` tensors an array of them points to, as a list (sharing them).
+inline std::vector<at::Tensor> to_list(const acc_tensor* tensors, int64_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (int64_t i = 0; i < n; ++i) out.push_back(*tensors[i]);
+  return out;
+}
+}  // namespace acc

@@ -55,18 +55,24 @@ fn autocast_lowers_weight(weight: &Tensor) -> bool {
 }
 
 /// Converts ahead the weights and biases that `linear` will convert under autocast in this
-/// region, and `input`, the input of the layer whose weight is `weights[0]`, if that layer will
-/// convert it, in one multi-tensor copy per device instead of one conversion each: a chain of
-/// small layers (`Sequential`) calls it before it runs, when launching kernels bounds its
-/// step. Nothing under fp8, whose layers read float32 weights.
-pub(crate) fn cast_ahead(weights: &[Tensor], input: Option<&Tensor>) -> Result<()> {
-    if crate::amp::fp8::is_enabled() {
+/// region, and `input`, the input of the layer whose weight is the first of `weights`, if
+/// `input_too` and that layer will convert it, in one multi-tensor copy per device instead of
+/// one conversion each: a chain of small layers (`Sequential`) calls it before it runs, when
+/// launching kernels bounds its step. `weights` is only asked for under autocast with
+/// gradients on (a chain's forward pays nothing otherwise). Nothing under fp8, whose layers
+/// read float32 weights.
+pub(crate) fn cast_ahead(input: &Tensor, input_too: bool, weights: impl FnOnce() -> Vec<Tensor>) -> Result<()> {
+    let autocast = crate::amp::DeviceType::of("linear", input.device())
+        .and_then(crate::amp::autocast::is_enabled)
+        .unwrap_or(false);
+    if !autocast || !crate::tensor::is_grad_enabled() || crate::amp::fp8::is_enabled() {
         return Ok(());
     }
+    let weights = weights();
     let mut lowered: Vec<&Tensor> = weights.iter().filter(|w| autocast_lowers_weight(w)).collect();
-    if let (Some(x), Some(first)) = (input, weights.first()) {
-        if x.kind() == Kind::Float && autocast_lowers(x, first) {
-            lowered.push(x);
+    if let Some(first) = weights.first().filter(|_| input_too) {
+        if input.kind() == Kind::Float && autocast_lowers(input, first) {
+            lowered.push(input);
         }
     }
     if lowered.is_empty() {

@@ -40,8 +40,7 @@ impl Layer for Sequential {
         let Some((_, first)) = layers.next() else {
             return Ok(x.shallow_clone());
         };
-        let first_is_linear = first.name() == "Linear";
-        super::functional::cast_ahead(&self.linear_weights(), first_is_linear.then_some(x))?;
+        super::functional::cast_ahead(x, first.name() == "Linear", || self.linear_weights())?;
         let mut h = first.forward(x, train).map_err(|e| in_layer(0, first.as_ref(), e))?;
         for (i, layer) in layers {
             h = layer.forward(&h, train).map_err(|e| in_layer(i, layer.as_ref(), e))?;
