@@ -625,6 +625,57 @@ test("a Sequential under bf16 autocast converts its Linear weights and biases in
   t.is(rows(prof, "aten::_foreach_copy_"), 0);
 });
 
+test("a Sequential of Linear and ReLU layers runs as one autograd node and gives its layers' values and gradients, in float32 and under bf16 autocast", (t) => {
+  manualSeed(17);
+  const acc = new Accelerator({ cpu: true, mixedPrecision: "bf16" });
+  // A 3-d input that wants its gradient, a layer without bias, a ReLU after the last layer.
+  const seq = new nn.Sequential(new nn.Linear(12, 16), new nn.ReLU(), new nn.Linear(16, 16, { bias: false }), new nn.ReLU(), new nn.Linear(16, 4), new nn.ReLU());
+  const layers = [0, 1, 2, 3, 4, 5].map((i) => seq.at(i) as nn.Module);
+  const x = randn([2, 8, 12]).mul(2);
+  const g = randn([2, 8, 4]);
+  const rows = (prof: { rows: { name: string; count: number }[] }, part: string) =>
+    prof.rows.filter((r) => r.name.includes(part)).reduce((sum, r) => sum + r.count, 0);
+  const run = (native: boolean, autocast: boolean) => {
+    seq.zeroGrad();
+    const input = x.detach();
+    input.requiresGrad = true;
+    const forward = () => (native ? seq.forward(input) : layers.reduce((h, layer) => layer.forward(h) as Tensor, input));
+    let y: Tensor | undefined;
+    const prof = acc.profile(() => {
+      y = autocast ? acc.autocast(forward) : forward();
+      (y as Tensor).to("float32").mul(g).sum().backward();
+    });
+    const grads = [input, ...seq.parameters()].map((p) => p.grad!.toArray());
+    return { y: (y as Tensor).to("float32").toArray(), dtype: (y as Tensor).dtype, grads, prof };
+  };
+  for (const autocast of [false, true]) {
+    const [native, loop] = [run(true, autocast), run(false, autocast)];
+    const label = autocast ? "bf16 autocast" : "float32";
+    t.is(native.dtype, autocast ? "bfloat16" : "float32", label);
+    // The same matmuls: equal up to the order of a sum's terms.
+    const near = (a: unknown, b: unknown, what: string) => {
+      const [fa, fb] = [(a as number[]).flat(9) as number[], (b as number[]).flat(9) as number[]];
+      t.is(fa.length, fb.length, `${label} ${what}`);
+      const worst = Math.max(...fa.map((v, i) => Math.abs(v - fb[i]) / (1e-3 + Math.abs(fb[i]))));
+      t.true(worst < (autocast ? 1e-2 : 1e-5), `${label} ${what}: ${worst}`);
+    };
+    near(native.y, loop.y, "output");
+    native.grads.forEach((grad, i) => near(grad, loop.grads[i], `gradient ${i}`));
+    // One node in the graph, the ReLUs inside it; one by one, each layer records its own.
+    t.is(rows(native.prof, "LinearChain"), 2, `${label}: the node, recorded and run`);
+    t.is(rows(native.prof, "ReluBackward0"), 0, label);
+    t.true(rows(loop.prof, "ReluBackward0") >= 3, label);
+  }
+  // A frozen first layer: its parameters get no gradient, the later ones theirs.
+  for (const p of (seq.at(0) as nn.Linear).parameters()) p.requiresGrad = false;
+  seq.zeroGrad();
+  seq.forward(x).mul(g).sum().backward();
+  t.deepEqual(seq.parameters().map((p) => p.grad === null), [true, true, false, false, false]);
+  // Without gradients, the layers run one by one (nothing to record).
+  const prof = acc.profile(() => noGrad(() => seq.forward(x)));
+  t.is(rows(prof, "LinearChain"), 0);
+});
+
 test("addLayerNorm gives exactly residual.add(x) and the LayerNorm of it, values and gradients; under autocast normed is bf16", (t) => {
   manualSeed(7);
   const [r0, x0, g1, g2] = [randn([2, 6, 16]), randn([2, 6, 16]), randn([2, 6, 16]), randn([2, 6, 16])];

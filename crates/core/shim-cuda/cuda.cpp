@@ -88,6 +88,15 @@ extern "C" int acc_cuda_versions(int64_t* out) {
   })
 }
 
+// An uninitialised CPU tensor of `sizes` with `like`'s dtype, in pinned memory (the caching
+// host allocator's).
+extern "C" int acc_cuda_empty_pinned(acc_tensor like, const int64_t* sizes, int ndim, acc_tensor* out) {
+  ACC_PROTECT({
+    auto options = at::TensorOptions().dtype(like->scalar_type()).pinned_memory(true);
+    *out = new at::Tensor(at::empty(c10::IntArrayRef(sizes, static_cast<size_t>(ndim)), options));
+  })
+}
+
 namespace {
 // A finished host-to-device copy on a side stream, waited for by the consumer.
 struct AccCopy {

@@ -44,18 +44,6 @@ const at::Tensor* cached(const at::Tensor& weight, at::ScalarType dtype) {
   return found == weight_casts.end() ? nullptr : &found->second.cast;
 }
 
-// A linear layer's input in `dtype`: its conversion made ahead, taken out of the cache (an
-// input is used once; a region running many steps would otherwise keep each step's), or a new
-// one.
-at::Tensor converted_input(const at::Tensor& input, at::ScalarType dtype) {
-  if (input.scalar_type() == dtype) return input;
-  auto found = find_cast(input, dtype);
-  if (found == weight_casts.end()) return input.to(dtype);
-  auto cast = std::move(found->second.cast);
-  weight_casts.erase(found);
-  return cast;
-}
-
 void remember_cast(const at::Tensor& weight, const at::Tensor& cast) {
   weight_casts.insert_or_assign(
       weight.unsafeGetTensorImpl(),
@@ -63,6 +51,16 @@ void remember_cast(const at::Tensor& weight, const at::Tensor& cast) {
                  weight._version(), cast.scalar_type(), cast});
 }
 }  // namespace
+
+// Taken out of the cache: a region running many steps would otherwise keep each step's input.
+at::Tensor acc::converted_input(const at::Tensor& input, at::ScalarType dtype) {
+  if (input.scalar_type() == dtype) return input;
+  auto found = find_cast(input, dtype);
+  if (found == weight_casts.end()) return input.to(dtype);
+  auto cast = std::move(found->second.cast);
+  weight_casts.erase(found);
+  return cast;
+}
 
 at::Tensor acc::cached_cast(const at::Tensor& tensor, at::ScalarType dtype) {
   if (tensor.scalar_type() == dtype) return tensor;
@@ -107,7 +105,7 @@ struct AutocastLinear : torch::autograd::Function<AutocastLinear> {
                             const std::optional<at::Tensor>& bias) {
     const auto dtype = acc::compute_dtype(input);
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    auto x = converted_input(input, dtype);
+    auto x = acc::converted_input(input, dtype);
     auto w = acc::cached_cast(weight, dtype);
     auto out = at::linear(x, w, bias ? std::optional<at::Tensor>(acc::cached_cast(*bias, dtype)) : std::nullopt);
     // What the matmul's backward keeps under autocast too: the input in the compute dtype for

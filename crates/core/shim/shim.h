@@ -26,6 +26,9 @@ at::Tensor cached_cast(const at::Tensor& tensor, at::ScalarType dtype);
 // The conversions of `tensors` (weights, biases, and a chain's input) to their compute dtype,
 // made ahead for the linear layers that will use them, several in one multi-tensor copy.
 void cast_ahead(const std::vector<at::Tensor>& tensors);
+// A linear layer's `input` in `dtype`: its conversion made ahead (taken out of the cache: an
+// input is used once), or a new one.
+at::Tensor converted_input(const at::Tensor& input, at::ScalarType dtype);
 void clear_linear_casts();
 
 // A matrix in fp8: `data` (row-major), its transpose `data_t` (row-major, or undefined when not

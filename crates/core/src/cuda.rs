@@ -233,6 +233,20 @@ impl Drop for PendingCopy {
     }
 }
 
+/// An uninitialised CPU tensor of `shape` with `like`'s dtype, in pinned (page-locked) memory
+/// from the caching host allocator: a copy from it to a GPU can run asynchronously.
+pub fn empty_pinned(like: &Tensor, shape: &[i64]) -> Result<Tensor> {
+    let mut out: *mut torch_sys::C_tensor = std::ptr::null_mut();
+    type EmptyPinned =
+        unsafe extern "C" fn(*const torch_sys::C_tensor, *const i64, i32, *mut *mut torch_sys::C_tensor) -> i32;
+    call::<EmptyPinned>("DataLoader", b"acc_cuda_empty_pinned\0", |f| {
+        // SAFETY: a live tensor, a shape of the given length and a valid out-pointer.
+        unsafe { f(like.as_ptr(), shape.as_ptr(), shape.len() as i32, &mut out) }
+    })?;
+    // SAFETY: on success the shim stored a fresh heap tensor that tch now owns.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
 /// Copies CPU `tensors` to `cuda:device` on a side stream from pinned memory, without blocking.
 pub fn copy_async(tensors: &[Tensor], device: usize) -> Result<(Vec<Tensor>, PendingCopy)> {
     let ptrs: Vec<*const torch_sys::C_tensor> = tensors.iter().map(Tensor::as_ptr).collect();

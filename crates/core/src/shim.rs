@@ -45,6 +45,14 @@ extern "C" {
         out_normed: *mut *mut C_tensor,
     ) -> i32;
     fn acc_cast_ahead(tensors: *const *const C_tensor, n: i64) -> i32;
+    fn acc_linear_chain(
+        input: *const C_tensor,
+        weights: *const *const C_tensor,
+        biases: *const *const C_tensor,
+        relu: *const i32,
+        n: i64,
+        out: *mut *mut C_tensor,
+    ) -> i32;
     fn acc_autocast_linear(
         input: *const C_tensor,
         weight: *const C_tensor,
@@ -216,8 +224,6 @@ pub fn add_layer_norm(
     Ok((sum, owned(op, status, normed)?))
 }
 
-/// `input @ weight^T + bias` under autocast, its parameters' gradients made in their dtype
-/// (shim/linear.cpp).
 /// Converts `tensors` (weights, biases, inputs) ahead for the linear layers of the current
 /// autocast region (shim/linear.cpp).
 pub fn cast_ahead(tensors: &[&Tensor]) -> Result<()> {
@@ -228,6 +234,46 @@ pub fn cast_ahead(tensors: &[&Tensor]) -> Result<()> {
     check("linear", status)
 }
 
+/// Linear layers (`relu[i]`: a ReLU follows layer i) run as one autograd node
+/// (shim/linear_chain.cpp).
+pub fn linear_chain(
+    op: &str,
+    input: &Tensor,
+    weights: &[&Tensor],
+    biases: &[Option<&Tensor>],
+    relu: &[bool],
+) -> Result<Tensor> {
+    let n = weights.len();
+    if biases.len() != n || relu.len() != n {
+        return Err(Error::invalid(
+            op,
+            "a chain needs a bias slot and a ReLU flag per layer",
+        ));
+    }
+    let weights: Vec<*const C_tensor> = weights.iter().map(|t| t.as_ptr()).collect();
+    let biases: Vec<*const C_tensor> = biases
+        .iter()
+        .map(|b| b.map_or(std::ptr::null(), Tensor::as_ptr))
+        .collect();
+    let relu: Vec<i32> = relu.iter().map(|&r| i32::from(r)).collect();
+    let mut out = std::ptr::null_mut();
+    // SAFETY: live tensors (or nulls for absent biases) borrowed for the call, three arrays of
+    // length `n`, and a valid out-pointer.
+    let status = unsafe {
+        acc_linear_chain(
+            input.as_ptr(),
+            weights.as_ptr(),
+            biases.as_ptr(),
+            relu.as_ptr(),
+            n as i64,
+            &mut out,
+        )
+    };
+    owned(op, status, out)
+}
+
+/// `input @ weight^T + bias` under autocast, its parameters' gradients made in their dtype
+/// (shim/linear.cpp).
 pub fn autocast_linear(op: &str, input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let mut out = std::ptr::null_mut();
     let bias = bias.map_or(std::ptr::null(), Tensor::as_ptr);

@@ -82,33 +82,28 @@ impl TensorDataset {
 
     /// The rows `indices` of each tensor, in that order, moved to `device` if given.
     pub fn gather(&self, op: &str, indices: &[i64], device: Option<Device>) -> Result<Vec<Tensor>> {
-        let index = Tensor::f_from_slice(indices).map_err(|e| Error::torch(op, vec![], e))?;
-        self.tensors
-            .iter()
-            .map(|t| {
-                let fail = |e| Error::torch(op, shapes(&[t]), e);
-                let index = if index.device() == t.device() {
-                    index.shallow_clone()
-                } else {
-                    index.f_to_device(t.device()).map_err(fail)?
-                };
-                let rows = t.f_index_select(0, &index).map_err(fail)?;
+        // Rows bound for a GPU are gathered into pinned host memory: the copy then runs
+        // asynchronously, and this thread does not wait for the GPU's queued work.
+        let pinned = matches!(device, Some(Device::Cuda(_)));
+        self.rows(op, indices, pinned)?
+            .into_iter()
+            .map(|rows| {
+                let fail = |e| Error::torch(op, shapes(&[&rows]), e);
                 match device {
-                    // Pinned host memory lets the copy run asynchronously: this thread does not
-                    // wait for the GPU's queued work, so the training loop keeps running ahead.
-                    Some(d @ Device::Cuda(_)) if rows.device() == Device::Cpu => rows
-                        .f_pin_memory(d)
-                        .and_then(|pinned| pinned.f_to_device_(d, pinned.kind(), true, false))
-                        .map_err(fail),
+                    Some(d @ Device::Cuda(_)) if rows.device() == Device::Cpu => {
+                        let pinned = match rows.f_is_pinned(d) {
+                            Ok(true) => rows.shallow_clone(),
+                            _ => rows.f_pin_memory(d).map_err(fail)?,
+                        };
+                        pinned.f_to_device_(d, pinned.kind(), true, false).map_err(fail)
+                    }
                     Some(d) if d != rows.device() => rows.f_to_device(d).map_err(fail),
-                    _ => Ok(rows),
+                    _ => Ok(rows.shallow_clone()),
                 }
             })
             .collect()
     }
-}
 
-impl TensorDataset {
     /// Like `gather`, but a copy to a GPU runs on a side stream (from pinned memory) and is
     /// returned pending: the consumer waits for it with `PendingCopy::wait` on its own stream.
     pub fn gather_async(
@@ -119,12 +114,70 @@ impl TensorDataset {
     ) -> Result<(Vec<Tensor>, Option<PendingCopy>)> {
         let on_cpu = self.tensors.iter().all(|t| t.device() == Device::Cpu);
         if let (Some(Device::Cuda(index)), true) = (device, on_cpu) {
-            let rows = self.gather(op, indices, None)?;
+            let rows = self.rows(op, indices, true)?;
             if let Ok((copies, pending)) = crate::cuda::copy_async(&rows, index) {
                 return Ok((copies, Some(pending)));
             }
         }
         Ok((self.gather(op, indices, device)?, None))
+    }
+
+    /// The rows `indices` of each tensor where it is, in pinned host memory if `pinned` and
+    /// it can be. A contiguous tensor on the CPU is copied a row at a time on this thread;
+    /// ATen's `index_select` would use its thread pool, whose idle workers spin on the cores
+    /// the training loop needs while a background thread gathers batches.
+    fn rows(&self, op: &str, indices: &[i64], pinned: bool) -> Result<Vec<Tensor>> {
+        let len = self.len as i64;
+        if let Some(bad) = indices.iter().find(|&&i| i < 0 || i >= len) {
+            return Err(Error::invalid(
+                op,
+                format!("index {bad} is out of range for a dataset of {len} samples"),
+            ));
+        }
+        self.tensors
+            .iter()
+            .map(|t| {
+                let fail = |e| Error::torch(op, shapes(&[t]), e);
+                if t.device() == Device::Cpu && t.is_contiguous() {
+                    let mut shape = t.size();
+                    shape[0] = indices.len() as i64;
+                    let host = if pinned {
+                        crate::cuda::empty_pinned(t, &shape).ok()
+                    } else {
+                        None
+                    };
+                    let rows = match host {
+                        Some(host) => host,
+                        None => Tensor::f_empty(shape.as_slice(), (t.kind(), Device::Cpu)).map_err(fail)?,
+                    };
+                    copy_rows(t, indices, &rows);
+                    return Ok(rows);
+                }
+                let index = Tensor::f_from_slice(indices)
+                    .and_then(|i| i.f_to_device(t.device()))
+                    .map_err(fail)?;
+                t.f_index_select(0, &index).map_err(fail)
+            })
+            .collect()
+    }
+}
+
+/// Copies rows `indices` of `src` into `dst`, in order, one `memcpy` a row. `src` is a
+/// contiguous CPU tensor, every index is in `0..len` (checked by the caller), and `dst` a fresh
+/// contiguous CPU tensor of `indices.len()` such rows.
+fn copy_rows(src: &Tensor, indices: &[i64], dst: &Tensor) {
+    let len = src.size()[0];
+    if len == 0 || indices.is_empty() {
+        return;
+    }
+    let row = (src.numel() / len as usize) * src.kind().elt_size_in_bytes();
+    let (from, to) = (src.data_ptr() as *const u8, dst.data_ptr() as *mut u8);
+    for (k, &i) in indices.iter().enumerate() {
+        // SAFETY: `src` is contiguous and holds `len` rows of `row` bytes from `from`, and
+        // 0 <= i < len (checked by `rows`), so the source row lies inside it; `dst` was made for
+        // this call with `indices.len()` rows of the same dtype and trailing shape, so row k
+        // lies inside it; a fresh tensor shares no memory with `src`.
+        unsafe { std::ptr::copy_nonoverlapping(from.add(i as usize * row), to.add(k * row), row) };
     }
 }
 
@@ -151,6 +204,21 @@ mod tests {
         let last = ds.get("get", -1).unwrap();
         assert_eq!(Vec::<f32>::try_from(&last[0]).unwrap(), vec![10., 11.]);
         assert!(ds.get("get", 6).is_err());
+    }
+
+    #[test]
+    fn gathers_rows_of_strided_tensors_and_rejects_bad_indices() {
+        // A transposed view is not contiguous: gathered by index_select, the same rows.
+        let x = Tensor::arange(12, (tch::Kind::Float, Device::Cpu)).reshape([2, 6]).tr();
+        let flags = Tensor::from_slice(&[true, false, true, true, false, false]);
+        let ds = TensorDataset::new("TensorDataset", named(&[("x", x.shallow_clone()), ("flags", flags)])).unwrap();
+        let batch = ds.gather("DataLoader", &[5, 0], None).unwrap();
+        assert!(batch[0].equal(&x.index_select(0, &Tensor::from_slice(&[5i64, 0]))));
+        assert_eq!(Vec::<bool>::try_from(&batch[1]).unwrap(), vec![false, true]);
+        for bad in [6, -1] {
+            let err = ds.gather("DataLoader", &[0, bad], None).err().unwrap().to_string();
+            assert!(err.contains(&format!("index {bad} is out of range")), "{err}");
+        }
     }
 
     #[test]

@@ -81,6 +81,66 @@ pub(crate) fn cast_ahead(input: &Tensor, input_too: bool, weights: impl FnOnce()
     crate::shim::cast_ahead(&lowered)
 }
 
+/// A layer of a chain that `linear_chain` runs as one autograd node.
+pub enum Link {
+    Linear { weight: Tensor, bias: Option<Tensor> },
+    Relu,
+}
+
+/// Runs `links` (Linear layers, each maybe followed by a ReLU) on `x` as one autograd node
+/// (shim/linear_chain.cpp) when they fit: gradients on and wanted, not fp8, `x` of two or more
+/// dimensions, shapes that chain, and parameters of one dtype on `x`'s device that is `x`'s,
+/// or that autocast converts like `x`. `None` when they do not: the caller then runs the
+/// layers one by one, whose errors name the layer.
+pub(crate) fn linear_chain(x: &Tensor, links: &[Link]) -> Result<Option<Tensor>> {
+    if !crate::tensor::is_grad_enabled() || crate::amp::fp8::is_enabled() || x.dim() < 2 {
+        return Ok(None);
+    }
+    let (mut weights, mut biases, mut relu) = (Vec::new(), Vec::new(), Vec::new());
+    for link in links {
+        match link {
+            Link::Linear { weight, bias } => {
+                weights.push(weight);
+                biases.push(bias.as_ref());
+                relu.push(false);
+            }
+            Link::Relu => match relu.last_mut() {
+                Some(after) if !*after => *after = true,
+                _ => return Ok(None),
+            },
+        }
+    }
+    let Some(kind) = weights.first().map(|w| w.kind()) else {
+        return Ok(None);
+    };
+    let params = || weights.iter().copied().chain(biases.iter().flatten().copied());
+    let placed = params().all(|p| p.kind() == kind && p.device() == x.device());
+    if !placed || !(x.requires_grad() || params().any(Tensor::requires_grad)) {
+        return Ok(None);
+    }
+    let mut features = x.size().last().copied().unwrap_or(0);
+    for (weight, bias) in weights.iter().zip(&biases) {
+        let ws = weight.size();
+        if ws.len() != 2 || ws[1] != features || bias.is_some_and(|b| b.size() != [ws[0]]) {
+            return Ok(None);
+        }
+        features = ws[0];
+    }
+    let autocast = crate::amp::DeviceType::of("linear", x.device())
+        .and_then(crate::amp::autocast::is_enabled)
+        .unwrap_or(false);
+    let lowerable = |k: Kind| matches!(k, Kind::Float | Kind::BFloat16 | Kind::Half);
+    let dtypes_fit = if autocast {
+        lowerable(x.kind()) && lowerable(kind)
+    } else {
+        x.kind() == kind && (lowerable(kind) || kind == Kind::Double)
+    };
+    if !dtypes_fit {
+        return Ok(None);
+    }
+    crate::shim::linear_chain("Sequential", x, &weights, &biases, &relu).map(Some)
+}
+
 fn check_linear_shapes(op: &str, x: &Tensor, weight: &Tensor) -> Result<()> {
     let (xs, ws) = (x.size(), weight.size());
     if ws.len() != 2 || xs.last() != Some(&ws[1]) {

@@ -71,6 +71,13 @@ impl Layer for Linear {
         self.own_parameters().into_iter().map(|(_, p)| p).collect()
     }
 
+    fn link(&self) -> Option<f::Link> {
+        Some(f::Link::Linear {
+            weight: self.weight.share(),
+            bias: self.bias.as_ref().map(Param::share),
+        })
+    }
+
     fn params(&self) -> Vec<(&'static str, Option<&Param>)> {
         vec![("weight", Some(&self.weight)), ("bias", self.bias.as_ref())]
     }
@@ -302,6 +309,10 @@ impl Layer for Relu {
 
     fn forward(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
         f::relu(x)
+    }
+
+    fn link(&self) -> Option<f::Link> {
+        Some(f::Link::Relu)
     }
 }
 

@@ -63,6 +63,12 @@ pub trait Layer {
             .collect()
     }
 
+    /// What this layer is in a chain of linear layers run as one autograd node
+    /// (`Sequential::forward`): a Linear or a ReLU; other layers are none.
+    fn link(&self) -> Option<functional::Link> {
+        None
+    }
+
     /// Own parameters as shallow clones (same tensor, same gradient), absent ones skipped.
     fn own_parameters(&self) -> Vec<(&'static str, Tensor)> {
         self.params()

@@ -41,6 +41,11 @@ impl Layer for Sequential {
             return Ok(x.shallow_clone());
         };
         super::functional::cast_ahead(x, first.name() == "Linear", || self.linear_weights())?;
+        // Linear and ReLU layers only: one autograd node for the whole chain, where it fits.
+        let links: Option<Vec<_>> = self.layers.iter().map(|l| l.link()).collect();
+        if let Some(out) = links.map_or(Ok(None), |links| super::functional::linear_chain(x, &links))? {
+            return Ok(out);
+        }
         let mut h = first.forward(x, train).map_err(|e| in_layer(0, first.as_ref(), e))?;
         for (i, layer) in layers {
             h = layer.forward(&h, train).map_err(|e| in_layer(i, layer.as_ref(), e))?;

@@ -1,0 +1,123 @@
+// A chain of linear layers, each maybe followed by a ReLU (a native nn.Sequential of Linear and
+// ReLU layers), as one autograd node with a hand-written backward. Per step that is one node
+// to record and to run instead of two or three per layer (the matmul's, the weight's
+// transpose's, the ReLU's), and under autocast a ReLU runs in its matmul's epilogue
+// (`_addmm_activation`, cuBLASLt on a GPU) instead of as a kernel of its own. On a GPU a step
+// of small layers is bound by the host's work per operation, which this cuts.
+//
+// The numbers are the layers': the same matmuls in the same dtype (autocast's compute dtype, or
+// the parameters' without it), the same ReLU, and, as shim/linear.cpp, the parameters'
+// gradients made in their own dtype by the matmul and the row sum. Weights and biases are
+// converted once per autocast region (acc::cached_cast).
+#include "shim.h"
+#include <torch/csrc/autograd/custom_function.h>
+#include <vector>
+
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// A layer's flags: a ReLU follows it; it has a bias.
+constexpr int64_t RELU = 1, BIAS = 2;
+
+struct LinearChain : torch::autograd::Function<LinearChain> {
+  // Layer i multiplies by weights[i]^T, adds its bias if flags[i] & BIAS (biases holds those
+  // layers' biases, in order), then applies a ReLU if flags[i] & RELU. The parameters share
+  // one dtype.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, at::TensorList weights,
+                            at::TensorList biases, const std::vector<int64_t>& flags) {
+    const auto dtype = acc::compute_dtype(input);
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const auto sizes = input.sizes().vec();
+    // Each layer's input (the chain's, then every layer's output), then the weights as used.
+    std::vector<at::Tensor> saved{acc::converted_input(input, dtype).reshape({-1, sizes.back()})};
+    const at::Tensor* bias = biases.data();
+    for (size_t i = 0; i < weights.size(); ++i) {
+      const auto& h = saved[i];
+      const bool relu = (flags[i] & RELU) != 0;
+      auto w = acc::cached_cast(weights[i], dtype).t();
+      at::Tensor out;
+      if ((flags[i] & BIAS) != 0) {
+        auto b = acc::cached_cast(*bias++, dtype);
+        out = relu ? at::_addmm_activation(b, h, w) : at::addmm(b, h, w);
+      } else {
+        out = at::mm(h, w);
+        if (relu) out.relu_();
+      }
+      saved.push_back(out);
+    }
+    auto out = saved.back();
+    // The last output is kept only where its ReLU's backward needs it.
+    if ((flags.back() & RELU) == 0) saved.back() = at::Tensor();
+    for (const auto& w : weights) saved.push_back(acc::cached_cast(w, dtype));
+    ctx->save_for_backward(saved);
+    ctx->saved_data["flags"] = flags;
+    ctx->saved_data["input_sizes"] = sizes;
+    ctx->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
+    ctx->saved_data["param_dtype"] = static_cast<int64_t>(weights[0].scalar_type());
+    if (sizes.size() == 2) return out;
+    auto out_sizes = sizes;
+    out_sizes.back() = out.size(-1);
+    return at::_unsafe_view(out, out_sizes);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // Backward may run inside an autocast region (on the CPU, on the calling thread); its
+    // matmuls must stay in the forward's dtypes.
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    const auto saved = ctx->get_saved_variables();
+    const auto flags = ctx->saved_data["flags"].toIntVector();
+    const auto n = flags.size();
+    const at::Tensor* h = saved.data();          // h[i]: layer i's input; h[i + 1]: its output
+    const at::Tensor* w = saved.data() + n + 1;  // w[i]: layer i's weight as used
+    const auto param_dtype = static_cast<at::ScalarType>(ctx->saved_data["param_dtype"].toInt());
+    // Input edges and gradient slots: the input, the n weights, the biases there are, then
+    // the flags (not a tensor, no edge).
+    std::vector<size_t> bias_slot(n, 0);
+    size_t slots = 1 + n;
+    for (size_t i = 0; i < n; ++i) {
+      if ((flags[i] & BIAS) != 0) bias_slot[i] = slots++;
+    }
+    variable_list grads(slots + 1);
+    auto needs = [&](size_t slot) { return slot != 0 && ctx->needs_input_grad(slot); };
+    // Whether the gradient must go on below layer i: to an earlier layer's parameter or the input.
+    auto needed_below = [&](size_t layer) {
+      if (ctx->needs_input_grad(0)) return true;
+      for (size_t j = 0; j < layer; ++j) {
+        if (needs(1 + j) || needs(bias_slot[j])) return true;
+      }
+      return false;
+    };
+    auto g = grad_outputs[0].to(h[0].scalar_type());
+    g = g.reshape({-1, g.size(-1)});
+    for (size_t i = n; i-- > 0;) {
+      if ((flags[i] & RELU) != 0) g = at::threshold_backward(g, h[i + 1], 0);
+      if (needs(1 + i)) grads[1 + i] = acc::mm_as(g.t(), h[i], param_dtype);
+      if (needs(bias_slot[i])) grads[bias_slot[i]] = acc::sum_rows_as(g, param_dtype);
+      if (!needed_below(i)) break;
+      g = g.mm(w[i]);
+    }
+    if (ctx->needs_input_grad(0)) {
+      const auto input_dtype = static_cast<at::ScalarType>(ctx->saved_data["input_dtype"].toInt());
+      grads[0] = g.view(ctx->saved_data["input_sizes"].toIntVector()).to(input_dtype);
+    }
+    return grads;
+  }
+};
+}  // namespace
+
+// The chain of `n` linear layers (see above): weights[i], biases[i] (null: none), relu[i] != 0
+// where a ReLU follows layer i. Shapes and dtypes are checked by the caller (nn::Sequential).
+extern "C" int acc_linear_chain(acc_tensor input, const acc_tensor* weights, const acc_tensor* biases,
+                                const int32_t* relu, int64_t n, acc_tensor* out) {
+  ACC_PROTECT({
+    std::vector<at::Tensor> w, b;
+    std::vector<int64_t> flags;
+    for (int64_t i = 0; i < n; ++i) {
+      w.push_back(*weights[i]);
+      if (biases[i] != nullptr) b.push_back(*biases[i]);
+      flags.push_back((relu[i] != 0 ? RELU : 0) | (biases[i] != nullptr ? BIAS : 0));
+    }
+    *out = new at::Tensor(LinearChain::apply(*input, at::TensorList(w), at::TensorList(b), flags));
+  })
+}
