@@ -47,18 +47,21 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
       saved.push_back(out);
     }
     auto out = saved.back();
-    // The last output is kept only where its ReLU's backward needs it.
-    if ((flags.back() & RELU) == 0) saved.back() = at::Tensor();
+    if (sizes.size() != 2) {
+      auto out_sizes = sizes;
+      out_sizes.back() = out.size(-1);
+      out = at::_unsafe_view(out, out_sizes);
+    }
+    // The output itself is kept where its ReLU's backward needs it (so that an in-place change
+    // of it is an error in backward, as for a ReLU on its own), and nothing otherwise.
+    saved.back() = (flags.back() & RELU) != 0 ? out : at::Tensor();
     for (const auto& w : weights) saved.push_back(acc::cached_cast(w, dtype));
     ctx->save_for_backward(saved);
     ctx->saved_data["flags"] = flags;
     ctx->saved_data["input_sizes"] = sizes;
     ctx->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
     ctx->saved_data["param_dtype"] = static_cast<int64_t>(weights[0].scalar_type());
-    if (sizes.size() == 2) return out;
-    auto out_sizes = sizes;
-    out_sizes.back() = out.size(-1);
-    return at::_unsafe_view(out, out_sizes);
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -91,7 +94,7 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
     auto g = grad_outputs[0].to(h[0].scalar_type());
     g = g.reshape({-1, g.size(-1)});
     for (size_t i = n; i-- > 0;) {
-      if ((flags[i] & RELU) != 0) g = at::threshold_backward(g, h[i + 1], 0);
+      if ((flags[i] & RELU) != 0) g = at::threshold_backward(g, h[i + 1].reshape(g.sizes()), 0);
       if (needs(1 + i)) grads[1 + i] = acc::mm_as(g.t(), h[i], param_dtype);
       if (needs(bias_slot[i])) grads[bias_slot[i]] = acc::sum_rows_as(g, param_dtype);
       if (!needed_below(i)) break;

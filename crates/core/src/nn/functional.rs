@@ -127,13 +127,16 @@ pub(crate) fn linear_chain(x: &Tensor, links: &[Link]) -> Result<Option<Tensor>>
         features = ws[0];
     }
     let autocast = crate::amp::DeviceType::of("linear", x.device())
-        .and_then(crate::amp::autocast::is_enabled)
-        .unwrap_or(false);
+        .and_then(crate::amp::autocast::state)
+        .ok()
+        .filter(|state| state.enabled)
+        .and_then(|state| state.dtype());
     let lowerable = |k: Kind| matches!(k, Kind::Float | Kind::BFloat16 | Kind::Half);
-    let dtypes_fit = if autocast {
-        lowerable(x.kind()) && lowerable(kind)
-    } else {
-        x.kind() == kind && (lowerable(kind) || kind == Kind::Double)
+    let dtypes_fit = match autocast {
+        // Parameters in float32 or already in the compute dtype: their gradients are then
+        // made exactly (shim/linear.cpp's mm_as); other half-precision ones run one by one.
+        Some(compute) => lowerable(x.kind()) && (kind == Kind::Float || kind == compute),
+        None => x.kind() == kind && (lowerable(kind) || kind == Kind::Double),
     };
     if !dtypes_fit {
         return Ok(None);
