@@ -619,7 +619,8 @@ test("a Sequential under bf16 autocast converts its Linear weights and biases in
   const twice = acc.profile(() => acc.autocast(() => [seq.forward(x), seq.forward(x)]));
   t.is(rows(twice, "aten::_foreach_copy_"), 2);
   t.is(rows(twice, "aten::_to_copy"), 0);
-  t.is(rows(twice, "aten::empty_like"), 7, "the input twice, 5 weights and biases once");
+  // Each copy's conversions are views of one allocation, not allocated one by one.
+  t.is(rows(twice, "aten::empty_like"), 0);
   // Without gradients nothing is converted ahead (linear then leaves conversions to autocast).
   const prof = acc.profile(() => noGrad(() => acc.autocast(() => seq.forward(x))));
   t.is(rows(prof, "aten::_foreach_copy_"), 0);

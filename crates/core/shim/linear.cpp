@@ -89,11 +89,26 @@ void acc::cast_ahead(const std::vector<at::Tensor>& tensors) {
     });
     if (group == groups.end()) group = groups.insert(groups.end(), Group{tensor.device(), tensor.scalar_type(), dtype, {}, {}});
     group->sources.push_back(tensor);
-    group->casts.push_back(at::empty_like(tensor, tensor.options().dtype(dtype)));
   }
   at::NoGradGuard no_grad;
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   for (auto& group : groups) {
+    // One allocation for the group's dense conversions, each a view with its source's layout at
+    // an offset aligned to 128 bytes (as vectorised kernels and cuBLASLt prefer); others apart.
+    constexpr int64_t align = 64;
+    std::vector<int64_t> offsets;
+    int64_t total = 0;
+    for (const auto& source : group.sources) {
+      offsets.push_back(total);
+      if (source.is_non_overlapping_and_dense()) total += (source.numel() + align - 1) / align * align;
+    }
+    auto flat = at::empty({total}, group.sources[0].options().dtype(group.to));
+    for (size_t i = 0; i < group.sources.size(); ++i) {
+      const auto& source = group.sources[i];
+      group.casts.push_back(source.is_non_overlapping_and_dense()
+                                ? flat.as_strided(source.sizes(), source.strides(), offsets[i])
+                                : at::empty_like(source, source.options().dtype(group.to)));
+    }
     at::_foreach_copy_(group.casts, group.sources);
     for (size_t i = 0; i < group.sources.size(); ++i) remember_cast(group.sources[i], group.casts[i]);
   }
