@@ -316,10 +316,13 @@ export declare function distIsInitialized(): boolean
 export declare function fp8Pass(next: number): number
 
 /**
- * The fp8 amax histories of the Linear layer whose weight is `weight` (a float32 [3, 19]
- * tensor; empty when it never ran in fp8), for exact resumes.
+ * The fp8 amax histories of the Linear layer whose weight is `weight` (a float32
+ * [3, fp8StateColumns()] tensor; empty when it never ran in fp8), for exact resumes.
  */
 export declare function fp8State(weight: Tensor): Tensor
+
+/** The number of columns of an fp8 state (`fp8State`). */
+export declare function fp8StateColumns(): number
 
 /** Creates a tensor from raw elements of `sourceDtype`, converted to `dtype` on `device`. */
 export declare function fromBytes(bytes: Uint8Array, shape: Ints, sourceDtype: string, dtype?: string | undefined | null, device?: string | undefined | null): Tensor

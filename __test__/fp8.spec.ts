@@ -5,7 +5,8 @@ import test from "ava";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Accelerator, manualSeed, nn, optim, randn, type Tensor } from "../ts/index.js";
+import { saveSafetensors } from "../ts/checkpoint.js";
+import { Accelerator, manualSeed, nn, optim, randn, zeros, type Tensor } from "../ts/index.js";
 
 /** ‖a - b‖ / ‖b‖. */
 const relative = (a: Tensor, b: Tensor) => a.sub(b).pow(2).sum().sqrt().item() / b.pow(2).sum().sqrt().item();
@@ -182,6 +183,9 @@ test("fp8: saveState and loadState carry the amax histories, so the losses after
   const without = setup();
   without.acc.loadState(dir);
   t.notDeepEqual(batches.slice(4).map((x) => step(without, x)), uninterrupted, "the histories made the difference");
+  // A state of the wrong shape is an Error naming the file, the key and the shape the engine keeps.
+  saveSafetensors(join(dir, "fp8_states_0.safetensors"), { "0.weight": zeros([3, 4]) });
+  t.throws(() => setup().acc.loadState(dir), { message: /fp8_states_0\.safetensors holds "0\.weight" of shape \[3, 4\]; an fp8 state is \[3, 19\]/ });
 });
 
 test("fp8: activation checkpointing trains exactly as without (the recomputation scales as the first pass did)", (t) => {

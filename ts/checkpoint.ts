@@ -148,9 +148,6 @@ export interface CheckpointLayout {
   processIndex: number;
 }
 
-/** Columns of a Linear layer's fp8 state (`native.fp8State`): a 16-call amax history and 3 more. */
-const FP8_STATE_COLUMNS = 19;
-
 /** Everything a checkpoint holds, read and checked, not yet applied. */
 export interface StagedCheckpoint {
   meta: CheckpointMeta;
@@ -221,9 +218,10 @@ export function readCheckpoint(dir: string, layout: CheckpointLayout, op = "load
     if (rng !== undefined && !(rng.cpu instanceof Tensor)) throw new Error(`${op}: ${join(dir, rngName)} holds no "cpu" generator state`);
     const fp8Name = `fp8_states_${layout.processIndex}.safetensors`;
     const fp8 = present(join(dir, fp8Name)) ? track(loadSafetensorsIn(dir, fp8Name)) : undefined;
+    const columns = native.fp8StateColumns();
     for (const [key, t] of Object.entries(fp8 ?? {})) {
-      if (t.shape.length !== 2 || t.shape[0] !== 3 || t.shape[1] !== FP8_STATE_COLUMNS) {
-        throw new Error(`${op}: ${join(dir, fp8Name)} holds "${key}" of shape [${t.shape.join(", ")}]; an fp8 state is [3, ${FP8_STATE_COLUMNS}]`);
+      if (t.shape.length !== 2 || t.shape[0] !== 3 || t.shape[1] !== columns) {
+        throw new Error(`${op}: ${join(dir, fp8Name)} holds "${key}" of shape [${t.shape.join(", ")}]; an fp8 state is [3, ${columns}]`);
       }
     }
     return {

@@ -242,10 +242,13 @@ export class Checkpointer {
       this.#parts.strategy.agree("loadState");
       this.#parts.strategy.loadParameters(() => prepared.models.forEach((m, i) => m.loadStateDict(staged.models[i] as never)));
       // fp8 amax histories: the checkpoint's, and none for a layer it has none of (its next
-      // call scales by its own amax), whatever the layers kept before.
+      // call scales by its own amax), whatever the layers kept before (restored on failure).
       const none = zeros([0]);
       try {
-        for (const [key, parameter] of this.#parameters()) native.setFp8State(parameter, staged.fp8?.[key] ?? none);
+        for (const [key, parameter] of this.#parameters()) {
+          const history = { stateDict: () => native.fp8State(parameter), loadStateDict: (t: Tensor) => native.setFp8State(parameter, t) };
+          applyWithUndo(history, staged.fp8?.[key] ?? none, true);
+        }
       } finally {
         none.dispose();
       }

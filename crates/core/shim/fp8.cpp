@@ -216,6 +216,9 @@ extern "C" int acc_fp8_linear(acc_tensor input, acc_tensor weight, acc_tensor bi
   })
 }
 
+// The columns of an fp8 state (acc_fp8_state): the one place their number is defined.
+extern "C" int64_t acc_fp8_state_columns() { return AMAX_HISTORY + 3; }
+
 // For checkpoints: the amax histories of the fp8 Linear whose weight is `weight`, as a CPU
 // float32 [3, AMAX_HISTORY + 3] tensor, a row each for its input, weight and output gradient
 // (the history as kept above, then 1 if it has recorded an amax, else 0); [0] when it has none.

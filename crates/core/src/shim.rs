@@ -17,6 +17,7 @@ extern "C" {
     fn acc_storage_missing(tensor: *const C_tensor) -> i32;
     fn acc_set_cuda_kernels(kernels: *const std::ffi::c_void);
     fn acc_fp8_state(weight: *const C_tensor, out: *mut *mut C_tensor) -> i32;
+    fn acc_fp8_state_columns() -> i64;
     fn acc_set_fp8_state(weight: *const C_tensor, state: *const C_tensor) -> i32;
     fn acc_fp8_pass(next: i32, previous: *mut i32) -> i32;
     fn acc_fp8_linear(
@@ -300,8 +301,15 @@ pub fn gelu_linear(
     owned(op, status, out)
 }
 
+/// The number of columns of an fp8 state (`fp8_state`).
+pub fn fp8_state_columns() -> i64 {
+    // SAFETY: a constant; the function takes nothing and cannot fail.
+    unsafe { acc_fp8_state_columns() }
+}
+
 /// The fp8 amax histories of the Linear layer whose weight is `weight` (shim/fp8.cpp), a
-/// float32 `[3, 19]` CPU tensor, or an empty one when it has none (it never ran in fp8).
+/// float32 `[3, fp8_state_columns()]` CPU tensor, or an empty one when it has none (it never
+/// ran in fp8).
 pub fn fp8_state(weight: &Tensor) -> Result<Tensor> {
     let mut out = std::ptr::null_mut();
     // SAFETY: a live tensor for the call; `out` is a valid out-pointer.

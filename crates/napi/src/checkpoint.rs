@@ -156,8 +156,14 @@ pub fn commit_staging_dir(staging: String, dir: String) -> Result<()> {
     })
 }
 
-/// The fp8 amax histories of the Linear layer whose weight is `weight` (a float32 [3, 19]
-/// tensor; empty when it never ran in fp8), for exact resumes.
+/// The number of columns of an fp8 state (`fp8State`).
+#[napi]
+pub fn fp8_state_columns() -> i64 {
+    shim::fp8_state_columns()
+}
+
+/// The fp8 amax histories of the Linear layer whose weight is `weight` (a float32
+/// [3, fp8StateColumns()] tensor; empty when it never ran in fp8), for exact resumes.
 #[napi]
 pub fn fp8_state(env: Env, weight: Tensor) -> Result<Tensor> {
     guarded("fp8State", || {
