@@ -31,11 +31,13 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
     const auto sizes = input.sizes().vec();
     // Each layer's input (the chain's, then every layer's output), then the weights as used.
     std::vector<at::Tensor> saved{acc::converted_input(input, dtype).reshape({-1, sizes.back()})};
+    std::vector<at::Tensor> casts;
     const at::Tensor* bias = biases.data();
     for (size_t i = 0; i < weights.size(); ++i) {
       const auto& h = saved[i];
       const bool relu = (flags[i] & RELU) != 0;
-      auto w = acc::cached_cast(weights[i], dtype).t();
+      casts.push_back(acc::cached_cast(weights[i], dtype));
+      auto w = casts.back().t();
       at::Tensor out;
       if ((flags[i] & BIAS) != 0) {
         auto b = acc::cached_cast(*bias++, dtype);
@@ -55,7 +57,7 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
     // The output itself is kept where its ReLU's backward needs it (so that an in-place change
     // of it is an error in backward, as for a ReLU on its own), and nothing otherwise.
     saved.back() = (flags.back() & RELU) != 0 ? out : at::Tensor();
-    for (const auto& w : weights) saved.push_back(acc::cached_cast(w, dtype));
+    saved.insert(saved.end(), casts.begin(), casts.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["flags"] = flags;
     ctx->saved_data["input_sizes"] = sizes;

@@ -88,18 +88,19 @@ impl TensorDataset {
         self.rows(op, indices, pinned)?
             .into_iter()
             .map(|rows| {
-                let fail = |e| Error::torch(op, shapes(&[&rows]), e);
-                match device {
+                let moved = match device {
                     Some(d @ Device::Cuda(_)) if rows.device() == Device::Cpu => {
-                        let pinned = match rows.f_is_pinned(d) {
-                            Ok(true) => rows.shallow_clone(),
-                            _ => rows.f_pin_memory(d).map_err(fail)?,
-                        };
-                        pinned.f_to_device_(d, pinned.kind(), true, false).map_err(fail)
+                        if rows.f_is_pinned(d).unwrap_or(false) {
+                            rows.f_to_device_(d, rows.kind(), true, false)
+                        } else {
+                            rows.f_pin_memory(d)
+                                .and_then(|p| p.f_to_device_(d, p.kind(), true, false))
+                        }
                     }
-                    Some(d) if d != rows.device() => rows.f_to_device(d).map_err(fail),
-                    _ => Ok(rows.shallow_clone()),
-                }
+                    Some(d) if d != rows.device() => rows.f_to_device(d),
+                    _ => return Ok(rows),
+                };
+                moved.map_err(|e| Error::torch(op, shapes(&[&rows]), e))
             })
             .collect()
     }

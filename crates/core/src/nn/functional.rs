@@ -37,6 +37,14 @@ pub(crate) fn linear_as(op: &str, x: &Tensor, weight: &Tensor, bias: Option<&Ten
         .map_err(|e| Error::torch(op, shapes(&[x, weight]), e))
 }
 
+/// This thread's autocast setting for `device`'s type when autocast is on there.
+fn autocast_on(device: tch::Device) -> Option<crate::amp::autocast::AutocastState> {
+    crate::amp::DeviceType::of("autocast", device)
+        .and_then(crate::amp::autocast::state)
+        .ok()
+        .filter(|state| state.enabled)
+}
+
 /// Whether autocast runs `x @ weight^T` below the precision of a float32 weight that will get
 /// a gradient. Such a linear makes the weight's and bias's gradients in float32 straight from
 /// the matmul and the row sum (shim/linear.cpp) instead of in bf16 and then converted: the
@@ -48,10 +56,10 @@ fn autocast_lowers(x: &Tensor, weight: &Tensor) -> bool {
 /// The weight's part of `autocast_lowers`: a float32 weight that will get a gradient, on a
 /// device where autocast is on.
 fn autocast_lowers_weight(weight: &Tensor) -> bool {
-    let autocast = crate::amp::DeviceType::of("linear", weight.device())
-        .and_then(crate::amp::autocast::is_enabled)
-        .unwrap_or(false);
-    autocast && weight.kind() == Kind::Float && weight.requires_grad() && crate::tensor::is_grad_enabled()
+    autocast_on(weight.device()).is_some()
+        && weight.kind() == Kind::Float
+        && weight.requires_grad()
+        && crate::tensor::is_grad_enabled()
 }
 
 /// Converts ahead the weights and biases that `linear` will convert under autocast in this
@@ -62,10 +70,7 @@ fn autocast_lowers_weight(weight: &Tensor) -> bool {
 /// gradients on (a chain's forward pays nothing otherwise). Nothing under fp8, whose layers
 /// read float32 weights.
 pub(crate) fn cast_ahead(input: &Tensor, input_too: bool, weights: impl FnOnce() -> Vec<Tensor>) -> Result<()> {
-    let autocast = crate::amp::DeviceType::of("linear", input.device())
-        .and_then(crate::amp::autocast::is_enabled)
-        .unwrap_or(false);
-    if !autocast || !crate::tensor::is_grad_enabled() || crate::amp::fp8::is_enabled() {
+    if autocast_on(input.device()).is_none() || !crate::tensor::is_grad_enabled() || crate::amp::fp8::is_enabled() {
         return Ok(());
     }
     let weights = weights();
@@ -126,11 +131,7 @@ pub(crate) fn linear_chain(x: &Tensor, links: &[Link]) -> Result<Option<Tensor>>
         }
         features = ws[0];
     }
-    let autocast = crate::amp::DeviceType::of("linear", x.device())
-        .and_then(crate::amp::autocast::state)
-        .ok()
-        .filter(|state| state.enabled)
-        .and_then(|state| state.dtype());
+    let autocast = autocast_on(x.device()).and_then(|state| state.dtype());
     let lowerable = |k: Kind| matches!(k, Kind::Float | Kind::BFloat16 | Kind::Half);
     let dtypes_fit = match autocast {
         // Parameters in float32 or already in the compute dtype: their gradients are then
@@ -178,9 +179,7 @@ pub fn gelu_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, approxima
 /// Outside autocast, each of `others` must have `input`'s dtype (as libtorch's matmuls want);
 /// under autocast they are converted to its compute dtype.
 fn check_same_dtype(op: &str, input: &Tensor, others: &[(&str, &Tensor)]) -> Result<()> {
-    let autocast = crate::amp::DeviceType::of(op, input.device())
-        .and_then(crate::amp::autocast::is_enabled)
-        .unwrap_or(false);
+    let autocast = autocast_on(input.device()).is_some();
     match others.iter().find(|(_, t)| t.kind() != input.kind()) {
         Some((name, other)) if !autocast => Err(Error::invalid(
             op,
