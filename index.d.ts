@@ -102,7 +102,8 @@ export declare class NativeLayer {
   static causalSelfAttention(dim: Int, heads: Int, dropout: number, qkv: NativeLayer, proj: NativeLayer): NativeLayer
   /** The PyTorch class name of this layer. */
   get kind(): string
-  forward(x: Tensor, train: boolean): Tensor
+  /** The layer on `x`; with `float32Output` a float16 or bfloat16 output comes as float32. */
+  forward(x: Tensor, train: boolean, float32Output?: boolean | undefined | null): Tensor
   /** Names of this layer's own parameters, absent ones (a bias turned off) included. */
   parameterNames(): Array<string>
   /**

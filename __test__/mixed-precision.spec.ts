@@ -1,7 +1,7 @@
 // Mixed precision through the Accelerator on the CPU: bf16 autocast inside the
 // prepared model only, and fp16 loss scaling that skips overflowing steps.
 import test from "ava";
-import { Accelerator, nn, optim, tensor, type Tensor } from "../ts/index.js";
+import { Accelerator, manualSeed, nn, optim, randn, tensor, type Tensor } from "../ts/index.js";
 
 class Recorder extends nn.Module {
   readonly fc = new nn.Linear(4, 3);
@@ -25,6 +25,50 @@ test("bf16: matmuls inside the prepared model run in bfloat16; its output and th
   t.is(x.matmul(model.fc.weight.t()).dtype, "float32", "no autocast outside the model");
   t.is(acc.autocast(() => x.matmul(model.fc.weight.t())).dtype, "bfloat16");
   t.true(model.parameters().every((p) => p.dtype === "float32"), "master weights stay float32");
+});
+
+test("bf16: a prepared native model (a Sequential, a Linear) returns float32 made in the engine: the values and gradients of converting after it, without a conversion node; a subclass's own forward still runs", (t) => {
+  manualSeed(3);
+  const acc = new Accelerator({ cpu: true, mixedPrecision: "bf16" });
+  const count = (prof: { rows: { name: string; count: number }[] }, part: string) =>
+    prof.rows.filter((r) => r.name.includes(part)).reduce((sum, r) => sum + r.count, 0);
+  const x = randn([5, 6]);
+  const builders: [string, () => nn.Module][] = [
+    ["Sequential", () => new nn.Sequential(new nn.Linear(6, 8), new nn.ReLU(), new nn.Linear(8, 3))],
+    ["Sequential ending in a ReLU", () => new nn.Sequential(new nn.Linear(6, 8), new nn.ReLU(), new nn.Linear(8, 3), new nn.ReLU())],
+    ["Sequential with a Dropout", () => new nn.Sequential(new nn.Linear(6, 8), new nn.Dropout(0), new nn.Linear(8, 3))],
+    ["Linear", () => new nn.Linear(6, 3)],
+  ];
+  for (const [label, build] of builders) {
+    const [net, reference] = [build(), build()];
+    reference.loadStateDict(net.stateDict());
+    const [model] = acc.prepare(net);
+    let y: Tensor | undefined;
+    const prof = acc.profile(() => {
+      y = model.forward(x) as Tensor;
+      y.sum().backward();
+    });
+    const want = acc.autocast(() => reference.forward(x) as Tensor);
+    t.is(want.dtype, "bfloat16", label);
+    want.to("float32").sum().backward();
+    t.is(y!.dtype, "float32", label);
+    t.deepEqual(y!.toArray(), want.to("float32").toArray(), label);
+    net.parameters().forEach((p, i) => t.deepEqual(p.grad!.toArray(), reference.parameters()[i].grad!.toArray(), `${label}: gradient ${i}`));
+    // A chain of Linear and ReLU layers converts inside its one node; other layers after their last.
+    const chain = label.startsWith("Sequential") && !label.includes("Dropout");
+    t.is(count(prof, "ToCopyBackward0") > 0, !chain, `${label}: a conversion node`);
+  }
+  // A subclass's forward is the user's: it runs, and its output is converted after it.
+  class Doubled extends nn.Sequential {
+    forward(x: Tensor): Tensor {
+      return super.forward(x).mul(2);
+    }
+  }
+  const [doubled] = acc.prepare(new Doubled(new nn.Linear(6, 3)));
+  const out = doubled.forward(x);
+  t.is(out.dtype, "float32");
+  const inner = acc.autocast(() => nn.Sequential.prototype.forward.call(doubled, x)).to("float32");
+  t.deepEqual(out.toArray(), inner.mul(2).toArray());
 });
 
 test("fp16: an inf gradient skips the step and halves the scale; clean steps double it after growthInterval", (t) => {

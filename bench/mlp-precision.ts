@@ -26,8 +26,9 @@ const y = randint(0, 10, [batch], { device });
 const now = () => Number(process.hrtime.bigint()) / 1e3;
 
 type Phases = { forward: number; backward: number; step: number };
-// As a prepared model's forward: under autocast, float32 outputs.
-const forward = (bf16: boolean): Tensor => (bf16 ? accelerator.autocast(() => net.forward(x)).to("float32") : net.forward(x));
+// bf16 through a prepared model (under autocast, float32 outputs) whose layers are `net`'s.
+const [prepared] = accelerator.prepare(new nn.Sequential(...net.children()));
+const forward = (bf16: boolean): Tensor => (bf16 ? prepared : net).forward(x);
 const variants: Record<string, (bf16: boolean) => Phases> = {
   train: (bf16) => {
     const t0 = now();

@@ -5,6 +5,7 @@
 import type { GradScalerCore } from "../index.js";
 import { mixedPrecisionOf, type MixedPrecision } from "./mixed-precision.js";
 import { native } from "./native.js";
+import { nativeForwardFloat32 } from "./nn/native_module.js";
 import { Tensor } from "./tensor.js";
 
 export type PrecisionMode = MixedPrecision;
@@ -126,8 +127,18 @@ export class PrecisionPolicy {
    */
   wrapModel(model: { forward(...args: never[]): unknown }): void {
     if (this.mode === "no" || this.#wrapped.has(model)) return;
-    const forward = model.forward.bind(model) as (...args: unknown[]) => unknown;
-    model.forward = (...args: unknown[]) => toFloat32(this.autocast(() => forward(...args)));
+    const original = model.forward;
+    const forward = original.bind(model) as (...args: unknown[]) => unknown;
+    model.forward = (...args: unknown[]) => {
+      // A native model (a Sequential of engine layers, say) converts its output in the engine.
+      let converted = false;
+      const out = this.autocast(() => {
+        const direct = nativeForwardFloat32(model, original, args);
+        converted = direct !== undefined;
+        return direct ?? forward(...args);
+      });
+      return converted ? out : toFloat32(out);
+    };
     this.#wrapped.add(model);
   }
 

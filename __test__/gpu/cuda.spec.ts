@@ -185,6 +185,57 @@ test("linearCrossEntropy on a GPU: one kernel per chunk for the loss and the log
   t.true(kernels.includes("rows_loss") && !kernels.some((k) => /SoftMax/.test(k)), `kernels: ${kernels.join(" | ")}`);
 });
 
+test("crossEntropy on a GPU's 2-d logits: one kernel and one node with ATen's loss and gradient (float64 on the CPU), float32 and bf16, each reduction, ignored targets, 10 and 64 classes; an invalid target gives NaN", (t) => {
+  const acc = new Accelerator({ mixedPrecision: "bf16" });
+  const count = (prof: { rows: { name: string; count: number; device?: string }[] }, part: string) =>
+    prof.rows.filter((r) => r.name.includes(part)).reduce((sum, r) => sum + r.count, 0);
+  for (const classes of [10, 64]) {
+    const rows = 70;
+    const logits = randn([rows, classes]).mul(3);
+    // Every seventh row ignored.
+    const labels = Array.from({ length: rows }, (_, i) => (i % 7 === 3 ? -100 : (i * 31) % classes));
+    const y = tensor(labels, { dtype: "int64" });
+    const g = randn([rows]);
+    for (const reduction of ["mean", "sum", "none"] as const) {
+      for (const dtype of ["float32", "bfloat16"] as const) {
+        for (const autocast of [false, true]) {
+          const run = (device: "cpu" | "cuda:0", targets = y) => {
+            // The same values on both: bf16 logits widened exactly to float64 on the CPU.
+            const x = logits.to(dtype).to(device === "cpu" ? "float64" : dtype, device).detach();
+            x.requiresGrad = true;
+            const loss = () => F.crossEntropy(x, targets.to("int64", device), { reduction });
+            const value = device === "cuda:0" && autocast ? acc.autocast(loss) : loss();
+            (reduction === "none" ? value.mul(g.to(value.dtype, device)).sum() : value).backward();
+            return { value, grad: (x.grad as Tensor).to("float64", "cpu") };
+          };
+          const label = `${classes} classes, ${reduction}, ${dtype}, autocast ${autocast}`;
+          let got: ReturnType<typeof run> | undefined;
+          const prof = acc.profile(() => (got = run("cuda:0")));
+          const want = run("cpu");
+          // Under autocast the loss is float32, as ATen's (its cross-entropy runs in float32).
+          t.is(got!.value.dtype, autocast ? "float32" : dtype, label);
+          const [a, b] = [got!.value.to("float64", "cpu"), want.value];
+          const tolerance = dtype === "bfloat16" && !autocast ? 1e-2 : 1e-5;
+          t.true(a.sub(b).abs().max().item() <= tolerance * (1 + b.abs().max().item()), `${label}: loss ${a.toArray()} vs ${b.toArray()}`);
+          // The gradient is rounded once to the logits' dtype (bf16: within one unit, 2^-8).
+          const worst = got!.grad.sub(want.grad).abs().max().item();
+          t.true(worst <= (dtype === "bfloat16" ? 8e-3 : 1e-6) * (1 + want.grad.abs().max().item()), `${label}: gradient differs by ${worst}`);
+          t.true(count(prof, "rows_loss") >= 1, `${label}: the kernel ran`);
+          t.is(count(prof, "NllLossBackward0") + count(prof, "LogSoftmaxBackward0"), 0, `${label}: no ATen nodes`);
+        }
+      }
+    }
+    const invalid = tensor(labels.map((v, i) => (i === 5 ? classes + 3 : v)), { dtype: "int64", device: "cuda:0" });
+    const x = logits.to("float32", "cuda:0").detach();
+    x.requiresGrad = true;
+    const loss = F.crossEntropy(x, invalid);
+    loss.backward();
+    const grad = (x.grad as Tensor).toArray() as number[][];
+    t.true(Number.isNaN(loss.item()), `${classes} classes: an invalid target makes the loss NaN`);
+    t.deepEqual(grad.map((row) => row.some(Number.isNaN)), labels.map((_, i) => i === 5), `${classes} classes: only its row's gradient is NaN`);
+  }
+});
+
 test("linearCrossEntropy on a GPU: the loss with gradients equals the loss without, on many rows whose target is the last class", (t) => {
   // Each row's target logit is read before the row is overwritten with its gradient.
   const [rows, features, classes] = [262144, 64, 2048];

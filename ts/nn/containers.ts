@@ -4,7 +4,7 @@ import type { NativeLayer } from "../../index.js";
 import { native } from "../native.js";
 import { Tensor } from "../tensor.js";
 import { Module } from "./module.js";
-import { defineNativeLayer, nativeLayerOf } from "./native_module.js";
+import { defineNativeLayer, markNativeForward, nativeLayerOf } from "./native_module.js";
 
 abstract class IndexedModules<T extends Module> extends Module implements Iterable<T> {
   constructor(modules: T[]) {
@@ -85,6 +85,8 @@ export class Sequential extends IndexedModules<Module> {
     return h as Tensor;
   }
 }
+
+markNativeForward(Sequential.prototype.forward);
 
 /** Holds modules in a list (e.g. transformer blocks); children are named "0", "1", ... */
 export class ModuleList<T extends Module = Module> extends IndexedModules<T> {

@@ -19,6 +19,9 @@ const CROSS_ENTROPY_OPTIONS = optionNames<CrossEntropyOptions>()(["reduction", "
 /**
  * Cross entropy of unnormalised `logits` `[N, C]` (or `[C]`, or `[N, C, d...]`) against
  * `target`: class indices `[N]` (`[]`, `[N, d...]`) or class probabilities shaped like `logits`.
+ * On a GPU, class indices into `[N, C]` float32 or bf16 logits without label smoothing take
+ * one kernel and one autograd node; there a target that is neither a class nor `ignoreIndex`
+ * makes the loss and its row's gradient NaN (elsewhere it is an error).
  */
 export function crossEntropy(logits: Tensor, target: Tensor, options: CrossEntropyOptions = {}): Tensor {
   checkOptionNames("crossEntropy", options, CROSS_ENTROPY_OPTIONS);

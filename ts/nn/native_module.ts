@@ -21,6 +21,27 @@ export function defineNativeLayer(target: object, get: () => NativeLayer | undef
   Object.defineProperty(target, NATIVE_LAYER, { get, enumerable: false, configurable: true });
 }
 
+// The `forward` methods that run `nativeLayerOf(this)` on their one Tensor when it is defined
+// (NativeModule's, Sequential's), and not a user's override of them.
+const NATIVE_FORWARDS = new WeakSet<object>();
+
+/** Marks `forward` as one that runs the module's native layer, if any, on its one Tensor argument. */
+export function markNativeForward(forward: object): void {
+  NATIVE_FORWARDS.add(forward);
+}
+
+/**
+ * `forward.apply(module, args)` with a float16 or bfloat16 output returned as float32 by the
+ * engine (inside the last autograd node, no conversion node after it) when `forward` is a
+ * marked one, the module runs natively and `args` is one Tensor; undefined otherwise, for the
+ * caller to run `forward` and convert.
+ */
+export function nativeForwardFloat32(module: object, forward: object, args: unknown[]): Tensor | undefined {
+  if (!NATIVE_FORWARDS.has(forward) || args.length !== 1 || !(args[0] instanceof Tensor)) return undefined;
+  if (!(module instanceof Module)) return undefined;
+  return nativeLayerOf(module)?.forward(args[0], module.training, true);
+}
+
 export abstract class NativeModule extends Module {
   readonly #layer: NativeLayer;
 
@@ -58,3 +79,5 @@ export abstract class NativeModule extends Module {
     return this.#layer.forward(x, this.training);
   }
 }
+
+markNativeForward(NativeModule.prototype.forward);

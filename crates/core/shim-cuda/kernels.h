@@ -26,11 +26,11 @@ void layer_norm_backward(const at::Tensor& dy, const at::Tensor& dsum, const at:
                          at::Tensor& dv, at::Tensor& dx, at::Tensor& dweight, at::Tensor& dbias);
 
 // Cross-entropy of each row of `logits` (a contiguous [rows, classes] bf16 or float32 CUDA
-// matrix, classes a multiple of 8) against int64 `targets` (shim-cuda/cross_entropy.cpp):
-// `row_loss` (float32) is logsumexp - logit[target], 0 where the target is `ignore_index`
-// and NaN where it is neither that nor a class; with `grad` the logits are overwritten with
-// softmax - one_hot(target), zero rows where ignored and NaN rows where invalid. False,
-// leaving the work to the caller, for other inputs.
-bool cross_entropy_rows(at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index, bool grad,
-                        at::Tensor& row_loss);
+// matrix) against int64 `targets` (shim-cuda/cross_entropy.cpp): `row_loss` (float32) is
+// logsumexp - logit[target], 0 where the target is `ignore_index` and NaN where it is neither
+// that nor a class; a defined `grad` (the logits' shape and dtype, contiguous; it may be
+// `logits` itself) receives softmax - one_hot(target), zero rows where ignored and NaN rows
+// where invalid. False, leaving the work to the caller, for other inputs.
+bool cross_entropy_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index,
+                        const at::Tensor& grad, at::Tensor& row_loss);
 }  // namespace acc::kernels

@@ -67,7 +67,8 @@ struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
       auto logits = at::mm(xc, w.t());
       at::Tensor rows_loss;
       if (kernels != nullptr && logits.is_cuda() &&
-          kernels->cross_entropy_rows(logits, t.narrow(0, start, n), ignore_index, want_grad, rows_loss)) {
+          kernels->cross_entropy_rows(logits, t.narrow(0, start, n), ignore_index, want_grad ? logits : at::Tensor(),
+                                      rows_loss)) {
         // One kernel (shim-cuda/cross_entropy.cpp): each row's loss (float32), and the gradient
         // written over the logits, its rows already zero where ignored and NaN where invalid.
         loss.add_(rows_loss.sum());

@@ -24,8 +24,10 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
   // Layer i multiplies by weights[i]^T, adds its bias if flags[i] & BIAS (biases holds those
   // layers' biases, in order), then applies a ReLU if flags[i] & RELU. The parameters share
   // one dtype.
+  // With `float32_output`, a half-precision output is returned as float32 (mixed precision's
+  // model wrapper asks for that), its conversion inside this node.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, at::TensorList weights,
-                            at::TensorList biases, const std::vector<int64_t>& flags) {
+                            at::TensorList biases, const std::vector<int64_t>& flags, bool float32_output) {
     const auto dtype = acc::compute_dtype(input);
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const auto sizes = input.sizes().vec();
@@ -57,6 +59,7 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
     // The output itself is kept where its ReLU's backward needs it (so that an in-place change
     // of it is an error in backward, as for a ReLU on its own), and nothing otherwise.
     saved.back() = (flags.back() & RELU) != 0 ? out : at::Tensor();
+    if (float32_output && (out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kHalf)) out = out.to(at::kFloat);
     saved.insert(saved.end(), casts.begin(), casts.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["flags"] = flags;
@@ -77,13 +80,13 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
     const at::Tensor* w = saved.data() + n + 1;  // w[i]: layer i's weight as used
     const auto param_dtype = static_cast<at::ScalarType>(ctx->saved_data["param_dtype"].toInt());
     // Input edges and gradient slots: the input, the n weights, the biases there are, then
-    // the flags (not a tensor, no edge).
+    // the flags and float32_output (not tensors, no edges).
     std::vector<size_t> bias_slot(n, 0);
     size_t slots = 1 + n;
     for (size_t i = 0; i < n; ++i) {
       if ((flags[i] & BIAS) != 0) bias_slot[i] = slots++;
     }
-    variable_list grads(slots + 1);
+    variable_list grads(slots + 2);
     auto needs = [&](size_t slot) { return slot != 0 && ctx->needs_input_grad(slot); };
     // Whether the gradient must go on below layer i: to an earlier layer's parameter or the input.
     auto needed_below = [&](size_t layer) {
@@ -112,9 +115,10 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
 }  // namespace
 
 // The chain of `n` linear layers (see above): weights[i], biases[i] (null: none), relu[i] != 0
-// where a ReLU follows layer i. Shapes and dtypes are checked by the caller (nn::Sequential).
+// where a ReLU follows layer i; a half-precision output as float32 if `float32_output`. Shapes
+// and dtypes are checked by the caller (nn::Sequential).
 extern "C" int acc_linear_chain(acc_tensor input, const acc_tensor* weights, const acc_tensor* biases,
-                                const int32_t* relu, int64_t n, acc_tensor* out) {
+                                const int32_t* relu, int64_t n, int32_t float32_output, acc_tensor* out) {
   ACC_PROTECT({
     std::vector<at::Tensor> w, b;
     std::vector<int64_t> flags;
@@ -123,6 +127,6 @@ extern "C" int acc_linear_chain(acc_tensor input, const acc_tensor* weights, con
       if (biases[i] != nullptr) b.push_back(*biases[i]);
       flags.push_back((relu[i] != 0 ? RELU : 0) | (biases[i] != nullptr ? BIAS : 0));
     }
-    *out = new at::Tensor(LinearChain::apply(*input, at::TensorList(w), at::TensorList(b), flags));
+    *out = new at::Tensor(LinearChain::apply(*input, at::TensorList(w), at::TensorList(b), flags, float32_output != 0));
   })
 }

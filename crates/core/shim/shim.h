@@ -58,10 +58,11 @@ struct CudaKernels {
                               const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& weight, bool add,
                               at::ScalarType x_dtype, at::Tensor& dv, at::Tensor& dx, at::Tensor& dweight,
                               at::Tensor& dbias);
-  // Each row's cross-entropy of a chunk of logits, whose gradient (softmax - one-hot) then
-  // overwrites them, for the inputs it takes (shim-cuda/kernels.h; false for others).
-  bool (*cross_entropy_rows)(at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index, bool grad,
-                             at::Tensor& row_loss);
+  // Each row's cross-entropy of a matrix of logits, and their gradient (softmax - one-hot)
+  // written into `grad` when it is defined (it may be the logits), for the inputs it takes
+  // (shim-cuda/kernels.h; false for others).
+  bool (*cross_entropy_rows)(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index,
+                             const at::Tensor& grad, at::Tensor& row_loss);
 };
 // The registered kernels, or null (no CUDA side loaded).
 const CudaKernels* cuda_kernels();

@@ -52,6 +52,7 @@ extern "C" {
         biases: *const *const C_tensor,
         relu: *const i32,
         n: i64,
+        float32_output: i32,
         out: *mut *mut C_tensor,
     ) -> i32;
     fn acc_autocast_linear(
@@ -65,6 +66,13 @@ extern "C" {
         weight: *const C_tensor,
         bias: *const C_tensor,
         approximate: *const std::os::raw::c_char,
+        out: *mut *mut C_tensor,
+    ) -> i32;
+    fn acc_cross_entropy(
+        logits: *const C_tensor,
+        targets: *const C_tensor,
+        reduction: i64,
+        ignore_index: i64,
         out: *mut *mut C_tensor,
     ) -> i32;
     fn acc_linear_cross_entropy(
@@ -124,6 +132,32 @@ pub(crate) fn owned(op: &str, status: i32, ptr: *mut C_tensor) -> Result<Tensor>
     }
     // SAFETY: on success the shim stored a fresh heap at::Tensor, which tch now owns.
     Ok(unsafe { Tensor::from_ptr(ptr) })
+}
+
+/// `cross_entropy_loss(logits, targets, reduction, ignore_index)` as one autograd node around
+/// one kernel (shim/cross_entropy.cpp), or `None` where the kernel does not take these tensors
+/// (not 2-d bf16 or float32 logits on a GPU with int64 targets there; no CUDA side).
+pub fn cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    reduction: tch::Reduction,
+    ignore_index: i64,
+) -> Result<Option<Tensor>> {
+    crate::cuda::register_kernels_for(logits);
+    let mut out = std::ptr::null_mut();
+    // SAFETY: live tensors for the call; `out` is a valid out-pointer.
+    let status = unsafe {
+        acc_cross_entropy(
+            logits.as_ptr(),
+            targets.as_ptr(),
+            reduction.to_int(),
+            ignore_index,
+            &mut out,
+        )
+    };
+    check("crossEntropy", status)?;
+    // SAFETY: a non-null `out` is a fresh heap at::Tensor from the shim, which tch now owns.
+    Ok((!out.is_null()).then(|| unsafe { Tensor::from_ptr(out) }))
 }
 
 /// The mean cross-entropy of `input @ weight^T` against class indices `targets`, computed
@@ -236,13 +270,14 @@ pub fn cast_ahead(tensors: &[&Tensor]) -> Result<()> {
 }
 
 /// Linear layers (`relu[i]`: a ReLU follows layer i) run as one autograd node
-/// (shim/linear_chain.cpp).
+/// (shim/linear_chain.cpp); a half-precision output as float32 if `float32_output`.
 pub fn linear_chain(
     op: &str,
     input: &Tensor,
     weights: &[&Tensor],
     biases: &[Option<&Tensor>],
     relu: &[bool],
+    float32_output: bool,
 ) -> Result<Tensor> {
     let n = weights.len();
     if biases.len() != n || relu.len() != n {
@@ -267,6 +302,7 @@ pub fn linear_chain(
             biases.as_ptr(),
             relu.as_ptr(),
             n as i64,
+            i32::from(float32_output),
             &mut out,
         )
     };

@@ -221,10 +221,19 @@ impl NativeLayer {
         self.layer.name()
     }
 
+    /// The layer on `x`; with `float32Output` a float16 or bfloat16 output comes as float32.
     #[napi]
-    pub fn forward(&self, env: Env, x: Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward(&self, env: Env, x: Tensor, train: bool, float32_output: Option<bool>) -> Result<Tensor> {
         let op = self.layer.name();
-        guarded(op, || Ok(wrap(&env, self.layer.forward(&*x.handle.get(op)?, train)?)))
+        guarded(op, || {
+            let x = &*x.handle.get(op)?;
+            let y = if float32_output == Some(true) {
+                self.layer.forward_float32(x, train)?
+            } else {
+                self.layer.forward(x, train)?
+            };
+            Ok(wrap(&env, y))
+        })
     }
 
     /// Names of this layer's own parameters, absent ones (a bias turned off) included.

@@ -96,8 +96,9 @@ pub enum Link {
 /// (shim/linear_chain.cpp) when they fit: gradients on and wanted, not fp8, `x` of two or more
 /// dimensions, shapes that chain, and parameters of one dtype on `x`'s device that is `x`'s,
 /// or that autocast converts like `x`. `None` when they do not: the caller then runs the
-/// layers one by one, whose errors name the layer.
-pub(crate) fn linear_chain(x: &Tensor, links: &[Link]) -> Result<Option<Tensor>> {
+/// layers one by one, whose errors name the layer. A half-precision output comes as float32
+/// if `float32_output`.
+pub(crate) fn linear_chain(x: &Tensor, links: &[Link], float32_output: bool) -> Result<Option<Tensor>> {
     if !crate::tensor::is_grad_enabled() || crate::amp::fp8::is_enabled() || x.dim() < 2 {
         return Ok(None);
     }
@@ -142,7 +143,7 @@ pub(crate) fn linear_chain(x: &Tensor, links: &[Link]) -> Result<Option<Tensor>>
     if !dtypes_fit {
         return Ok(None);
     }
-    crate::shim::linear_chain("Sequential", x, &weights, &biases, &relu).map(Some)
+    crate::shim::linear_chain("Sequential", x, &weights, &biases, &relu, float32_output).map(Some)
 }
 
 fn check_linear_shapes(op: &str, x: &Tensor, weight: &Tensor) -> Result<()> {
@@ -296,6 +297,12 @@ pub fn cross_entropy(
             .map_err(|e| Error::torch(OP, vec![ts.clone()], e))?;
         &converted
     };
+    // Class indices into a GPU's 2-d logits: one kernel and one autograd node.
+    if logits.device().is_cuda() && ls.len() == 2 && label_smoothing == 0.0 && target.kind() == Kind::Int64 {
+        if let Some(loss) = crate::shim::cross_entropy(logits, target, reduction, ignore_index)? {
+            return Ok(loss);
+        }
+    }
     logits
         .f_cross_entropy_loss(target, None::<Tensor>, reduction, ignore_index, label_smoothing)
         .map_err(|e| Error::torch(OP, vec![ls, ts], e))

@@ -43,6 +43,12 @@ pub trait Layer {
     /// Applies the layer. `train` selects training behaviour (dropout active).
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor>;
 
+    /// `forward`, a float16 or bfloat16 output then converted to float32: what mixed
+    /// precision's model wrapper returns. A container may convert inside its last node.
+    fn forward_float32(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        to_float32(self.forward(x, train)?)
+    }
+
     /// This layer's own parameters (not its children's), by PyTorch name; absent ones
     /// (a Linear without bias) are `None`.
     fn params(&self) -> Vec<(&'static str, Option<&Param>)> {
@@ -113,6 +119,16 @@ pub trait Layer {
             }
         }
         out
+    }
+}
+
+/// `y` as float32 if it is float16 or bfloat16; itself otherwise.
+fn to_float32(y: Tensor) -> Result<Tensor> {
+    if matches!(y.kind(), Kind::Half | Kind::BFloat16) {
+        y.f_to_kind(Kind::Float)
+            .map_err(|e| crate::Error::torch("forward", vec![y.size()], e))
+    } else {
+        Ok(y)
     }
 }
 

@@ -25,6 +25,36 @@ impl Sequential {
     }
 }
 
+impl Sequential {
+    /// The layers on `x`; with `float32_output` a half-precision output comes as float32,
+    /// converted inside the last layer's autograd node where it can be.
+    fn run(&self, x: &Tensor, train: bool, float32_output: bool) -> Result<Tensor> {
+        let Some((last, init)) = self.layers.split_last() else {
+            return Ok(x.shallow_clone());
+        };
+        let first = init.first().unwrap_or(last);
+        super::functional::cast_ahead(x, first.name() == "Linear", || self.linear_weights())?;
+        // Linear and ReLU layers only: one autograd node for the whole chain, where it fits.
+        let links: Option<Vec<_>> = self.layers.iter().map(|l| l.link()).collect();
+        let chained = links.map_or(Ok(None), |links| {
+            super::functional::linear_chain(x, &links, float32_output)
+        })?;
+        if let Some(out) = chained {
+            return Ok(out);
+        }
+        let mut h = x.shallow_clone();
+        for (i, layer) in init.iter().enumerate() {
+            h = layer.forward(&h, train).map_err(|e| in_layer(i, layer.as_ref(), e))?;
+        }
+        let out = if float32_output {
+            last.forward_float32(&h, train)
+        } else {
+            last.forward(&h, train)
+        };
+        out.map_err(|e| in_layer(init.len(), last.as_ref(), e))
+    }
+}
+
 /// Says which child failed: `Sequential: layer 2 (Linear): input of shape ...`.
 fn in_layer(index: usize, layer: &dyn Layer, err: Error) -> Error {
     Error::invalid("Sequential", format!("layer {index} ({}): {err}", layer.name()))
@@ -36,21 +66,11 @@ impl Layer for Sequential {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut layers = self.layers.iter().enumerate();
-        let Some((_, first)) = layers.next() else {
-            return Ok(x.shallow_clone());
-        };
-        super::functional::cast_ahead(x, first.name() == "Linear", || self.linear_weights())?;
-        // Linear and ReLU layers only: one autograd node for the whole chain, where it fits.
-        let links: Option<Vec<_>> = self.layers.iter().map(|l| l.link()).collect();
-        if let Some(out) = links.map_or(Ok(None), |links| super::functional::linear_chain(x, &links))? {
-            return Ok(out);
-        }
-        let mut h = first.forward(x, train).map_err(|e| in_layer(0, first.as_ref(), e))?;
-        for (i, layer) in layers {
-            h = layer.forward(&h, train).map_err(|e| in_layer(i, layer.as_ref(), e))?;
-        }
-        Ok(h)
+        self.run(x, train, false)
+    }
+
+    fn forward_float32(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.run(x, train, true)
     }
 
     fn children(&self) -> Vec<(String, Rc<dyn Layer>)> {

@@ -1,0 +1,82 @@
+// crossEntropy of a GPU's [rows, classes] logits against class indices as one autograd node:
+// one kernel (shim-cuda/cross_entropy.cpp) writes each row's loss and, when backward may come,
+// the gradient softmax - one_hot, so backward is one multiply. ATen's runs a log-softmax and a
+// negative log-likelihood forward, and backward two nodes, the second zeroing its gradient
+// before scattering into it; for a classifier's small head that host work is most of the loss's
+// time. The values are ATen's, computed in float32; where a target is neither a class nor the
+// ignore index, the loss and that row's gradient are NaN (ATen stops the GPU with an assertion).
+#include "shim.h"
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// ATen's reduction numbers (at::Reduction).
+constexpr int64_t NONE = 0, MEAN = 1;
+
+struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
+  // `row_loss` (float32) and `grad` (softmax - one_hot, or undefined) are the kernel's results
+  // for `logits`; forward reduces the rows, backward scales `grad`.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& targets,
+                            const at::Tensor& row_loss, const at::Tensor& grad, int64_t reduction, int64_t ignore_index,
+                            at::ScalarType dtype) {
+    at::Tensor loss, count;
+    if (reduction == NONE) {
+      loss = row_loss.to(dtype);
+    } else if (reduction == MEAN) {
+      // The mean over the rows whose target is not ignored: NaN when there are none, as ATen's.
+      count = targets.ne(ignore_index).sum().to(at::kFloat);
+      loss = row_loss.sum().div_(count).to(dtype);
+    } else {
+      loss = row_loss.sum().to(dtype);
+    }
+    ctx->save_for_backward({grad, count, logits, targets});
+    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["ignore_index"] = ignore_index;
+    return loss;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    auto saved = ctx->get_saved_variables();
+    const auto reduction = ctx->saved_data["reduction"].toInt();
+    const auto ignore_index = ctx->saved_data["ignore_index"].toInt();
+    const auto& g = grad_outputs[0];
+    at::Tensor grad_logits;
+    if (at::GradMode::is_enabled()) {
+      // A graph of this backward (second-order gradients): the same gradient from ATen's
+      // differentiable operations.
+      auto loss = at::cross_entropy_loss(saved[2], saved[3], {}, reduction, ignore_index, 0.0);
+      grad_logits = torch::autograd::grad({loss}, {saved[2]}, {g.to(loss.scalar_type())}, true, true)[0];
+    } else if (saved[0].defined()) {
+      // A 0-d scale keeps the gradient's dtype, the product computed in float32 and rounded once.
+      const auto& grad = saved[0];
+      grad_logits = reduction == NONE ? grad.mul(g.unsqueeze(1).to(grad.scalar_type()))
+                                      : grad.mul(reduction == MEAN ? g.div(saved[1].clamp_min(1)) : g);
+    }
+    return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+}  // namespace
+
+// `cross_entropy_loss(logits, targets, reduction, ignore_index)` for 2-d bf16 or float32 CUDA
+// logits and int64 targets on their device, through the kernel; *out stays null where the
+// kernel does not take them (the caller then uses ATen's).
+extern "C" int acc_cross_entropy(acc_tensor logits, acc_tensor targets, int64_t reduction, int64_t ignore_index,
+                                 acc_tensor* out) {
+  ACC_PROTECT({
+    *out = nullptr;
+    const auto* kernels = acc::cuda_kernels();
+    if (kernels == nullptr) return 0;
+    const auto& x = *logits;
+    // Under autocast ATen computes cross-entropy in float32 and returns a float32 loss.
+    const auto dtype = at::autocast::is_autocast_enabled(at::kCUDA) ? at::kFloat : x.scalar_type();
+    const bool want_grad = at::GradMode::is_enabled() && x.requires_grad();
+    auto grad = want_grad ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::Tensor();
+    at::Tensor row_loss;
+    if (!kernels->cross_entropy_rows(x, *targets, ignore_index, grad, row_loss)) return 0;
+    *out = new at::Tensor(CrossEntropy::apply(x, *targets, row_loss, grad, reduction, ignore_index, dtype));
+  })
+}
