@@ -45,6 +45,30 @@ for (const precision of ["bf16", "fp16"] as const) {
   });
 }
 
+test("a prepared Sequential of Linear and ReLU layers under bf16 on cuda: its float32 output comes from the last matmul's accumulator with the float32 bias, no conversion node; gradients as converting after", (t) => {
+  const acc = new Accelerator({ mixedPrecision: "bf16" });
+  const build = () => new nn.Sequential(new nn.Linear(32, 64), new nn.ReLU(), new nn.Linear(64, 16)).to("cuda:0");
+  const [net, reference] = [build(), build()];
+  reference.loadStateDict(net.stateDict());
+  const [model] = acc.prepare(net);
+  const x = randn([8, 32], { device: "cuda:0" });
+  const g = randn([8, 16], { device: "cuda:0" });
+  let y: Tensor | undefined;
+  const prof = acc.profile(() => {
+    y = model.forward(x);
+    y.mul(g).sum().backward();
+  });
+  const want = acc.autocast(() => reference.forward(x)).to("float32");
+  want.mul(g).sum().backward();
+  t.is(y!.dtype, "float32");
+  // The same matmul; ours is not rounded to bf16 (a relative 2^-9 at most) before the bias.
+  const worst = y!.sub(want).abs().max().item();
+  t.true(worst > 0 && worst <= 4e-3 * want.abs().max().item(), `output differs by ${worst}`);
+  t.is(prof.rows.filter((r) => r.name.includes("ToCopyBackward0")).length, 0);
+  // Backward sees the same bf16 gradient either way: the parameters' gradients are equal.
+  net.parameters().forEach((p, i) => t.is(p.grad!.sub(reference.parameters()[i].grad!).abs().max().item(), 0, `gradient ${i}`));
+});
+
 test("fp16 on cuda: a forced overflow skips the step and halves the scale", (t) => {
   const acc = new Accelerator({ mixedPrecision: "fp16" });
   const net = new nn.Linear(2, 1);

@@ -90,14 +90,18 @@ __device__ __forceinline__ float2 block_combine(float2 v, float2* shared) {
   return total;
 }
 
-// For each row of logits [rows, cols] (cols a multiple of VEC): row_loss = logsumexp -
+// For each row of logits [rows, cols] (cols a multiple of VEC), its loss: logsumexp -
 // logit[target], 0 where the target is ignore_index, NaN where it is neither that nor a class;
-// with a `grad` matrix (which may be `logits`), its row is written with softmax -
-// one_hot(target): zeros where ignored, NaN where the target is invalid.
+// written to row_loss[row] if row_loss is given. With `partial`, each block also writes the
+// sum of its rows' losses and the number of its rows not ignored (partial[2 * block] and
+// partial[2 * block + 1]), for reduce_rows. With a `grad` matrix (which may be `logits`), its
+// row is written with softmax - one_hot(target): zeros where ignored, NaN where the target is
+// invalid.
 extern "C" __global__ void __launch_bounds__(THREADS) rows_loss(const logit_t* logits, const long long* targets,
                                                                 long long ignore_index, long long rows, long long cols,
-                                                                logit_t* grad, float* row_loss) {
+                                                                logit_t* grad, float* row_loss, float* partial) {
   __shared__ float2 shared[32];
+  float block_loss = 0.f, block_kept = 0.f;  // thread 0's
   for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
     const logit_t* x = logits + row * cols;
     float2 part = make_float2(NEG_INF, 0.f);
@@ -117,7 +121,12 @@ extern "C" __global__ void __launch_bounds__(THREADS) rows_loss(const logit_t* l
     // Read before block_combine's barrier: after it, other warps may overwrite the row.
     const float picked = threadIdx.x == 0 && valid ? value(x + target) : 0.f;
     const float2 total = block_combine(part, shared);
-    if (threadIdx.x == 0) row_loss[row] = ignored ? 0.f : valid ? (total.x + logf(total.y)) - picked : QNAN;
+    if (threadIdx.x == 0) {
+      const float loss = ignored ? 0.f : valid ? (total.x + logf(total.y)) - picked : QNAN;
+      if (row_loss != nullptr) row_loss[row] = loss;
+      block_loss += loss;
+      block_kept += ignored ? 0.f : 1.f;
+    }
     if (grad == nullptr) continue;
     logit_t* out = grad + row * cols;
     const float inverse = 1.f / total.y;
@@ -131,6 +140,40 @@ extern "C" __global__ void __launch_bounds__(THREADS) rows_loss(const logit_t* l
       }
       storev(out + j, v);
     }
+  }
+  if (partial != nullptr && threadIdx.x == 0) {
+    partial[2 * blockIdx.x] = block_loss;
+    partial[2 * blockIdx.x + 1] = block_kept;
+  }
+}
+
+// One warp: the blocks' partial sums added in a fixed order (the same result every run). The
+// loss is their sum, or with `mean` the sum over the rows not ignored divided by their number
+// (NaN when there are none, as ATen's); `scale` is what backward multiplies the gradient by:
+// 1, or with `mean` 1 / max(number, 1).
+extern "C" __global__ void reduce_rows(const float* partial, int blocks, int mean, float* loss, float* scale) {
+  float sum = 0.f, kept = 0.f;
+  for (int b = threadIdx.x; b < blocks; b += 32) {
+    sum += partial[2 * b];
+    kept += partial[2 * b + 1];
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    kept += __shfl_xor_sync(0xffffffffu, kept, offset);
+  }
+  if (threadIdx.x == 0) {
+    *loss = mean ? sum / kept : sum;
+    *scale = mean ? 1.f / fmaxf(kept, 1.f) : 1.f;
+  }
+}
+
+// Backward: out = grad * g * scale[0], g one value (g_stride 0) or one per row (float32).
+extern "C" __global__ void scale_rows(const logit_t* grad, const float* g, long long g_stride, const float* scale,
+                                      long long rows, long long cols, logit_t* out) {
+  const float s = *scale;
+  const long long n = rows * cols;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    store1(out + i, value(grad + i) * (g[(i / cols) * g_stride] * s));
   }
 }
 )CUDA";
@@ -146,7 +189,7 @@ bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_
 }  // namespace
 
 bool acc::kernels::cross_entropy_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index,
-                                      const at::Tensor& grad, at::Tensor& row_loss) {
+                                      const at::Tensor& grad, int64_t reduction, at::Tensor& loss, at::Tensor& scale) {
   const bool bf16 = logits.scalar_type() == at::kBFloat16;
   if (!bf16 && logits.scalar_type() != at::kFloat) return false;
   if (!logits.is_cuda() || logits.dim() != 2 || !logits.is_contiguous() || logits.numel() == 0) return false;
@@ -163,16 +206,56 @@ bool acc::kernels::cross_entropy_rows(const at::Tensor& logits, const at::Tensor
   const int vec = cols % 8 == 0 && aligned16(logits) && (!grad.defined() || aligned16(grad)) ? 8 : 1;
   // A warp a row for short rows (a classifier's few classes), eight for a vocabulary.
   const unsigned threads = cols <= 4 * 32 * vec ? 32 : 256;
-  c10::cuda::CUDAGuard guard(logits.device());  // the kernel is compiled and loaded for this device
+  c10::cuda::CUDAGuard guard(logits.device());  // the kernels are compiled and loaded for this device
   std::vector<acc::jit::Kernel> kernels;
-  if (!acc::jit::get_all(SOURCE, options_for(bf16, vec, threads), {"rows_loss"}, kernels)) return false;
+  if (!acc::jit::get_all(SOURCE, options_for(bf16, vec, threads), {"rows_loss", "reduce_rows"}, kernels)) return false;
   const int64_t rows = logits.size(0);
-  row_loss = at::empty({rows}, logits.options().dtype(at::kFloat));
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const auto blocks = static_cast<unsigned>(std::min<int64_t>(rows, 8 * sms));
-  void *px = logits.data_ptr(), *pl = row_loss.data_ptr(), *pg = grad.defined() ? grad.data_ptr() : nullptr;
+  const auto options = logits.options().dtype(at::kFloat);
+  at::Tensor partial;
+  void *px = logits.data_ptr(), *pg = grad.defined() ? grad.data_ptr() : nullptr, *pl = nullptr, *pp = nullptr;
+  if (reduction == 0) {
+    loss = at::empty({rows}, options);
+    pl = loss.data_ptr();
+  } else {
+    partial = at::empty({2 * static_cast<int64_t>(blocks)}, options);
+    pp = partial.data_ptr();
+  }
   const void* pt = targets.data_ptr();
   long long ignore = ignore_index, n = rows, width = cols;
-  acc::jit::launch(kernels[0], blocks, 1, threads, 1, {&px, &pt, &ignore, &n, &width, &pg, &pl});
+  acc::jit::launch(kernels[0], blocks, 1, threads, 1, {&px, &pt, &ignore, &n, &width, &pg, &pl, &pp});
+  if (reduction == 0) return true;
+  loss = at::empty({}, options);
+  scale = at::empty({}, options);
+  int count = static_cast<int>(blocks), mean = reduction == 1 ? 1 : 0;
+  void *ploss = loss.data_ptr(), *pscale = scale.data_ptr();
+  const void* ppartial = partial.data_ptr();
+  acc::jit::launch(kernels[1], 1, 1, 32, 1, {&ppartial, &count, &mean, &ploss, &pscale});
+  return true;
+}
+
+bool acc::kernels::cross_entropy_scale(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& scale,
+                                       at::Tensor& out) {
+  const bool bf16 = grad.scalar_type() == at::kBFloat16;
+  if ((!bf16 && grad.scalar_type() != at::kFloat) || !grad.is_cuda() || grad.dim() != 2 || !grad.is_contiguous()) {
+    return false;
+  }
+  const int64_t rows = grad.size(0), cols = grad.size(1);
+  // g: one value, or one a row (any stride: a sum's gradient comes expanded).
+  const bool per_row = g.dim() == 1 && g.size(0) == rows;
+  if (g.scalar_type() != at::kFloat || g.device() != grad.device() || !(g.numel() == 1 || per_row)) return false;
+  if (scale.scalar_type() != at::kFloat || scale.numel() != 1 || scale.device() != grad.device()) return false;
+  if (!acc::jit::available() || grad.numel() == 0) return false;
+  c10::cuda::CUDAGuard guard(grad.device());
+  std::vector<acc::jit::Kernel> kernels;
+  if (!acc::jit::get_all(SOURCE, options_for(bf16, 1, 32), {"scale_rows"}, kernels)) return false;
+  out = at::empty_like(grad);
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((grad.numel() + 255) / 256, 8 * sms));
+  const void *pgrad = grad.data_ptr(), *pg = g.data_ptr(), *pscale = scale.data_ptr();
+  void* pout = out.data_ptr();
+  long long stride = per_row ? g.stride(0) : 0, n = rows, width = cols;
+  acc::jit::launch(kernels[0], blocks, 1, 256, 1, {&pgrad, &pg, &stride, &pscale, &n, &width, &pout});
   return true;
 }

@@ -26,11 +26,17 @@ void layer_norm_backward(const at::Tensor& dy, const at::Tensor& dsum, const at:
                          at::Tensor& dv, at::Tensor& dx, at::Tensor& dweight, at::Tensor& dbias);
 
 // Cross-entropy of each row of `logits` (a contiguous [rows, classes] bf16 or float32 CUDA
-// matrix) against int64 `targets` (shim-cuda/cross_entropy.cpp): `row_loss` (float32) is
+// matrix) against int64 `targets` (shim-cuda/cross_entropy.cpp): a row's loss (float32) is
 // logsumexp - logit[target], 0 where the target is `ignore_index` and NaN where it is neither
-// that nor a class; a defined `grad` (the logits' shape and dtype, contiguous; it may be
-// `logits` itself) receives softmax - one_hot(target), zero rows where ignored and NaN rows
-// where invalid. False, leaving the work to the caller, for other inputs.
+// that nor a class. With `reduction` 0 `loss` holds the rows' losses; 1 (mean over the rows
+// not ignored: NaN when there are none) or 2 (sum) makes `loss` 0-d and `scale` the 0-d factor
+// for backward (1 / max(rows not ignored, 1), or 1). A defined `grad` (the logits' shape and
+// dtype, contiguous; it may be `logits` itself) receives softmax - one_hot(target), zero rows
+// where ignored and NaN rows where invalid. False, leaving the work to the caller, for other
+// inputs.
 bool cross_entropy_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index,
-                        const at::Tensor& grad, at::Tensor& row_loss);
+                        const at::Tensor& grad, int64_t reduction, at::Tensor& loss, at::Tensor& scale);
+// crossEntropy's backward: `out` = `grad` * `g` * `scale`, g float32 with one value or one a
+// row, scale cross_entropy_rows's. False for other inputs.
+bool cross_entropy_scale(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& scale, at::Tensor& out);
 }  // namespace acc::kernels

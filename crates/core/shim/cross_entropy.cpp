@@ -15,28 +15,19 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // ATen's reduction numbers (at::Reduction).
-constexpr int64_t NONE = 0, MEAN = 1;
+constexpr int64_t NONE = 0;
 
 struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
-  // `row_loss` (float32) and `grad` (softmax - one_hot, or undefined) are the kernel's results
-  // for `logits`; forward reduces the rows, backward scales `grad`.
+  // `loss` (float32: the rows' losses, or their sum or mean), `scale` (for a sum or a mean) and
+  // `grad` (softmax - one_hot, or undefined) are the kernel's results for `logits`; forward
+  // returns the loss in `dtype`, backward scales `grad`.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& targets,
-                            const at::Tensor& row_loss, const at::Tensor& grad, int64_t reduction, int64_t ignore_index,
-                            at::ScalarType dtype) {
-    at::Tensor loss, count;
-    if (reduction == NONE) {
-      loss = row_loss.to(dtype);
-    } else if (reduction == MEAN) {
-      // The mean over the rows whose target is not ignored: NaN when there are none, as ATen's.
-      count = targets.ne(ignore_index).sum().to(at::kFloat);
-      loss = row_loss.sum().div_(count).to(dtype);
-    } else {
-      loss = row_loss.sum().to(dtype);
-    }
-    ctx->save_for_backward({grad, count, logits, targets});
+                            const at::Tensor& loss, const at::Tensor& scale, const at::Tensor& grad, int64_t reduction,
+                            int64_t ignore_index, at::ScalarType dtype) {
+    ctx->save_for_backward({grad, scale, logits, targets});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["ignore_index"] = ignore_index;
-    return loss;
+    return loss.to(dtype);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -51,12 +42,16 @@ struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
       auto loss = at::cross_entropy_loss(saved[2], saved[3], {}, reduction, ignore_index, 0.0);
       grad_logits = torch::autograd::grad({loss}, {saved[2]}, {g.to(loss.scalar_type())}, true, true)[0];
     } else if (saved[0].defined()) {
-      // A 0-d scale keeps the gradient's dtype, the product computed in float32 and rounded once.
       const auto& grad = saved[0];
-      grad_logits = reduction == NONE ? grad.mul(g.unsqueeze(1).to(grad.scalar_type()))
-                                      : grad.mul(reduction == MEAN ? g.div(saved[1].clamp_min(1)) : g);
+      auto scale = saved[1].defined() ? saved[1] : at::ones({}, g.options().dtype(at::kFloat));
+      const auto* kernels = acc::cuda_kernels();
+      auto g32 = g.to(at::kFloat);
+      if (kernels == nullptr || !kernels->cross_entropy_scale(grad, g32, scale, grad_logits)) {
+        auto factor = reduction == NONE ? g32.unsqueeze(1) : g32.mul(scale);
+        grad_logits = grad.mul(factor).to(grad.scalar_type());
+      }
     }
-    return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 }  // namespace
@@ -69,14 +64,14 @@ extern "C" int acc_cross_entropy(acc_tensor logits, acc_tensor targets, int64_t 
   ACC_PROTECT({
     *out = nullptr;
     const auto* kernels = acc::cuda_kernels();
-    if (kernels == nullptr) return 0;
+    if (kernels == nullptr || reduction < 0 || reduction > 2) return 0;
     const auto& x = *logits;
     // Under autocast ATen computes cross-entropy in float32 and returns a float32 loss.
     const auto dtype = at::autocast::is_autocast_enabled(at::kCUDA) ? at::kFloat : x.scalar_type();
     const bool want_grad = at::GradMode::is_enabled() && x.requires_grad();
     auto grad = want_grad ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::Tensor();
-    at::Tensor row_loss;
-    if (!kernels->cross_entropy_rows(x, *targets, ignore_index, grad, row_loss)) return 0;
-    *out = new at::Tensor(CrossEntropy::apply(x, *targets, row_loss, grad, reduction, ignore_index, dtype));
+    at::Tensor loss, scale;
+    if (!kernels->cross_entropy_rows(x, *targets, ignore_index, grad, reduction, loss, scale)) return 0;
+    *out = new at::Tensor(CrossEntropy::apply(x, *targets, loss, scale, grad, reduction, ignore_index, dtype));
   })
 }

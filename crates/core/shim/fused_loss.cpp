@@ -25,6 +25,9 @@ void accumulate_weight_grad(at::Tensor& grad_weight, const at::Tensor& a, const 
   }
 }
 
+// at::Reduction's number for a sum.
+constexpr int64_t SUM = 2;
+
 struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& targets,
                             int64_t ignore_index, int64_t chunk_rows, bool grad_mode) {
@@ -65,13 +68,13 @@ struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
       const int64_t n = std::min(chunk_rows, rows - start);
       auto xc = x.narrow(0, start, n);
       auto logits = at::mm(xc, w.t());
-      at::Tensor rows_loss;
+      at::Tensor chunk_loss, unused;
       if (kernels != nullptr && logits.is_cuda() &&
           kernels->cross_entropy_rows(logits, t.narrow(0, start, n), ignore_index, want_grad ? logits : at::Tensor(),
-                                      rows_loss)) {
-        // One kernel (shim-cuda/cross_entropy.cpp): each row's loss (float32), and the gradient
-        // written over the logits, its rows already zero where ignored and NaN where invalid.
-        loss.add_(rows_loss.sum());
+                                      SUM, chunk_loss, unused)) {
+        // One kernel (shim-cuda/cross_entropy.cpp): the rows' summed loss (float32), and the
+        // gradient written over the logits, its rows already zero where ignored and NaN where invalid.
+        loss.add_(chunk_loss);
         if (!want_grad) continue;
         if (want_input) grad_input.narrow(0, start, n).copy_(at::mm(logits, w));
         if (want_weight) accumulate_weight_grad(grad_weight, logits, xc);

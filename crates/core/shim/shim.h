@@ -58,11 +58,13 @@ struct CudaKernels {
                               const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& weight, bool add,
                               at::ScalarType x_dtype, at::Tensor& dv, at::Tensor& dx, at::Tensor& dweight,
                               at::Tensor& dbias);
-  // Each row's cross-entropy of a matrix of logits, and their gradient (softmax - one-hot)
-  // written into `grad` when it is defined (it may be the logits), for the inputs it takes
-  // (shim-cuda/kernels.h; false for others).
+  // Each row's cross-entropy of a matrix of logits, or their sum or mean, and their gradient
+  // (softmax - one-hot) written into `grad` when it is defined (it may be the logits), for the
+  // inputs it takes; and that gradient times the loss's and the scale for the mean
+  // (shim-cuda/kernels.h; false for other inputs).
   bool (*cross_entropy_rows)(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index,
-                             const at::Tensor& grad, at::Tensor& row_loss);
+                             const at::Tensor& grad, int64_t reduction, at::Tensor& loss, at::Tensor& scale);
+  bool (*cross_entropy_scale)(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& scale, at::Tensor& out);
 };
 // The registered kernels, or null (no CUDA side loaded).
 const CudaKernels* cuda_kernels();
