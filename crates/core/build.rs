@@ -101,6 +101,7 @@ fn build_cuda_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
             "shim-cuda/fp8_quantize.cpp",
             "shim-cuda/layer_norm.cpp",
             "shim-cuda/cross_entropy.cpp",
+            "shim-cuda/convert.cpp",
         ])
         .arg("-o")
         .arg(&out)

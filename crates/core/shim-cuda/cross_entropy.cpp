@@ -167,13 +167,19 @@ extern "C" __global__ void reduce_rows(const float* partial, int blocks, int mea
   }
 }
 
-// Backward: out = grad * g * scale[0], g one value (g_stride 0) or one per row (float32).
+// Backward: out = grad * g * scale[0], g one value (g_stride 0) or one per row (float32); VEC
+// neighbouring elements at a time, all in one row (VEC divides cols).
 extern "C" __global__ void scale_rows(const logit_t* grad, const float* g, long long g_stride, const float* scale,
                                       long long rows, long long cols, logit_t* out) {
-  const float s = *scale;
-  const long long n = rows * cols;
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-    store1(out + i, value(grad + i) * (g[(i / cols) * g_stride] * s));
+  const float s = *scale, all = g[0] * s;
+  const long long n = rows * cols, step = VEC * (long long)gridDim.x * blockDim.x;
+  for (long long i = VEC * (blockIdx.x * (long long)blockDim.x + threadIdx.x); i < n; i += step) {
+    const float f = g_stride == 0 ? all : g[(i / cols) * g_stride] * s;
+    float v[VEC];
+    loadv(grad + i, v);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) v[k] *= f;
+    storev(out + i, v);
   }
 }
 )CUDA";
@@ -247,12 +253,13 @@ bool acc::kernels::cross_entropy_scale(const at::Tensor& grad, const at::Tensor&
   if (g.scalar_type() != at::kFloat || g.device() != grad.device() || !(g.numel() == 1 || per_row)) return false;
   if (scale.scalar_type() != at::kFloat || scale.numel() != 1 || scale.device() != grad.device()) return false;
   if (!acc::jit::available() || grad.numel() == 0) return false;
+  out = at::empty_like(grad);
+  const int vec = cols % 8 == 0 && aligned16(grad) && aligned16(out) ? 8 : 1;
   c10::cuda::CUDAGuard guard(grad.device());
   std::vector<acc::jit::Kernel> kernels;
-  if (!acc::jit::get_all(SOURCE, options_for(bf16, 1, 32), {"scale_rows"}, kernels)) return false;
-  out = at::empty_like(grad);
+  if (!acc::jit::get_all(SOURCE, options_for(bf16, vec, 256), {"scale_rows"}, kernels)) return false;
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const auto blocks = static_cast<unsigned>(std::min<int64_t>((grad.numel() + 255) / 256, 8 * sms));
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((grad.numel() / vec + 255) / 256, 16 * sms));
   const void *pgrad = grad.data_ptr(), *pg = g.data_ptr(), *pscale = scale.data_ptr();
   void* pout = out.data_ptr();
   long long stride = per_row ? g.stride(0) : 0, n = rows, width = cols;

@@ -39,4 +39,8 @@ bool cross_entropy_rows(const at::Tensor& logits, const at::Tensor& targets, int
 // crossEntropy's backward: `out` = `grad` * `g` * `scale`, g float32 with one value or one a
 // row, scale cross_entropy_rows's. False for other inputs.
 bool cross_entropy_scale(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& scale, at::Tensor& out);
+// Converts each float32 CUDA tensor of `from` into the bf16 tensor of `to` at its index (the
+// same sizes and strides, dense), in one launch (shim-cuda/convert.cpp). False, converting
+// nothing, for other tensors or more than 32.
+bool to_bf16(const std::vector<at::Tensor>& from, const std::vector<at::Tensor>& to);
 }  // namespace acc::kernels

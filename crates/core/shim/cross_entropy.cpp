@@ -17,17 +17,23 @@ using torch::autograd::variable_list;
 // ATen's reduction numbers (at::Reduction).
 constexpr int64_t NONE = 0;
 
+// The kernel's results for the logits: `loss` (float32: the rows' losses, or their sum or
+// mean), `scale` (for a sum or a mean) and `grad` (softmax - one_hot, or undefined). Handed to
+// the autograd function as one value, not as its inputs (they have no gradient, and an input
+// may not be undefined).
+struct Results {
+  at::Tensor loss, scale, grad;
+};
+
 struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
-  // `loss` (float32: the rows' losses, or their sum or mean), `scale` (for a sum or a mean) and
-  // `grad` (softmax - one_hot, or undefined) are the kernel's results for `logits`; forward
-  // returns the loss in `dtype`, backward scales `grad`.
+  // Returns the loss in `dtype`; backward scales the gradient.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& targets,
-                            const at::Tensor& loss, const at::Tensor& scale, const at::Tensor& grad, int64_t reduction,
-                            int64_t ignore_index, at::ScalarType dtype) {
-    ctx->save_for_backward({grad, scale, logits, targets});
+                            const Results& results, int64_t reduction, int64_t ignore_index, at::ScalarType dtype) {
+    // Saved variables are freed after backward (unless the graph is retained).
+    ctx->save_for_backward({logits, targets, results.grad, results.scale});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["ignore_index"] = ignore_index;
-    return loss.to(dtype);
+    return results.loss.to(dtype);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -39,11 +45,11 @@ struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
     if (at::GradMode::is_enabled()) {
       // A graph of this backward (second-order gradients): the same gradient from ATen's
       // differentiable operations.
-      auto loss = at::cross_entropy_loss(saved[2], saved[3], {}, reduction, ignore_index, 0.0);
-      grad_logits = torch::autograd::grad({loss}, {saved[2]}, {g.to(loss.scalar_type())}, true, true)[0];
-    } else if (saved[0].defined()) {
-      const auto& grad = saved[0];
-      auto scale = saved[1].defined() ? saved[1] : at::ones({}, g.options().dtype(at::kFloat));
+      auto loss = at::cross_entropy_loss(saved[0], saved[1], {}, reduction, ignore_index, 0.0);
+      grad_logits = torch::autograd::grad({loss}, {saved[0]}, {g.to(loss.scalar_type())}, true, true)[0];
+    } else if (const auto& grad = saved[2]; grad.defined()) {
+      auto scale = saved[3];
+      if (!scale.defined()) scale = at::ones({}, g.options().dtype(at::kFloat));
       const auto* kernels = acc::cuda_kernels();
       auto g32 = g.to(at::kFloat);
       if (kernels == nullptr || !kernels->cross_entropy_scale(grad, g32, scale, grad_logits)) {
@@ -51,7 +57,7 @@ struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
         grad_logits = grad.mul(factor).to(grad.scalar_type());
       }
     }
-    return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 }  // namespace
@@ -70,8 +76,8 @@ extern "C" int acc_cross_entropy(acc_tensor logits, acc_tensor targets, int64_t 
     const auto dtype = at::autocast::is_autocast_enabled(at::kCUDA) ? at::kFloat : x.scalar_type();
     const bool want_grad = at::GradMode::is_enabled() && x.requires_grad();
     auto grad = want_grad ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::Tensor();
-    at::Tensor loss, scale;
-    if (!kernels->cross_entropy_rows(x, *targets, ignore_index, grad, reduction, loss, scale)) return 0;
-    *out = new at::Tensor(CrossEntropy::apply(x, *targets, loss, scale, grad, reduction, ignore_index, dtype));
+    Results results{at::Tensor(), at::Tensor(), grad};
+    if (!kernels->cross_entropy_rows(x, *targets, ignore_index, grad, reduction, results.loss, results.scale)) return 0;
+    *out = new at::Tensor(CrossEntropy::apply(x, *targets, results, reduction, ignore_index, dtype));
   })
 }

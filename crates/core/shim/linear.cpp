@@ -109,7 +109,9 @@ void acc::cast_ahead(const std::vector<at::Tensor>& tensors) {
                                 ? flat.as_strided(source.sizes(), source.strides(), offsets[i])
                                 : at::empty_like(source, source.options().dtype(group.to)));
     }
-    at::_foreach_copy_(group.casts, group.sources);
+    // On a GPU, float32 to bf16 in one launch of our own (shim-cuda/convert.cpp).
+    const auto* kernels = group.device.is_cuda() ? acc::cuda_kernels() : nullptr;
+    if (kernels == nullptr || !kernels->to_bf16(group.sources, group.casts)) at::_foreach_copy_(group.casts, group.sources);
     for (size_t i = 0; i < group.sources.size(); ++i) remember_cast(group.sources[i], group.casts[i]);
   }
 }

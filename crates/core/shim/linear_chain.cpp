@@ -25,9 +25,9 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
   // layers' biases, in order), then applies a ReLU if flags[i] & RELU. The parameters share
   // one dtype.
   // With `float32_output`, a half-precision output is returned as float32 (mixed precision's
-  // model wrapper asks for that), its conversion inside this node; on a GPU, where the last
-  // layer has a float32 bias and no ReLU, cuBLAS writes it in float32 from its accumulator,
-  // adding the float32 bias (no rounding to half precision on the way).
+  // model wrapper asks for that), its conversion inside this node. (Writing it from the last
+  // matmul in float32, `addmm` with an output dtype, cost more host time than the conversion
+  // on an H200 host: BENCHMARKS.md.)
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, at::TensorList weights,
                             at::TensorList biases, const std::vector<int64_t>& flags, bool float32_output) {
     const auto dtype = acc::compute_dtype(input);
@@ -43,11 +43,7 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
       casts.push_back(acc::cached_cast(weights[i], dtype));
       auto w = casts.back().t();
       at::Tensor out;
-      const bool last = i + 1 == weights.size(), half = dtype == at::kBFloat16 || dtype == at::kHalf;
-      if ((flags[i] & BIAS) != 0 && last && float32_output && !relu && half && h.is_cuda() &&
-          bias->scalar_type() == at::kFloat) {
-        out = at::addmm(*bias++, h, w, at::kFloat);
-      } else if ((flags[i] & BIAS) != 0) {
+      if ((flags[i] & BIAS) != 0) {
         auto b = acc::cached_cast(*bias++, dtype);
         out = relu ? at::_addmm_activation(b, h, w) : at::addmm(b, h, w);
       } else {

@@ -65,6 +65,9 @@ struct CudaKernels {
   bool (*cross_entropy_rows)(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index,
                              const at::Tensor& grad, int64_t reduction, at::Tensor& loss, at::Tensor& scale);
   bool (*cross_entropy_scale)(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& scale, at::Tensor& out);
+  // Float32 tensors converted to bf16 ones of the same layout in one launch, for the inputs it
+  // takes (shim-cuda/kernels.h; false, converting nothing, for others).
+  bool (*to_bf16)(const std::vector<at::Tensor>& from, const std::vector<at::Tensor>& to);
 };
 // The registered kernels, or null (no CUDA side loaded).
 const CudaKernels* cuda_kernels();

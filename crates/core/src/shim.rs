@@ -262,6 +262,9 @@ pub fn add_layer_norm(
 /// Converts `tensors` (weights, biases, inputs) ahead for the linear layers of the current
 /// autocast region (shim/linear.cpp).
 pub fn cast_ahead(tensors: &[&Tensor]) -> Result<()> {
+    if let Some(first) = tensors.first() {
+        crate::cuda::register_kernels_for(first);
+    }
     let pointers: Vec<*const C_tensor> = tensors.iter().map(|t| t.as_ptr()).collect();
     let n = i64::try_from(pointers.len()).map_err(|_| Error::invalid("linear", "too many tensors"))?;
     // SAFETY: `pointers` holds live tensors borrowed for the call, and `n` is its length.
