@@ -194,7 +194,11 @@ impl Loader {
             ));
         }
         let (pass, batches) = self.begin(skip);
-        let prefetcher = Prefetcher::spawn(OP, dataset.shallow_clone(), batches, self.device)?;
+        let threads = match self.device {
+            Some(device) if device.is_cuda() => super::prefetch::GPU_THREADS,
+            _ => 1,
+        };
+        let prefetcher = Prefetcher::spawn(OP, dataset.shallow_clone(), batches, self.device, threads)?;
         Ok(TensorIter { pass, prefetcher })
     }
 }
