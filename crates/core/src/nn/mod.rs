@@ -123,7 +123,7 @@ pub trait Layer {
 }
 
 /// `y` as float32 if it is float16 or bfloat16; itself otherwise.
-fn to_float32(y: Tensor) -> Result<Tensor> {
+pub(crate) fn to_float32(y: Tensor) -> Result<Tensor> {
     if matches!(y.kind(), Kind::Half | Kind::BFloat16) {
         y.f_to_kind(Kind::Float)
             .map_err(|e| crate::Error::torch("forward", vec![y.size()], e))

@@ -30,7 +30,12 @@ impl Sequential {
     /// converted inside the last layer's autograd node where it can be.
     fn run(&self, x: &Tensor, train: bool, float32_output: bool) -> Result<Tensor> {
         let Some((last, init)) = self.layers.split_last() else {
-            return Ok(x.shallow_clone());
+            let out = x.shallow_clone();
+            return if float32_output {
+                super::to_float32(out)
+            } else {
+                Ok(out)
+            };
         };
         let first = init.first().unwrap_or(last);
         super::functional::cast_ahead(x, first.name() == "Linear", || self.linear_weights())?;
@@ -118,6 +123,19 @@ mod tests {
             msg.starts_with("Sequential: layer 0 (Linear): Linear: input of shape [3, 5]"),
             "{msg}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn forward_float32_converts_half_outputs_also_of_an_empty_chain() -> Result<()> {
+        let x = Tensor::ones([3, 4], (Kind::BFloat16, Device::Cpu));
+        let empty = Sequential::new(Vec::new());
+        assert_eq!(empty.forward(&x, true)?.kind(), Kind::BFloat16);
+        assert_eq!(empty.forward_float32(&x, true)?.kind(), Kind::Float);
+        let relu = Sequential::new(vec![Rc::new(Relu)]);
+        assert_eq!(relu.forward_float32(&x, true)?.kind(), Kind::Float);
+        let integers = Tensor::ones([3], (Kind::Int64, Device::Cpu));
+        assert_eq!(empty.forward_float32(&integers, true)?.kind(), Kind::Int64);
         Ok(())
     }
 }
