@@ -102,6 +102,7 @@ fn build_cuda_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
             "shim-cuda/layer_norm.cpp",
             "shim-cuda/cross_entropy.cpp",
             "shim-cuda/convert.cpp",
+            "shim-cuda/matmul.cpp",
         ])
         .arg("-o")
         .arg(&out)

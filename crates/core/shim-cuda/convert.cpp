@@ -13,11 +13,7 @@ constexpr int MAX_TENSORS = 32;
 
 // Compiled with -DMAX_TENSORS=<table size>.
 const char* SOURCE = R"CUDA(
-// float32 to bf16 bits as ATen rounds: to nearest even, NaN to the quiet NaN.
-__device__ __forceinline__ unsigned short bf16(float f) {
-  const unsigned int bits = __float_as_uint(f);
-  return static_cast<unsigned short>(f != f ? 0x7fc0u : (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
+#include "acc_bf16.cuh"
 
 struct Table {
   const float* from[MAX_TENSORS];
@@ -25,13 +21,13 @@ struct Table {
   long long n[MAX_TENSORS];
 };
 
-// Tensor blockIdx.y: to[i] = bf16(from[i]) for its n elements.
+// Tensor blockIdx.y: to[i] = from[i] in bf16 for its n elements.
 extern "C" __global__ void to_bf16(Table table) {
   const float* from = table.from[blockIdx.y];
   unsigned short* to = table.to[blockIdx.y];
   const long long n = table.n[blockIdx.y];
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-    to[i] = bf16(from[i]);
+    to[i] = static_cast<unsigned short>(bf16_bits(from[i]));
   }
 }
 )CUDA";

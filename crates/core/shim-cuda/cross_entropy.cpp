@@ -16,6 +16,7 @@ namespace {
 // Compiled with -DTHREADS=<threads per block>, -DVEC=8 (rows of a multiple of 8 logits, 16-byte
 // aligned) or -DVEC=1 (any rows), and -DIN_BF16 (else float32 logits).
 const char* SOURCE = R"CUDA(
+#include "acc_bf16.cuh"
 #define NEG_INF __int_as_float(0xff800000)
 #define QNAN __int_as_float(0x7fc00000)
 
@@ -23,12 +24,7 @@ const char* SOURCE = R"CUDA(
 #ifdef IN_BF16
 typedef unsigned short logit_t;
 __device__ __forceinline__ float value(const logit_t* p) { return __uint_as_float(static_cast<unsigned int>(*p) << 16); }
-// float32 to bf16 bits as ATen rounds: to nearest even, NaN to the quiet NaN.
-__device__ __forceinline__ unsigned int bf16(float f) {
-  const unsigned int bits = __float_as_uint(f);
-  return f != f ? 0x7fc0u : (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-}
-__device__ __forceinline__ void store1(logit_t* p, float v) { *p = static_cast<unsigned short>(bf16(v)); }
+__device__ __forceinline__ void store1(logit_t* p, float v) { *p = static_cast<unsigned short>(bf16_bits(v)); }
 #if VEC == 8
 __device__ __forceinline__ void loadv(const logit_t* p, float* v) {
   const uint4 u = *reinterpret_cast<const uint4*>(p);
@@ -41,10 +37,10 @@ __device__ __forceinline__ void loadv(const logit_t* p, float* v) {
 }
 __device__ __forceinline__ void storev(logit_t* p, const float* v) {
   uint4 u;
-  u.x = bf16(v[0]) | (bf16(v[1]) << 16);
-  u.y = bf16(v[2]) | (bf16(v[3]) << 16);
-  u.z = bf16(v[4]) | (bf16(v[5]) << 16);
-  u.w = bf16(v[6]) | (bf16(v[7]) << 16);
+  u.x = bf16_bits(v[0]) | (bf16_bits(v[1]) << 16);
+  u.y = bf16_bits(v[2]) | (bf16_bits(v[3]) << 16);
+  u.z = bf16_bits(v[4]) | (bf16_bits(v[5]) << 16);
+  u.w = bf16_bits(v[6]) | (bf16_bits(v[7]) << 16);
   *reinterpret_cast<uint4*>(p) = u;
 }
 #endif
@@ -167,11 +163,11 @@ extern "C" __global__ void reduce_rows(const float* partial, int blocks, int mea
   }
 }
 
-// Backward: out = grad * g * scale[0], g one value (g_stride 0) or one per row (float32); VEC
-// neighbouring elements at a time, all in one row (VEC divides cols).
+// Backward: out = grad * g * scale[0] (scale null: 1), g one value (g_stride 0) or one per row
+// (float32); VEC neighbouring elements at a time, all in one row (VEC divides cols).
 extern "C" __global__ void scale_rows(const logit_t* grad, const float* g, long long g_stride, const float* scale,
                                       long long rows, long long cols, logit_t* out) {
-  const float s = *scale, all = g[0] * s;
+  const float s = scale != nullptr ? *scale : 1.f, all = g[0] * s;
   const long long n = rows * cols, step = VEC * (long long)gridDim.x * blockDim.x;
   for (long long i = VEC * (blockIdx.x * (long long)blockDim.x + threadIdx.x); i < n; i += step) {
     const float f = g_stride == 0 ? all : g[(i / cols) * g_stride] * s;
@@ -251,7 +247,9 @@ bool acc::kernels::cross_entropy_scale(const at::Tensor& grad, const at::Tensor&
   // g: one value, or one a row (any stride: a sum's gradient comes expanded).
   const bool per_row = g.dim() == 1 && g.size(0) == rows;
   if (g.scalar_type() != at::kFloat || g.device() != grad.device() || !(g.numel() == 1 || per_row)) return false;
-  if (scale.scalar_type() != at::kFloat || scale.numel() != 1 || scale.device() != grad.device()) return false;
+  if (scale.defined() && (scale.scalar_type() != at::kFloat || scale.numel() != 1 || scale.device() != grad.device())) {
+    return false;
+  }
   if (!acc::jit::available() || grad.numel() == 0) return false;
   out = at::empty_like(grad);
   const int vec = cols % 8 == 0 && aligned16(grad) && aligned16(out) ? 8 : 1;
@@ -260,7 +258,7 @@ bool acc::kernels::cross_entropy_scale(const at::Tensor& grad, const at::Tensor&
   if (!acc::jit::get_all(SOURCE, options_for(bf16, vec, 256), {"scale_rows"}, kernels)) return false;
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const auto blocks = static_cast<unsigned>(std::min<int64_t>((grad.numel() / vec + 255) / 256, 16 * sms));
-  const void *pgrad = grad.data_ptr(), *pg = g.data_ptr(), *pscale = scale.data_ptr();
+  const void *pgrad = grad.data_ptr(), *pg = g.data_ptr(), *pscale = scale.defined() ? scale.data_ptr() : nullptr;
   void* pout = out.data_ptr();
   long long stride = per_row ? g.stride(0) : 0, n = rows, width = cols;
   acc::jit::launch(kernels[0], blocks, 1, 256, 1, {&pgrad, &pg, &stride, &pscale, &n, &width, &pout});

@@ -15,6 +15,7 @@ namespace {
 // Compiled with -DIN_BF16 (else float input), -DE5M2 (else e4m3) and -DGELU=1 (erf) or 2
 // (tanh) to quantize the input's GELU (shim/fp8.cpp's geluLinear).
 const char* SOURCE = R"CUDA(
+#include "acc_bf16.cuh"
 #ifndef GELU
 #define GELU 0
 #endif
@@ -42,9 +43,7 @@ __device__ __forceinline__ float act(float v) {
   return v;
 #endif
 #if GELU != 0 && defined(IN_BF16)
-  unsigned int bits = __float_as_uint(g);
-  if (g == g) bits += 0x7fffu + ((bits >> 16) & 1u);
-  g = __uint_as_float(bits & 0xffff0000u);
+  g = bf16_round(g);
 #endif
 #if GELU != 0
   return g;

@@ -150,6 +150,17 @@ void ensure_context(int device) {
   check(a.cuCtxSetCurrent(primary), "cuCtxSetCurrent");
 }
 
+// The header every source may include as "acc_bf16.cuh": float32 to bf16 as ATen rounds (to
+// nearest even, NaN to the quiet NaN), as bits or as the float32 it stands for.
+const char* BF16_HEADER = R"CUDA(
+#pragma once
+__device__ __forceinline__ unsigned int bf16_bits(float f) {
+  const unsigned int bits = __float_as_uint(f);
+  return f != f ? 0x7fc0u : (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+}
+__device__ __forceinline__ float bf16_round(float f) { return __uint_as_float(bf16_bits(f) << 16); }
+)CUDA";
+
 std::vector<char> compile(const char* source, const std::vector<std::string>& options, int device) {
   const Api& a = api();
   const auto* properties = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(device));
@@ -159,7 +170,9 @@ std::vector<char> compile(const char* source, const std::vector<std::string>& op
   std::vector<const char*> pointers;
   for (const auto& o : all) pointers.push_back(o.c_str());
   nvrtcProgram program;
-  check(a.nvrtcCreateProgram(&program, source, "kernels.cu", 0, nullptr, nullptr), "nvrtcCreateProgram");
+  const char* headers[] = {BF16_HEADER};
+  const char* header_names[] = {"acc_bf16.cuh"};
+  check(a.nvrtcCreateProgram(&program, source, "kernels.cu", 1, headers, header_names), "nvrtcCreateProgram");
   std::unique_ptr<nvrtcProgram, void (*)(nvrtcProgram*)> owned(&program, [](nvrtcProgram* p) {
     api().nvrtcDestroyProgram(p);
   });

@@ -37,10 +37,18 @@ void layer_norm_backward(const at::Tensor& dy, const at::Tensor& dsum, const at:
 bool cross_entropy_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index,
                         const at::Tensor& grad, int64_t reduction, at::Tensor& loss, at::Tensor& scale);
 // crossEntropy's backward: `out` = `grad` * `g` * `scale`, g float32 with one value or one a
-// row, scale cross_entropy_rows's. False for other inputs.
+// row, scale cross_entropy_rows's (undefined, for reduction 0: 1). False for other inputs.
 bool cross_entropy_scale(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& scale, at::Tensor& out);
 // Converts each float32 CUDA tensor of `from` into the bf16 tensor of `to` at its index (the
 // same sizes and strides, dense), in one launch (shim-cuda/convert.cpp). False, converting
 // nothing, for other tensors or more than 32.
 bool to_bf16(const std::vector<at::Tensor>& from, const std::vector<at::Tensor>& to);
+// `out` (new, [a rows, b columns], `dtype`) = a @ b, plus `bias` where defined (`dtype`, one per
+// column), through a ReLU if `relu`; with `row_sums` (no bias, no ReLU) also the sums of a's rows
+// in `dtype`. a and b: 2-d CUDA matrices of one dtype (float32, bf16, fp16) with rows or columns
+// contiguous; `dtype` a's, or float32. One cuBLASLt call with a plan kept per shape
+// (shim-cuda/matmul.cpp). False, leaving the work to the caller, for other inputs or where
+// cuBLASLt has no algorithm.
+bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, bool relu, at::ScalarType dtype,
+            at::Tensor& out, at::Tensor* row_sums);
 }  // namespace acc::kernels

@@ -19,6 +19,7 @@ namespace {
 // -DITERS=<ceil(COLS4 / THREADS)>, and -DADD=1 (the residual add), -DX_BF16 (x is bf16; with
 // ADD only), -DY_BF16 (the output is bf16).
 const char* SOURCE = R"CUDA(
+#include "acc_bf16.cuh"
 #define COLS (4 * COLS4)
 #ifndef ADD
 #define ADD 0
@@ -41,14 +42,9 @@ __device__ __forceinline__ float4 widen(uint2 v) {
   return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
                      __uint_as_float(v.y & 0xffff0000u));
 }
-// float32 to bf16 bits as ATen rounds: to nearest even, NaN to the quiet NaN.
-__device__ __forceinline__ unsigned int bf16(float f) {
-  const unsigned int bits = __float_as_uint(f);
-  return f != f ? 0x7fc0u : (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-}
 __device__ __forceinline__ void narrow(float4 v, float4& out) { out = v; }
 __device__ __forceinline__ void narrow(float4 v, uint2& out) {
-  out = make_uint2(bf16(v.x) | (bf16(v.y) << 16), bf16(v.z) | (bf16(v.w) << 16));
+  out = make_uint2(bf16_bits(v.x) | (bf16_bits(v.y) << 16), bf16_bits(v.z) | (bf16_bits(v.w) << 16));
 }
 
 __device__ __forceinline__ float4 operator-(float4 a, float b) { return make_float4(a.x - b, a.y - b, a.z - b, a.w - b); }

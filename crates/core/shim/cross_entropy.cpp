@@ -48,8 +48,7 @@ struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
       auto loss = at::cross_entropy_loss(saved[0], saved[1], {}, reduction, ignore_index, 0.0);
       grad_logits = torch::autograd::grad({loss}, {saved[0]}, {g.to(loss.scalar_type())}, true, true)[0];
     } else if (const auto& grad = saved[2]; grad.defined()) {
-      auto scale = saved[3];
-      if (!scale.defined()) scale = at::ones({}, g.options().dtype(at::kFloat));
+      const auto& scale = saved[3];  // undefined for reduction "none"
       const auto* kernels = acc::cuda_kernels();
       auto g32 = g.to(at::kFloat);
       if (kernels == nullptr || !kernels->cross_entropy_scale(grad, g32, scale, grad_logits)) {

@@ -52,10 +52,26 @@ void remember_cast(const at::Tensor& weight, const at::Tensor& cast) {
 }
 }  // namespace
 
+at::Tensor acc::converted(const at::Tensor& t, at::ScalarType dtype) {
+  if (t.scalar_type() == dtype) return t;
+  // On a GPU float32 to bf16 in one launch of our own kernel (shim-cuda/convert.cpp): less host
+  // work than ATen's conversion, the same rounding; for small tensors (a chain's gradients),
+  // whose conversion the host's work bounds.
+  if (dtype == at::kBFloat16 && t.is_cuda() && t.is_contiguous()) {
+    if (const auto* kernels = acc::cuda_kernels()) {
+      auto out = at::empty(t.sizes(), t.options().dtype(dtype));
+      if (kernels->to_bf16({t}, {out})) return out;
+    }
+  }
+  return t.to(dtype);
+}
+
 // Taken out of the cache: a region running many steps would otherwise keep each step's input.
 at::Tensor acc::converted_input(const at::Tensor& input, at::ScalarType dtype) {
   if (input.scalar_type() == dtype) return input;
   auto found = find_cast(input, dtype);
+  // ATen's conversion: for a large input (a transformer's activations) its vectorised copy runs
+  // faster on the GPU than our one-element-a-thread kernel.
   if (found == weight_casts.end()) return input.to(dtype);
   auto cast = std::move(found->second.cast);
   weight_casts.erase(found);
@@ -170,6 +186,37 @@ at::Tensor acc::mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType d
   // Elsewhere the same numbers from the operands converted: bf16 and fp16 values, and their
   // products, are exact in float32, whose sums are then the accumulator's.
   return at::mm(a.to(dtype), b.to(dtype));
+}
+
+at::Tensor acc::planned_mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType dtype, at::Tensor* a_row_sums) {
+  if (const auto* kernels = a.is_cuda() ? acc::cuda_kernels() : nullptr) {
+    at::Tensor out;
+    if (kernels->matmul(a, b, at::Tensor(), false, dtype, out, a_row_sums)) return out;
+    // cuBLASLt may have no algorithm with the row sums for a shape: the product alone, then the sum.
+    if (a_row_sums != nullptr && kernels->matmul(a, b, at::Tensor(), false, dtype, out, nullptr)) {
+      *a_row_sums = sum_rows_as(a.t(), dtype);
+      return out;
+    }
+  }
+  if (a_row_sums != nullptr) *a_row_sums = sum_rows_as(a.t(), dtype);
+  return mm_as(a, b, dtype);
+}
+
+at::Tensor acc::linear_as(const at::Tensor& h, const at::Tensor& wt, const at::Tensor& bias, bool relu,
+                          at::ScalarType dtype) {
+  if (const auto* kernels = h.is_cuda() ? acc::cuda_kernels() : nullptr) {
+    at::Tensor out;
+    if (kernels->matmul(h, wt, bias, relu, dtype, out, nullptr)) return out;
+  }
+  const auto b = bias.defined() && bias.scalar_type() != h.scalar_type() ? bias.to(h.scalar_type()) : bias;
+  at::Tensor out;
+  if (b.defined()) {
+    out = relu ? at::_addmm_activation(b, h, wt) : at::addmm(b, h, wt);
+  } else {
+    out = at::mm(h, wt);
+    if (relu) out.relu_();
+  }
+  return out.scalar_type() == dtype ? out : out.to(dtype);
 }
 
 at::Tensor acc::sum_rows_as(const at::Tensor& g, at::ScalarType dtype) {

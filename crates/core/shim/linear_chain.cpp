@@ -1,9 +1,10 @@
 // A chain of linear layers, each maybe followed by a ReLU (a native nn.Sequential of Linear and
 // ReLU layers), as one autograd node with a hand-written backward. Per step that is one node
 // to record and to run instead of two or three per layer (the matmul's, the weight's
-// transpose's, the ReLU's), and under autocast a ReLU runs in its matmul's epilogue
-// (`_addmm_activation`, cuBLASLt on a GPU) instead of as a kernel of its own. On a GPU a step
-// of small layers is bound by the host's work per operation, which this cuts.
+// transpose's, the ReLU's). On a GPU each product is one cuBLASLt call with a plan kept per
+// shape (shim-cuda/matmul.cpp): the bias and the ReLU in its epilogue, a bias's gradient with
+// its weight's. A step of small layers on a GPU is bound by the host's work per operation,
+// which this cuts.
 //
 // The numbers are the layers': the same matmuls in the same dtype (autocast's compute dtype, or
 // the parameters' without it), the same ReLU, and, as shim/linear.cpp, the parameters'
@@ -25,9 +26,8 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
   // layers' biases, in order), then applies a ReLU if flags[i] & RELU. The parameters share
   // one dtype.
   // With `float32_output`, a half-precision output is returned as float32 (mixed precision's
-  // model wrapper asks for that), its conversion inside this node. (Writing it from the last
-  // matmul in float32, `addmm` with an output dtype, cost more host time than the conversion
-  // on an H200 host: BENCHMARKS.md.)
+  // model wrapper asks for that), written so by the last product on a GPU, converted inside
+  // this node elsewhere.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, at::TensorList weights,
                             at::TensorList biases, const std::vector<int64_t>& flags, bool float32_output) {
     const auto dtype = acc::compute_dtype(input);
@@ -37,20 +37,19 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
     std::vector<at::Tensor> saved{acc::converted_input(input, dtype).reshape({-1, sizes.back()})};
     std::vector<at::Tensor> casts;
     const at::Tensor* bias = biases.data();
+    const bool half = dtype == at::kBFloat16 || dtype == at::kHalf;
     for (size_t i = 0; i < weights.size(); ++i) {
-      const auto& h = saved[i];
-      const bool relu = (flags[i] & RELU) != 0;
+      // A half-precision chain asked for a float32 output writes it from its last product on a
+      // GPU (cuBLASLt's float32 accumulator, with the float32 bias), not rounded to half first.
+      const bool float32_last = i + 1 == weights.size() && float32_output && half && input.is_cuda();
       casts.push_back(acc::cached_cast(weights[i], dtype));
-      auto w = casts.back().t();
-      at::Tensor out;
+      at::Tensor b;
       if ((flags[i] & BIAS) != 0) {
-        auto b = acc::cached_cast(*bias++, dtype);
-        out = relu ? at::_addmm_activation(b, h, w) : at::addmm(b, h, w);
-      } else {
-        out = at::mm(h, w);
-        if (relu) out.relu_();
+        const auto& raw = *bias++;
+        b = float32_last && raw.scalar_type() == at::kFloat ? raw : acc::cached_cast(raw, dtype);
       }
-      saved.push_back(out);
+      saved.push_back(acc::linear_as(saved[i], casts.back().t(), b, (flags[i] & RELU) != 0,
+                                     float32_last ? at::kFloat : dtype));
     }
     auto out = saved.back();
     if (sizes.size() != 2) {
@@ -98,14 +97,21 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
       }
       return false;
     };
-    auto g = grad_outputs[0].to(h[0].scalar_type());
-    g = g.reshape({-1, g.size(-1)});
+    // The output's gradient in its dtype (float32 when the chain wrote its output so): a ReLU
+    // after the last layer masks it as it is, then it goes on in the chain's dtype.
+    const auto dtype = h[0].scalar_type();
+    auto g = grad_outputs[0].reshape({-1, grad_outputs[0].size(-1)});
     for (size_t i = n; i-- > 0;) {
-      if ((flags[i] & RELU) != 0) g = at::threshold_backward(g, h[i + 1].reshape(g.sizes()), 0);
-      if (needs(1 + i)) grads[1 + i] = acc::mm_as(g.t(), h[i], param_dtype);
-      if (needs(bias_slot[i])) grads[bias_slot[i]] = acc::sum_rows_as(g, param_dtype);
+      if ((flags[i] & RELU) != 0) {
+        g = at::threshold_backward(acc::converted(g, h[i + 1].scalar_type()), h[i + 1].reshape(g.sizes()), 0);
+      }
+      g = acc::converted(g, dtype);
+      // The weight's gradient and the bias's in one product where cuBLASLt can (its row sums).
+      const bool weight = needs(1 + i), bias = needs(bias_slot[i]);
+      if (weight) grads[1 + i] = acc::planned_mm_as(g.t(), h[i], param_dtype, bias ? &grads[bias_slot[i]] : nullptr);
+      if (bias && !weight) grads[bias_slot[i]] = acc::sum_rows_as(g, param_dtype);
       if (!needed_below(i)) break;
-      g = g.mm(w[i]);
+      g = acc::planned_mm_as(g, w[i], dtype);
     }
     if (ctx->needs_input_grad(0)) {
       const auto input_dtype = static_cast<at::ScalarType>(ctx->saved_data["input_dtype"].toInt());

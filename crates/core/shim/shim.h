@@ -19,6 +19,16 @@ at::ScalarType compute_dtype(at::DeviceType device, at::ScalarType dtype);
 // `g`'s rows written in `dtype` (float32 for a bf16 `a`, `b`, `g`) without rounding to theirs first.
 at::Tensor mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType dtype);
 at::Tensor sum_rows_as(const at::Tensor& g, at::ScalarType dtype);
+// mm_as for a chain of small layers (shim/linear_chain.cpp): on a GPU one cuBLASLt call with a
+// plan kept per shape (shim-cuda/matmul.cpp, products up to 2^32 multiply-adds), which with
+// `a_row_sums` also writes there the sums of `a`'s rows in `dtype` (a Linear's bias gradient,
+// `a` being its output's gradient transposed); ATen's elsewhere.
+at::Tensor planned_mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType dtype, at::Tensor* a_row_sums = nullptr);
+// `h @ wt + bias` (no bias where undefined), through a ReLU if `relu`, written in `dtype`: h's,
+// or float32 from a half-precision h, whose bias is then float32 (shim/linear.cpp). On a GPU one
+// cuBLASLt call with a plan kept per shape (as planned_mm_as), the float32 straight from its
+// accumulator; elsewhere ATen's product in h's dtype (the bias converted to it), then converted.
+at::Tensor linear_as(const at::Tensor& h, const at::Tensor& wt, const at::Tensor& bias, bool relu, at::ScalarType dtype);
 // `tensor` (a linear layer's weight or bias) in `dtype`, converted once per autocast region,
 // version and dtype (shim/linear.cpp); clear_linear_casts forgets them when the outermost
 // autocast region ends.
@@ -26,6 +36,9 @@ at::Tensor cached_cast(const at::Tensor& tensor, at::ScalarType dtype);
 // The conversions of `tensors` (weights, biases, and a chain's input) to their compute dtype,
 // made ahead for the linear layers that will use them, several in one multi-tensor copy.
 void cast_ahead(const std::vector<at::Tensor>& tensors);
+// `t` in `dtype` (itself if it is): on a GPU float32 to bf16 in one launch of our own kernel
+// (less host work than ATen's conversion, for small tensors: see shim/linear.cpp).
+at::Tensor converted(const at::Tensor& t, at::ScalarType dtype);
 // A linear layer's `input` in `dtype`: its conversion made ahead (taken out of the cache: an
 // input is used once), or a new one.
 at::Tensor converted_input(const at::Tensor& input, at::ScalarType dtype);
@@ -68,6 +81,11 @@ struct CudaKernels {
   // Float32 tensors converted to bf16 ones of the same layout in one launch, for the inputs it
   // takes (shim-cuda/kernels.h; false, converting nothing, for others).
   bool (*to_bf16)(const std::vector<at::Tensor>& from, const std::vector<at::Tensor>& to);
+  // `out` = a @ b (+ bias) (ReLU) in `dtype`, or with `row_sums` also a's row sums, through
+  // cuBLASLt with a plan kept per shape, for the inputs it takes (shim-cuda/kernels.h; false,
+  // leaving the work to the caller, for others).
+  bool (*matmul)(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, bool relu, at::ScalarType dtype,
+                 at::Tensor& out, at::Tensor* row_sums);
 };
 // The registered kernels, or null (no CUDA side loaded).
 const CudaKernels* cuda_kernels();

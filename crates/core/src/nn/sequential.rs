@@ -23,9 +23,7 @@ impl Sequential {
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
-}
 
-impl Sequential {
     /// The layers on `x`; with `float32_output` a half-precision output comes as float32,
     /// converted inside the last layer's autograd node where it can be.
     fn run(&self, x: &Tensor, train: bool, float32_output: bool) -> Result<Tensor> {
