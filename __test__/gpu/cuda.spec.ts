@@ -319,6 +319,25 @@ test("crossEntropy on a GPU's 2-d logits: one kernel and one node with ATen's lo
   }
 });
 
+test("crossEntropy on a GPU keeps no hold on the logits: changed in place after the loss, backward still gives the gradient at the values the loss saw (as ATen's, whose log-softmax keeps its output)", (t) => {
+  const F = nn.functional;
+  const y = randint(0, 10, [32], { device: "cuda:0" });
+  const x = randn([32, 10], { device: "cuda:0" });
+  const gradient = (change: boolean) => {
+    const leaf = x.detach();
+    leaf.requiresGrad = true;
+    const logits = leaf.mul(2);
+    const loss = F.crossEntropy(logits, y);
+    if (change) nn.init.zeros_(logits);
+    loss.backward();
+    return (leaf.grad as Tensor).to("float64", "cpu");
+  };
+  const want = gradient(false);
+  const got = gradient(true);
+  t.true(want.abs().max().item() > 0.01, "the gradient is not zero");
+  t.is(got.sub(want).abs().max().item(), 0);
+});
+
 test("linearCrossEntropy on a GPU: the loss with gradients equals the loss without, on many rows whose target is the last class", (t) => {
   // Each row's target logit is read before the row is overwritten with its gradient.
   const [rows, features, classes] = [262144, 64, 2048];

@@ -58,7 +58,8 @@ bool acc::kernels::to_bf16(const std::vector<at::Tensor>& from, const std::vecto
   if (largest == 0 || !acc::jit::available()) return false;
   c10::cuda::CUDAGuard guard(device);
   std::vector<acc::jit::Kernel> kernels;
-  if (!acc::jit::get_all(SOURCE, {"-DMAX_TENSORS=" + std::to_string(MAX_TENSORS)}, {"to_bf16"}, kernels)) return false;
+  static const std::vector<std::string> options{"-DMAX_TENSORS=" + std::to_string(MAX_TENSORS)};
+  if (!acc::jit::get_all(SOURCE, options, {"to_bf16"}, kernels)) return false;
   Table table{};
   for (size_t i = 0; i < from.size(); ++i) {
     table.from[i] = from[i].data_ptr();

@@ -12,7 +12,6 @@
 #include <memory>
 #include <mutex>
 #include <nvrtc.h>
-#include <set>
 #include <tuple>
 
 namespace acc::jit {
@@ -91,9 +90,8 @@ void* open_nvrtc() {
 }
 
 template <typename F>
-void bind(void* library, const char* name, F& function) {
-  function = reinterpret_cast<F>(dlsym(library, name));
-  TORCH_CHECK(function != nullptr, "CUDA kernels: ", name, " not found (", dlerror(), ")");
+void require(void* library, const char* name, F& function) {
+  TORCH_CHECK(bind(library, name, function), "CUDA kernels: ", name, " not found (", dlerror(), ")");
 }
 
 const Api& api() {
@@ -104,22 +102,22 @@ const Api& api() {
                 ") beside the CUDA runtime or on the library path");
     void* driver = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     TORCH_CHECK(driver != nullptr, "CUDA kernels: could not load the CUDA driver (libcuda.so.1)");
-    bind(nvrtc, "nvrtcCreateProgram", a.nvrtcCreateProgram);
-    bind(nvrtc, "nvrtcCompileProgram", a.nvrtcCompileProgram);
-    bind(nvrtc, "nvrtcGetProgramLogSize", a.nvrtcGetProgramLogSize);
-    bind(nvrtc, "nvrtcGetProgramLog", a.nvrtcGetProgramLog);
-    bind(nvrtc, "nvrtcGetCUBINSize", a.nvrtcGetCUBINSize);
-    bind(nvrtc, "nvrtcGetCUBIN", a.nvrtcGetCUBIN);
-    bind(nvrtc, "nvrtcDestroyProgram", a.nvrtcDestroyProgram);
-    bind(nvrtc, "nvrtcGetErrorString", a.nvrtcGetErrorString);
-    bind(driver, "cuDeviceGet", a.cuDeviceGet);
-    bind(driver, "cuDevicePrimaryCtxRetain", a.cuDevicePrimaryCtxRetain);
-    bind(driver, "cuCtxGetCurrent", a.cuCtxGetCurrent);
-    bind(driver, "cuCtxSetCurrent", a.cuCtxSetCurrent);
-    bind(driver, "cuModuleLoadData", a.cuModuleLoadData);
-    bind(driver, "cuModuleGetFunction", a.cuModuleGetFunction);
-    bind(driver, "cuLaunchKernel", a.cuLaunchKernel);
-    bind(driver, "cuGetErrorString", a.cuGetErrorString);
+    require(nvrtc, "nvrtcCreateProgram", a.nvrtcCreateProgram);
+    require(nvrtc, "nvrtcCompileProgram", a.nvrtcCompileProgram);
+    require(nvrtc, "nvrtcGetProgramLogSize", a.nvrtcGetProgramLogSize);
+    require(nvrtc, "nvrtcGetProgramLog", a.nvrtcGetProgramLog);
+    require(nvrtc, "nvrtcGetCUBINSize", a.nvrtcGetCUBINSize);
+    require(nvrtc, "nvrtcGetCUBIN", a.nvrtcGetCUBIN);
+    require(nvrtc, "nvrtcDestroyProgram", a.nvrtcDestroyProgram);
+    require(nvrtc, "nvrtcGetErrorString", a.nvrtcGetErrorString);
+    require(driver, "cuDeviceGet", a.cuDeviceGet);
+    require(driver, "cuDevicePrimaryCtxRetain", a.cuDevicePrimaryCtxRetain);
+    require(driver, "cuCtxGetCurrent", a.cuCtxGetCurrent);
+    require(driver, "cuCtxSetCurrent", a.cuCtxSetCurrent);
+    require(driver, "cuModuleLoadData", a.cuModuleLoadData);
+    require(driver, "cuModuleGetFunction", a.cuModuleGetFunction);
+    require(driver, "cuLaunchKernel", a.cuLaunchKernel);
+    require(driver, "cuGetErrorString", a.cuGetErrorString);
     return a;
   }();
   return loaded;
@@ -227,24 +225,30 @@ Kernel get(const char* source, const std::vector<std::string>& options, const st
 
 bool get_all(const char* source, const std::vector<std::string>& options, std::initializer_list<const char*> names,
              std::vector<Kernel>& kernels) {
+  // The answer per source, options, device and names (empty: failed), so that a launch's
+  // lookup is one search under one lock.
+  using Key = std::tuple<const char*, std::vector<std::string>, int, std::vector<const char*>>;
   static std::mutex mutex;
-  static std::set<std::tuple<const char*, std::vector<std::string>, int>> failed;
-  const auto key = std::make_tuple(source, options, static_cast<int>(c10::cuda::current_device()));
+  static std::map<Key, std::vector<Kernel>> found;
+  Key key{source, options, static_cast<int>(c10::cuda::current_device()), std::vector<const char*>(names)};
   {
     std::lock_guard<std::mutex> lock(mutex);
-    if (failed.count(key) > 0) return false;
+    if (auto it = found.find(key); it != found.end()) {
+      kernels = it->second;
+      return !kernels.empty();
+    }
   }
+  kernels.clear();
   try {
-    kernels.clear();
     for (const char* name : names) kernels.push_back(get(source, options, name));
-    return true;
   } catch (const c10::Error& e) {
     TORCH_WARN("accelerate-ts: a CUDA kernel is unavailable, so ATen's operations run instead: ",
                e.what_without_backtrace());
-    std::lock_guard<std::mutex> lock(mutex);
-    failed.insert(key);
-    return false;
+    kernels.clear();
   }
+  std::lock_guard<std::mutex> lock(mutex);
+  found.emplace(std::move(key), kernels);
+  return !kernels.empty();
 }
 
 void launch(Kernel kernel, unsigned grid_x, unsigned grid_y, unsigned block_x, unsigned block_y,

@@ -3,11 +3,19 @@
 // NVRTC and the driver are opened with dlopen on first use, so nothing here is linked.
 #pragma once
 #include <ATen/ATen.h>
+#include <dlfcn.h>
 #include <string>
 #include <initializer_list>
 #include <vector>
 
 namespace acc::jit {
+
+// Sets `function` to the symbol `name` of `library` (a dlopen handle); false where it has none.
+template <typename F>
+bool bind(void* library, const char* name, F& function) {
+  function = reinterpret_cast<F>(dlsym(library, name));
+  return function != nullptr;
+}
 
 // Whether NVRTC and the CUDA driver could be loaded (once; later calls answer at once).
 bool available();
@@ -21,9 +29,10 @@ struct Kernel {
 };
 Kernel get(const char* source, const std::vector<std::string>& options, const std::string& name);
 
-// The kernels `names` of `source` (as get), or false when compiling or loading it failed
-// here (say, an NVRTC that does not know this GPU): a warning says why, once, and later calls
-// with the same source and options answer false at once, for the caller's ATen path.
+// The kernels `names` (string literals: the answer is kept by their addresses) of `source`
+// (as get), or false when compiling or loading it failed here (say, an NVRTC that does not
+// know this GPU): a warning says why, once, and later calls with the same source, options and
+// names answer false at once, for the caller's ATen path.
 bool get_all(const char* source, const std::vector<std::string>& options, std::initializer_list<const char*> names,
              std::vector<Kernel>& kernels);
 

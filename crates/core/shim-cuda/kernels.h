@@ -45,7 +45,8 @@ bool cross_entropy_scale(const at::Tensor& grad, const at::Tensor& g, const at::
 bool to_bf16(const std::vector<at::Tensor>& from, const std::vector<at::Tensor>& to);
 // `out` (new, [a rows, b columns], `dtype`) = a @ b, plus `bias` where defined (`dtype`, one per
 // column), through a ReLU if `relu`; with `row_sums` (no bias, no ReLU) also the sums of a's rows
-// in `dtype`. a and b: 2-d CUDA matrices of one dtype (float32, bf16, fp16) with rows or columns
+// in `dtype` (left undefined where cuBLASLt has no algorithm with them for the shape: the
+// caller sums). a and b: 2-d CUDA matrices of one dtype (float32, bf16, fp16) with rows or columns
 // contiguous; `dtype` a's, or float32. One cuBLASLt call with a plan kept per shape
 // (shim-cuda/matmul.cpp). False, leaving the work to the caller, for other inputs or where
 // cuBLASLt has no algorithm.

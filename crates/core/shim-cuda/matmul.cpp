@@ -5,6 +5,7 @@
 // a GPU (shim/linear_chain.cpp). Larger products keep ATen's path (see `matmul`). Besides the product: a bias added and a ReLU in the epilogue,
 // a float32 output from half-precision operands (from cuBLAS's float32 accumulator), and the
 // first operand's row sums (a Linear's bias gradient) from the same call.
+#include "jit.h"
 #include "kernels.h"
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -41,10 +42,7 @@ const Api* api() {
     if (lib == nullptr) return nullptr;
     static Api table;
     bool all = true;
-    auto get = [&](auto& fn, const char* name) {
-      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
-      all = all && fn != nullptr;
-    };
+    auto get = [&](auto& fn, const char* name) { all = acc::jit::bind(lib, name, fn) && all; };
     get(table.desc_create, "cublasLtMatmulDescCreate");
     get(table.desc_destroy, "cublasLtMatmulDescDestroy");
     get(table.desc_set, "cublasLtMatmulDescSetAttribute");
@@ -110,6 +108,7 @@ struct KeyHash {
 
 struct Plan {
   bool ok = false;
+  bool row_sums = false;  // its epilogue writes the row sums (BGRADB)
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
   cublasLtMatmulAlgo_t algo{};
@@ -225,11 +224,26 @@ bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, bo
       plans.clear();
     }
     found = plans.emplace(key, Plan{}).first;
-    make_plan(*lt, found->second, ob.transposed, oa.transposed, cols, rows, inner, ob.ld, oa.ld, ab, d, compute,
-              epilogue, align, at::cuda::getCUDABlasLtWorkspaceSize());
+    Plan& plan = found->second;
+    auto make = [&](cublasLtEpilogue_t e) {
+      make_plan(*lt, plan, ob.transposed, oa.transposed, cols, rows, inner, ob.ld, oa.ld, ab, d, compute, e, align,
+                at::cuda::getCUDABlasLtWorkspaceSize());
+    };
+    make(epilogue);
+    plan.row_sums = plan.ok && epilogue == CUBLASLT_EPILOGUE_BGRADB;
+    // cuBLASLt may have no algorithm with the row sums for a shape: then the product alone,
+    // under the same key, and the caller sums the rows.
+    if (!plan.ok && epilogue == CUBLASLT_EPILOGUE_BGRADB) {
+      release(*lt, plan);
+      make(CUBLASLT_EPILOGUE_DEFAULT);
+    }
   }
   Plan& plan = found->second;
   if (!plan.ok) return false;
+  if (!plan.row_sums) {
+    sums = at::Tensor();
+    if (!has_bias) bias_ptr = nullptr;
+  }
   if (bias_ptr != nullptr) lt->desc_set(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr));
   const float alpha = 1, beta = 0;
   const auto status = lt->matmul(at::cuda::getCurrentCUDABlasLtHandle(), plan.desc, &alpha, b.data_ptr(), plan.a,
@@ -240,7 +254,7 @@ bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, bo
     plan.ok = false;  // ATen's path from now on for this shape
     return false;
   }
-  if (row_sums != nullptr) *row_sums = sums;
+  if (row_sums != nullptr) *row_sums = sums;  // undefined where the plan has no row sums
   return true;
 }
 }  // namespace acc::kernels

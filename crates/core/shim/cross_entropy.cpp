@@ -7,7 +7,6 @@
 // ignore index, the loss and that row's gradient are NaN (ATen stops the GPU with an assertion).
 #include "shim.h"
 #include <ATen/autocast_mode.h>
-#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 namespace {
@@ -27,28 +26,27 @@ struct Results {
 
 struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
   // Returns the loss in `dtype`; backward scales the gradient.
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& targets,
-                            const Results& results, int64_t reduction, int64_t ignore_index, at::ScalarType dtype) {
-    // Saved variables are freed after backward (unless the graph is retained).
-    ctx->save_for_backward({logits, targets, results.grad, results.scale});
+  // `logits` is an input for its edge only: the kernel has read them.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const Results& results, int64_t reduction,
+                            at::ScalarType dtype) {
+    // Only the kernel's own results are kept, not the logits (as ATen's log-softmax keeps its
+    // output): the logits may change in place after the loss. Freed after backward (unless the
+    // graph is retained).
+    ctx->save_for_backward({results.grad, results.scale});
     ctx->saved_data["reduction"] = reduction;
-    ctx->saved_data["ignore_index"] = ignore_index;
     return results.loss.to(dtype);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // A backward that builds a graph (second-order gradients, which the library's backward
+    // never asks for) would need the logits.
+    TORCH_CHECK(!at::GradMode::is_enabled(), "crossEntropy: the GPU kernel's loss has no second-order gradient");
     auto saved = ctx->get_saved_variables();
     const auto reduction = ctx->saved_data["reduction"].toInt();
-    const auto ignore_index = ctx->saved_data["ignore_index"].toInt();
     const auto& g = grad_outputs[0];
     at::Tensor grad_logits;
-    if (at::GradMode::is_enabled()) {
-      // A graph of this backward (second-order gradients): the same gradient from ATen's
-      // differentiable operations.
-      auto loss = at::cross_entropy_loss(saved[0], saved[1], {}, reduction, ignore_index, 0.0);
-      grad_logits = torch::autograd::grad({loss}, {saved[0]}, {g.to(loss.scalar_type())}, true, true)[0];
-    } else if (const auto& grad = saved[2]; grad.defined()) {
-      const auto& scale = saved[3];  // undefined for reduction "none"
+    if (const auto& grad = saved[0]; grad.defined()) {
+      const auto& scale = saved[1];  // undefined for reduction "none"
       const auto* kernels = acc::cuda_kernels();
       auto g32 = g.to(at::kFloat);
       if (kernels == nullptr || !kernels->cross_entropy_scale(grad, g32, scale, grad_logits)) {
@@ -56,7 +54,7 @@ struct CrossEntropy : torch::autograd::Function<CrossEntropy> {
         grad_logits = grad.mul(factor).to(grad.scalar_type());
       }
     }
-    return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 }  // namespace
@@ -77,6 +75,6 @@ extern "C" int acc_cross_entropy(acc_tensor logits, acc_tensor targets, int64_t 
     auto grad = want_grad ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::Tensor();
     Results results{at::Tensor(), at::Tensor(), grad};
     if (!kernels->cross_entropy_rows(x, *targets, ignore_index, grad, reduction, results.loss, results.scale)) return 0;
-    *out = new at::Tensor(CrossEntropy::apply(x, *targets, results, reduction, ignore_index, dtype));
+    *out = new at::Tensor(CrossEntropy::apply(x, results, reduction, dtype));
   })
 }

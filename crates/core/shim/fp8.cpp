@@ -8,6 +8,7 @@
 // in every dtype, so scaling loses nothing before the cast. Backward saves the fp8 input's and
 // weight's transposes (the layouts its matmuls take), not the input; on a GPU the CUDA side
 // quantizes each matrix and writes its transpose in one pass (shim-cuda/fp8_quantize.cpp).
+#include "linear_bias.h"
 #include "shim.h"
 #include <torch/csrc/autograd/custom_function.h>
 #include <unordered_map>
@@ -168,7 +169,7 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
     ctx->saved_data["input_sizes"] = sizes;
     ctx->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
-    ctx->saved_data["bias_dtype"] = bias ? static_cast<int64_t>(bias->scalar_type()) : int64_t{-1};
+    acc::keep_bias_dtype(ctx, bias);
     sizes.back() = weight.size(0);
     // Not a view (an in-place op on a custom Function's view output is refused).
     return at::_unsafe_view(out, sizes);
@@ -183,7 +184,7 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
     History history{ctx->saved_data["grad_amax"].toTensor(), ctx->saved_data["grad_seen"].toTensor()};
     auto g8 = quantize(g, at::kFloat8_e5m2, E5M2_MAX, ctx->needs_input_grad(1), &history);
     auto dtype = [&](const char* key) { return static_cast<at::ScalarType>(ctx->saved_data[key].toInt()); };
-    at::Tensor grad_input, grad_weight, grad_bias;
+    at::Tensor grad_input, grad_weight;
     if (ctx->needs_input_grad(0)) {
       grad_input = scaled_mm(g8.data, w_t.t(), g8.scale, w_scale, dtype("input_dtype"))
                        .view(ctx->saved_data["input_sizes"].toIntVector());
@@ -194,10 +195,7 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
       grad_weight = scaled_mm(g8.data_t, x_t.t(), g8.scale, x_scale, dtype("weight_dtype"));
     }
     // The bias's gradient from the unquantized output gradient, summed in float32.
-    if (ctx->saved_data["bias_dtype"].toInt() >= 0 && ctx->needs_input_grad(2)) {
-      grad_bias = acc::sum_rows_as(g, dtype("bias_dtype"));
-    }
-    return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor()};
+    return {grad_input, grad_weight, acc::bias_grad(ctx, g), at::Tensor(), at::Tensor()};
   }
 };
 }  // namespace
@@ -208,11 +206,9 @@ struct Fp8Linear : torch::autograd::Function<Fp8Linear> {
 extern "C" int acc_fp8_linear(acc_tensor input, acc_tensor weight, acc_tensor bias, const char* gelu,
                               acc_tensor* out) {
   ACC_PROTECT({
-    std::optional<at::Tensor> b;
-    if (bias != nullptr) b = *bias;
     // The transposes backward takes are made only when gradients are being recorded.
     *out = new at::Tensor(
-        Fp8Linear::apply(*input, *weight, b, std::string(gelu != nullptr ? gelu : ""), at::GradMode::is_enabled()));
+        Fp8Linear::apply(*input, *weight, acc::optional_bias(bias), std::string(gelu != nullptr ? gelu : ""), at::GradMode::is_enabled()));
   })
 }
 

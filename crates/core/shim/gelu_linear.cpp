@@ -3,6 +3,7 @@
 // token) is then stored once, not twice. Recomputing costs one elementwise pass in backward.
 // The operations and their dtypes are the ones the two separate calls run, under autocast
 // too (the compute dtype is applied here, as autocast would), so results match them.
+#include "linear_bias.h"
 #include "shim.h"
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -28,7 +29,7 @@ struct GeluLinear : torch::autograd::Function<GeluLinear> {
     ctx->saved_data["recompute"] = recompute;
     ctx->saved_data["approximate"] = approximate;
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
-    ctx->saved_data["bias_dtype"] = bias ? static_cast<int64_t>(bias->scalar_type()) : int64_t{-1};
+    acc::keep_bias_dtype(ctx, bias);
     return out;
   }
 
@@ -41,14 +42,13 @@ struct GeluLinear : torch::autograd::Function<GeluLinear> {
     const auto approximate = ctx->saved_data["approximate"].toStringRef();
     auto dtype = [&](const char* key) { return static_cast<at::ScalarType>(ctx->saved_data[key].toInt()); };
     auto g = grad_outputs[0].to(w.scalar_type()).reshape({-1, w.size(0)});
-    at::Tensor grad_input, grad_weight, grad_bias;
+    at::Tensor grad_input, grad_weight;
     const bool recompute = ctx->saved_data["recompute"].toBool();
     if (ctx->needs_input_grad(1)) {
       auto hidden = (recompute ? at::gelu(input, approximate).to(w.scalar_type()) : input).reshape({-1, w.size(1)});
       grad_weight = acc::mm_as(g.t(), hidden, dtype("weight_dtype"));
     }
-    // Only tensors that were given have an input edge: the bias's is index 2 when present.
-    if (ctx->saved_data["bias_dtype"].toInt() >= 0 && ctx->needs_input_grad(2)) grad_bias = acc::sum_rows_as(g, dtype("bias_dtype"));
+    auto grad_bias = acc::bias_grad(ctx, g);
     if (recompute && ctx->needs_input_grad(0)) {
       grad_input = at::gelu_backward(g.mm(w).view(input.sizes()).to(input.scalar_type()), input, approximate);
     }
@@ -62,8 +62,6 @@ struct GeluLinear : torch::autograd::Function<GeluLinear> {
 extern "C" int acc_gelu_linear(acc_tensor input, acc_tensor weight, acc_tensor bias, const char* approximate,
                                acc_tensor* out) {
   ACC_PROTECT({
-    std::optional<at::Tensor> b;
-    if (bias != nullptr) b = *bias;
-    *out = new at::Tensor(GeluLinear::apply(*input, *weight, b, std::string(approximate)));
+    *out = new at::Tensor(GeluLinear::apply(*input, *weight, acc::optional_bias(bias), std::string(approximate)));
   })
 }

@@ -4,6 +4,7 @@
 // written, read back and written again as float32, one more kernel each. Forward is autocast's:
 // input, weight and bias converted to the compute dtype, the same matmul, the same output; the
 // gradients differ only in not being rounded to bf16 on the way (on every device).
+#include "linear_bias.h"
 #include "shim.h"
 #include <torch/csrc/autograd/custom_function.h>
 #include <algorithm>
@@ -148,7 +149,7 @@ struct AutocastLinear : torch::autograd::Function<AutocastLinear> {
     ctx->saved_data["compute_dtype"] = static_cast<int64_t>(dtype);
     ctx->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
-    ctx->saved_data["bias_dtype"] = bias ? static_cast<int64_t>(bias->scalar_type()) : int64_t{-1};
+    acc::keep_bias_dtype(ctx, bias);
     return out;
   }
 
@@ -162,12 +163,10 @@ struct AutocastLinear : torch::autograd::Function<AutocastLinear> {
     const auto sizes = ctx->saved_data["input_sizes"].toIntVector();
     auto g = grad_outputs[0].to(dtype("compute_dtype"));
     g = g.reshape({-1, g.size(-1)});
-    at::Tensor grad_input, grad_weight, grad_bias;
+    at::Tensor grad_input, grad_weight;
     if (ctx->needs_input_grad(0)) grad_input = g.mm(w).view(sizes).to(dtype("input_dtype"));
     if (ctx->needs_input_grad(1)) grad_weight = acc::mm_as(g.t(), x.reshape({-1, sizes.back()}), dtype("weight_dtype"));
-    // Only tensors that were given have an input edge: the bias's is index 2 when present.
-    if (ctx->saved_data["bias_dtype"].toInt() >= 0 && ctx->needs_input_grad(2)) grad_bias = acc::sum_rows_as(g, dtype("bias_dtype"));
-    return {grad_input, grad_weight, grad_bias};
+    return {grad_input, grad_weight, acc::bias_grad(ctx, g)};
   }
 };
 }  // namespace
@@ -191,10 +190,9 @@ at::Tensor acc::mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType d
 at::Tensor acc::planned_mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType dtype, at::Tensor* a_row_sums) {
   if (const auto* kernels = a.is_cuda() ? acc::cuda_kernels() : nullptr) {
     at::Tensor out;
-    if (kernels->matmul(a, b, at::Tensor(), false, dtype, out, a_row_sums)) return out;
-    // cuBLASLt may have no algorithm with the row sums for a shape: the product alone, then the sum.
-    if (a_row_sums != nullptr && kernels->matmul(a, b, at::Tensor(), false, dtype, out, nullptr)) {
-      *a_row_sums = sum_rows_as(a.t(), dtype);
+    if (kernels->matmul(a, b, at::Tensor(), false, dtype, out, a_row_sums)) {
+      // cuBLASLt may have no algorithm with the row sums for a shape: the product came alone.
+      if (a_row_sums != nullptr && !a_row_sums->defined()) *a_row_sums = sum_rows_as(a.t(), dtype);
       return out;
     }
   }
@@ -245,8 +243,6 @@ extern "C" int acc_cast_ahead(const acc_tensor* tensors, int64_t n) {
 // dtypes are checked by the caller (nn::functional::linear).
 extern "C" int acc_autocast_linear(acc_tensor input, acc_tensor weight, acc_tensor bias, acc_tensor* out) {
   ACC_PROTECT({
-    std::optional<at::Tensor> b;
-    if (bias != nullptr) b = *bias;
-    *out = new at::Tensor(AutocastLinear::apply(*input, *weight, b));
+    *out = new at::Tensor(AutocastLinear::apply(*input, *weight, acc::optional_bias(bias)));
   })
 }
