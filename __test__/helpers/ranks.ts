@@ -11,17 +11,29 @@ export interface RankResult {
   stderr: string;
 }
 
-/** A port that was free a moment ago. */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/** Whether a server can listen on `port` of 127.0.0.1 now. */
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
+    server.once("error", () => resolve(false));
+    server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
   });
+}
+
+// The next port to try: from a random start in each test process, then one after another.
+let nextPort = Math.floor(Math.random() * 12_000);
+
+/**
+ * A port that was free a moment ago, below Linux's ephemeral range (32768-60999): one the
+ * kernel hands out for listen(0) or an outgoing connection could be given to another test's
+ * processes (gloo's connections between ranks, say) before the rendezvous binds it.
+ */
+export async function freePort(): Promise<number> {
+  for (let tries = 0; tries < 1000; tries++) {
+    const port = 20_000 + (nextPort++ % 12_000);
+    if (await canListen(port)) return port;
+  }
+  throw new Error("freePort: no free port in 20000-31999");
 }
 
 export async function runRanks(script: string, worldSize: number, args: string[] = [], timeoutMs = 60_000): Promise<RankResult[]> {
