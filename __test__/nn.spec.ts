@@ -626,7 +626,7 @@ test("a Sequential under bf16 autocast converts its Linear weights and biases in
   t.is(rows(prof, "aten::_foreach_copy_"), 0);
 });
 
-test("a Sequential of Linear and ReLU layers runs as one autograd node and gives its layers' values and gradients, in float32 and under bf16 autocast", (t) => {
+test("a Sequential of Linear and ReLU layers runs as one autograd node (without gradients, as one call) and gives its layers' values and gradients, in float32 and under bf16 autocast", (t) => {
   manualSeed(17);
   const acc = new Accelerator({ cpu: true, mixedPrecision: "bf16" });
   // A 3-d input that wants its gradient, a layer without bias, a ReLU after the last layer.
@@ -672,9 +672,21 @@ test("a Sequential of Linear and ReLU layers runs as one autograd node and gives
   seq.zeroGrad();
   seq.forward(x).mul(g).sum().backward();
   t.deepEqual(seq.parameters().map((p) => p.grad === null), [true, true, false, false, false]);
-  // Without gradients, the layers run one by one (nothing to record).
-  const prof = acc.profile(() => noGrad(() => seq.forward(x)));
-  t.is(rows(prof, "LinearChain"), 0);
+  // Without gradients (evaluation) the chain is one call too, recording no node: the ReLUs
+  // inside its products, the output the same as with gradients; under autocast its
+  // parameters and input converted at once.
+  for (const autocast of [false, true]) {
+    const forward = () => (autocast ? acc.autocast(() => seq.forward(x)) : seq.forward(x));
+    let y: Tensor | undefined;
+    const prof = acc.profile(() => (y = noGrad(forward)));
+    t.is(rows(prof, "LinearChain"), 0);
+    t.true(rows(prof, "aten::_addmm_activation") >= 1, `autocast ${autocast}`);
+    // (nn.ReLU's own operator; the chain's products apply theirs in place, aten::relu_.)
+    t.false(prof.rows.some((r) => r.name === "aten::relu"), `autocast ${autocast}`);
+    t.is(rows(prof, "aten::_foreach_copy_"), autocast ? 1 : 0);
+    t.false((y as Tensor).requiresGrad);
+    t.deepEqual((y as Tensor).toArray(), forward().toArray(), `autocast ${autocast}`);
+  }
 });
 
 test("addLayerNorm gives exactly residual.add(x) and the LayerNorm of it, values and gradients; under autocast normed is bf16", (t) => {

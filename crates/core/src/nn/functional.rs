@@ -93,13 +93,13 @@ pub enum Link {
 }
 
 /// Runs `links` (Linear layers, each maybe followed by a ReLU) on `x` as one autograd node
-/// (shim/linear_chain.cpp) when they fit: gradients on and wanted, not fp8, `x` of two or more
-/// dimensions, shapes that chain, and parameters of one dtype on `x`'s device that is `x`'s,
-/// or that autocast converts like `x`. `None` when they do not: the caller then runs the
-/// layers one by one, whose errors name the layer. A half-precision output comes as float32
-/// if `float32_output`.
+/// (shim/linear_chain.cpp), or as one call without gradients (evaluation), when they fit: not
+/// fp8, `x` of two or more dimensions, shapes that chain, and parameters of one dtype on `x`'s
+/// device that is `x`'s, or that autocast converts like `x`. `None` when they do not: the
+/// caller then runs the layers one by one, whose errors name the layer. A half-precision output
+/// comes as float32 if `float32_output`.
 pub(crate) fn linear_chain(x: &Tensor, links: &[Link], float32_output: bool) -> Result<Option<Tensor>> {
-    if !crate::tensor::is_grad_enabled() || crate::amp::fp8::is_enabled() || x.dim() < 2 {
+    if crate::amp::fp8::is_enabled() || x.dim() < 2 {
         return Ok(None);
     }
     let (mut weights, mut biases, mut relu) = (Vec::new(), Vec::new(), Vec::new());
@@ -120,8 +120,7 @@ pub(crate) fn linear_chain(x: &Tensor, links: &[Link], float32_output: bool) -> 
         return Ok(None);
     };
     let params = || weights.iter().copied().chain(biases.iter().flatten().copied());
-    let placed = params().all(|p| p.kind() == kind && p.device() == x.device());
-    if !placed || !(x.requires_grad() || params().any(Tensor::requires_grad)) {
+    if !params().all(|p| p.kind() == kind && p.device() == x.device()) {
         return Ok(None);
     }
     let mut features = x.size().last().copied().unwrap_or(0);
@@ -142,6 +141,17 @@ pub(crate) fn linear_chain(x: &Tensor, links: &[Link], float32_output: bool) -> 
     };
     if !dtypes_fit {
         return Ok(None);
+    }
+    // With gradients the caller converted ahead (`cast_ahead`); without, the chain's float32
+    // parameters and input are converted here, at once.
+    if autocast.is_some() && !crate::tensor::is_grad_enabled() {
+        let mut lowered: Vec<&Tensor> = params().filter(|p| p.kind() == Kind::Float).collect();
+        if x.kind() == Kind::Float {
+            lowered.push(x);
+        }
+        if !lowered.is_empty() {
+            crate::shim::cast_ahead(&lowered)?;
+        }
     }
     crate::shim::linear_chain("Sequential", x, &weights, &biases, &relu, float32_output).map(Some)
 }
