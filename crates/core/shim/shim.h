@@ -82,9 +82,9 @@ struct CudaKernels {
   // takes (shim-cuda/kernels.h; false, converting nothing, for others).
   bool (*to_bf16)(const std::vector<at::Tensor>& from, const std::vector<at::Tensor>& to);
   // `out` = a @ b (+ bias) (ReLU) in `dtype`, or with `row_sums` also a's row sums (undefined
-  // where cuBLASLt has no algorithm with them), through
-  // cuBLASLt with a plan kept per shape, for the inputs it takes (shim-cuda/kernels.h; false,
-  // leaving the work to the caller, for others).
+  // where cuBLASLt has no algorithm with them), through cuBLASLt with a plan kept per shape,
+  // for the inputs it takes (shim-cuda/kernels.h; false, leaving the work to the caller, for
+  // others).
   bool (*matmul)(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, bool relu, at::ScalarType dtype,
                  at::Tensor& out, at::Tensor* row_sums);
 };
