@@ -229,6 +229,19 @@ void check_inputs(const char* op, int64_t cols, std::initializer_list<const at::
   }
 }
 
+// The forward, backward and reduce kernels for `options`, compiled once (false where they
+// cannot be: layer_norm_fits then sends the work to ATen).
+bool kernels_for(const std::vector<std::string>& options, std::vector<acc::jit::Kernel>& kernels) {
+  return acc::jit::get_all(SOURCE, options, {"forward", "backward", "reduce"}, kernels);
+}
+
+// The same, where layer_norm_fits has already compiled them.
+std::vector<acc::jit::Kernel> compiled(const std::vector<std::string>& options) {
+  std::vector<acc::jit::Kernel> kernels;
+  TORCH_CHECK(kernels_for(options, kernels), "LayerNorm: the CUDA kernels are not available");
+  return kernels;
+}
+
 }  // namespace
 
 bool acc::kernels::layer_norm_fits(const at::Tensor& x, bool add, at::ScalarType y_dtype) {
@@ -240,8 +253,7 @@ bool acc::kernels::layer_norm_fits(const at::Tensor& x, bool add, at::ScalarType
   // Compiled for this width and x's device now (once), so that a failure leaves the work to ATen.
   c10::cuda::CUDAGuard guard(x.device());
   std::vector<acc::jit::Kernel> kernels;
-  return acc::jit::get_all(SOURCE, options_for(cols, add, x_dtype == at::kBFloat16, y_dtype == at::kBFloat16),
-                           {"forward", "backward", "reduce"}, kernels);
+  return kernels_for(options_for(cols, add, x_dtype == at::kBFloat16, y_dtype == at::kBFloat16), kernels);
 }
 
 void acc::kernels::layer_norm_forward(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
@@ -260,8 +272,8 @@ void acc::kernels::layer_norm_forward(const at::Tensor& x, const at::Tensor& res
   void *psum = add ? sum.data_ptr() : nullptr, *py = y.data_ptr(), *pm = mean.data_ptr(), *pr = rstd.data_ptr();
   float e = static_cast<float>(eps);
   long long n = rows;
-  const auto options = options_for(cols, add, bf16(x), bf16(y));
-  acc::jit::launch(acc::jit::get(SOURCE, options, "forward"), grid(rows), 1, threads_for(cols), 1,
+  const auto kernels = compiled(options_for(cols, add, bf16(x), bf16(y)));
+  acc::jit::launch(kernels[0], grid(rows), 1, threads_for(cols), 1,
                    {&px, &pres, &pw, &pb, &e, &n, &psum, &py, &pm, &pr});
 }
 
@@ -286,10 +298,10 @@ void acc::kernels::layer_norm_backward(const at::Tensor& dy, const at::Tensor& d
   void *pdv = dv.data_ptr(), *pdx = x_bf16 ? dx.data_ptr() : nullptr, *pp = partial.data_ptr(),
        *pdw = dweight.data_ptr(), *pdb = dbias.data_ptr();
   long long n = rows;
-  const auto options = options_for(cols, add, x_bf16, bf16(dy));
-  acc::jit::launch(acc::jit::get(SOURCE, options, "backward"), blocks, 1, threads_for(cols), 1,
+  const auto kernels = compiled(options_for(cols, add, x_bf16, bf16(dy)));
+  acc::jit::launch(kernels[1], blocks, 1, threads_for(cols), 1,
                    {&pdy, &pds, &pv, &pm, &pr, &pw, &n, &pdv, &pdx, &pp});
   int parts = static_cast<int>(blocks);
-  acc::jit::launch(acc::jit::get(SOURCE, options, "reduce"), static_cast<unsigned>((2 * cols + 31) / 32), 1, 32, 8,
+  acc::jit::launch(kernels[2], static_cast<unsigned>((2 * cols + 31) / 32), 1, 32, 8,
                    {&pp, &parts, &pdw, &pdb});
 }

@@ -199,8 +199,6 @@ bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, bo
   // b^T (cols x inner) a^T (inner x rows). a's row sums are then the bias gradient of B's
   // columns (cuBLASLt's BGRADB).
   out = at::empty({rows, cols}, a.options().dtype(dtype));
-  at::Tensor sums;
-  if (row_sums != nullptr) sums = at::empty({rows}, a.options().dtype(dtype));
   const cublasLtEpilogue_t epilogue = row_sums != nullptr ? CUBLASLT_EPILOGUE_BGRADB
                                       : has_bias          ? (relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
                                                           : (relu ? CUBLASLT_EPILOGUE_RELU : CUBLASLT_EPILOGUE_DEFAULT);
@@ -209,12 +207,12 @@ bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, bo
                     at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
                         at::Float32Precision::TF32;
   const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  const void* bias_ptr = has_bias ? bias.data_ptr() : (row_sums != nullptr ? sums.data_ptr() : nullptr);
-  // The bias (or the row sums) is written and read with the output: the output's alignment
-  // as cuBLASLt sees it is the smaller of the two.
+  // The bias is read with the output: the output's alignment as cuBLASLt sees it is the
+  // smaller of the two. The row sums, when asked for, are allocated only if the plan writes
+  // them; fresh from the caching allocator, they are 256-byte aligned (checked below).
   const int64_t out_align = alignment(out.data_ptr());
   const std::array<int64_t, 4> align{alignment(b.data_ptr()), alignment(a.data_ptr()), out_align,
-                                     bias_ptr != nullptr ? std::min(out_align, alignment(bias_ptr)) : out_align};
+                                     has_bias ? std::min(out_align, alignment(bias.data_ptr())) : out_align};
   const Key key{ob.transposed, oa.transposed, cols, rows, inner, ob.ld, oa.ld, ab, d, compute, epilogue,
                 align[0], align[1], align[2], align[3], a.get_device(), 0, 0};
   auto found = plans.find(key);
@@ -240,9 +238,12 @@ bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, bo
   }
   Plan& plan = found->second;
   if (!plan.ok) return false;
-  if (!plan.row_sums) {
-    sums = at::Tensor();
-    if (!has_bias) bias_ptr = nullptr;
+  at::Tensor sums;
+  const void* bias_ptr = has_bias ? bias.data_ptr() : nullptr;
+  if (plan.row_sums) {
+    sums = at::empty({rows}, a.options().dtype(dtype));
+    bias_ptr = sums.data_ptr();
+    if (alignment(bias_ptr) < out_align) return false;
   }
   if (bias_ptr != nullptr) lt->desc_set(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr));
   const float alpha = 1, beta = 0;

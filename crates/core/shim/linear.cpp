@@ -7,133 +7,12 @@
 #include "linear_bias.h"
 #include "shim.h"
 #include <torch/csrc/autograd/custom_function.h>
-#include <algorithm>
-#include <unordered_map>
 #include <vector>
 
 namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The weights this file converted in the current autocast region, as autocast's own cache
-// keeps its conversions: a weight used several times in one region (shared layers, a
-// recurrent loop) is converted and kept for backward once. A chain's input converted ahead with
-// its weights (nn::Sequential) waits here too, until its first layer takes it. The cache is
-// emptied when the
-// outermost autocast region ends (shim/autocast.cpp), and an entry serves only the same
-// tensor (a weak reference: a freed weight's address may be reused), at the same version
-// (an in-place update makes it stale) and dtype.
-struct CachedCast {
-  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> weight;
-  int64_t version;
-  at::ScalarType dtype;
-  at::Tensor cast;
-};
-thread_local std::unordered_map<const c10::TensorImpl*, CachedCast> weight_casts;
-
-// The entry of a valid cached conversion of `weight` to `dtype`, or the end.
-auto find_cast(const at::Tensor& weight, at::ScalarType dtype) {
-  auto found = weight_casts.find(weight.unsafeGetTensorImpl());
-  if (found == weight_casts.end()) return found;
-  const auto& entry = found->second;
-  const bool valid = !entry.weight.expired() && entry.version == weight._version() && entry.dtype == dtype;
-  return valid ? found : weight_casts.end();
-}
-
-const at::Tensor* cached(const at::Tensor& weight, at::ScalarType dtype) {
-  auto found = find_cast(weight, dtype);
-  return found == weight_casts.end() ? nullptr : &found->second.cast;
-}
-
-void remember_cast(const at::Tensor& weight, const at::Tensor& cast) {
-  weight_casts.insert_or_assign(
-      weight.unsafeGetTensorImpl(),
-      CachedCast{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(weight.getIntrusivePtr()),
-                 weight._version(), cast.scalar_type(), cast});
-}
-}  // namespace
-
-at::Tensor acc::converted(const at::Tensor& t, at::ScalarType dtype) {
-  if (t.scalar_type() == dtype) return t;
-  // On a GPU float32 to bf16 in one launch of our own kernel (shim-cuda/convert.cpp): less host
-  // work than ATen's conversion, the same rounding; for small tensors (a chain's gradients),
-  // whose conversion the host's work bounds.
-  if (dtype == at::kBFloat16 && t.is_cuda() && t.is_contiguous()) {
-    if (const auto* kernels = acc::cuda_kernels()) {
-      auto out = at::empty(t.sizes(), t.options().dtype(dtype));
-      if (kernels->to_bf16({t}, {out})) return out;
-    }
-  }
-  return t.to(dtype);
-}
-
-// Taken out of the cache: a region running many steps would otherwise keep each step's input.
-at::Tensor acc::converted_input(const at::Tensor& input, at::ScalarType dtype) {
-  if (input.scalar_type() == dtype) return input;
-  auto found = find_cast(input, dtype);
-  // ATen's conversion: for a large input (a transformer's activations) its vectorised copy runs
-  // faster on the GPU than our one-element-a-thread kernel.
-  if (found == weight_casts.end()) return input.to(dtype);
-  auto cast = std::move(found->second.cast);
-  weight_casts.erase(found);
-  return cast;
-}
-
-at::Tensor acc::cached_cast(const at::Tensor& tensor, at::ScalarType dtype) {
-  if (tensor.scalar_type() == dtype) return tensor;
-  if (const auto* cast = cached(tensor, dtype)) return *cast;
-  auto cast = tensor.to(dtype);
-  remember_cast(tensor, cast);
-  return cast;
-}
-
-void acc::cast_ahead(const std::vector<at::Tensor>& tensors) {
-  // The conversions cached_cast would make, grouped by device and dtypes: one multi-tensor
-  // copy per group instead of one conversion per tensor (on a GPU, one kernel launch instead
-  // of several, in a step that may be bound by launching them).
-  struct Group {
-    at::Device device;
-    at::ScalarType from, to;
-    std::vector<at::Tensor> sources, casts;
-  };
-  std::vector<Group> groups;
-  for (const auto& tensor : tensors) {
-    if (!tensor.defined()) continue;
-    const auto dtype = compute_dtype(tensor);
-    if (tensor.scalar_type() == dtype || cached(tensor, dtype) != nullptr) continue;
-    auto group = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
-      return g.device == tensor.device() && g.from == tensor.scalar_type() && g.to == dtype;
-    });
-    if (group == groups.end()) group = groups.insert(groups.end(), Group{tensor.device(), tensor.scalar_type(), dtype, {}, {}});
-    group->sources.push_back(tensor);
-  }
-  at::NoGradGuard no_grad;
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  for (auto& group : groups) {
-    // One allocation for the group's dense conversions, each a view with its source's layout at
-    // an offset aligned to 128 bytes (as vectorised kernels and cuBLASLt prefer); others apart.
-    constexpr int64_t align = 64;
-    std::vector<int64_t> offsets;
-    int64_t total = 0;
-    for (const auto& source : group.sources) {
-      offsets.push_back(total);
-      if (source.is_non_overlapping_and_dense()) total += (source.numel() + align - 1) / align * align;
-    }
-    auto flat = at::empty({total}, group.sources[0].options().dtype(group.to));
-    for (size_t i = 0; i < group.sources.size(); ++i) {
-      const auto& source = group.sources[i];
-      group.casts.push_back(source.is_non_overlapping_and_dense()
-                                ? flat.as_strided(source.sizes(), source.strides(), offsets[i])
-                                : at::empty_like(source, source.options().dtype(group.to)));
-    }
-    // On a GPU, float32 to bf16 in one launch of our own (shim-cuda/convert.cpp).
-    const auto* kernels = group.device.is_cuda() ? acc::cuda_kernels() : nullptr;
-    if (kernels == nullptr || !kernels->to_bf16(group.sources, group.casts)) at::_foreach_copy_(group.casts, group.sources);
-    for (size_t i = 0; i < group.sources.size(); ++i) remember_cast(group.sources[i], group.casts[i]);
-  }
-}
-
-namespace {
 struct AutocastLinear : torch::autograd::Function<AutocastLinear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias) {
@@ -174,8 +53,6 @@ struct AutocastLinear : torch::autograd::Function<AutocastLinear> {
 namespace {
 bool half_precision(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf; }
 }  // namespace
-
-void acc::clear_linear_casts() { weight_casts.clear(); }
 
 at::Tensor acc::mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarType dtype) {
   if (a.scalar_type() == dtype) return at::mm(a, b);
@@ -229,14 +106,6 @@ at::Tensor acc::sum_rows_as(const at::Tensor& g, at::ScalarType dtype) {
   }
   // The sum accumulates in float32 in any case; this stores it without rounding to g's dtype.
   return g.sum(0, false, dtype);
-}
-
-// Converts `tensors` (n weights, biases and inputs) for the current autocast region at once, for
-// the linear layers that will use them (acc::cast_ahead).
-extern "C" int acc_cast_ahead(const acc_tensor* tensors, int64_t n) {
-  ACC_PROTECT({
-    acc::cast_ahead(acc::to_list(tensors, n));
-  })
 }
 
 // `linear(input, weight, bias)` under autocast (see above); `bias` may be null. Shapes and

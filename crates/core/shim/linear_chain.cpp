@@ -8,8 +8,8 @@
 //
 // The numbers are the layers': the same matmuls in the same dtype (autocast's compute dtype, or
 // the parameters' without it), the same ReLU, and, as shim/linear.cpp, the parameters'
-// gradients made in their own dtype by the matmul and the row sum. Weights and biases are
-// converted once per autocast region (acc::cached_cast).
+// gradients made in their own dtype by the matmul and the row sum. Parameters and input are
+// converted on each call, at once, into buffers kept from call to call (shim/casts.cpp).
 #include "shim.h"
 #include <torch/csrc/autograd/custom_function.h>
 #include <vector>
@@ -33,23 +33,36 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
     const auto dtype = acc::compute_dtype(input);
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     const auto sizes = input.sizes().vec();
-    // Each layer's input (the chain's, then every layer's output), then the weights as used.
-    std::vector<at::Tensor> saved{acc::converted_input(input, dtype).reshape({-1, sizes.back()})};
-    std::vector<at::Tensor> casts;
-    const at::Tensor* bias = biases.data();
+    const size_t n = weights.size();
+    // A half-precision chain asked for a float32 output writes it from its last product on a
+    // GPU (cuBLASLt's float32 accumulator, with the float32 bias), not rounded to half first.
     const bool half = dtype == at::kBFloat16 || dtype == at::kHalf;
-    for (size_t i = 0; i < weights.size(); ++i) {
-      // A half-precision chain asked for a float32 output writes it from its last product on a
-      // GPU (cuBLASLt's float32 accumulator, with the float32 bias), not rounded to half first.
-      const bool float32_last = i + 1 == weights.size() && float32_output && half && input.is_cuda();
-      casts.push_back(acc::cached_cast(weights[i], dtype));
-      at::Tensor b;
-      if ((flags[i] & BIAS) != 0) {
-        const auto& raw = *bias++;
-        b = float32_last && raw.scalar_type() == at::kFloat ? raw : acc::cached_cast(raw, dtype);
+    const bool float32_last = float32_output && half && input.is_cuda();
+    // The parameters and the input as the products take them: those not in `dtype` converted,
+    // all at once (acc::kept_casts), except a float32 bias that the last product reads as it is.
+    std::vector<at::Tensor> w(weights.begin(), weights.end()), b(n), sources;
+    std::vector<at::Tensor*> targets;
+    const at::Tensor* bias = biases.data();
+    for (size_t i = 0; i < n; ++i) {
+      if ((flags[i] & BIAS) != 0) b[i] = *bias++;
+      const bool keep_bias = i + 1 == n && float32_last && b[i].defined() && b[i].scalar_type() == at::kFloat;
+      for (auto* t : {&w[i], &b[i]}) {
+        if (t->defined() && t->scalar_type() != dtype && !(t == &b[i] && keep_bias)) {
+          sources.push_back(*t);
+          targets.push_back(t);
+        }
       }
-      saved.push_back(acc::linear_as(saved[i], casts.back().t(), b, (flags[i] & RELU) != 0,
-                                     float32_last ? at::kFloat : dtype));
+    }
+    const bool convert_input = input.scalar_type() != dtype;
+    auto casts = sources.empty() && !convert_input
+                     ? std::vector<at::Tensor>{}
+                     : acc::kept_casts(sources, convert_input ? input : at::Tensor(), dtype);
+    for (size_t i = 0; i < targets.size(); ++i) *targets[i] = casts[i];
+    // Each layer's input (the chain's, then every layer's output), then the weights as used.
+    std::vector<at::Tensor> saved{(convert_input ? casts.back() : input).reshape({-1, sizes.back()})};
+    for (size_t i = 0; i < n; ++i) {
+      saved.push_back(acc::linear_as(saved[i], w[i].t(), b[i], (flags[i] & RELU) != 0,
+                                     i + 1 == n && float32_last ? at::kFloat : dtype));
     }
     auto out = saved.back();
     if (sizes.size() != 2) {
@@ -61,7 +74,7 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
     // of it is an error in backward, as for a ReLU on its own), and nothing otherwise.
     saved.back() = (flags.back() & RELU) != 0 ? out : at::Tensor();
     if (float32_output && (out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kHalf)) out = out.to(at::kFloat);
-    saved.insert(saved.end(), casts.begin(), casts.end());
+    saved.insert(saved.end(), w.begin(), w.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["flags"] = flags;
     ctx->saved_data["input_sizes"] = sizes;

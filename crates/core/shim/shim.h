@@ -30,12 +30,17 @@ at::Tensor planned_mm_as(const at::Tensor& a, const at::Tensor& b, at::ScalarTyp
 // accumulator; elsewhere ATen's product in h's dtype (the bias converted to it), then converted.
 at::Tensor linear_as(const at::Tensor& h, const at::Tensor& wt, const at::Tensor& bias, bool relu, at::ScalarType dtype);
 // `tensor` (a linear layer's weight or bias) in `dtype`, converted once per autocast region,
-// version and dtype (shim/linear.cpp); clear_linear_casts forgets them when the outermost
+// version and dtype (shim/casts.cpp); clear_linear_casts forgets them when the outermost
 // autocast region ends.
 at::Tensor cached_cast(const at::Tensor& tensor, at::ScalarType dtype);
-// The conversions of `tensors` (weights, biases, and a chain's input) to their compute dtype,
+// The conversions of `tensors` (weights, biases, and a layer's input) to their compute dtype,
 // made ahead for the linear layers that will use them, several in one multi-tensor copy.
 void cast_ahead(const std::vector<at::Tensor>& tensors);
+// `params` (one device, one dtype) and `input` (undefined: none) converted to `dtype` at once,
+// in that order, for a chain of layers (shim/linear_chain.cpp): written on each call into
+// buffers kept from the chain's previous call where no autograd graph holds them any more
+// (shim/casts.cpp), so that a training step allocates nothing for them.
+std::vector<at::Tensor> kept_casts(const std::vector<at::Tensor>& params, const at::Tensor& input, at::ScalarType dtype);
 // `t` in `dtype` (itself if it is): on a GPU float32 to bf16 in one launch of our own kernel
 // (less host work than ATen's conversion, for small tensors: see shim/linear.cpp).
 at::Tensor converted(const at::Tensor& t, at::ScalarType dtype);

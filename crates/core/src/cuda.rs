@@ -139,8 +139,10 @@ pub fn reset_peak_memory(device: usize) -> Result<()> {
     })
 }
 
-/// Returns the allocator's cached, unused blocks to the driver.
+/// Returns the allocator's cached, unused blocks to the driver, after releasing the
+/// conversions that chains of layers keep between calls.
 pub fn empty_cache() -> Result<()> {
+    crate::shim::forget_kept_casts();
     // SAFETY: plain call without arguments.
     call::<unsafe extern "C" fn() -> i32>("freeMemory", b"acc_cuda_empty_cache\0", |f| unsafe { f() })
 }

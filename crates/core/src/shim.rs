@@ -46,6 +46,7 @@ extern "C" {
         out_normed: *mut *mut C_tensor,
     ) -> i32;
     fn acc_cast_ahead(tensors: *const *const C_tensor, n: i64) -> i32;
+    fn acc_forget_kept_casts();
     fn acc_linear_chain(
         input: *const C_tensor,
         weights: *const *const C_tensor,
@@ -272,6 +273,13 @@ pub fn cast_ahead(tensors: &[&Tensor]) -> Result<()> {
     check("linear", status)
 }
 
+/// Releases the conversions that chains of layers keep from one call to the next
+/// (shim/casts.cpp), on this thread.
+pub fn forget_kept_casts() {
+    // SAFETY: plain call without arguments; it cannot fail.
+    unsafe { acc_forget_kept_casts() }
+}
+
 /// Linear layers (`relu[i]`: a ReLU follows layer i) run as one autograd node
 /// (shim/linear_chain.cpp); a half-precision output as float32 if `float32_output`.
 pub fn linear_chain(
@@ -289,6 +297,7 @@ pub fn linear_chain(
             "a chain needs a bias slot and a ReLU flag per layer",
         ));
     }
+    crate::cuda::register_kernels_for(input);
     let weights: Vec<*const C_tensor> = weights.iter().map(|t| t.as_ptr()).collect();
     let biases: Vec<*const C_tensor> = biases
         .iter()

@@ -65,10 +65,10 @@ fn autocast_lowers_weight(weight: &Tensor) -> bool {
 /// Converts ahead the weights and biases that `linear` will convert under autocast in this
 /// region, and `input`, the input of the layer whose weight is the first of `weights`, if
 /// `input_too` and that layer will convert it, in one multi-tensor copy per device instead of
-/// one conversion each: a chain of small layers (`Sequential`) calls it before it runs, when
-/// launching kernels bounds its step. `weights` is only asked for under autocast with
-/// gradients on (a chain's forward pays nothing otherwise). Nothing under fp8, whose layers
-/// read float32 weights.
+/// one conversion each: a `Sequential` that is not one chain (`linear_chain`, which converts
+/// its own) calls it before its layers run one by one, when launching kernels may bound its
+/// step. `weights` is only asked for under autocast with gradients on (a forward pays nothing
+/// otherwise). Nothing under fp8, whose layers read float32 weights.
 pub(crate) fn cast_ahead(input: &Tensor, input_too: bool, weights: impl FnOnce() -> Vec<Tensor>) -> Result<()> {
     if autocast_on(input.device()).is_none() || !crate::tensor::is_grad_enabled() || crate::amp::fp8::is_enabled() {
         return Ok(());
@@ -141,17 +141,6 @@ pub(crate) fn linear_chain(x: &Tensor, links: &[Link], float32_output: bool) -> 
     };
     if !dtypes_fit {
         return Ok(None);
-    }
-    // With gradients the caller converted ahead (`cast_ahead`); without, the chain's float32
-    // parameters and input are converted here, at once.
-    if autocast.is_some() && !crate::tensor::is_grad_enabled() {
-        let mut lowered: Vec<&Tensor> = params().filter(|p| p.kind() == Kind::Float).collect();
-        if x.kind() == Kind::Float {
-            lowered.push(x);
-        }
-        if !lowered.is_empty() {
-            crate::shim::cast_ahead(&lowered)?;
-        }
     }
     crate::shim::linear_chain("Sequential", x, &weights, &biases, &relu, float32_output).map(Some)
 }

@@ -35,8 +35,6 @@ impl Sequential {
                 Ok(out)
             };
         };
-        let first = init.first().unwrap_or(last);
-        super::functional::cast_ahead(x, first.name() == "Linear", || self.linear_weights())?;
         // Linear and ReLU layers only: one autograd node for the whole chain, where it fits.
         let links: Option<Vec<_>> = self.layers.iter().map(|l| l.link()).collect();
         let chained = links.map_or(Ok(None), |links| {
@@ -45,6 +43,8 @@ impl Sequential {
         if let Some(out) = chained {
             return Ok(out);
         }
+        let first = init.first().unwrap_or(last);
+        super::functional::cast_ahead(x, first.name() == "Linear", || self.linear_weights())?;
         let mut h = x.shallow_clone();
         for (i, layer) in init.iter().enumerate() {
             h = layer.forward(&h, train).map_err(|e| in_layer(i, layer.as_ref(), e))?;
