@@ -1,7 +1,8 @@
 // Mixed precision through the Accelerator on the CPU: bf16 autocast inside the
 // prepared model only, and fp16 loss scaling that skips overflowing steps.
 import test from "ava";
-import { Accelerator, manualSeed, nn, noGrad, optim, randn, tensor, type Tensor } from "../ts/index.js";
+import { Accelerator, manualSeed, nn, optim, randn, tensor, type Tensor } from "../ts/index.js";
+import { gradientsOf, interleavedForwards } from "./helpers/interleaved.js";
 
 class Recorder extends nn.Module {
   readonly fc = new nn.Linear(4, 3);
@@ -75,35 +76,18 @@ test("bf16: a Sequential chain writes its conversions into the same buffers from
   const acc = new Accelerator({ cpu: true, mixedPrecision: "bf16" });
   const build = () => new nn.Sequential(new nn.Linear(6, 16), new nn.ReLU(), new nn.Linear(16, 16), new nn.ReLU(), new nn.Linear(16, 3));
   const [net, alone] = [build(), build()];
-  alone.loadStateDict(net.stateDict());
-  const [x1, x2] = [randn([5, 6]), randn([5, 6])];
-  const gradients = (m: nn.Module, y: Tensor) => {
-    m.zeroGrad();
-    y.to("float32").sum().backward();
-    return m.parameters().map((p) => p.grad!.toArray());
-  };
-  // Interleaved: the second forward runs while the first one's graph holds its conversions.
-  const y1 = acc.autocast(() => net.forward(x1));
-  noGrad(() => net.parameters().forEach((p) => nn.init.normal_(p)));
-  const y2 = acc.autocast(() => net.forward(x2));
-  const [g1, g2] = [gradients(net, y1), gradients(net, y2)];
-  // Each forward and its backward alone, with the same weights.
-  const want1 = acc.autocast(() => alone.forward(x1));
-  const w1 = gradients(alone, want1);
-  alone.loadStateDict(net.stateDict());
-  const want2 = acc.autocast(() => alone.forward(x2));
-  const w2 = gradients(alone, want2);
-  t.deepEqual(y1.toArray(), want1.toArray());
-  t.deepEqual(y2.toArray(), want2.toArray());
-  g1.forEach((g, i) => t.deepEqual(g, w1[i], `first forward: gradient ${i}`));
-  g2.forEach((g, i) => t.deepEqual(g, w2[i], `second forward: gradient ${i}`));
+  const run = interleavedForwards(acc, net, alone, randn([5, 6]), randn([5, 6]));
+  [0, 1].forEach((k) => {
+    t.deepEqual(run.outputs[k].toArray(), run.wantOutputs[k].toArray(), `forward ${k + 1}: output`);
+    run.gradients[k].forEach((g, i) => t.deepEqual(g.toArray(), run.wantGradients[k][i].toArray(), `forward ${k + 1}: gradient ${i}`));
+  });
   // Later steps, with a new batch size each time, still match a fresh chain.
   for (const rows of [5, 7, 5]) {
     const x = randn([rows, 6]);
-    const got = gradients(net, acc.autocast(() => net.forward(x)));
+    const got = gradientsOf(net, acc.autocast(() => net.forward(x)));
     alone.loadStateDict(net.stateDict());
-    const want = gradients(alone, acc.autocast(() => alone.forward(x)));
-    got.forEach((g, i) => t.deepEqual(g, want[i], `${rows} rows: gradient ${i}`));
+    const want = gradientsOf(alone, acc.autocast(() => alone.forward(x)));
+    got.forEach((g, i) => t.deepEqual(g.toArray(), want[i].toArray(), `${rows} rows: gradient ${i}`));
   }
 });
 

@@ -6,6 +6,7 @@ import { fileURLToPath } from "node:url";
 import { Accelerator, data, manualSeed, native, nn, noGrad, ones, optim, randint, randn, tensor, type Tensor } from "../gpu-imports.js";
 const F = nn.functional;
 import { settle } from "../helpers/gc.js";
+import { interleavedForwards } from "../helpers/interleaved.js";
 import { lastJson, runRanks, worstDifferences } from "../helpers/ranks.js";
 
 const gpus = native.cudaDeviceCount();
@@ -132,27 +133,14 @@ test("under bf16 on cuda a chain writes its conversions into the same buffers fr
   const acc = new Accelerator({ mixedPrecision: "bf16" });
   const build = () => new nn.Sequential(new nn.Linear(784, 2048), new nn.ReLU(), new nn.Linear(2048, 10)).to("cuda:0");
   const [net, alone] = [build(), build()];
-  alone.loadStateDict(net.stateDict());
-  const [x1, x2] = [randn([64, 784], { device: "cuda:0" }), randn([64, 784], { device: "cuda:0" })];
-  const gradients = (m: nn.Module, y: Tensor) => {
-    m.zeroGrad();
-    y.to("float32").sum().backward();
-    return m.parameters().map((p) => p.grad!.to("float64", "cpu"));
-  };
-  const close = (a: Tensor, b: Tensor) => a.to("float64", "cpu").sub(b.to("float64", "cpu")).abs().max().item() <= 1e-3 * b.to("float64", "cpu").abs().max().item();
+  const x1 = randn([64, 784], { device: "cuda:0" });
   // The second forward runs while the first one's graph holds its conversions (our kernel's).
-  const y1 = acc.autocast(() => net.forward(x1));
-  noGrad(() => net.parameters().forEach((p) => nn.init.normal_(p, { std: 0.05 })));
-  const y2 = acc.autocast(() => net.forward(x2));
-  const [g1, g2] = [gradients(net, y1), gradients(net, y2)];
-  const want1 = acc.autocast(() => alone.forward(x1));
-  const w1 = gradients(alone, want1);
-  alone.loadStateDict(net.stateDict());
-  const want2 = acc.autocast(() => alone.forward(x2));
-  const w2 = gradients(alone, want2);
-  t.true(close(y1, want1) && close(y2, want2), "outputs");
-  g1.forEach((g, i) => t.true(close(g, w1[i]), `first forward: gradient ${i}`));
-  g2.forEach((g, i) => t.true(close(g, w2[i]), `second forward: gradient ${i}`));
+  const run = interleavedForwards(acc, net, alone, x1, randn([64, 784], { device: "cuda:0" }));
+  const close = (a: Tensor, b: Tensor) => a.to("float64", "cpu").sub(b.to("float64", "cpu")).abs().max().item() <= 1e-3 * b.to("float64", "cpu").abs().max().item();
+  [0, 1].forEach((k) => {
+    t.true(close(run.outputs[k], run.wantOutputs[k]), `forward ${k + 1}: output`);
+    run.gradients[k].forEach((g, i) => t.true(close(g, run.wantGradients[k][i]), `forward ${k + 1}: gradient ${i}`));
+  });
   // Training steps: allocated memory stays flat from the 3rd to the 10th; freeMemory then
   // releases the kept conversions (the weights' in bf16) and the input's.
   const [model, opt] = acc.prepare(net, new optim.AdamW(net.parameters(), { lr: 1e-3 }));
