@@ -116,7 +116,7 @@ bool unshared(const at::Tensor& cast, size_t views) {
 
 // Whether `cast` can receive `source` converted to `dtype` in place: the same layout.
 bool fits(const at::Tensor& cast, const at::Tensor& source, at::ScalarType dtype) {
-  return cast.defined() && cast.scalar_type() == dtype && cast.device() == source.device() &&
+  return cast.defined() && !cast.is_inference() && cast.scalar_type() == dtype && cast.device() == source.device() &&
          cast.sizes() == source.sizes() && cast.strides() == source.strides();
 }
 
@@ -230,6 +230,9 @@ std::vector<at::Tensor> acc::kept_casts(const std::vector<at::Tensor>& params, c
   auto casts = group.casts;
   if (with_input) casts.push_back(group.input);
   convert_into(all, casts);
+  // Written in place: a holder the checks above could not see would then fail autograd's
+  // version check in backward instead of reading the new values (our kernel bumps no version).
+  for (auto& cast : casts) cast.unsafeGetTensorImpl()->bump_version();
   return casts;
 }
 

@@ -305,18 +305,25 @@ impl CudaGraph {
     }
 
     /// Starts capturing this thread's CUDA work (and backward's, which follows its stream).
+    /// Chains' kept conversions (shim/casts.cpp) are released before and after a capture, so
+    /// that the graph writes only conversions it made itself, in its own memory pool.
     pub fn begin(&self) -> Result<()> {
+        crate::shim::forget_kept_casts();
         self.run(b"acc_cuda_graph_begin\0")
     }
 
     /// Ends the capture; an Error when something in it was not capturable.
     pub fn end(&self) -> Result<()> {
-        self.run(b"acc_cuda_graph_end\0")
+        let ended = self.run(b"acc_cuda_graph_end\0");
+        crate::shim::forget_kept_casts();
+        ended
     }
 
     /// Ends a capture that failed, ignoring what CUDA reports.
     pub fn abort(&self) -> Result<()> {
-        self.run(b"acc_cuda_graph_abort\0")
+        let ended = self.run(b"acc_cuda_graph_abort\0");
+        crate::shim::forget_kept_casts();
+        ended
     }
 
     /// Queues the captured work on the current stream.
