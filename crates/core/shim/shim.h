@@ -42,7 +42,7 @@ void cast_ahead(const std::vector<at::Tensor>& tensors);
 // (shim/casts.cpp), so that a training step allocates nothing for them.
 std::vector<at::Tensor> kept_casts(const std::vector<at::Tensor>& params, const at::Tensor& input, at::ScalarType dtype);
 // `t` in `dtype` (itself if it is): on a GPU float32 to bf16 in one launch of our own kernel
-// (less host work than ATen's conversion, for small tensors: see shim/linear.cpp).
+// (less host work than ATen's conversion, for small tensors: see shim/casts.cpp).
 at::Tensor converted(const at::Tensor& t, at::ScalarType dtype);
 // A linear layer's `input` in `dtype`: its conversion made ahead (taken out of the cache: an
 // input is used once), or a new one.
