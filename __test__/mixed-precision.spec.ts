@@ -72,7 +72,7 @@ test("bf16: a prepared native model (a Sequential, a Linear) returns float32 mad
   t.deepEqual(out.toArray(), inner.mul(2).toArray());
 });
 
-test("bf16: a Sequential chain writes its conversions into the same buffers from call to call, but never into those a graph still holds: two forwards with the weights changed between them, each run backward after both, give each forward's own output and gradients", (t) => {
+test("bf16: a Sequential chain writes its conversions into the same buffers from call to call, but never into those a graph still holds: two forwards with the weights changed between them, each run backward after both, give each forward's own output and gradients; an input that is not dense trains as its copy", (t) => {
   const acc = new Accelerator({ cpu: true, mixedPrecision: "bf16" });
   const build = () => new nn.Sequential(new nn.Linear(6, 16), new nn.ReLU(), new nn.Linear(16, 16), new nn.ReLU(), new nn.Linear(16, 3));
   const [net, alone] = [build(), build()];
@@ -89,6 +89,11 @@ test("bf16: a Sequential chain writes its conversions into the same buffers from
     const want = gradientsOf(alone, acc.autocast(() => alone.forward(x)));
     got.forEach((g, i) => t.deepEqual(g.toArray(), want[i].toArray(), `${rows} rows: gradient ${i}`));
   }
+  // An input that is not dense (every other row of a larger batch) trains as its copy does.
+  const sparse = randn([10, 6]).slice(0, 0, 10, 2);
+  const got = gradientsOf(net, acc.autocast(() => net.forward(sparse)));
+  const want = gradientsOf(net, acc.autocast(() => net.forward(sparse.contiguous())));
+  got.forEach((g, i) => t.deepEqual(g.toArray(), want[i].toArray(), `every other row: gradient ${i}`));
 });
 
 test("fp16: an inf gradient skips the step and halves the scale; clean steps double it after growthInterval", (t) => {

@@ -129,6 +129,20 @@ test("under bf16 on cuda a Sequential converts its weights ahead in one kernel o
   t.deepEqual(ours!.to("float32").toArray(), aten.to("float32").toArray());
 });
 
+test("under bf16 on cuda a chain of 20 Linear layers (41 tensors to convert) converts them in two launches of our kernel (32 a launch), as ATen's layers would", (t) => {
+  const acc = new Accelerator({ mixedPrecision: "bf16" });
+  const layers = Array.from({ length: 20 }, () => new nn.Linear(32, 32).to("cuda:0"));
+  const seq = new nn.Sequential(...layers);
+  const x = randn([16, 32], { device: "cuda:0" });
+  let ours: Tensor | undefined;
+  const prof = acc.profile(() => (ours = acc.autocast(() => seq.forward(x))));
+  t.is(calls(prof, "to_bf16"), 2);
+  t.is(prof.rows.filter((r) => r.name.includes("_foreach_copy_")).length, 0);
+  const aten = acc.autocast(() => layers.reduce((h, l) => F.linear(h, l.weight, l.bias), x));
+  const [a, b] = [ours!.to("float64", "cpu"), aten.to("float64", "cpu")];
+  t.true(a.sub(b).abs().max().item() <= 1e-2 * b.abs().max().item(), "the chain's output is ATen's layers'");
+});
+
 test("under bf16 on cuda a chain writes its conversions into the same buffers from step to step, never into those a graph still holds, and freeMemory releases them", (t) => {
   const acc = new Accelerator({ mixedPrecision: "bf16" });
   const build = () => new nn.Sequential(new nn.Linear(784, 2048), new nn.ReLU(), new nn.Linear(2048, 10)).to("cuda:0");

@@ -40,7 +40,8 @@ fn main() {
 
 /// The CUDA side of the shim (NCCL, allocator statistics) links libtorch_cuda, so it is
 /// a separate shared library, embedded in the engine and loaded only on CUDA hosts. It is
-/// built when the CUDA and NCCL headers are found: next to a pip torch (nvidia/*), or under CUDA_HOME.
+/// built when the CUDA and NCCL headers are found (next to a pip torch, nvidia/*, or under
+/// CUDA_HOME); with them found, a failure to compile it fails the build.
 fn build_cuda_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
     println!("cargo:rustc-check-cfg=cfg(acc_cuda)");
     println!("cargo:rerun-if-changed=shim-cuda");
@@ -122,8 +123,14 @@ fn build_cuda_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
             println!("cargo:rustc-cfg=acc_cuda");
             println!("cargo:rustc-env=ACC_CUDA_SHIM_PATH={}", out.display());
         }
-        _ => println!(
-            "cargo:warning=the CUDA shim failed to compile: building without CUDA extras (NCCL, memory statistics)"
-        ),
+        // The headers are here, so our own sources failed: an error, not a build that would
+        // run without its CUDA kernels on a GPU (the compiler's messages are above).
+        _ => {
+            eprintln!(
+                "the CUDA shim (shim-cuda/*.cpp) failed to compile with the CUDA headers found at {}",
+                cuda.display()
+            );
+            std::process::exit(1);
+        }
     }
 }

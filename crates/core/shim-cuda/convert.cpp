@@ -55,9 +55,8 @@ struct Table {
 }  // namespace
 
 bool acc::kernels::to_bf16(const std::vector<at::Tensor>& from, const std::vector<at::Tensor>& to) {
-  if (from.empty() || from.size() > MAX_TENSORS || from.size() != to.size()) return false;
+  if (from.empty() || from.size() != to.size()) return false;
   const auto device = from[0].device();
-  int64_t largest = 0;
   for (size_t i = 0; i < from.size(); ++i) {
     const auto &a = from[i], &b = to[i];
     // The same layout, dense: element k of one's memory is element k of the other's.
@@ -66,22 +65,28 @@ bool acc::kernels::to_bf16(const std::vector<at::Tensor>& from, const std::vecto
         a.strides() != b.strides()) {
       return false;
     }
-    largest = std::max(largest, a.numel());
   }
-  if (largest == 0 || !acc::jit::available()) return false;
+  if (!acc::jit::available()) return false;
   c10::cuda::CUDAGuard guard(device);
   std::vector<acc::jit::Kernel> kernels;
   static const std::vector<std::string> options{"-DMAX_TENSORS=" + std::to_string(MAX_TENSORS)};
   if (!acc::jit::get_all(SOURCE, options, {"to_bf16"}, kernels)) return false;
-  Table table{};
-  for (size_t i = 0; i < from.size(); ++i) {
-    table.from[i] = from[i].data_ptr();
-    table.to[i] = to[i].data_ptr();
-    table.n[i] = from[i].numel();
-  }
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  // Enough threads for four elements each in the largest tensor, up to four blocks per SM.
-  const auto blocks = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((largest + 1023) / 1024, 4 * sms)));
-  acc::jit::launch(kernels[0], blocks, static_cast<unsigned>(from.size()), 256, 1, {&table});
+  // One launch per MAX_TENSORS tensors (the table's size).
+  for (size_t start = 0; start < from.size(); start += MAX_TENSORS) {
+    const size_t count = std::min(from.size() - start, static_cast<size_t>(MAX_TENSORS));
+    Table table{};
+    int64_t largest = 0;
+    for (size_t i = 0; i < count; ++i) {
+      table.from[i] = from[start + i].data_ptr();
+      table.to[i] = to[start + i].data_ptr();
+      table.n[i] = from[start + i].numel();
+      largest = std::max<int64_t>(largest, table.n[i]);
+    }
+    if (largest == 0) continue;
+    // Enough threads for four elements each in the largest tensor, up to four blocks per SM.
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>((largest + 1023) / 1024, 4 * sms));
+    acc::jit::launch(kernels[0], blocks, static_cast<unsigned>(count), 256, 1, {&table});
+  }
   return true;
 }

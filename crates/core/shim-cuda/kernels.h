@@ -40,8 +40,8 @@ bool cross_entropy_rows(const at::Tensor& logits, const at::Tensor& targets, int
 // row, scale cross_entropy_rows's (undefined, for reduction 0: 1). False for other inputs.
 bool cross_entropy_scale(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& scale, at::Tensor& out);
 // Converts each float32 CUDA tensor of `from` into the bf16 tensor of `to` at its index (the
-// same sizes and strides, dense), in one launch (shim-cuda/convert.cpp). False, converting
-// nothing, for other tensors or more than 32.
+// same sizes and strides, dense), in one launch per 32 tensors (shim-cuda/convert.cpp). False,
+// converting nothing, for other tensors.
 bool to_bf16(const std::vector<at::Tensor>& from, const std::vector<at::Tensor>& to);
 // `out` (new, [a rows, b columns], `dtype`) = a @ b, plus `bias` where defined (`dtype`, one per
 // column), through a ReLU if `relu`; with `row_sums` (no bias, no ReLU) also the sums of a's rows

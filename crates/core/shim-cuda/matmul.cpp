@@ -209,7 +209,8 @@ bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, bo
   const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   // The bias is read with the output: the output's alignment as cuBLASLt sees it is the
   // smaller of the two. The row sums, when asked for, are allocated only if the plan writes
-  // them; fresh from the caching allocator, they are 256-byte aligned (checked below).
+  // them; fresh from the caching allocator (whose blocks are multiples of 512 bytes), they
+  // are 256-byte aligned, as aligned as `alignment` tells of any address.
   const int64_t out_align = alignment(out.data_ptr());
   const std::array<int64_t, 4> align{alignment(b.data_ptr()), alignment(a.data_ptr()), out_align,
                                      has_bias ? std::min(out_align, alignment(bias.data_ptr())) : out_align};
@@ -243,7 +244,6 @@ bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, bo
   if (plan.row_sums) {
     sums = at::empty({rows}, a.options().dtype(dtype));
     bias_ptr = sums.data_ptr();
-    if (alignment(bias_ptr) < out_align) return false;
   }
   if (bias_ptr != nullptr) lt->desc_set(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr));
   const float alpha = 1, beta = 0;

@@ -136,16 +136,13 @@ bool reusable(const KeptGroup& group, const std::vector<at::Tensor>& params, at:
 
 at::Tensor acc::converted(const at::Tensor& t, at::ScalarType dtype) {
   if (t.scalar_type() == dtype) return t;
-  // On a GPU float32 to bf16 in one launch of our own kernel: less host work than ATen's
-  // conversion, the same rounding; for small tensors (a chain's gradients), whose conversion
-  // the host's work bounds.
-  if (dtype == at::kBFloat16 && t.is_cuda() && t.is_contiguous()) {
-    if (const auto* kernels = acc::cuda_kernels()) {
-      auto out = at::empty(t.sizes(), t.options().dtype(dtype));
-      if (kernels->to_bf16({t}, {out})) return out;
-    }
-  }
-  return t.to(dtype);
+  // On a GPU, a dense tensor through convert_into: float32 to bf16 is one launch of our own
+  // kernel, less host work than ATen's conversion, the same rounding; for small tensors (a
+  // chain's gradients), whose conversion the host's work bounds.
+  if (!t.is_cuda() || !t.is_non_overlapping_and_dense()) return t.to(dtype);
+  auto out = at::empty_like(t, t.options().dtype(dtype));
+  convert_into({t}, {out});
+  return out;
 }
 
 // Taken out of the cache: a region running many steps would otherwise keep each step's input.
@@ -194,29 +191,26 @@ void acc::cast_ahead(const std::vector<at::Tensor>& tensors) {
 
 std::vector<at::Tensor> acc::kept_casts(const std::vector<at::Tensor>& params, const at::Tensor& input,
                                         at::ScalarType dtype) {
-  const bool with_input = input.defined();
-  const auto& first = params.empty() ? input : params[0];
-  if (!first.defined()) return {};
-  const auto device = first.device();
-  const auto stream = c10::impl::VirtualGuardImpl(device.type()).getStream(device);
-  int64_t total = with_input ? input.numel() : 0;
-  bool dense = !with_input || input.is_non_overlapping_and_dense();
-  for (const auto& p : params) {
-    total += p.numel();
-    dense = dense && p.is_non_overlapping_and_dense();
-  }
   auto all = params;
-  if (with_input) all.push_back(input);
-  if (!dense || total > KEEP_LIMIT || params.empty()) return converted_group(all, dtype);
+  if (input.defined()) all.push_back(input);
+  int64_t total = 0;
+  for (const auto& t : all) total += t.numel();
+  // Kept: dense parameters (views of one allocation); an input of any layout.
+  const bool keep = !params.empty() && total <= KEEP_LIMIT &&
+                    std::all_of(params.begin(), params.end(), [](const at::Tensor& p) { return p.is_non_overlapping_and_dense(); });
+  if (!keep) return converted_group(all, dtype);
 
+  const auto device = params[0].device();
+  const auto stream = c10::impl::VirtualGuardImpl(device.type()).getStream(device);
+  // Dead chains' groups go at any chain's next call (a few groups: a few atomic reads).
+  for (auto it = kept_groups.begin(); it != kept_groups.end();) {
+    it = it->second.params[0].expired() ? kept_groups.erase(it) : std::next(it);
+  }
   const auto key = params[0].unsafeGetTensorImpl();
   auto found = kept_groups.find(key);
   if (found == kept_groups.end() || !reusable(found->second, params, dtype, stream)) {
-    // A new group (the chain's first call, new parameters, or the last conversions still held
-    // by a graph not yet run backward): dead chains' groups go first.
-    for (auto it = kept_groups.begin(); it != kept_groups.end();) {
-      it = it->second.params[0].expired() ? kept_groups.erase(it) : std::next(it);
-    }
+    // A new group: the chain's first call, new parameters, or the last conversions still held
+    // by a graph not yet run backward.
     KeptGroup group{{}, allocated_group(params, dtype), at::Tensor(), stream};
     for (const auto& p : params) group.params.emplace_back(p.getIntrusivePtr());
     found = kept_groups.insert_or_assign(key, std::move(group)).first;
@@ -224,11 +218,13 @@ std::vector<at::Tensor> acc::kept_casts(const std::vector<at::Tensor>& params, c
   auto& group = found->second;
   // The input's conversion apart from the parameters', as its own allocation: a graph keeps it
   // (or a view of it) until backward, and the parameters' can be written again before that.
-  if (with_input && !(fits(group.input, input, dtype) && unshared(group.input, 1))) {
-    group.input = at::empty_strided(input.sizes(), input.strides(), input.options().dtype(dtype));
+  if (input.defined() && !(fits(group.input, input, dtype) && unshared(group.input, 1))) {
+    const auto options = input.options().dtype(dtype);
+    group.input = input.is_non_overlapping_and_dense() ? at::empty_strided(input.sizes(), input.strides(), options)
+                                                       : at::empty(input.sizes(), options);
   }
   auto casts = group.casts;
-  if (with_input) casts.push_back(group.input);
+  if (input.defined()) casts.push_back(group.input);
   convert_into(all, casts);
   // Written in place: a holder the checks above could not see would then fail autograd's
   // version check in backward instead of reading the new values (our kernel bumps no version).

@@ -43,15 +43,18 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
     std::vector<at::Tensor> w(weights.begin(), weights.end()), b(n), sources;
     std::vector<at::Tensor*> targets;
     const at::Tensor* bias = biases.data();
-    for (size_t i = 0; i < n; ++i) {
-      if ((flags[i] & BIAS) != 0) b[i] = *bias++;
-      const bool keep_bias = i + 1 == n && float32_last && b[i].defined() && b[i].scalar_type() == at::kFloat;
-      for (auto* t : {&w[i], &b[i]}) {
-        if (t->defined() && t->scalar_type() != dtype && !(t == &b[i] && keep_bias)) {
-          sources.push_back(*t);
-          targets.push_back(t);
-        }
+    auto convert = [&](at::Tensor& t) {
+      if (t.defined() && t.scalar_type() != dtype) {
+        sources.push_back(t);
+        targets.push_back(&t);
       }
+    };
+    for (size_t i = 0; i < n; ++i) {
+      convert(w[i]);
+      if ((flags[i] & BIAS) == 0) continue;
+      b[i] = *bias++;
+      const bool bias_as_is = i + 1 == n && float32_last && b[i].scalar_type() == at::kFloat;
+      if (!bias_as_is) convert(b[i]);
     }
     const bool convert_input = input.scalar_type() != dtype;
     auto casts = sources.empty() && !convert_input
