@@ -129,6 +129,43 @@ test("under bf16 on cuda a Sequential converts its weights ahead in one kernel o
   t.deepEqual(ours!.to("float32").toArray(), aten.to("float32").toArray());
 });
 
+test("under bf16 on cuda a chain's small last layer runs its backward as one kernel of ours from the float32 gradient, with the gradients of ATen's layers under autocast: with and without a bias and a ReLU below, one layer alone, the input's gradient, an expanded gradient; more than 32 outputs take cuBLASLt's products", (t) => {
+  const acc = new Accelerator({ mixedPrecision: "bf16" });
+  const cases: { name: string; layers: () => nn.Module[]; outputs: number; kernels: number }[] = [
+    { name: "Linear, ReLU, Linear", layers: () => [new nn.Linear(48, 64), new nn.ReLU(), new nn.Linear(64, 10)], outputs: 10, kernels: 1 },
+    { name: "no bias", layers: () => [new nn.Linear(48, 64), new nn.ReLU(), new nn.Linear(64, 10, { bias: false })], outputs: 10, kernels: 1 },
+    { name: "no ReLU below", layers: () => [new nn.Linear(48, 64), new nn.Linear(64, 32)], outputs: 32, kernels: 1 },
+    { name: "one layer", layers: () => [new nn.Linear(48, 7)], outputs: 7, kernels: 1 },
+    { name: "33 outputs", layers: () => [new nn.Linear(48, 64), new nn.ReLU(), new nn.Linear(64, 33)], outputs: 33, kernels: 0 },
+  ];
+  const relative = (a: Tensor, e: Tensor) => a.to("float64", "cpu").sub(e.to("float64", "cpu")).abs().max().item() / e.to("float64", "cpu").abs().max().item();
+  for (const c of cases) {
+    for (const expanded of [false, true]) {
+      const net = new nn.Sequential(...c.layers()).to("cuda:0");
+      const alone = new nn.Sequential(...c.layers()).to("cuda:0");
+      alone.loadStateDict(net.stateDict());
+      const [model] = acc.prepare(net);
+      const x = randn([24, 48], { device: "cuda:0" });
+      const xs = [x.clone(), x.clone()];
+      xs.forEach((v) => (v.requiresGrad = true));
+      const g = randn([24, c.outputs], { device: "cuda:0" });
+      const lossOf = (y: Tensor) => (expanded ? y.sum() : y.mul(g).sum());
+      const prof = acc.profile(() => lossOf(model.forward(xs[0])).backward());
+      // ATen's layers one by one under autocast, the same gradient into their float32 output.
+      const want = acc.autocast(() => alone.children().reduce((h, m) => (m instanceof nn.Linear ? F.linear(h, m.weight, m.bias) : h.relu()), xs[1]));
+      lossOf(want.to("float32")).backward();
+      const label = `${c.name}${expanded ? ", expanded" : ""}`;
+      t.is(calls(prof, "head_backward"), c.kernels, `${label}: our kernel's launches`);
+      net.parameters().forEach((p, i) => {
+        const error = relative(p.grad as Tensor, alone.parameters()[i].grad as Tensor);
+        t.true(error < 2e-2, `${label}: parameter ${i}'s gradient off by ${error}`);
+      });
+      const error = relative(xs[0].grad as Tensor, xs[1].grad as Tensor);
+      t.true(error < 2e-2, `${label}: the input's gradient off by ${error}`);
+    }
+  }
+});
+
 test("under bf16 on cuda a chain of 20 Linear layers (41 tensors to convert) converts them in two launches of our kernel (32 a launch), as ATen's layers would", (t) => {
   const acc = new Accelerator({ mixedPrecision: "bf16" });
   const layers = Array.from({ length: 20 }, () => new nn.Linear(32, 32).to("cuda:0"));
@@ -143,7 +180,7 @@ test("under bf16 on cuda a chain of 20 Linear layers (41 tensors to convert) con
   t.true(a.sub(b).abs().max().item() <= 1e-2 * b.abs().max().item(), "the chain's output is ATen's layers'");
 });
 
-test("under bf16 on cuda a chain writes its conversions into the same buffers from step to step, never into those a graph still holds, and freeMemory releases them", (t) => {
+test.serial("under bf16 on cuda a chain writes its conversions into the same buffers from step to step, never into those a graph still holds, and freeMemory releases them", async (t) => {
   const acc = new Accelerator({ mixedPrecision: "bf16" });
   const build = () => new nn.Sequential(new nn.Linear(784, 2048), new nn.ReLU(), new nn.Linear(2048, 10)).to("cuda:0");
   const [net, alone] = [build(), build()];
@@ -156,7 +193,8 @@ test("under bf16 on cuda a chain writes its conversions into the same buffers fr
     run.gradients[k].forEach((g, i) => t.true(close(g, run.wantGradients[k][i]), `forward ${k + 1}: gradient ${i}`));
   });
   // Training steps: allocated memory stays flat from the 3rd to the 10th; freeMemory then
-  // releases the kept conversions (the weights' in bf16) and the input's.
+  // releases the kept conversions (the weights' in bf16) and the input's. Settled before each
+  // count: the gradients read above are freed when the collector finalizes their wrappers.
   const [model, opt] = acc.prepare(net, new optim.AdamW(net.parameters(), { lr: 1e-3 }));
   const y = randint(0, 10, [64], { device: "cuda:0" });
   const step = () => {
@@ -167,7 +205,10 @@ test("under bf16 on cuda a chain writes its conversions into the same buffers fr
   const allocated: number[] = [];
   for (let i = 1; i <= 10; i++) {
     step();
-    if (i === 3 || i === 10) allocated.push(acc.memory().allocated);
+    if (i === 3 || i === 10) {
+      await settle();
+      allocated.push(acc.memory().allocated);
+    }
   }
   t.true(Math.abs(allocated[1] - allocated[0]) <= 64 * 1024, `allocated memory moved by ${allocated[1] - allocated[0]} bytes between steps 3 and 10`);
   acc.freeMemory();

@@ -104,6 +104,7 @@ fn build_cuda_shim(torch: &Path, include: &Path, lib: &Path, abi: &str) {
             "shim-cuda/cross_entropy.cpp",
             "shim-cuda/convert.cpp",
             "shim-cuda/matmul.cpp",
+            "shim-cuda/head_backward.cpp",
         ])
         .arg("-o")
         .arg(&out)

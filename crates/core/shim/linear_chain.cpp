@@ -9,7 +9,9 @@
 // The numbers are the layers': the same matmuls in the same dtype (autocast's compute dtype, or
 // the parameters' without it), the same ReLU, and, as shim/linear.cpp, the parameters'
 // gradients made in their own dtype by the matmul and the row sum. Parameters and input are
-// converted on each call, at once, into buffers kept from call to call (shim/casts.cpp).
+// converted on each call, at once, into buffers kept from call to call (shim/casts.cpp). One
+// difference: under bf16 on a GPU, a small last layer's backward (shim-cuda/head_backward.cpp)
+// reads its float32 gradient as it is, where the layers would round it to bf16 first.
 #include "shim.h"
 #include <torch/csrc/autograd/custom_function.h>
 #include <vector>
@@ -117,10 +119,30 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
     // after the last layer masks it as it is, then it goes on in the chain's dtype.
     const auto dtype = h[0].scalar_type();
     auto g = grad_outputs[0].reshape({-1, grad_outputs[0].size(-1)});
-    for (size_t i = n; i-- > 0;) {
-      if ((flags[i] & RELU) != 0) {
+    size_t i = n;
+    // A bf16 chain's small last layer (no ReLU after it) from a float32 gradient: its backward
+    // in one launch, the ReLU below's mask included (shim-cuda/head_backward.cpp).
+    bool masked_below = false;
+    const auto* kernels = g.is_cuda() ? acc::cuda_kernels() : nullptr;
+    if (kernels != nullptr && dtype == at::kBFloat16 && g.scalar_type() == at::kFloat && param_dtype == at::kFloat &&
+        (flags[n - 1] & RELU) == 0) {
+      const bool relu_below = n > 1 && (flags[n - 2] & RELU) != 0;
+      const bool input = needed_below(n - 1), weight = needs(n), bias = needs(bias_slot[n - 1]);
+      at::Tensor dh, dw, db;
+      if (kernels->head_backward(g, h[n - 1], w[n - 1], relu_below, input, weight, bias, dh, dw, db)) {
+        if (weight) grads[n] = dw;
+        if (bias) grads[bias_slot[n - 1]] = db;
+        if (!input) return grads;
+        g = dh;
+        masked_below = relu_below;
+        i = n - 1;
+      }
+    }
+    for (; i-- > 0;) {
+      if ((flags[i] & RELU) != 0 && !masked_below) {
         g = at::threshold_backward(acc::converted(g, h[i + 1].scalar_type()), h[i + 1].reshape(g.sizes()), 0);
       }
+      masked_below = false;
       g = acc::converted(g, dtype);
       // The weight's gradient and the bias's in one product where cuBLASLt can (its row sums).
       const bool weight = needs(1 + i), bias = needs(bias_slot[i]);
