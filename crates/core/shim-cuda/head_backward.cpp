@@ -1,10 +1,10 @@
 // The backward of a bf16 chain's last layer when it is small (a classifier's head: at most 32
 // outputs) and its output's gradient comes in float32 (mixed precision's float32 output, fed to
-// a float32 loss), in one launch of our own (shim/linear_chain.cpp). ATen's and cuBLASLt's way
-// is four: the gradient's conversion to bf16, the weight's product (with the bias's row sums),
-// the input's product, the ReLU's mask below; a step of small layers on a GPU is bound by the
-// host's work per launch. The products read the float32 gradient as it is (the four-launch way
-// rounds it to bf16 first) and accumulate in float32.
+// a float32 loss), in one launch of our own up to 512 rows, two beyond (shim/linear_chain.cpp).
+// ATen's and cuBLASLt's way is four: the gradient's conversion to bf16, the weight's product
+// (with the bias's row sums), the input's product, the ReLU's mask below; a step of small layers
+// on a GPU is bound by the host's work per launch. The products read the float32 gradient as
+// it is (the four-launch way rounds it to bf16 first) and accumulate in float32.
 #include "kernels.h"
 #include "jit.h"
 #include <ATen/cuda/CUDAContext.h>
