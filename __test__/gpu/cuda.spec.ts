@@ -129,8 +129,7 @@ test("under bf16 on cuda a Sequential converts its weights ahead in one kernel o
   t.deepEqual(ours!.to("float32").toArray(), aten.to("float32").toArray());
 });
 
-test("under bf16 on cuda a chain's small last layer runs its backward as one kernel of ours from the float32 gradient, with the gradients of ATen's layers under autocast: with and without a bias and a ReLU below, one layer alone, the input's gradient or none, an expanded gradient, over 512 rows (a second launch adds the row ranges' sums); more than 32 outputs take cuBLASLt's products", (t) => {
-  const acc = new Accelerator({ mixedPrecision: "bf16" });
+test("under bf16 and fp16 on cuda a chain's small last layer runs its backward as one kernel of ours from the float32 gradient, with the gradients of ATen's layers under autocast: with and without a bias and a ReLU below, one layer alone, the input's gradient or none, an expanded gradient, over 512 rows (a second launch adds the row ranges' sums); more than 32 outputs take cuBLASLt's products", (t) => {
   type Case = { name: string; layers: () => nn.Module[]; outputs: number; kernels: number; rows?: number; frozen?: boolean };
   const cases: Case[] = [
     { name: "Linear, ReLU, Linear", layers: () => [new nn.Linear(48, 64), new nn.ReLU(), new nn.Linear(64, 10)], outputs: 10, kernels: 1 },
@@ -142,36 +141,39 @@ test("under bf16 on cuda a chain's small last layer runs its backward as one ker
     { name: "33 outputs", layers: () => [new nn.Linear(48, 64), new nn.ReLU(), new nn.Linear(64, 33)], outputs: 33, kernels: 0 },
   ];
   const relative = (a: Tensor, e: Tensor) => a.to("float64", "cpu").sub(e.to("float64", "cpu")).abs().max().item() / e.to("float64", "cpu").abs().max().item();
-  for (const c of cases) {
-    for (const expanded of [false, true]) {
-      const rows = c.rows ?? 24;
-      const net = new nn.Sequential(...c.layers()).to("cuda:0");
-      const alone = new nn.Sequential(...c.layers()).to("cuda:0");
-      alone.loadStateDict(net.stateDict());
-      // Frozen: only the last Linear's weight and bias train; the input needs no gradient.
-      if (c.frozen) [net, alone].forEach((m) => m.parameters().forEach((p, i, all) => (p.requiresGrad = i >= all.length - 2)));
-      const [model] = acc.prepare(net);
-      const x = randn([rows, 48], { device: "cuda:0" });
-      const xs = [x.clone(), x.clone()];
-      if (!c.frozen) xs.forEach((v) => (v.requiresGrad = true));
-      const g = randn([rows, c.outputs], { device: "cuda:0" });
-      const lossOf = (y: Tensor) => (expanded ? y.sum() : y.mul(g).sum());
-      const prof = acc.profile(() => lossOf(model.forward(xs[0])).backward());
-      // ATen's layers one by one under autocast, the same gradient into their float32 output.
-      const want = acc.autocast(() => alone.children().reduce((h, m) => (m instanceof nn.Linear ? F.linear(h, m.weight, m.bias) : h.relu()), xs[1]));
-      lossOf(want.to("float32")).backward();
-      const label = `${c.name}${expanded ? ", expanded" : ""}`;
-      t.is(calls(prof, "head_backward"), c.kernels, `${label}: our kernel's launches`);
-      t.is(calls(prof, "head_backward_sum"), c.kernels > 0 && rows > 512 ? 1 : 0, `${label}: the ranges' sums`);
-      net.parameters().forEach((p, i) => {
-        const other = alone.parameters()[i];
-        if (!p.requiresGrad) return t.true(p.grad === null && other.grad === null, `${label}: parameter ${i} has a gradient`);
-        const error = relative(p.grad as Tensor, other.grad as Tensor);
-        t.true(error < 2e-2, `${label}: parameter ${i}'s gradient off by ${error}`);
-      });
-      if (c.frozen) continue;
-      const error = relative(xs[0].grad as Tensor, xs[1].grad as Tensor);
-      t.true(error < 2e-2, `${label}: the input's gradient off by ${error}`);
+  for (const precision of ["bf16", "fp16"] as const) {
+    const acc = new Accelerator({ mixedPrecision: precision });
+    for (const c of cases) {
+      for (const expanded of [false, true]) {
+        const rows = c.rows ?? 24;
+        const net = new nn.Sequential(...c.layers()).to("cuda:0");
+        const alone = new nn.Sequential(...c.layers()).to("cuda:0");
+        alone.loadStateDict(net.stateDict());
+        // Frozen: only the last Linear's weight and bias train; the input needs no gradient.
+        if (c.frozen) [net, alone].forEach((m) => m.parameters().forEach((p, i, all) => (p.requiresGrad = i >= all.length - 2)));
+        const [model] = acc.prepare(net);
+        const x = randn([rows, 48], { device: "cuda:0" });
+        const xs = [x.clone(), x.clone()];
+        if (!c.frozen) xs.forEach((v) => (v.requiresGrad = true));
+        const g = randn([rows, c.outputs], { device: "cuda:0" });
+        const lossOf = (y: Tensor) => (expanded ? y.sum() : y.mul(g).sum());
+        const prof = acc.profile(() => lossOf(model.forward(xs[0])).backward());
+        // ATen's layers one by one under autocast, the same gradient into their float32 output.
+        const want = acc.autocast(() => alone.children().reduce((h, m) => (m instanceof nn.Linear ? F.linear(h, m.weight, m.bias) : h.relu()), xs[1]));
+        lossOf(want.to("float32")).backward();
+        const label = `${precision}, ${c.name}${expanded ? ", expanded" : ""}`;
+        t.is(calls(prof, "head_backward"), c.kernels, `${label}: our kernel's launches`);
+        t.is(calls(prof, "head_backward_sum"), c.kernels > 0 && rows > 512 ? 1 : 0, `${label}: the ranges' sums`);
+        net.parameters().forEach((p, i) => {
+          const other = alone.parameters()[i];
+          if (!p.requiresGrad) return t.true(p.grad === null && other.grad === null, `${label}: parameter ${i} has a gradient`);
+          const error = relative(p.grad as Tensor, other.grad as Tensor);
+          t.true(error < 2e-2, `${label}: parameter ${i}'s gradient off by ${error}`);
+        });
+        if (c.frozen) continue;
+        const error = relative(xs[0].grad as Tensor, xs[1].grad as Tensor);
+        t.true(error < 2e-2, `${label}: the input's gradient off by ${error}`);
+      }
     }
   }
 });

@@ -1,10 +1,11 @@
-// The backward of a bf16 chain's last layer when it is small (a classifier's head: at most 32
+// The backward of a bf16 or fp16 chain's last layer when it is small (a classifier's head: at most 32
 // outputs) and its output's gradient comes in float32 (mixed precision's float32 output, fed to
 // a float32 loss), in one launch of our own up to 512 rows, two beyond (shim/linear_chain.cpp).
-// ATen's and cuBLASLt's way is four: the gradient's conversion to bf16, the weight's product
+// ATen's and cuBLASLt's way is four: the gradient's conversion to half, the weight's product
 // (with the bias's row sums), the input's product, the ReLU's mask below; a step of small layers
 // on a GPU is bound by the host's work per launch. The products read the float32 gradient as
-// it is (the four-launch way rounds it to bf16 first) and accumulate in float32.
+// it is (the four-launch way rounds it to half first) and accumulate in float32. "Half" is the
+// chain's dtype: bf16, or fp16 (compiled with -DIN_FP16).
 #include "kernels.h"
 #include "jit.h"
 #include <ATen/cuda/CUDAContext.h>
@@ -29,9 +30,9 @@ const char* SOURCE = R"CUDA(
 struct Args {
   const float* g;            // [rows, outputs], strides g_row and g_col: the output's gradient
   long long g_row, g_col;
-  const unsigned short* h;   // [rows, inputs] bf16, contiguous: the layer's input
-  const unsigned short* w;   // [outputs, inputs] bf16, contiguous: its weight as used
-  unsigned short* dh;        // [rows, inputs] bf16: the input's gradient, or null
+  const unsigned short* h;   // [rows, inputs] half, contiguous: the layer's input
+  const unsigned short* w;   // [outputs, inputs] half, contiguous: its weight as used
+  unsigned short* dh;        // [rows, inputs] half: the input's gradient, or null
   float* dw;                 // [outputs, inputs]: the weight's gradient, or null
   float* db;                 // [outputs]: the bias's gradient, or null
   float* range_dw;           // with several ranges: each range's sums, [ranges, outputs, inputs]
@@ -41,7 +42,22 @@ struct Args {
   int ranges;
 };
 
-__device__ __forceinline__ float bf16_value(unsigned short bits) { return __uint_as_float((unsigned int)bits << 16); }
+// A half's bits as float32, and float32 rounded to the nearest half (ties to even).
+#ifdef IN_FP16
+__device__ __forceinline__ float half_value(unsigned short bits) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
+  return f;
+}
+__device__ __forceinline__ unsigned short half_bits(float f) {
+  unsigned short bits;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(f));
+  return bits;
+}
+#else
+__device__ __forceinline__ float half_value(unsigned short bits) { return __uint_as_float((unsigned int)bits << 16); }
+__device__ __forceinline__ unsigned short half_bits(float f) { return (unsigned short)bf16_bits(f); }
+#endif
 
 #define TILE 64  // rows of g staged in shared memory at a time
 
@@ -59,7 +75,7 @@ extern "C" __global__ void __launch_bounds__(256) head_backward(Args a) {
   float wj[32], acc[32];
 #pragma unroll
   for (int k = 0; k < 32; ++k) {
-    wj[k] = in && k < n ? bf16_value(a.w[(long long)k * a.inputs + j]) : 0.f;
+    wj[k] = in && k < n ? half_value(a.w[(long long)k * a.inputs + j]) : 0.f;
     acc[k] = 0.f;
   }
   float bias_sum = 0.f;  // block x = 0: output `lane`'s sum over this warp's rows
@@ -73,7 +89,7 @@ extern "C" __global__ void __launch_bounds__(256) head_backward(Args a) {
 #pragma unroll
     for (int q = 0; q < TILE / 8; ++q) {
       const int r = warp + 8 * q;
-      hv[q] = in && r < count ? bf16_value(a.h[(r0 + r) * a.inputs + j]) : 0.f;
+      hv[q] = in && r < count ? half_value(a.h[(r0 + r) * a.inputs + j]) : 0.f;
     }
     __syncthreads();  // the last tile's readers are done
     for (int idx = tid; idx < TILE * 32; idx += 256) {
@@ -98,7 +114,7 @@ extern "C" __global__ void __launch_bounds__(256) head_backward(Args a) {
       }
       if (a.dh != nullptr && in) {
         if (a.relu && hv[q] <= 0.f) s = 0.f;  // as ATen's threshold_backward: a NaN h passes s
-        a.dh[(r0 + r) * a.inputs + j] = (unsigned short)bf16_bits(s);
+        a.dh[(r0 + r) * a.inputs + j] = half_bits(s);
       }
       bias_sum += sg[r][lane];
     }
@@ -159,8 +175,8 @@ struct Args {
   int ranges;
 };
 
-bool contiguous_bf16(const at::Tensor& t, const at::Device& device) {
-  return t.scalar_type() == at::kBFloat16 && t.device() == device && t.dim() == 2 && t.is_contiguous();
+bool contiguous_half(const at::Tensor& t, at::ScalarType half, const at::Device& device) {
+  return t.scalar_type() == half && t.device() == device && t.dim() == 2 && t.is_contiguous();
 }
 
 void* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
@@ -172,8 +188,9 @@ bool acc::kernels::head_backward(const at::Tensor& g, const at::Tensor& h, const
   if (!g.is_cuda() || g.scalar_type() != at::kFloat || g.dim() != 2) return false;
   const auto device = g.device();
   const int64_t rows = g.size(0), outputs = g.size(1);
-  if (!contiguous_bf16(h, device) || !contiguous_bf16(w, device) || h.size(0) != rows || w.size(0) != outputs ||
-      w.size(1) != h.size(1)) {
+  const auto half = h.scalar_type();
+  if ((half != at::kBFloat16 && half != at::kHalf) || !contiguous_half(h, half, device) ||
+      !contiguous_half(w, half, device) || h.size(0) != rows || w.size(0) != outputs || w.size(1) != h.size(1)) {
     return false;
   }
   const int64_t inputs = h.size(1);
@@ -181,7 +198,10 @@ bool acc::kernels::head_backward(const at::Tensor& g, const at::Tensor& h, const
   if (!(want_dh || want_dw || want_db) || !acc::jit::available()) return false;
   c10::cuda::CUDAGuard guard(device);
   std::vector<acc::jit::Kernel> kernels;
-  if (!acc::jit::get_all(SOURCE, {}, {"head_backward", "head_backward_sum"}, kernels)) return false;
+  static const std::vector<std::string> bf16{}, fp16{"-DIN_FP16"};
+  if (!acc::jit::get_all(SOURCE, half == at::kHalf ? fp16 : bf16, {"head_backward", "head_backward_sum"}, kernels)) {
+    return false;
+  }
   const auto floats = g.options();
   dh = want_dh ? at::empty({rows, inputs}, h.options()) : at::Tensor();
   dw = want_dw ? at::empty({outputs, inputs}, floats) : at::Tensor();

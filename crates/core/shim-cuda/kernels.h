@@ -53,9 +53,10 @@ bool to_bf16(const std::vector<at::Tensor>& from, const std::vector<at::Tensor>&
 bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, bool relu, at::ScalarType dtype,
             at::Tensor& out, at::Tensor* row_sums);
 // The backward of a chain's small last layer in one launch (shim-cuda/head_backward.cpp): from
-// `g` (float32 [rows, outputs], any strides), its input `h` and weight `w` (bf16, contiguous
-// [rows, inputs] and [outputs, inputs]), the input's gradient `dh` (bf16, 0 where `relu` and h is
-// not above 0), the weight's `dw` and the bias's `db` (float32), each made where wanted. False,
+// `g` (float32 [rows, outputs], any strides), its input `h` and weight `w` (bf16 or fp16, one
+// dtype, contiguous [rows, inputs] and [outputs, inputs]), the input's gradient `dh` (h's dtype,
+// 0 where `relu` and h is not above 0), the weight's `dw` and the bias's `db` (float32), each
+// made where wanted. False,
 // making nothing, for other inputs (more than 32 outputs, more than 2 Mi input elements). One
 // launch up to 512 rows, two beyond (the rows' ranges' sums added in a fixed order).
 bool head_backward(const at::Tensor& g, const at::Tensor& h, const at::Tensor& w, bool relu, bool want_dh, bool want_dw,

@@ -10,8 +10,9 @@
 // the parameters' without it), the same ReLU, and, as shim/linear.cpp, the parameters'
 // gradients made in their own dtype by the matmul and the row sum. Parameters and input are
 // converted on each call, at once, into buffers kept from call to call (shim/casts.cpp). One
-// difference: under bf16 on a GPU, a small last layer's backward (shim-cuda/head_backward.cpp)
-// reads its float32 gradient as it is, where the layers would round it to bf16 first.
+// difference: under bf16 or fp16 on a GPU, a small last layer's backward
+// (shim-cuda/head_backward.cpp) reads its float32 gradient as it is, where the layers would
+// round it to the low precision first.
 #include "shim.h"
 #include <torch/csrc/autograd/custom_function.h>
 #include <vector>
@@ -120,11 +121,12 @@ struct LinearChain : torch::autograd::Function<LinearChain> {
     const auto dtype = h[0].scalar_type();
     auto g = grad_outputs[0].reshape({-1, grad_outputs[0].size(-1)});
     size_t i = n;
-    // A bf16 chain's small last layer (no ReLU after it) from a float32 gradient: its backward
-    // in one launch, the ReLU below's mask included (shim-cuda/head_backward.cpp).
+    // A bf16 or fp16 chain's small last layer (no ReLU after it) from a float32 gradient: its
+    // backward in one launch, the ReLU below's mask included (shim-cuda/head_backward.cpp).
     bool masked_below = false;
     const auto* kernels = g.is_cuda() ? acc::cuda_kernels() : nullptr;
-    if (kernels != nullptr && dtype == at::kBFloat16 && g.scalar_type() == at::kFloat && param_dtype == at::kFloat &&
+    const bool half = dtype == at::kBFloat16 || dtype == at::kHalf;
+    if (kernels != nullptr && half && g.scalar_type() == at::kFloat && param_dtype == at::kFloat &&
         (flags[n - 1] & RELU) == 0) {
       const bool relu_below = n > 1 && (flags[n - 2] & RELU) != 0;
       const bool input = needed_below(n - 1), weight = needs(n), bias = needs(bias_slot[n - 1]);

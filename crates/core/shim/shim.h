@@ -92,9 +92,10 @@ struct CudaKernels {
   // others).
   bool (*matmul)(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, bool relu, at::ScalarType dtype,
                  at::Tensor& out, at::Tensor* row_sums);
-  // A bf16 chain's small last layer's backward from its output's float32 gradient, in one
-  // launch: the input's gradient (bf16, through the ReLU below when `relu`), the weight's and the
-  // bias's (float32), each where wanted (shim-cuda/kernels.h; false, making nothing, for others).
+  // A bf16 or fp16 chain's small last layer's backward from its output's float32 gradient, in
+  // one launch: the input's gradient (the chain's dtype, through the ReLU below when `relu`), the
+  // weight's and the bias's (float32), each where wanted (shim-cuda/kernels.h; false, making
+  // nothing, for others).
   bool (*head_backward)(const at::Tensor& g, const at::Tensor& h, const at::Tensor& w, bool relu, bool want_dh,
                         bool want_dw, bool want_db, at::Tensor& dh, at::Tensor& dw, at::Tensor& db);
 };
