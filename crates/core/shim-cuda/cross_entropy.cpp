@@ -23,7 +23,7 @@ const char* SOURCE = R"CUDA(
 // VEC neighbouring logits, read or written at once (with VEC 8: 16 bytes of bf16, 32 of float32).
 #ifdef IN_BF16
 typedef unsigned short logit_t;
-__device__ __forceinline__ float value(const logit_t* p) { return __uint_as_float(static_cast<unsigned int>(*p) << 16); }
+__device__ __forceinline__ float value(const logit_t* p) { return bf16_value(*p); }
 __device__ __forceinline__ void store1(logit_t* p, float v) { *p = static_cast<unsigned short>(bf16_bits(v)); }
 #if VEC == 8
 __device__ __forceinline__ void loadv(const logit_t* p, float* v) {

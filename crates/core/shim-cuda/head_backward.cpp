@@ -1,6 +1,7 @@
-// The backward of a bf16 or fp16 chain's last layer when it is small (a classifier's head: at most 32
-// outputs) and its output's gradient comes in float32 (mixed precision's float32 output, fed to
-// a float32 loss), in one launch of our own up to 512 rows, two beyond (shim/linear_chain.cpp).
+// The backward of a bf16 or fp16 chain's last layer when it is small (a classifier's head: at
+// most 32 outputs) and its output's gradient comes in float32 (mixed precision's float32 output,
+// fed to a float32 loss), in one launch of our own up to 512 rows, two beyond
+// (shim/linear_chain.cpp).
 // ATen's and cuBLASLt's way is four: the gradient's conversion to half, the weight's product
 // (with the bias's row sums), the input's product, the ReLU's mask below; a step of small layers
 // on a GPU is bound by the host's work per launch. The products read the float32 gradient as
@@ -55,7 +56,7 @@ __device__ __forceinline__ unsigned short half_bits(float f) {
   return bits;
 }
 #else
-__device__ __forceinline__ float half_value(unsigned short bits) { return __uint_as_float((unsigned int)bits << 16); }
+__device__ __forceinline__ float half_value(unsigned short bits) { return bf16_value(bits); }
 __device__ __forceinline__ unsigned short half_bits(float f) { return (unsigned short)bf16_bits(f); }
 #endif
 

@@ -149,7 +149,8 @@ void ensure_context(int device) {
 }
 
 // The header every source may include as "acc_bf16.cuh": float32 to bf16 as ATen rounds (to
-// nearest even, NaN to the quiet NaN), as bits or as the float32 it stands for.
+// nearest even, NaN to the quiet NaN), as bits or as the float32 it stands for; bf16 bits as
+// float32.
 const char* BF16_HEADER = R"CUDA(
 #pragma once
 __device__ __forceinline__ unsigned int bf16_bits(float f) {
@@ -157,6 +158,7 @@ __device__ __forceinline__ unsigned int bf16_bits(float f) {
   return f != f ? 0x7fc0u : (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
 }
 __device__ __forceinline__ float bf16_round(float f) { return __uint_as_float(bf16_bits(f) << 16); }
+__device__ __forceinline__ float bf16_value(unsigned short bits) { return __uint_as_float((unsigned int)bits << 16); }
 )CUDA";
 
 std::vector<char> compile(const char* source, const std::vector<std::string>& options, int device) {

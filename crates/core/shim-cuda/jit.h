@@ -22,7 +22,8 @@ bool available();
 
 // The `extern "C"` kernel `name` of `source` (CUDA C++, a string that lives for the process's
 // life) for the current device; `options` are NVRTC's (e.g. "-DIN_BF16"). A source may
-// `#include "acc_bf16.cuh"`: bf16_bits(f) and bf16_round(f), float32 to bf16 as ATen rounds.
+// `#include "acc_bf16.cuh"`: bf16_bits(f) and bf16_round(f), float32 to bf16 as ATen rounds, and
+// bf16_value(bits), bf16 as float32.
 // Each source is compiled once per options and device, then cached. Throws c10::Error naming
 // what failed.
 struct Kernel {

@@ -56,9 +56,9 @@ bool matmul(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias, bo
 // `g` (float32 [rows, outputs], any strides), its input `h` and weight `w` (bf16 or fp16, one
 // dtype, contiguous [rows, inputs] and [outputs, inputs]), the input's gradient `dh` (h's dtype,
 // 0 where `relu` and h is not above 0), the weight's `dw` and the bias's `db` (float32), each
-// made where wanted. False,
-// making nothing, for other inputs (more than 32 outputs, more than 2 Mi input elements). One
-// launch up to 512 rows, two beyond (the rows' ranges' sums added in a fixed order).
+// made where wanted. False, making nothing, for other inputs (more than 32 outputs, more than
+// 2 Mi input elements). One launch up to 512 rows, two beyond (the rows' ranges' sums added in
+// a fixed order).
 bool head_backward(const at::Tensor& g, const at::Tensor& h, const at::Tensor& w, bool relu, bool want_dh, bool want_dw,
                    bool want_db, at::Tensor& dh, at::Tensor& dw, at::Tensor& db);
 }  // namespace acc::kernels

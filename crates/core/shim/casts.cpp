@@ -196,8 +196,8 @@ std::vector<at::Tensor> acc::kept_casts(const std::vector<at::Tensor>& params, c
   int64_t total = 0;
   for (const auto& t : all) total += t.numel();
   // Kept: dense parameters (views of one allocation); an input of any layout.
-  const bool keep = !params.empty() && total <= KEEP_LIMIT &&
-                    std::all_of(params.begin(), params.end(), [](const at::Tensor& p) { return p.is_non_overlapping_and_dense(); });
+  const auto dense = [](const at::Tensor& p) { return p.is_non_overlapping_and_dense(); };
+  const bool keep = !params.empty() && total <= KEEP_LIMIT && std::all_of(params.begin(), params.end(), dense);
   if (!keep) return converted_group(all, dtype);
 
   const auto device = params[0].device();
